@@ -1,0 +1,597 @@
+//! Configuration: a TOML file of jails, parsed into [`raw`] types, then validated into [`Config`].
+//!
+//! **Invariant:** a [`Config`] is fully valid (every regex compiled, every address parsed);
+//! loading never stops at the first problem: all of them are reported, each with file, line
+//! and key.
+
+mod raw;
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::addr::IpNet;
+use crate::duration::{BanTime, parse_duration};
+use crate::filter::{Builtin, Filter, Pattern};
+use crate::firewall::{JailRules, PortRange, Protocol};
+use raw::{DurationValue, PortValue, RawConfig, RawJail};
+
+pub const DEFAULT_CONFIG: &str = "/etc/banctl/banctl.toml";
+pub const DEFAULT_SOCKET: &str = "/run/banctl/banctl.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/banctl";
+
+const DEFAULT_BANTIME: Duration = Duration::from_secs(600);
+const DEFAULT_FINDTIME: Duration = Duration::from_secs(600);
+const DEFAULT_MAXRETRY: u32 = 5;
+/// Jail names become set names (`<jail>_v4`); keep them short and plain.
+const MAX_JAIL_NAME: usize = 32;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub daemon: DaemonConfig,
+    /// Enabled jails only, sorted by name.
+    pub jails: Vec<JailConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct JailConfig {
+    pub name: String,
+    /// `sshd` for a built-in filter, `inline` for `failregex` written in the jail.
+    pub filter_name: String,
+    pub filter: Filter,
+    pub logpaths: Vec<String>,
+    pub ports: Vec<PortRange>,
+    pub protocol: Protocol,
+    pub bantime: BanTime,
+    pub findtime: Duration,
+    pub maxretry: u32,
+    pub ignoreip: Vec<IpNet>,
+    /// Never ban loopback addresses (127.0.0.0/8, ::1).
+    pub ignoreself: bool,
+}
+
+impl JailConfig {
+    pub fn rules(&self) -> JailRules {
+        JailRules {
+            name: self.name.clone(),
+            ports: self.ports.clone(),
+            protocol: self.protocol,
+        }
+    }
+
+    /// Whether this jail must never ban `net` (an ignoreip entry or loopback covers it).
+    pub fn ignores(&self, net: &IpNet) -> bool {
+        (self.ignoreself && net.is_loopback())
+            || self.ignoreip.iter().any(|i| i.covers(net) || net.covers(i))
+    }
+}
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.file.display(),
+            self.line,
+            self.key,
+            self.message
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} error(s) in the configuration:\n{}", .0.len(), .0.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Diagnostic>),
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates configuration text; `path` is only used in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut cx = Context {
+            file: path.to_owned(),
+            text,
+            errors: Vec::new(),
+        };
+        let raw = cx.deserialize();
+        let config = raw.and_then(|raw| cx.validate(&raw));
+        match config {
+            Some(config) if cx.errors.is_empty() => Ok(config),
+            _ => {
+                cx.errors.sort_by_key(|d| d.line);
+                Err(ConfigError::Invalid(cx.errors))
+            }
+        }
+    }
+}
+
+struct Context<'t> {
+    file: PathBuf,
+    text: &'t str,
+    errors: Vec<Diagnostic>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).unwrap_or(text).matches('\n').count() + 1
+}
+
+impl Context<'_> {
+    fn error(&mut self, span: Range<usize>, key: impl Into<String>, message: impl fmt::Display) {
+        self.errors.push(Diagnostic {
+            file: self.file.clone(),
+            line: line_of(self.text, span.start),
+            key: key.into(),
+            message: message.to_string(),
+        });
+    }
+
+    /// TOML syntax, types and unknown keys.
+    fn deserialize(&mut self) -> Option<RawConfig> {
+        let doc = match DeTable::parse(self.text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                self.error(span, "(syntax)", e.message().trim());
+                return None;
+            }
+        };
+        let mut unknown = Vec::new();
+        let de = toml::de::Deserializer::from(doc.clone());
+        let raw = serde_ignored::deserialize(de, |path| unknown.push(path_segments(&path)));
+        for segments in unknown {
+            let span = key_span(&doc, &segments).unwrap_or(0..0);
+            self.error(span, segments.join("."), "unknown key");
+        }
+        match raw {
+            Ok(raw) => Some(raw),
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                let key = key_at(&doc, span.start).unwrap_or_else(|| "(value)".to_owned());
+                self.error(span, key, e.message().trim());
+                None
+            }
+        }
+    }
+
+    fn validate(&mut self, raw: &RawConfig) -> Option<Config> {
+        let daemon = DaemonConfig {
+            socket: raw
+                .daemon
+                .socket
+                .as_ref()
+                .map_or(DEFAULT_SOCKET.into(), |s| s.get_ref().into()),
+            state_dir: raw
+                .daemon
+                .state_dir
+                .as_ref()
+                .map_or(DEFAULT_STATE_DIR.into(), |s| s.get_ref().into()),
+        };
+        for (key, value) in [
+            ("daemon.socket", &raw.daemon.socket),
+            ("daemon.state_dir", &raw.daemon.state_dir),
+        ] {
+            if let Some(v) = value.as_ref().filter(|v| !v.get_ref().starts_with('/')) {
+                self.error(v.span(), key, "must be an absolute path");
+            }
+        }
+        let mut jails = Vec::new();
+        for (name, jail) in &raw.jails {
+            if let Some(jail) = self.jail(name, jail, &raw.defaults) {
+                jails.push(jail);
+            }
+        }
+        Some(Config {
+            path: self.file.clone(),
+            daemon,
+            jails,
+        })
+    }
+
+    fn jail(
+        &mut self,
+        name: &str,
+        spanned: &Spanned<RawJail>,
+        defaults: &RawJail,
+    ) -> Option<JailConfig> {
+        let jail = spanned.get_ref();
+        let key = |k: &str| format!("jails.{name}.{k}");
+        let valid_name = !name.is_empty()
+            && name.len() <= MAX_JAIL_NAME
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid_name {
+            self.error(
+                spanned.span(),
+                format!("jails.{name}"),
+                format!("a jail name is 1 to {MAX_JAIL_NAME} letters, digits, '_' or '-'"),
+            );
+        }
+        // A field of the jail, else of [defaults]; with the key that names where it came from.
+        macro_rules! pick {
+            ($field:ident) => {
+                match (&jail.$field, &defaults.$field) {
+                    (Some(v), _) => Some((v, key(stringify!($field)))),
+                    (None, Some(v)) => Some((v, format!("defaults.{}", stringify!($field)))),
+                    (None, None) => None,
+                }
+            };
+        }
+        if let Some((enabled, _)) = pick!(enabled) {
+            if !*enabled.get_ref() {
+                return None;
+            }
+        }
+        let (filter_name, filter) = self.filter(name, jail, defaults);
+        let logpaths = match pick!(logpath) {
+            Some((v, _)) => v.get_ref().to_vec(),
+            None => {
+                self.error(
+                    spanned.span(),
+                    key("logpath"),
+                    "missing: name the log file(s) this jail reads",
+                );
+                Vec::new()
+            }
+        };
+        let mut ports = Vec::new();
+        if let Some((list, k)) = pick!(ports) {
+            for (i, p) in list.get_ref().iter().enumerate() {
+                let parsed = match p.get_ref() {
+                    PortValue::Number(n) => u16::try_from(*n)
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .map(PortRange::single)
+                        .ok_or_else(|| format!("{n} is not a port (1 to 65535)")),
+                    PortValue::Text(t) => t.parse::<PortRange>().map_err(|e| e.to_string()),
+                };
+                match parsed {
+                    Ok(r) => ports.push(r),
+                    Err(e) => self.error(p.span(), format!("{k}[{i}]"), e),
+                }
+            }
+        }
+        let protocol = match pick!(protocol) {
+            Some((p, k)) => p.get_ref().parse().unwrap_or_else(|e: String| {
+                self.error(p.span(), k, e);
+                Protocol::Tcp
+            }),
+            None => Protocol::Tcp,
+        };
+        let bantime = match pick!(bantime) {
+            Some((v, k)) => v.get_ref().text().parse().unwrap_or_else(|e| {
+                self.error(v.span(), k, e);
+                BanTime::Finite(DEFAULT_BANTIME)
+            }),
+            None => BanTime::Finite(DEFAULT_BANTIME),
+        };
+        let findtime = match pick!(findtime) {
+            Some((v, k)) => self.duration(v, k).unwrap_or(DEFAULT_FINDTIME),
+            None => DEFAULT_FINDTIME,
+        };
+        let maxretry = match pick!(maxretry) {
+            Some((v, k)) => match u32::try_from(*v.get_ref()) {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    self.error(
+                        v.span(),
+                        k,
+                        format!("{} is not a count of failures (1 or more)", v.get_ref()),
+                    );
+                    DEFAULT_MAXRETRY
+                }
+            },
+            None => DEFAULT_MAXRETRY,
+        };
+        let mut ignoreip = Vec::new();
+        if let Some((list, k)) = pick!(ignoreip) {
+            for (i, entry) in list.get_ref().iter().enumerate() {
+                match entry.get_ref().parse::<IpNet>() {
+                    Ok(net) => ignoreip.push(net),
+                    Err(e) => self.error(entry.span(), format!("{k}[{i}]"), e),
+                }
+            }
+        }
+        let ignoreself = pick!(ignoreself).is_none_or(|(v, _)| *v.get_ref());
+        Some(JailConfig {
+            name: name.to_owned(),
+            filter_name,
+            filter: filter?,
+            logpaths,
+            ports,
+            protocol,
+            bantime,
+            findtime,
+            maxretry,
+            ignoreip,
+            ignoreself,
+        })
+    }
+
+    fn duration(&mut self, v: &Spanned<DurationValue>, key: String) -> Option<Duration> {
+        parse_duration(&v.get_ref().text())
+            .map_err(|e| self.error(v.span(), key, e))
+            .ok()
+    }
+
+    /// The built-in filter named by `filter`, plus any inline `failregex` / `ignoreregex`.
+    fn filter(
+        &mut self,
+        name: &str,
+        jail: &RawJail,
+        defaults: &RawJail,
+    ) -> (String, Option<Filter>) {
+        let key = |k: &str| format!("jails.{name}.{k}");
+        let mut fail = Vec::new();
+        let mut ignore = Vec::new();
+        let mut ok = true;
+        let filter = jail.filter.as_ref().or(defaults.filter.as_ref());
+        let filter_name = match filter {
+            Some(f) => match Builtin::by_name(f.get_ref()) {
+                Some(b) => {
+                    fail.extend(b.failregex.iter().filter_map(|p| Pattern::fail(p).ok()));
+                    ignore.extend(b.ignoreregex.iter().filter_map(|p| Pattern::ignore(p).ok()));
+                    b.name.to_owned()
+                }
+                None => {
+                    let known: Vec<&str> = crate::filter::BUILTIN.iter().map(|b| b.name).collect();
+                    let msg = format!(
+                        "no built-in filter {:?} (known: {})",
+                        f.get_ref(),
+                        known.join(", ")
+                    );
+                    self.error(f.span(), key("filter"), msg);
+                    ok = false;
+                    f.get_ref().clone()
+                }
+            },
+            None => "inline".to_owned(),
+        };
+        for (list, k, compile, out) in [
+            (
+                &jail.failregex,
+                "failregex",
+                Pattern::fail as fn(&str) -> _,
+                &mut fail,
+            ),
+            (
+                &jail.ignoreregex,
+                "ignoreregex",
+                Pattern::ignore,
+                &mut ignore,
+            ),
+        ] {
+            for (i, p) in list.iter().flat_map(|l| l.get_ref().iter()).enumerate() {
+                match compile(p.get_ref()) {
+                    Ok(pattern) => out.push(pattern),
+                    Err(e) => {
+                        self.error(p.span(), format!("{}[{i}]", key(k)), e);
+                        ok = false;
+                    }
+                }
+            }
+        }
+        if ok && fail.is_empty() {
+            let span = jail.failregex.as_ref().map_or(0..0, |f| f.span());
+            self.error(
+                span,
+                key("filter"),
+                "no filter: set `filter` to a built-in name or write `failregex`",
+            );
+            ok = false;
+        }
+        (filter_name, ok.then(|| Filter::new(fail, ignore)))
+    }
+}
+
+/// The keys of a `serde_ignored` path (serde_spanned's private wrapper fields left out).
+fn path_segments(path: &serde_ignored::Path<'_>) -> Vec<String> {
+    use serde_ignored::Path;
+    let mut out = match path {
+        Path::Root => return Vec::new(),
+        Path::Seq { parent, .. }
+        | Path::Map { parent, .. }
+        | Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => path_segments(parent),
+    };
+    match path {
+        Path::Seq { index, .. } => out.push(index.to_string()),
+        Path::Map { key, .. } if !key.starts_with("$__") => out.push(key.clone()),
+        _ => {}
+    }
+    out
+}
+
+/// The span of the key at `segments` in the document.
+fn key_span(doc: &Spanned<DeTable<'_>>, segments: &[String]) -> Option<Range<usize>> {
+    let mut table = doc.get_ref();
+    let mut span = None;
+    for (i, seg) in segments.iter().enumerate() {
+        let (k, v) = table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == seg.as_str())?;
+        span = Some(k.span());
+        if i + 1 < segments.len() {
+            match v.get_ref() {
+                DeValue::Table(t) => table = t,
+                _ => return span,
+            }
+        }
+    }
+    span
+}
+
+/// The dotted key whose value contains `offset` (for type errors that only carry a span).
+fn key_at(doc: &Spanned<DeTable<'_>>, offset: usize) -> Option<String> {
+    fn walk(table: &DeTable<'_>, offset: usize, prefix: &str) -> Option<String> {
+        table.iter().find_map(|(k, v)| {
+            let name = if prefix.is_empty() {
+                k.get_ref().to_string()
+            } else {
+                format!("{prefix}.{}", k.get_ref())
+            };
+            match v.get_ref() {
+                // `[a.b]` headers give tables spans that need not cover their keys: look inside.
+                DeValue::Table(t) => walk(t, offset, &name),
+                _ if v.span().contains(&offset) || k.span().contains(&offset) => Some(name),
+                _ => None,
+            }
+        })
+    }
+    walk(doc.get_ref(), offset, "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Vec<String>> {
+        Config::parse(Path::new("t.toml"), text).map_err(|e| match e {
+            ConfigError::Invalid(d) => d.iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        })
+    }
+
+    #[test]
+    fn minimal_jail_with_defaults() {
+        let c = parse(
+            r#"
+[defaults]
+bantime = "1h"
+maxretry = 3
+
+[jails.sshd]
+filter = "sshd"
+logpath = "/var/log/auth.log"
+ports = [22, "2200-2299"]
+"#,
+        )
+        .unwrap();
+        let j = &c.jails[0];
+        assert_eq!(j.name, "sshd");
+        assert_eq!(j.bantime, BanTime::Finite(Duration::from_secs(3600)));
+        assert_eq!(j.maxretry, 3);
+        assert_eq!(j.findtime, DEFAULT_FINDTIME);
+        assert_eq!(
+            j.ports,
+            vec![
+                PortRange::single(22),
+                PortRange {
+                    first: 2200,
+                    last: 2299
+                }
+            ]
+        );
+        assert_eq!(c.daemon.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert!(j.ignoreself);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_line_and_key() {
+        let errors = parse(
+            r#"[jails.web]
+failregex = ["no host here"]
+logpath = ["/var/log/x"]
+bantime = "10x"
+ignoreip = ["10.0.0.0/33"]
+colour = "blue"
+"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "t.toml:2: jails.web.failregex[0]: pattern has no <HOST> or <ADDR>: the address to ban must be captured",
+                "t.toml:4: jails.web.bantime: \"10x\" is not a duration: write a number with a unit, like 90s, 10m, 1h30m, 1d or 1w",
+                "t.toml:5: jails.web.ignoreip[0]: prefix length 33 is out of range for IPv4 (max 32)",
+                "t.toml:6: jails.web.colour: unknown key",
+            ]
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        let errors =
+            parse("[jails.a]\nfilter = \"sshd\"\nlogpath = \"/x\"\nmaxretry = \"three\"\n")
+                .unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].starts_with("t.toml:4: jails.a.maxretry: "),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_have_a_line() {
+        let errors = parse("[jails.a]\nfilter = \n").unwrap_err();
+        assert!(errors[0].starts_with("t.toml:2: (syntax): "), "{errors:?}");
+    }
+
+    #[test]
+    fn disabled_jails_are_skipped_and_names_checked() {
+        let c = parse("[jails.off]\nenabled = false\nfailregex = [\"x\"]\n").unwrap();
+        assert!(c.jails.is_empty());
+        let errors =
+            parse("[jails.\"bad name\"]\nfilter = \"sshd\"\nlogpath = \"/x\"\n").unwrap_err();
+        assert!(
+            errors[0].contains("jails.bad name: a jail name is"),
+            "{errors:?}"
+        );
+        let errors = parse("[jails.a]\nfilter = \"nope\"\nlogpath = \"/x\"\n").unwrap_err();
+        assert!(
+            errors[0].contains("no built-in filter \"nope\""),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn ignore_rules() {
+        let c =
+            parse("[jails.a]\nfilter = \"sshd\"\nlogpath = \"/x\"\nignoreip = [\"10.0.0.0/8\"]\n")
+                .unwrap();
+        let j = &c.jails[0];
+        assert!(j.ignores(&"10.1.2.3".parse().unwrap()));
+        assert!(j.ignores(&"127.0.0.2".parse().unwrap()));
+        assert!(j.ignores(&"::1".parse().unwrap()));
+        assert!(!j.ignores(&"192.0.2.1".parse().unwrap()));
+        // A prefix that would cover an ignored address is ignored too.
+        assert!(j.ignores(&"0.0.0.0/0".parse().unwrap()));
+    }
+}

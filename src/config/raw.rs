@@ -1,0 +1,85 @@
+//! The configuration file as written: serde types that keep every value's position.
+//!
+//! Nothing here is validated; [`super::validate`] turns it into typed values. Unknown keys are
+//! not rejected by serde (that would stop at the first one): they are collected with
+//! `serde_ignored` so that every error in the file is reported at once.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub daemon: RawDaemon,
+    #[serde(default)]
+    pub defaults: RawJail,
+    #[serde(default)]
+    pub jails: BTreeMap<String, Spanned<RawJail>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawDaemon {
+    pub socket: Option<Spanned<String>>,
+    pub state_dir: Option<Spanned<String>>,
+}
+
+/// A jail, or the `[defaults]` every jail inherits from.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawJail {
+    pub enabled: Option<Spanned<bool>>,
+    pub filter: Option<Spanned<String>>,
+    pub failregex: Option<Spanned<Vec<Spanned<String>>>>,
+    pub ignoreregex: Option<Spanned<Vec<Spanned<String>>>>,
+    pub logpath: Option<Spanned<OneOrMany>>,
+    pub ports: Option<Spanned<Vec<Spanned<PortValue>>>>,
+    pub protocol: Option<Spanned<String>>,
+    pub bantime: Option<Spanned<DurationValue>>,
+    pub findtime: Option<Spanned<DurationValue>>,
+    pub maxretry: Option<Spanned<i64>>,
+    pub ignoreip: Option<Spanned<Vec<Spanned<String>>>>,
+    pub ignoreself: Option<Spanned<bool>>,
+}
+
+/// `logpath = "/var/log/x"` or `logpath = ["/var/log/x", "/var/log/y*"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `22` or `"8000-8100"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PortValue {
+    Number(i64),
+    Text(String),
+}
+
+/// `600` (seconds) or `"10m"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum DurationValue {
+    Seconds(i64),
+    Text(String),
+}
+
+impl DurationValue {
+    pub fn text(&self) -> String {
+        match self {
+            DurationValue::Seconds(n) => n.to_string(),
+            DurationValue::Text(s) => s.clone(),
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The nftables layout banctl owns, described as plain data (no I/O, no `unsafe`).
+//!
+//! ```text
+//! table inet banctl
+//!   set <jail>_v4 { type ipv4_addr; flags interval, timeout; }
+//!   set <jail>_v6 { type ipv6_addr; flags interval, timeout; }
+//!   chain prerouting { type filter hook prerouting priority raw - 5; policy accept;
+//!     ip  saddr @<jail>_v4 meta l4proto tcp th dport { 22 } counter drop
+//!     ip6 saddr @<jail>_v6 meta l4proto tcp th dport { 22 } counter drop }
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+pub const TABLE: &str = "banctl";
+pub const PREROUTING_CHAIN: &str = "prerouting";
+/// `raw - 5`: before conntrack (-200) and before every DNAT (-100), so the port is the
+/// one the user sees, for host services and published container ports alike.
+pub const PREROUTING_PRIORITY: i32 = -300 - 5;
+
+/// An inclusive range of destination ports (`22` is `22-22`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PortError {
+    #[error("{0:?} is not a port: write a number from 1 to 65535 or a range like \"8000-8100\"")]
+    Syntax(String),
+    #[error("port range {0:?} is reversed")]
+    Reversed(String),
+}
+
+impl PortRange {
+    pub fn single(port: u16) -> PortRange {
+        PortRange {
+            first: port,
+            last: port,
+        }
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = PortError;
+
+    fn from_str(text: &str) -> Result<PortRange, PortError> {
+        let port = |s: &str| {
+            s.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| PortError::Syntax(text.to_owned()))
+        };
+        let range = match text.split_once('-') {
+            Some((a, b)) => PortRange {
+                first: port(a)?,
+                last: port(b)?,
+            },
+            None => PortRange::single(port(text)?),
+        };
+        if range.first > range.last {
+            return Err(PortError::Reversed(text.to_owned()));
+        }
+        Ok(range)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// Transport protocols a jail's rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Both,
+}
+
+impl Protocol {
+    /// IANA protocol numbers (`meta l4proto`).
+    pub fn numbers(self) -> &'static [u8] {
+        match self {
+            Protocol::Tcp => &[libc::IPPROTO_TCP as u8],
+            Protocol::Udp => &[libc::IPPROTO_UDP as u8],
+            Protocol::Both => &[libc::IPPROTO_TCP as u8, libc::IPPROTO_UDP as u8],
+        }
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Protocol, String> {
+        match text {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            "both" | "tcp+udp" => Ok(Protocol::Both),
+            _ => Err(format!(
+                "{text:?} is not a protocol: write \"tcp\", \"udp\" or \"both\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Both => "both",
+        })
+    }
+}
+
+/// IP family of a ban set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
+
+    pub fn of(net: &crate::addr::IpNet) -> Family {
+        if net.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Family::V4 => "v4",
+            Family::V6 => "v6",
+        }
+    }
+}
+
+/// What the firewall needs to know about one jail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailRules {
+    pub name: String,
+    /// Empty means every port.
+    pub ports: Vec<PortRange>,
+    pub protocol: Protocol,
+}
+
+impl JailRules {
+    pub fn set_name(&self, family: Family) -> String {
+        set_name(&self.name, family)
+    }
+
+    /// The comment on the jail's rules, as `nft list ruleset` shows it.
+    pub fn comment(&self) -> String {
+        let ports = if self.ports.is_empty() {
+            "all ports".to_owned()
+        } else {
+            let list: Vec<String> = self.ports.iter().map(ToString::to_string).collect();
+            format!("port {}", list.join(","))
+        };
+        format!("banctl jail {}: {} {}", self.name, self.protocol, ports)
+    }
+}
+
+pub fn set_name(jail: &str, family: Family) -> String {
+    format!("{jail}_{}", family.suffix())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports() {
+        assert_eq!("22".parse(), Ok(PortRange::single(22)));
+        assert_eq!(
+            "8000-8100".parse(),
+            Ok(PortRange {
+                first: 8000,
+                last: 8100
+            })
+        );
+        assert!("0".parse::<PortRange>().is_err());
+        assert!("65536".parse::<PortRange>().is_err());
+        assert!(matches!(
+            "90-80".parse::<PortRange>(),
+            Err(PortError::Reversed(_))
+        ));
+        assert!("ssh".parse::<PortRange>().is_err());
+    }
+}
