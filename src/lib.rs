@@ -1,5 +1,16 @@
+//! banctl: an nftables-native intrusion-prevention daemon and its CLI.
+//!
+//! Data flow: [`source`] (log lines) → [`filter`] (failures) → [`jail`] (ban decisions) →
+//! [`firewall`] (nftables set elements over netlink); [`control`] serves the CLI; [`daemon`]
+//! wires them. See ARCHITECTURE.md.
+
 pub mod addr;
+pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod duration;
 pub mod filter;
 pub mod firewall;
+pub mod jail;
+pub mod source;

@@ -1,1 +1,202 @@
-fn main() {}
+//! `banctl`: the daemon and its command line, in one binary.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use banctl::cli::{Cli, Command, exit, render_bans, render_status};
+use banctl::config::{Config, ConfigError};
+use banctl::control::{self, ControlError, ErrorKind, Request, Response};
+use banctl::daemon;
+use banctl::firewall::{Firewall, FirewallError};
+
+/// An error that maps to a documented exit code.
+struct Failure {
+    code: i32,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Failure {
+        let error = error.into();
+        let code = if error.downcast_ref::<ConfigError>().is_some() {
+            exit::CONFIG
+        } else if let Some(ControlError::Connect { .. }) = error.downcast_ref::<ControlError>() {
+            exit::UNAVAILABLE
+        } else if error.downcast_ref::<FirewallError>().is_some() {
+            exit::FIREWALL
+        } else {
+            exit::FAILURE
+        };
+        Failure { code, error }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::from(exit::OK as u8),
+        Err(Failure { code, error }) => {
+            eprintln!("banctl: {error:#}");
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BANCTL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Daemon { config } => run_daemon(&config),
+        Command::CheckConfig { path } => {
+            let config = Config::load(&path)?;
+            println!(
+                "{}: OK, {} enabled jail(s)",
+                path.display(),
+                config.jails.len()
+            );
+            Ok(())
+        }
+        Command::Version => {
+            println!("banctl {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::List { jail, json } => {
+            let bans = match control::call(&cli.socket, Request::List { jail: jail.clone() }) {
+                Ok(response) => match answer(response)? {
+                    Response::Bans { bans } => bans,
+                    other => return Err(unexpected(other)),
+                },
+                Err(ControlError::Connect { .. }) => {
+                    eprintln!(
+                        "banctl: the daemon is not running; bans read directly from the kernel"
+                    );
+                    list_from_kernel(jail.as_deref())?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&bans).context("encoding JSON")?
+                );
+            } else {
+                print!("{}", render_bans(&bans));
+            }
+            Ok(())
+        }
+        Command::Ban { jail, target, time } => {
+            match answer(control::call(
+                &cli.socket,
+                Request::Ban { jail, target, time },
+            )?)? {
+                Response::Banned { jail, target, time } => {
+                    println!("banned {target} in jail {jail} for {time}")
+                }
+                other => return Err(unexpected(other)),
+            }
+            Ok(())
+        }
+        Command::Unban { target, jail } => {
+            match answer(control::call(&cli.socket, Request::Unban { target, jail })?)? {
+                Response::Unbanned { removed } => {
+                    for b in removed {
+                        println!("unbanned {} from jail {}", b.address, b.jail);
+                    }
+                }
+                other => return Err(unexpected(other)),
+            }
+            Ok(())
+        }
+        Command::Status { jail, json } => {
+            match answer(control::call(&cli.socket, Request::Status { jail })?)? {
+                Response::Status { jails } if json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&jails).context("encoding JSON")?
+                    )
+                }
+                Response::Status { jails } => print!("{}", render_status(&jails)),
+                other => return Err(unexpected(other)),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Turns an error response into a failure with the matching exit code.
+fn answer(response: Response) -> Result<Response, Failure> {
+    match response {
+        Response::Error { kind, message } => {
+            let code = match kind {
+                ErrorKind::NotBanned | ErrorKind::UnknownJail => exit::NOT_FOUND,
+                ErrorKind::Ignored | ErrorKind::PermissionDenied => exit::REFUSED,
+                ErrorKind::Firewall => exit::FIREWALL,
+                ErrorKind::BadRequest | ErrorKind::Version => exit::FAILURE,
+            };
+            Err(Failure {
+                code,
+                error: anyhow::anyhow!(message),
+            })
+        }
+        ok => Ok(ok),
+    }
+}
+
+fn unexpected(response: Response) -> Failure {
+    Failure {
+        code: exit::FAILURE,
+        error: anyhow::anyhow!("unexpected answer from the daemon: {response:?}"),
+    }
+}
+
+fn list_from_kernel(jail: Option<&str>) -> Result<Vec<banctl::control::BanInfo>, Failure> {
+    let mut firewall = Firewall::open()?;
+    let jails = match jail {
+        Some(j) => vec![j.to_owned()],
+        None => firewall.jails_in_kernel()?,
+    };
+    let mut bans = Vec::new();
+    for j in jails {
+        bans.extend(firewall.list(&j)?.iter().map(|e| daemon::ban_info(&j, e)));
+    }
+    Ok(bans)
+}
+
+fn run_daemon(config_path: &Path) -> Result<(), Failure> {
+    let config = Config::load(config_path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot handle SIGTERM");
+                        return std::future::pending().await;
+                    }
+                };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+            }
+        };
+        daemon::run(config, shutdown).await
+    })?;
+    Ok(())
+}

@@ -256,8 +256,8 @@ fn net_elems(net: &IpNet, timeout_ms: Option<u64>) -> Vec<Elem> {
 
 fn addr_from_key(key: &[u8], family: Family) -> Option<IpAddr> {
     match family {
-        Family::V4 => <[u8; 4]>::try_from(key).ok().map(|k| IpAddr::from(k)),
-        Family::V6 => <[u8; 16]>::try_from(key).ok().map(|k| IpAddr::from(k)),
+        Family::V4 => <[u8; 4]>::try_from(key).ok().map(IpAddr::from),
+        Family::V6 => <[u8; 16]>::try_from(key).ok().map(IpAddr::from),
     }
 }
 

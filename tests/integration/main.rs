@@ -1,4 +1,8 @@
 //! banctl's integration tests: one test binary, one module per area.
+//!
+//! Tests that need the kernel run in their own network namespace (see `netns`); without root
+//! they are skipped loudly, and under `cargo xtask test` (CI) they must run.
 
+mod daemon;
 mod firewall;
 mod netns;

@@ -1,0 +1,212 @@
+//! The command line: arguments (clap) and how answers are printed.
+//!
+//! Printing lives here, apart from `main`, so that the text admins read is tested and stable.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::addr::IpNet;
+use crate::config::{DEFAULT_CONFIG, DEFAULT_SOCKET};
+use crate::control::{BanInfo, JailStatus};
+use crate::duration::{BanTime, format_duration};
+
+/// Process exit codes, as documented in the README.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// Anything not listed below.
+    pub const FAILURE: i32 = 1;
+    /// Bad command line (clap's own code).
+    pub const USAGE: i32 = 2;
+    /// The configuration file is invalid or unreadable.
+    pub const CONFIG: i32 = 3;
+    /// The daemon cannot be reached on its socket.
+    pub const UNAVAILABLE: i32 = 4;
+    /// Nothing matched: no such ban or no such jail.
+    pub const NOT_FOUND: i32 = 5;
+    /// The request was refused: permission, or an ignored address.
+    pub const REFUSED: i32 = 6;
+    /// The kernel refused a firewall change.
+    pub const FIREWALL: i32 = 7;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "banctl",
+    version,
+    about = "nftables-native intrusion prevention: bans as kernel set elements with timeouts",
+    after_help = "Examples:\n  banctl daemon --config /etc/banctl/banctl.toml\n  banctl list\n  banctl unban 203.0.113.5\n  banctl ban sshd 203.0.113.0/24 --time 1d\n  banctl status sshd"
+)]
+pub struct Cli {
+    /// Control socket of the daemon.
+    #[arg(long, global = true, env = "BANCTL_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: follow logs, count failures, write bans into nftables.
+    Daemon {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Show active bans (read from the kernel when the daemon is down).
+    #[command(after_help = "Examples:\n  banctl list\n  banctl list --jail sshd --json")]
+    List {
+        #[arg(long)]
+        jail: Option<String>,
+        /// Print a JSON array of {jail, address, expires_in_s, bantime_s}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ban an address or prefix in a jail now.
+    #[command(
+        after_help = "Examples:\n  banctl ban sshd 203.0.113.5\n  banctl ban sshd 2001:db8:1::/64 --time 1w"
+    )]
+    Ban {
+        jail: String,
+        target: IpNet,
+        /// Ban length (90s, 10m, 1h, 1d, 1w, permanent); default: the jail's bantime.
+        #[arg(long)]
+        time: Option<BanTime>,
+    },
+    /// Lift the ban covering an address, in one jail or all.
+    #[command(
+        after_help = "Examples:\n  banctl unban 203.0.113.5\n  banctl unban 2001:db8:1::5 --jail sshd"
+    )]
+    Unban {
+        target: IpNet,
+        #[arg(long)]
+        jail: Option<String>,
+    },
+    /// Show jails: sources, counters, bans and dropped packets.
+    Status {
+        jail: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a configuration file and print every error.
+    CheckConfig {
+        #[arg(default_value = DEFAULT_CONFIG)]
+        path: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn remaining(b: &BanInfo) -> String {
+    match b.expires_in_s {
+        Some(0) => "<1s".to_owned(),
+        Some(s) => format_duration(std::time::Duration::from_secs(s)),
+        None => "permanent".to_owned(),
+    }
+}
+
+/// `banctl list` as a table.
+pub fn render_bans(bans: &[BanInfo]) -> String {
+    if bans.is_empty() {
+        return "no active bans\n".to_owned();
+    }
+    let width_jail = bans.iter().map(|b| b.jail.len()).max().unwrap_or(0).max(4);
+    let width_addr = bans
+        .iter()
+        .map(|b| b.address.to_string().len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
+    let mut out = format!(
+        "{:width_jail$}  {:width_addr$}  EXPIRES IN\n",
+        "JAIL", "ADDRESS"
+    );
+    for b in bans {
+        let _ = writeln!(
+            out,
+            "{:width_jail$}  {:width_addr$}  {}",
+            b.jail,
+            b.address.to_string(),
+            remaining(b)
+        );
+    }
+    out
+}
+
+/// `banctl status` as text.
+pub fn render_status(jails: &[JailStatus]) -> String {
+    let mut out = String::new();
+    for j in jails {
+        let ports = if j.ports.is_empty() {
+            "all".to_owned()
+        } else {
+            j.ports.join(", ")
+        };
+        let _ = writeln!(out, "jail {}", j.name);
+        let _ = writeln!(out, "  filter:       {}", j.filter);
+        let _ = writeln!(out, "  sources:      {}", j.sources.join(", "));
+        let _ = writeln!(out, "  ports:        {} {}", j.protocol, ports);
+        let _ = writeln!(
+            out,
+            "  policy:       ban for {} after {} failures within {}",
+            j.bantime,
+            j.maxretry,
+            format_duration(std::time::Duration::from_secs(j.findtime_s))
+        );
+        let _ = writeln!(
+            out,
+            "  tracked:      {} address(es) with recent failures",
+            j.tracked
+        );
+        let _ = writeln!(out, "  active bans:  {}", j.active_bans);
+        let _ = writeln!(
+            out,
+            "  dropped:      {} packets, {} bytes",
+            j.dropped_packets, j.dropped_bytes
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ban(jail: &str, addr: &str, left: Option<u64>) -> BanInfo {
+        BanInfo {
+            jail: jail.into(),
+            address: addr.parse().unwrap(),
+            expires_in_s: left,
+            bantime_s: left,
+        }
+    }
+
+    #[test]
+    fn list_output_is_stable() {
+        let out = render_bans(&[
+            ban("sshd", "203.0.113.5", Some(3599)),
+            ban("jellyfin", "2001:db8:1::/64", None),
+            ban("sshd", "198.51.100.7", Some(0)),
+        ]);
+        assert_eq!(
+            out,
+            "JAIL      ADDRESS          EXPIRES IN\n\
+             sshd      203.0.113.5      59m59s\n\
+             jellyfin  2001:db8:1::/64  permanent\n\
+             sshd      198.51.100.7     <1s\n"
+        );
+        assert_eq!(render_bans(&[]), "no active bans\n");
+    }
+
+    #[test]
+    fn cli_parses() {
+        Cli::command_for_test();
+    }
+
+    impl Cli {
+        fn command_for_test() {
+            use clap::CommandFactory;
+            Cli::command().debug_assert();
+        }
+    }
+}

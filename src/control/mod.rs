@@ -1,0 +1,176 @@
+//! The control socket: the daemon's server side and the CLI's client side.
+//!
+//! **Invariant:** the daemon answers requests from the same task that owns the jails and the
+//! firewall ([`crate::daemon`]); this module only moves typed messages.
+
+pub mod proto;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+pub use proto::{BanInfo, ErrorKind, JailStatus, PROTOCOL_VERSION, Request, Response};
+use proto::{MAX_MESSAGE, RequestEnvelope, ResponseEnvelope};
+
+/// How long the CLI waits for the daemon.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    #[error("cannot reach the banctl daemon at {}: {source}", path.display())]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("talking to the banctl daemon failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the daemon sent an answer banctl cannot read: {0}")]
+    Protocol(String),
+    #[error("cannot create the control socket {}: {source}", path.display())]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A request from a client, with the channel to answer on.
+pub struct Incoming {
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// Sends one request to the daemon and waits for its answer (blocking: the CLI has no runtime).
+pub fn call(socket: &Path, request: Request) -> Result<Response, ControlError> {
+    let connect = |source| ControlError::Connect {
+        path: socket.to_owned(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(connect)?;
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    let envelope = RequestEnvelope {
+        version: PROTOCOL_VERSION,
+        request,
+    };
+    let mut line =
+        serde_json::to_vec(&envelope).map_err(|e| ControlError::Protocol(e.to_string()))?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut answer = String::new();
+    BufReader::new(stream.take(MAX_MESSAGE as u64)).read_line(&mut answer)?;
+    let envelope: ResponseEnvelope =
+        serde_json::from_str(&answer).map_err(|e| ControlError::Protocol(e.to_string()))?;
+    if envelope.version != PROTOCOL_VERSION {
+        return Err(ControlError::Protocol(format!(
+            "daemon speaks protocol version {}, this banctl speaks {PROTOCOL_VERSION}",
+            envelope.version
+        )));
+    }
+    Ok(envelope.response)
+}
+
+/// Binds the control socket (mode 0660), replacing a stale socket file.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    let bind_err = |source| ControlError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(bind_err)?;
+    }
+    if UnixStream::connect(path).is_ok() {
+        let busy = std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another banctl daemon is listening there",
+        );
+        return Err(bind_err(busy));
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(bind_err(e)),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
+    Ok(listener)
+}
+
+/// Accepts clients forever, forwarding each request to the daemon's main task.
+pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Incoming>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, tx).await {
+                tracing::debug!(error = %e, "control connection ended");
+            }
+        });
+    }
+}
+
+async fn handle(stream: tokio::net::UnixStream, tx: mpsc::Sender<Incoming>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(read.take(MAX_MESSAGE as u64));
+    let read = tokio::time::timeout(CLIENT_TIMEOUT, reader.read_line(&mut line)).await;
+    let response = match read {
+        Err(_) => return Ok(()),
+        Ok(result) => {
+            result?;
+            dispatch(&line, &tx).await
+        }
+    };
+    let envelope = ResponseEnvelope {
+        version: PROTOCOL_VERSION,
+        response,
+    };
+    let mut out = serde_json::to_vec(&envelope).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await
+}
+
+async fn dispatch(line: &str, tx: &mpsc::Sender<Incoming>) -> Response {
+    let error = |kind, message: String| Response::Error { kind, message };
+    // Read the version first, so a future client gets "version" rather than "bad request".
+    let version = serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64));
+    if version.is_some_and(|v| v != u64::from(PROTOCOL_VERSION)) {
+        let v = version.unwrap_or_default();
+        return error(
+            ErrorKind::Version,
+            format!("request version {v}, daemon speaks {PROTOCOL_VERSION}"),
+        );
+    }
+    let envelope: RequestEnvelope = match serde_json::from_str(line) {
+        Ok(e) => e,
+        Err(e) => return error(ErrorKind::BadRequest, e.to_string()),
+    };
+    let (reply, answer) = oneshot::channel();
+    if tx
+        .send(Incoming {
+            request: envelope.request,
+            reply,
+        })
+        .await
+        .is_err()
+    {
+        return error(ErrorKind::Firewall, "the daemon is shutting down".into());
+    }
+    answer
+        .await
+        .unwrap_or_else(|_| error(ErrorKind::Firewall, "the daemon is shutting down".into()))
+}

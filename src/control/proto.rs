@@ -1,0 +1,169 @@
+//! The control protocol: one JSON request line, one JSON response line, over a Unix socket.
+//!
+//! Both sides use these types, so the CLI and the daemon cannot disagree on a field. Every
+//! message carries [`PROTOCOL_VERSION`]; a daemon answers a request of another version with
+//! [`ErrorKind::Version`] instead of guessing.
+
+use serde::{Deserialize, Serialize};
+
+use crate::addr::IpNet;
+use crate::duration::BanTime;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Longest request or response line accepted.
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestEnvelope {
+    pub version: u32,
+    pub request: Request,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Active bans, of one jail or all.
+    List { jail: Option<String> },
+    /// Ban an address or prefix in a jail, for the jail's bantime or `time`.
+    Ban {
+        jail: String,
+        target: IpNet,
+        time: Option<BanTime>,
+    },
+    /// Remove the ban covering an address (in one jail, or every jail).
+    Unban { target: IpNet, jail: Option<String> },
+    /// Jails, their sources, counters and drops.
+    Status { jail: Option<String> },
+}
+
+impl Request {
+    /// Whether the request changes state (as opposed to reading it).
+    pub fn is_change(&self) -> bool {
+        matches!(self, Request::Ban { .. } | Request::Unban { .. })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseEnvelope {
+    pub version: u32,
+    pub response: Response,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Bans {
+        bans: Vec<BanInfo>,
+    },
+    Banned {
+        jail: String,
+        target: IpNet,
+        time: BanTime,
+    },
+    Unbanned {
+        removed: Vec<BanInfo>,
+    },
+    Status {
+        jails: Vec<JailStatus>,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+/// One active ban. `banctl list --json` prints these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanInfo {
+    pub jail: String,
+    pub address: IpNet,
+    /// Seconds until the kernel lifts it; `null` for a permanent ban.
+    pub expires_in_s: Option<u64>,
+    /// The ban's full length in seconds; `null` for a permanent ban.
+    pub bantime_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JailStatus {
+    pub name: String,
+    pub filter: String,
+    pub sources: Vec<String>,
+    pub ports: Vec<String>,
+    pub protocol: String,
+    pub maxretry: u32,
+    pub findtime_s: u64,
+    pub bantime: BanTime,
+    /// Addresses with failures inside the window.
+    pub tracked: usize,
+    pub active_bans: usize,
+    pub dropped_packets: u64,
+    pub dropped_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request could not be parsed.
+    BadRequest,
+    /// The client speaks another protocol version.
+    Version,
+    UnknownJail,
+    /// Nothing to unban.
+    NotBanned,
+    /// The address is in the jail's ignore list (or loopback).
+    Ignored,
+    /// The kernel refused the change.
+    Firewall,
+    PermissionDenied,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wire format is a contract with older and newer CLIs: pin it.
+    #[test]
+    fn wire_format_is_stable() {
+        let req = RequestEnvelope {
+            version: PROTOCOL_VERSION,
+            request: Request::Ban {
+                jail: "sshd".into(),
+                target: "192.0.2.1".parse().unwrap(),
+                time: Some(BanTime::Permanent),
+            },
+        };
+        let json = serde_json::to_string(&req).unwrap();
+        assert_eq!(
+            json,
+            r#"{"version":1,"request":{"type":"ban","jail":"sshd","target":"192.0.2.1","time":"permanent"}}"#
+        );
+        assert_eq!(serde_json::from_str::<RequestEnvelope>(&json).unwrap(), req);
+
+        let resp = ResponseEnvelope {
+            version: PROTOCOL_VERSION,
+            response: Response::Error {
+                kind: ErrorKind::NotBanned,
+                message: "x".into(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&resp).unwrap(),
+            r#"{"version":1,"response":{"type":"error","kind":"not_banned","message":"x"}}"#
+        );
+    }
+
+    #[test]
+    fn hostile_requests_are_errors() {
+        for bad in [
+            r#"{"version":1,"request":{"type":"ban","jail":"x","target":"not-an-ip"}}"#,
+            r#"{"version":1,"request":{"type":"format_disk"}}"#,
+            r#"{"version":1,"request":{"type":"list","jail":null,"extra":1}}"#,
+            "\u{0}",
+        ] {
+            assert!(
+                serde_json::from_str::<RequestEnvelope>(bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Jails: count failures per address in a sliding window and decide bans.
+//!
+//! **Invariant:** a jail never decides to ban an address its config ignores (`ignoreip`,
+//! loopback with `ignoreself`), and it does no I/O: the daemon writes the bans it returns.
+
+use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use crate::addr::IpNet;
+use crate::config::JailConfig;
+use crate::filter::Hit;
+use crate::firewall::Ban;
+
+/// What a failure led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Counted; `count` failures of this address are inside the window now.
+    Counted { count: usize },
+    /// The address reached `maxretry`: ban it.
+    Ban(Ban),
+    /// The address is never banned by this jail.
+    Ignored,
+}
+
+/// One jail: its config and its failure window per address.
+#[derive(Debug)]
+pub struct Jail {
+    config: JailConfig,
+    failures: HashMap<IpAddr, VecDeque<SystemTime>>,
+}
+
+impl Jail {
+    pub fn new(config: JailConfig) -> Jail {
+        Jail {
+            config,
+            failures: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &JailConfig {
+        &self.config
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Runs the jail's filter on a line; a hit is recorded at `at`.
+    pub fn on_line(&mut self, line: &str, at: SystemTime) -> Option<Outcome> {
+        let Hit { addr, .. } = self.config.filter.find(line)?;
+        Some(self.record(addr, at))
+    }
+
+    /// Records one failure of `addr` at time `at`.
+    pub fn record(&mut self, addr: IpAddr, at: SystemTime) -> Outcome {
+        let net = IpNet::host(addr);
+        if self.config.ignores(&net) {
+            return Outcome::Ignored;
+        }
+        let window_start = at
+            .checked_sub(self.config.findtime)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let times = self.failures.entry(net.addr()).or_default();
+        times.retain(|t| *t > window_start);
+        times.push_back(at);
+        let count = times.len();
+        if count < self.config.maxretry as usize {
+            return Outcome::Counted { count };
+        }
+        self.failures.remove(&net.addr());
+        Outcome::Ban(Ban {
+            jail: self.config.name.clone(),
+            net,
+            time: self.config.bantime,
+        })
+    }
+
+    /// Forgets the failures of addresses inside `net` (after a manual ban or unban).
+    pub fn forget(&mut self, net: &IpNet) {
+        self.failures.retain(|addr, _| !net.contains(*addr));
+    }
+
+    /// Drops windows whose every failure is older than `findtime`.
+    pub fn sweep(&mut self, now: SystemTime) {
+        let window_start = now
+            .checked_sub(self.config.findtime)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        self.failures
+            .retain(|_, times| times.back().is_some_and(|t| *t > window_start));
+    }
+
+    /// Addresses with at least one failure in the window.
+    pub fn tracked(&self) -> usize {
+        self.failures.len()
+    }
+
+    /// How often [`Jail::sweep`] is worth running.
+    pub fn sweep_interval(&self) -> Duration {
+        self.config
+            .findtime
+            .clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::duration::BanTime;
+
+    fn jail(extra: &str) -> Jail {
+        let text = format!(
+            "[jails.j]\nfailregex = ['^fail <HOST>$']\nlogpath = '/x'\nmaxretry = 3\nfindtime = '10m'\nbantime = '1h'\n{extra}"
+        );
+        Jail::new(
+            Config::parse(Path::new("t"), &text)
+                .unwrap()
+                .jails
+                .remove(0),
+        )
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    #[test]
+    fn bans_at_maxretry_within_findtime() {
+        let mut j = jail("");
+        assert_eq!(
+            j.on_line("fail 192.0.2.1", at(0)),
+            Some(Outcome::Counted { count: 1 })
+        );
+        assert_eq!(
+            j.on_line("fail 192.0.2.1", at(10)),
+            Some(Outcome::Counted { count: 2 })
+        );
+        assert_eq!(
+            j.on_line("fail 192.0.2.9", at(11)),
+            Some(Outcome::Counted { count: 1 })
+        );
+        let Some(Outcome::Ban(ban)) = j.on_line("fail 192.0.2.1", at(20)) else {
+            panic!("no ban")
+        };
+        assert_eq!(ban.net.to_string(), "192.0.2.1");
+        assert_eq!(ban.time, BanTime::Finite(Duration::from_secs(3600)));
+        // The window starts over after a ban.
+        assert_eq!(
+            j.on_line("fail 192.0.2.1", at(21)),
+            Some(Outcome::Counted { count: 1 })
+        );
+        assert_eq!(j.on_line("no match", at(22)), None);
+    }
+
+    #[test]
+    fn window_slides() {
+        let mut j = jail("");
+        j.record("192.0.2.1".parse().unwrap(), at(0));
+        j.record("192.0.2.1".parse().unwrap(), at(300));
+        // 601 s after the first failure, it has left the 10 minute window.
+        assert_eq!(
+            j.record("192.0.2.1".parse().unwrap(), at(601)),
+            Outcome::Counted { count: 2 }
+        );
+        j.sweep(at(2000));
+        assert_eq!(j.tracked(), 0);
+    }
+
+    #[test]
+    fn ignored_addresses_are_never_counted() {
+        let mut j = jail("ignoreip = ['198.51.100.0/24']");
+        for _ in 0..5 {
+            assert_eq!(
+                j.on_line("fail 198.51.100.7", at(0)),
+                Some(Outcome::Ignored)
+            );
+            assert_eq!(j.on_line("fail 127.0.0.1", at(0)), Some(Outcome::Ignored));
+            assert_eq!(j.on_line("fail ::1", at(0)), Some(Outcome::Ignored));
+        }
+        assert_eq!(j.tracked(), 0);
+        let mut j = jail("ignoreself = false");
+        j.record("127.0.0.2".parse().unwrap(), at(0));
+        j.record("127.0.0.2".parse().unwrap(), at(0));
+        assert!(matches!(
+            j.record("127.0.0.2".parse().unwrap(), at(0)),
+            Outcome::Ban(_)
+        ));
+    }
+
+    #[test]
+    fn mapped_and_plain_ipv4_are_one_address() {
+        let mut j = jail("");
+        j.on_line("fail ::ffff:192.0.2.1", at(0));
+        j.on_line("fail 192.0.2.1", at(1));
+        assert!(matches!(
+            j.on_line("fail [::ffff:192.0.2.1]", at(2)),
+            Some(Outcome::Ban(_))
+        ));
+    }
+}

@@ -1,0 +1,358 @@
+//! The real `banctl daemon` binary, driven through its log files and its CLI, in a namespace.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use banctl::firewall::Firewall;
+
+use crate::netns;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_banctl");
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(test: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("banctl-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running daemon, killed on drop.
+pub struct Daemon {
+    child: Child,
+    pub socket: PathBuf,
+    pub scratch: Scratch,
+}
+
+impl Daemon {
+    /// Writes `config` (with `{dir}` replaced by the scratch directory) and starts the daemon.
+    pub fn start(test: &str, config: &str) -> Daemon {
+        let scratch = Scratch::new(test);
+        let dir = scratch.0.display().to_string();
+        let socket = scratch.path("banctl.sock");
+        let config = format!(
+            "[daemon]\nsocket = \"{}\"\nstate_dir = \"{dir}/state\"\n\n{}",
+            socket.display(),
+            config.replace("{dir}", &dir)
+        );
+        let path = scratch.write("banctl.toml", &config);
+        let child = Command::new(BIN)
+            .args(["daemon", "--config"])
+            .arg(&path)
+            .env("BANCTL_LOG", "debug")
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start banctl daemon");
+        let daemon = Daemon {
+            child,
+            socket,
+            scratch,
+        };
+        assert!(
+            netns::eventually(Duration::from_secs(10), || daemon
+                .cli(&["status"])
+                .status
+                .success()),
+            "daemon did not come up"
+        );
+        daemon
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run banctl")
+    }
+
+    /// Runs the CLI and returns stdout, asserting success.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "banctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Addresses `banctl list --json` shows for a jail.
+    pub fn banned(&self, jail: &str) -> Vec<String> {
+        let json: serde_json::Value =
+            serde_json::from_str(&self.ok(&["list", "--json", "--jail", jail])).unwrap();
+        json.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["address"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    pub fn append(&self, log: &str, lines: &[String]) {
+        append(&self.scratch.path(log), lines);
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Appends lines in one write, as a logging daemon would.
+pub fn append(path: &Path, lines: &[String]) {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+fn failures(addr: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!("2026-11-21T10:00:0{i}Z app: login failed for admin from {addr} port 4{i}")
+        })
+        .collect()
+}
+
+fn config(port: u16) -> String {
+    format!(
+        r#"
+[defaults]
+maxretry = 3
+findtime = "10m"
+ports = [{port}]
+ignoreself = false   # this test attacks from 127.0.0.2 inside its own namespace
+
+[jails.web]
+failregex = ['^\S+ app: login failed for .* from <HOST> port \d+$']
+logpath = ["{{dir}}/web.log"]
+bantime = "1h"
+
+[jails.short]
+failregex = ['^\S+ app: login failed for .* from <HOST> port \d+$']
+logpath = ["{{dir}}/short.log"]
+bantime = "2s"
+"#
+    )
+}
+
+#[test]
+fn ban_unban_and_expiry_with_traffic_ipv4() {
+    let Some(()) = netns::enter("ban_unban_and_expiry_with_traffic_ipv4") else {
+        return;
+    };
+    let target = netns::listen("127.0.0.1:0");
+    let daemon = Daemon::start("e2e-v4", &config(target.port()));
+    std::fs::write(daemon.scratch.path("web.log"), "").unwrap();
+    std::fs::write(daemon.scratch.path("short.log"), "").unwrap();
+    assert!(netns::connects("127.0.0.2", target));
+
+    // Two failures of 127.0.0.3 stay below maxretry; three of 127.0.0.2 reach it.
+    let mut lines = failures("127.0.0.3", 2);
+    lines.extend(failures("127.0.0.2", 3));
+    daemon.append("web.log", &lines);
+    assert!(
+        netns::eventually(Duration::from_secs(5), || daemon.banned("web")
+            == ["127.0.0.2"]),
+        "127.0.0.2 not banned: {:?}",
+        daemon.banned("web")
+    );
+
+    // Read back over netlink: one element, with the jail's bantime as its timeout.
+    let elements = Firewall::open().unwrap().list("web").unwrap();
+    assert_eq!(elements.len(), 1);
+    assert_eq!(elements[0].timeout, Some(Duration::from_secs(3600)));
+    // And as an admin sees it.
+    let set = netns::nft(&["list", "set", "inet", "banctl", "web_v4"]);
+    println!("{set}");
+    assert!(set.contains("127.0.0.2 timeout 1h expires"), "{set}");
+
+    assert!(
+        !netns::connects("127.0.0.2", target),
+        "banned 127.0.0.2 connected"
+    );
+    assert!(
+        netns::connects("127.0.0.3", target),
+        "127.0.0.3 was dropped"
+    );
+
+    let out = daemon.ok(&["unban", "127.0.0.2"]);
+    assert_eq!(out, "unbanned 127.0.0.2 from jail web\n");
+    assert!(
+        netns::connects("127.0.0.2", target),
+        "still dropped after unban"
+    );
+    let again = daemon.cli(&["unban", "127.0.0.2"]);
+    assert_eq!(again.status.code(), Some(banctl::cli::exit::NOT_FOUND));
+
+    // A 2 s ban expires in the kernel by itself.
+    daemon.append("short.log", &failures("127.0.0.2", 3));
+    assert!(netns::eventually(Duration::from_secs(5), || daemon
+        .banned("short")
+        == ["127.0.0.2"]));
+    assert!(!netns::connects("127.0.0.2", target));
+    assert!(
+        netns::eventually(Duration::from_secs(5), || daemon.banned("short").is_empty()),
+        "2 s ban did not expire"
+    );
+    assert!(netns::connects("127.0.0.2", target), "dropped after expiry");
+
+    // The refused connect above sent at least one SYN into the jail's counter.
+    let status: serde_json::Value =
+        serde_json::from_str(&daemon.ok(&["status", "web", "--json"])).unwrap();
+    assert!(
+        status[0]["dropped_packets"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    assert_eq!(status[0]["active_bans"], 0, "{status}");
+}
+
+#[test]
+fn ban_unban_and_expiry_with_traffic_ipv6() {
+    let Some(()) = netns::enter("ban_unban_and_expiry_with_traffic_ipv6") else {
+        return;
+    };
+    netns::add_v6_addrs(&["2001:db8::1", "2001:db8::2", "2001:db8::3"]);
+    let target = netns::listen("[2001:db8::1]:0");
+    let daemon = Daemon::start("e2e-v6", &config(target.port()));
+    std::fs::write(daemon.scratch.path("web.log"), "").unwrap();
+    std::fs::write(daemon.scratch.path("short.log"), "").unwrap();
+
+    daemon.append("web.log", &failures("2001:db8::2", 3));
+    assert!(netns::eventually(Duration::from_secs(5), || daemon
+        .banned("web")
+        == ["2001:db8::2"]));
+    let set = netns::nft(&["list", "set", "inet", "banctl", "web_v6"]);
+    assert!(set.contains("2001:db8::2 timeout 1h expires"), "{set}");
+    assert!(
+        !netns::connects("2001:db8::2", target),
+        "banned 2001:db8::2 connected"
+    );
+    assert!(
+        netns::connects("2001:db8::3", target),
+        "2001:db8::3 was dropped"
+    );
+
+    daemon.ok(&["unban", "2001:db8::2", "--jail", "web"]);
+    assert!(
+        netns::connects("2001:db8::2", target),
+        "still dropped after unban"
+    );
+
+    daemon.append("short.log", &failures("[2001:db8::2]", 3));
+    assert!(netns::eventually(Duration::from_secs(5), || daemon
+        .banned("short")
+        == ["2001:db8::2"]));
+    assert!(!netns::connects("2001:db8::2", target));
+    assert!(netns::eventually(Duration::from_secs(5), || daemon
+        .banned("short")
+        .is_empty()));
+    assert!(
+        netns::connects("2001:db8::2", target),
+        "dropped after expiry"
+    );
+}
+
+#[test]
+fn manual_ban_refuses_ignored_addresses() {
+    let Some(()) = netns::enter("manual_ban_refuses_ignored_addresses") else {
+        return;
+    };
+    let daemon = Daemon::start(
+        "manual",
+        "[jails.sshd]\nfilter = \"sshd\"\nlogpath = \"{dir}/auth.log\"\nignoreip = [\"198.51.100.0/24\"]\n",
+    );
+    let refused = daemon.cli(&["ban", "sshd", "198.51.100.7"]);
+    assert_eq!(refused.status.code(), Some(banctl::cli::exit::REFUSED));
+    let refused = daemon.cli(&["ban", "sshd", "127.0.0.1"]);
+    assert_eq!(refused.status.code(), Some(banctl::cli::exit::REFUSED));
+    assert_eq!(
+        daemon.ok(&["ban", "sshd", "203.0.113.0/24", "--time", "1d"]),
+        "banned 203.0.113.0/24 in jail sshd for 1d\n"
+    );
+    assert_eq!(daemon.banned("sshd"), ["203.0.113.0/24"]);
+    // Unbanning an address inside the prefix lifts the prefix ban.
+    assert_eq!(
+        daemon.ok(&["unban", "203.0.113.9"]),
+        "unbanned 203.0.113.0/24 from jail sshd\n"
+    );
+    let unknown = daemon.cli(&["ban", "nope", "203.0.113.1"]);
+    assert_eq!(unknown.status.code(), Some(banctl::cli::exit::NOT_FOUND));
+}
+
+#[test]
+fn bad_config_reports_every_error_and_touches_no_ruleset() {
+    let Some(()) = netns::enter("bad_config_reports_every_error_and_touches_no_ruleset") else {
+        return;
+    };
+    let scratch = Scratch::new("badconfig");
+    let path = scratch.write(
+        "banctl.toml",
+        r#"[jails.web]
+logpath = ["/var/log/web.log"]
+failregex = ['^login failed for \S+$']
+bantime = "2 fortnights"
+ignoreip = ["10.0.0.0/99"]
+colour = "blue"
+"#,
+    );
+    let out = Command::new(BIN)
+        .args(["daemon", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(banctl::cli::exit::CONFIG));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    for expected in [
+        format!("{file}:3: jails.web.failregex[0]: pattern has no <HOST>"),
+        format!("{file}:4: jails.web.bantime: \"2 fortnights\" is not a duration"),
+        format!("{file}:5: jails.web.ignoreip[0]: prefix length 99 is out of range"),
+        format!("{file}:6: jails.web.colour: unknown key"),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert_eq!(
+        netns::nft(&["list", "ruleset"]).trim(),
+        "",
+        "a bad config touched the ruleset"
+    );
+}
