@@ -3,6 +3,7 @@
 //! Tests that need the kernel run in their own network namespace (see `netns`); without root
 //! they are skipped loudly, and under `cargo xtask test` (CI) they must run.
 
+mod config;
 mod daemon;
 mod firewall;
 mod netns;

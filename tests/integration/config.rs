@@ -1,0 +1,88 @@
+//! The shipped example configuration, checked the way users will use it.
+
+use std::path::Path;
+use std::process::Command;
+
+use banctl::config::Config;
+
+use crate::daemon::BIN;
+
+fn example() -> Config {
+    Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/banctl.toml"))
+        .expect("etc/banctl.toml is valid")
+}
+
+#[test]
+fn example_config_passes_check_config() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/banctl.toml");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with(": OK, 2 enabled jail(s)\n"));
+}
+
+#[test]
+fn example_jellyfin_jail() {
+    let config = example();
+    let jail = config.jails.iter().find(|j| j.name == "jellyfin").unwrap();
+    assert_eq!((jail.maxretry, jail.findtime.as_secs()), (3, 12 * 3600));
+    let ports: Vec<String> = jail.ports.iter().map(ToString::to_string).collect();
+    assert_eq!(ports, ["80", "443", "8096", "8920"]);
+    let host = |line: &str| jail.filter.find(line).map(|h| h.addr.to_string());
+    let prefix = "[2026-11-21 10:00:00.000 +01:00] [INF] [42] Jellyfin.Server.Implementations.Users.UserManager:";
+    assert_eq!(
+        host(&format!(
+            r#"{prefix} Authentication request for "admin" has been denied (IP: "203.0.113.5")."#
+        ))
+        .as_deref(),
+        Some("203.0.113.5")
+    );
+    assert_eq!(
+        host(&format!(
+            r#"{prefix} Authentication request for "admin" has been denied (IP: "2001:db8::5")."#
+        ))
+        .as_deref(),
+        Some("2001:db8::5")
+    );
+    // The user name is attacker-controlled: it must not supply the address.
+    let hostile = format!(
+        r#"{prefix} Authentication request for "x" has been denied (IP: "198.51.100.9")." has been denied (IP: "203.0.113.5")."#
+    );
+    assert_eq!(host(&hostile).as_deref(), Some("203.0.113.5"));
+    assert_eq!(
+        host(&format!(
+            r#"{prefix} Authentication request for "admin" has succeeded"#
+        )),
+        None
+    );
+}
+
+#[test]
+fn check_config_exit_code_and_messages() {
+    let dir = crate::daemon::Scratch::new("check-config");
+    let path = dir.write(
+        "bad.toml",
+        "[jails.x]\nfilter = \"sshd\"\nlogpath = \"/x\"\nmaxretry = 0\n",
+    );
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(banctl::cli::exit::CONFIG));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:4: jails.x.maxretry: 0 is not a count",
+            path.display()
+        )),
+        "{stderr}"
+    );
+}

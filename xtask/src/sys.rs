@@ -1,0 +1,81 @@
+//! Host set-up: Debian packages, privileges, namespaces.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// What building and testing banctl needs from Debian/Ubuntu.
+const PACKAGES: &[&str] = &[
+    "libnftnl-dev",
+    "libmnl-dev",
+    "pkg-config",
+    "nftables",
+    "iproute2",
+];
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Installs the Debian packages the build and the tests need, if any is missing.
+pub fn ensure_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !is_root() {
+        bail!("missing Debian packages: {list}\ninstall them with: sudo apt-get install -y {list}");
+    }
+    eprintln!("xtask: installing missing packages: {list}");
+    crate::run(
+        Command::new("apt-get")
+            .args(["update", "-qq"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    crate::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Without root, moves this (still single-threaded) process into a new user namespace where it
+/// is root, so that network namespaces and nftables work without sudo. Real root stays as is.
+pub fn become_root_in_user_namespace_unless_root() -> Result<()> {
+    if is_root() {
+        return Ok(());
+    }
+    let uid = nix::unistd::geteuid();
+    let gid = nix::unistd::getegid();
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).context(
+        "not root, and unprivileged user namespaces are disabled: run this as root (sudo -E cargo xtask ...)",
+    )?;
+    std::fs::write("/proc/self/setgroups", "deny").context("writing /proc/self/setgroups")?;
+    std::fs::write("/proc/self/uid_map", format!("0 {uid} 1")).context("writing uid_map")?;
+    std::fs::write("/proc/self/gid_map", format!("0 {gid} 1")).context("writing gid_map")?;
+    eprintln!("xtask: not root: running inside a user namespace as its root");
+    Ok(())
+}
+
+/// Moves this (single-threaded) process into a fresh network namespace with `lo` up.
+pub fn enter_network_namespace() -> Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+    crate::run(Command::new("ip").args(["link", "set", "lo", "up"]))
+}
