@@ -7,3 +7,4 @@ mod config;
 mod daemon;
 mod firewall;
 mod netns;
+mod source;
