@@ -27,6 +27,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/banctl";
 const DEFAULT_BANTIME: Duration = Duration::from_secs(600);
 const DEFAULT_FINDTIME: Duration = Duration::from_secs(600);
 const DEFAULT_MAXRETRY: u32 = 5;
+/// Addresses a jail keeps failure windows for; beyond it the least promising are evicted.
+pub const DEFAULT_MAX_TRACKED: usize = 100_000;
 /// Jail names become set names (`<jail>_v4`); keep them short and plain.
 const MAX_JAIL_NAME: usize = 32;
 
@@ -60,6 +62,8 @@ pub struct JailConfig {
     pub ignoreip: Vec<IpNet>,
     /// Never ban loopback addresses (127.0.0.0/8, ::1).
     pub ignoreself: bool,
+    /// Most addresses with a failure window at once (bounds the jail's memory).
+    pub max_tracked: usize,
 }
 
 impl JailConfig {
@@ -329,6 +333,16 @@ impl Context<'_> {
             }
         }
         let ignoreself = pick!(ignoreself).is_none_or(|(v, _)| *v.get_ref());
+        let max_tracked = match pick!(max_tracked) {
+            Some((v, k)) => match usize::try_from(*v.get_ref()) {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    self.error(v.span(), k, format!("{} is not a number of addresses (1 or more)", v.get_ref()));
+                    DEFAULT_MAX_TRACKED
+                }
+            },
+            None => DEFAULT_MAX_TRACKED,
+        };
         Some(JailConfig {
             name: name.to_owned(),
             filter_name,
@@ -341,6 +355,7 @@ impl Context<'_> {
             maxretry,
             ignoreip,
             ignoreself,
+            max_tracked,
         })
     }
 
@@ -365,8 +380,9 @@ impl Context<'_> {
         let filter_name = match filter {
             Some(f) => match Builtin::by_name(f.get_ref()) {
                 Some(b) => {
-                    fail.extend(b.failregex.iter().filter_map(|p| Pattern::fail(p).ok()));
-                    ignore.extend(b.ignoreregex.iter().filter_map(|p| Pattern::ignore(p).ok()));
+                    let (f, i) = b.compile().into_parts();
+                    fail.extend(f);
+                    ignore.extend(i);
                     b.name.to_owned()
                 }
                 None => {

@@ -40,6 +40,7 @@ pub struct RawJail {
     pub maxretry: Option<Spanned<i64>>,
     pub ignoreip: Option<Spanned<Vec<Spanned<String>>>>,
     pub ignoreself: Option<Spanned<bool>>,
+    pub max_tracked: Option<Spanned<i64>>,
 }
 
 /// `logpath = "/var/log/x"` or `logpath = ["/var/log/x", "/var/log/y*"]`.

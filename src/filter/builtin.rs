@@ -4,6 +4,8 @@
 //! name) is only ever matched *before* the fixed text that precedes the real peer
 //! address, so the greedy match always picks the address the service printed last.
 
+use super::{Filter, Pattern};
+
 /// A built-in filter: its name, a one-line description and its patterns.
 #[derive(Debug)]
 pub struct Builtin {
@@ -16,6 +18,14 @@ pub struct Builtin {
 impl Builtin {
     pub fn by_name(name: &str) -> Option<&'static Builtin> {
         BUILTIN.iter().find(|b| b.name == name)
+    }
+
+    /// The compiled filter. Built-in patterns are tested to compile.
+    pub fn compile(&self) -> Filter {
+        Filter::new(
+            self.failregex.iter().filter_map(|p| Pattern::fail(p).ok()).collect(),
+            self.ignoreregex.iter().filter_map(|p| Pattern::ignore(p).ok()).collect(),
+        )
     }
 }
 

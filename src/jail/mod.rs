@@ -4,7 +4,6 @@
 //! loopback with `ignoreself`), and it does no I/O: the daemon writes the bans it returns.
 
 use std::collections::HashMap;
-use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
@@ -25,10 +24,19 @@ pub enum Outcome {
 }
 
 /// One jail: its config and its failure window per address.
+///
+/// Memory is bounded by `max_tracked`: past it, the addresses furthest from a ban (fewest
+/// failures in the window, then oldest) are evicted, keeping the ones closest to a ban.
 #[derive(Debug)]
 pub struct Jail {
     config: JailConfig,
-    failures: HashMap<IpAddr, VecDeque<SystemTime>>,
+    /// Failure times (Unix seconds, oldest first) per address inside the window.
+    failures: HashMap<IpAddr, Vec<u32>>,
+}
+
+fn unix_secs(t: SystemTime) -> u32 {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    u32::try_from(secs).unwrap_or(u32::MAX)
 }
 
 impl Jail {
@@ -59,22 +67,42 @@ impl Jail {
         if self.config.ignores(&net) {
             return Outcome::Ignored;
         }
-        let window_start = at
-            .checked_sub(self.config.findtime)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let now = unix_secs(at);
+        let window_start = self.window_start(now);
         let times = self.failures.entry(net.addr()).or_default();
         times.retain(|t| *t > window_start);
-        times.push_back(at);
+        times.push(now);
         let count = times.len();
-        if count < self.config.maxretry as usize {
-            return Outcome::Counted { count };
+        if count >= self.config.maxretry as usize {
+            self.failures.remove(&net.addr());
+            return Outcome::Ban(Ban { jail: self.config.name.clone(), net, time: self.config.bantime });
         }
-        self.failures.remove(&net.addr());
-        Outcome::Ban(Ban {
-            jail: self.config.name.clone(),
-            net,
-            time: self.config.bantime,
-        })
+        if self.failures.len() > self.config.max_tracked {
+            self.evict(now);
+        }
+        Outcome::Counted { count }
+    }
+
+    fn window_start(&self, now: u32) -> u32 {
+        now.saturating_sub(u32::try_from(self.config.findtime.as_secs()).unwrap_or(u32::MAX))
+    }
+
+    /// Brings the table back under 90 % of `max_tracked`: first windows that ended, then the
+    /// addresses with the fewest failures, oldest first. Amortised O(1) per failure.
+    fn evict(&mut self, now: u32) {
+        self.sweep_secs(now);
+        let target = self.config.max_tracked - self.config.max_tracked / 10;
+        let excess = self.failures.len().saturating_sub(target);
+        if excess == 0 {
+            return;
+        }
+        let mut ranked: Vec<(usize, u32, IpAddr)> =
+            self.failures.iter().map(|(a, t)| (t.len(), t.last().copied().unwrap_or(0), *a)).collect();
+        ranked.select_nth_unstable(excess - 1);
+        for (_, _, addr) in &ranked[..excess] {
+            self.failures.remove(addr);
+        }
+        tracing::warn!(jail = self.name(), evicted = excess, limit = self.config.max_tracked, "failure table full");
     }
 
     /// Forgets the failures of addresses inside `net` (after a manual ban or unban).
@@ -84,11 +112,12 @@ impl Jail {
 
     /// Drops windows whose every failure is older than `findtime`.
     pub fn sweep(&mut self, now: SystemTime) {
-        let window_start = now
-            .checked_sub(self.config.findtime)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        self.failures
-            .retain(|_, times| times.back().is_some_and(|t| *t > window_start));
+        self.sweep_secs(unix_secs(now));
+    }
+
+    fn sweep_secs(&mut self, now: u32) {
+        let window_start = self.window_start(now);
+        self.failures.retain(|_, times| times.last().is_some_and(|t| *t > window_start));
     }
 
     /// Addresses with at least one failure in the window.
@@ -189,6 +218,24 @@ mod tests {
             j.record("127.0.0.2".parse().unwrap(), at(0)),
             Outcome::Ban(_)
         ));
+    }
+
+    #[test]
+    fn memory_is_bounded_and_eviction_keeps_addresses_closest_to_a_ban() {
+        let mut j = jail("max_tracked = 100");
+        let close = |i: u32| IpAddr::from([192, 0, 2, i as u8]);
+        for i in 0..10 {
+            j.record(close(i), at(0));
+            j.record(close(i), at(1));
+        }
+        for i in 0..1000u32 {
+            j.record(IpAddr::from([10, 0, (i >> 8) as u8, i as u8]), at(2));
+        }
+        assert!(j.tracked() <= 100, "{}", j.tracked());
+        // Every address with two failures survived: its third failure bans.
+        for i in 0..10 {
+            assert!(matches!(j.record(close(i), at(3)), Outcome::Ban(_)), "192.0.2.{i} was evicted");
+        }
     }
 
     #[test]

@@ -1,0 +1,91 @@
+//! Shared by the benchmark programs: a deterministic generator and result output.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// xorshift64*: deterministic, fast, good enough to mix log lines.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A measured figure, printed and saved as JSON for `cargo xtask bench`.
+pub struct Figure {
+    pub name: &'static str,
+    pub value: f64,
+    pub unit: &'static str,
+    pub target: &'static str,
+    pub met: Option<bool>,
+    pub note: String,
+}
+
+impl Figure {
+    pub fn print(&self) {
+        let verdict = match self.met {
+            Some(true) => "meets target",
+            Some(false) => "MISSES target",
+            None => "",
+        };
+        println!("{:<44} {:>14.3} {:<8} target {:<12} {verdict} {}", self.name, self.value, self.unit, self.target, self.note);
+    }
+
+    pub fn json(&self) -> String {
+        let met = self.met.map_or("null".to_owned(), |m| m.to_string());
+        format!(
+            "{{\"name\":{:?},\"value\":{},\"unit\":{:?},\"target\":{:?},\"met\":{met},\"note\":{:?}}}",
+            self.name, self.value, self.unit, self.target, self.note
+        )
+    }
+}
+
+/// Writes figures to target/bench/<file>.json (an array).
+pub fn save(file: &str, figures: &[Figure]) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).expect("create target/bench");
+    let body: Vec<String> = figures.iter().map(Figure::json).collect();
+    std::fs::write(dir.join(format!("{file}.json")), format!("[{}]\n", body.join(",\n"))).expect("write bench json");
+}
+
+/// A mixed auth.log: mostly benign lines from many daemons, some sshd failures.
+pub fn auth_log(lines: usize, seed: u64) -> String {
+    let mut rng = Rng::new(seed);
+    let mut out = String::with_capacity(lines * 110);
+    for i in 0..lines {
+        let (h, m, s) = ((i / 3600) % 24, (i / 60) % 60, i % 60);
+        let ts = format!("Nov 21 {h:02}:{m:02}:{s:02} web");
+        let ip = format!("{}.{}.{}.{}", 1 + rng.below(222), rng.below(256), rng.below(256), 1 + rng.below(254));
+        let pid = 1000 + rng.below(60000);
+        let port = 1024 + rng.below(64000);
+        let line = match rng.below(100) {
+            0..=7 => format!("{ts} sshd[{pid}]: Failed password for root from {ip} port {port} ssh2"),
+            8..=11 => format!("{ts} sshd[{pid}]: Failed password for invalid user admin from {ip} port {port} ssh2"),
+            12..=14 => format!("{ts} sshd[{pid}]: Invalid user oracle from {ip} port {port}"),
+            15..=16 => format!("{ts} sshd[{pid}]: Connection closed by invalid user test {ip} port {port} [preauth]"),
+            17..=24 => format!("{ts} sshd[{pid}]: Accepted publickey for deploy from {ip} port {port} ssh2: ED25519 SHA256:Zm9vYmFy"),
+            25..=34 => format!("{ts} sshd[{pid}]: pam_unix(sshd:session): session opened for user deploy(uid=1000) by (uid=0)"),
+            35..=44 => format!("{ts} sshd[{pid}]: Received disconnect from {ip} port {port}:11: disconnected by user"),
+            45..=64 => format!("{ts} CRON[{pid}]: pam_unix(cron:session): session opened for user root(uid=0) by (uid=0)"),
+            65..=79 => format!("{ts} systemd-logind[{pid}]: New session {i} of user deploy."),
+            80..=89 => format!("{ts} kernel: [UFW BLOCK] IN=eth0 OUT= SRC={ip} DST=192.0.2.1 PROTO=TCP SPT={port} DPT=23"),
+            _ => format!("{ts} sudo[{pid}]: deploy : TTY=pts/0 ; PWD=/home/deploy ; USER=root ; COMMAND=/usr/bin/apt update"),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
