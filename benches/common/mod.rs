@@ -41,7 +41,10 @@ impl Figure {
             Some(false) => "MISSES target",
             None => "",
         };
-        println!("{:<44} {:>14.3} {:<8} target {:<12} {verdict} {}", self.name, self.value, self.unit, self.target, self.note);
+        println!(
+            "{:<44} {:>14.3} {:<8} target {:<12} {verdict} {}",
+            self.name, self.value, self.unit, self.target, self.note
+        );
     }
 
     pub fn json(&self) -> String {
@@ -58,7 +61,11 @@ pub fn save(file: &str, figures: &[Figure]) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).expect("create target/bench");
     let body: Vec<String> = figures.iter().map(Figure::json).collect();
-    std::fs::write(dir.join(format!("{file}.json")), format!("[{}]\n", body.join(",\n"))).expect("write bench json");
+    std::fs::write(
+        dir.join(format!("{file}.json")),
+        format!("[{}]\n", body.join(",\n")),
+    )
+    .expect("write bench json");
 }
 
 /// A mixed auth.log: mostly benign lines from many daemons, some sshd failures.
@@ -68,21 +75,45 @@ pub fn auth_log(lines: usize, seed: u64) -> String {
     for i in 0..lines {
         let (h, m, s) = ((i / 3600) % 24, (i / 60) % 60, i % 60);
         let ts = format!("Nov 21 {h:02}:{m:02}:{s:02} web");
-        let ip = format!("{}.{}.{}.{}", 1 + rng.below(222), rng.below(256), rng.below(256), 1 + rng.below(254));
+        let ip = format!(
+            "{}.{}.{}.{}",
+            1 + rng.below(222),
+            rng.below(256),
+            rng.below(256),
+            1 + rng.below(254)
+        );
         let pid = 1000 + rng.below(60000);
         let port = 1024 + rng.below(64000);
         let line = match rng.below(100) {
-            0..=7 => format!("{ts} sshd[{pid}]: Failed password for root from {ip} port {port} ssh2"),
-            8..=11 => format!("{ts} sshd[{pid}]: Failed password for invalid user admin from {ip} port {port} ssh2"),
+            0..=7 => {
+                format!("{ts} sshd[{pid}]: Failed password for root from {ip} port {port} ssh2")
+            }
+            8..=11 => format!(
+                "{ts} sshd[{pid}]: Failed password for invalid user admin from {ip} port {port} ssh2"
+            ),
             12..=14 => format!("{ts} sshd[{pid}]: Invalid user oracle from {ip} port {port}"),
-            15..=16 => format!("{ts} sshd[{pid}]: Connection closed by invalid user test {ip} port {port} [preauth]"),
-            17..=24 => format!("{ts} sshd[{pid}]: Accepted publickey for deploy from {ip} port {port} ssh2: ED25519 SHA256:Zm9vYmFy"),
-            25..=34 => format!("{ts} sshd[{pid}]: pam_unix(sshd:session): session opened for user deploy(uid=1000) by (uid=0)"),
-            35..=44 => format!("{ts} sshd[{pid}]: Received disconnect from {ip} port {port}:11: disconnected by user"),
-            45..=64 => format!("{ts} CRON[{pid}]: pam_unix(cron:session): session opened for user root(uid=0) by (uid=0)"),
+            15..=16 => format!(
+                "{ts} sshd[{pid}]: Connection closed by invalid user test {ip} port {port} [preauth]"
+            ),
+            17..=24 => format!(
+                "{ts} sshd[{pid}]: Accepted publickey for deploy from {ip} port {port} ssh2: ED25519 SHA256:Zm9vYmFy"
+            ),
+            25..=34 => format!(
+                "{ts} sshd[{pid}]: pam_unix(sshd:session): session opened for user deploy(uid=1000) by (uid=0)"
+            ),
+            35..=44 => format!(
+                "{ts} sshd[{pid}]: Received disconnect from {ip} port {port}:11: disconnected by user"
+            ),
+            45..=64 => format!(
+                "{ts} CRON[{pid}]: pam_unix(cron:session): session opened for user root(uid=0) by (uid=0)"
+            ),
             65..=79 => format!("{ts} systemd-logind[{pid}]: New session {i} of user deploy."),
-            80..=89 => format!("{ts} kernel: [UFW BLOCK] IN=eth0 OUT= SRC={ip} DST=192.0.2.1 PROTO=TCP SPT={port} DPT=23"),
-            _ => format!("{ts} sudo[{pid}]: deploy : TTY=pts/0 ; PWD=/home/deploy ; USER=root ; COMMAND=/usr/bin/apt update"),
+            80..=89 => format!(
+                "{ts} kernel: [UFW BLOCK] IN=eth0 OUT= SRC={ip} DST=192.0.2.1 PROTO=TCP SPT={port} DPT=23"
+            ),
+            _ => format!(
+                "{ts} sudo[{pid}]: deploy : TTY=pts/0 ; PWD=/home/deploy ; USER=root ; COMMAND=/usr/bin/apt update"
+            ),
         };
         out.push_str(&line);
         out.push('\n');

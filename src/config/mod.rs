@@ -337,7 +337,11 @@ impl Context<'_> {
             Some((v, k)) => match usize::try_from(*v.get_ref()) {
                 Ok(n) if n >= 1 => n,
                 _ => {
-                    self.error(v.span(), k, format!("{} is not a number of addresses (1 or more)", v.get_ref()));
+                    self.error(
+                        v.span(),
+                        k,
+                        format!("{} is not a number of addresses (1 or more)", v.get_ref()),
+                    );
                     DEFAULT_MAX_TRACKED
                 }
             },

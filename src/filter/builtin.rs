@@ -23,8 +23,14 @@ impl Builtin {
     /// The compiled filter. Built-in patterns are tested to compile.
     pub fn compile(&self) -> Filter {
         Filter::new(
-            self.failregex.iter().filter_map(|p| Pattern::fail(p).ok()).collect(),
-            self.ignoreregex.iter().filter_map(|p| Pattern::ignore(p).ok()).collect(),
+            self.failregex
+                .iter()
+                .filter_map(|p| Pattern::fail(p).ok())
+                .collect(),
+            self.ignoreregex
+                .iter()
+                .filter_map(|p| Pattern::ignore(p).ok())
+                .collect(),
         )
     }
 }

@@ -53,10 +53,8 @@ pub struct Pattern {
 fn required_literal(hir: &Hir) -> Option<Vec<u8>> {
     fn walk(hir: &Hir, best: &mut Option<Vec<u8>>) {
         match hir.kind() {
-            HirKind::Literal(lit) => {
-                if best.as_ref().is_none_or(|b| lit.0.len() > b.len()) {
-                    *best = Some(lit.0.to_vec());
-                }
+            HirKind::Literal(lit) if best.as_ref().is_none_or(|b| lit.0.len() > b.len()) => {
+                *best = Some(lit.0.to_vec());
             }
             HirKind::Capture(cap) => walk(&cap.sub, best),
             HirKind::Concat(items) => items.iter().for_each(|h| walk(h, best)),
@@ -165,8 +163,14 @@ impl Prefilter {
             }
         }
         // Without literals there is nothing to skip with.
-        let literals = AhoCorasick::new(&literals).ok().filter(|_| !owners.is_empty())?;
-        Some(Prefilter { literals, owners, always })
+        let literals = AhoCorasick::new(&literals)
+            .ok()
+            .filter(|_| !owners.is_empty())?;
+        Some(Prefilter {
+            literals,
+            owners,
+            always,
+        })
     }
 
     /// Indexes of the failregexes that may match `line`, in pattern order.
@@ -186,12 +190,20 @@ impl Prefilter {
 impl Filter {
     pub fn new(fail: Vec<Pattern>, ignore: Vec<Pattern>) -> Filter {
         let prefilter = Prefilter::new(&fail);
-        Filter { fail, ignore, prefilter }
+        Filter {
+            fail,
+            ignore,
+            prefilter,
+        }
     }
 
     /// The first failregex that matches with a valid address, unless an ignoreregex matches.
     pub fn find(&self, line: &str) -> Option<Hit> {
-        let try_pattern = |pattern: usize| self.fail[pattern].host(line).map(|addr| Hit { addr, pattern });
+        let try_pattern = |pattern: usize| {
+            self.fail[pattern]
+                .host(line)
+                .map(|addr| Hit { addr, pattern })
+        };
         let hit = match &self.prefilter {
             Some(pre) => CANDIDATES.with_borrow_mut(|c| {
                 pre.candidates(line, c);
@@ -263,13 +275,19 @@ mod tests {
 
     #[test]
     fn required_literals_feed_the_prefilter() {
-        let p = Pattern::fail(r"^\S+ sshd\[\d+\]: Failed (?:password|none) for .* from <HOST> port \d+$").unwrap();
+        let p = Pattern::fail(
+            r"^\S+ sshd\[\d+\]: Failed (?:password|none) for .* from <HOST> port \d+$",
+        )
+        .unwrap();
         assert_eq!(p.required.as_deref(), Some(&b"]: Failed "[..]));
         assert_eq!(Pattern::fail("(?i)^fail <HOST>$").unwrap().required, None);
         // A pattern without a literal is still tried on every line.
         let f = filter(&[r"^a+ <HOST>$", r"^login failed from <HOST>$"], &[]);
         assert_eq!(host(&f, "aaa 192.0.2.1"), Some("192.0.2.1".into()));
-        assert_eq!(host(&f, "login failed from 192.0.2.2"), Some("192.0.2.2".into()));
+        assert_eq!(
+            host(&f, "login failed from 192.0.2.2"),
+            Some("192.0.2.2".into())
+        );
     }
 
     #[test]

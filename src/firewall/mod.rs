@@ -10,16 +10,17 @@
 pub mod layout;
 mod netlink;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
 pub use layout::{Family, JailRules, PortRange, Protocol};
-pub use netlink::{CounterValue, NetlinkError};
+pub use netlink::{CounterValue, Monitor, NFT_MSG_NEWGEN, NetlinkError};
 
 use crate::addr::IpNet;
 use crate::duration::BanTime;
 use layout::{PREROUTING_CHAIN, PREROUTING_PRIORITY, TABLE};
-use netlink::{Batch, Elem, Expr, Hook, KeyType, MetaKey, PayloadBase, SetSpec};
+use netlink::{Batch, Elem, ElemOp, Expr, Hook, KeyType, MetaKey, PayloadBase, SetSpec};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -123,35 +124,51 @@ impl Firewall {
     }
 
     /// Writes bans, all in one batch. A ban of an address that is already banned replaces its
-    /// timeout (delete and re-add inside the same transaction, which every kernel honours).
+    /// timeout.
+    ///
+    /// Fast path: one exclusive add of every element. If any already exists, the kernel refuses
+    /// the whole batch (EEXIST, nothing committed) and the bans are written again as add, delete,
+    /// add in one batch, which leaves exactly the new elements on every kernel (a plain re-add
+    /// keeps the old timeout on some).
     pub fn ban(&mut self, bans: &[Ban]) -> Result<(), FirewallError> {
+        let by_set = group_by_set(
+            bans.iter()
+                .map(|ban| (&ban.jail, &ban.net, timeout_ms(ban.time))),
+        );
+        match self.write_elements(&by_set, &[ElemOp::AddNew]) {
+            Err(FirewallError::Netlink(e)) if e.errno() == Some(libc::EEXIST) => {
+                self.write_elements(&by_set, &[ElemOp::Add, ElemOp::Delete, ElemOp::Add])
+            }
+            other => other,
+        }
+    }
+
+    /// One batch applying `ops`, in order, to every set's elements.
+    fn write_elements(&mut self, by_set: &SetElems, ops: &[ElemOp]) -> Result<(), FirewallError> {
         let mut batch = self.sock.batch();
-        for ban in bans {
-            let name = layout::set_name(&ban.jail, Family::of(&ban.net));
-            let spec = ban_set_spec(&name, Family::of(&ban.net), None);
-            let timeout_ms = match ban.time {
-                BanTime::Finite(d) => Some(d.as_millis().min(u128::from(u64::MAX)) as u64),
-                BanTime::Permanent => None,
-            };
-            let elems = net_elems(&ban.net, timeout_ms);
-            let what = format!("ban {}", ban.net);
-            // Ensure it exists, remove it, add it fresh: the new timeout wins everywhere.
-            batch.set_elements(&spec, &elems, false, &what);
-            batch.set_elements(&spec, &elems, true, &what);
-            batch.set_elements(&spec, &elems, false, &what);
+        for op in ops {
+            for ((name, family), (elems, what)) in by_set {
+                batch.set_elements(&ban_set_spec(name, *family, None), elems, *op, what);
+            }
         }
         Ok(self.sock.commit(batch)?)
     }
 
+    /// Adds bans that are known to be absent (a restore into fresh sets), all in one batch.
+    /// Unlike [`Firewall::ban`] this does not replace existing elements, so it is a third of the
+    /// work; an element that does exist keeps its timeout.
+    pub fn restore(&mut self, bans: &[Ban]) -> Result<(), FirewallError> {
+        let by_set = group_by_set(
+            bans.iter()
+                .map(|ban| (&ban.jail, &ban.net, timeout_ms(ban.time))),
+        );
+        self.write_elements(&by_set, &[ElemOp::Add])
+    }
+
     /// Removes bans (exact elements), all in one batch. Fails (changing nothing) if one is absent.
     pub fn unban(&mut self, items: &[(String, IpNet)]) -> Result<(), FirewallError> {
-        let mut batch = self.sock.batch();
-        for (jail, net) in items {
-            let name = layout::set_name(jail, Family::of(net));
-            let spec = ban_set_spec(&name, Family::of(net), None);
-            batch.set_elements(&spec, &net_elems(net, None), true, &format!("unban {net}"));
-        }
-        Ok(self.sock.commit(batch)?)
+        let by_set = group_by_set(items.iter().map(|(jail, net)| (jail, net, None)));
+        self.write_elements(&by_set, &[ElemOp::Delete])
     }
 
     /// Every ban of a jail, IPv4 then IPv6, as the kernel holds them now.
@@ -194,6 +211,43 @@ impl Firewall {
         batch.del_table();
         Ok(self.sock.commit(batch)?)
     }
+}
+
+fn timeout_ms(time: BanTime) -> Option<u64> {
+    match time {
+        BanTime::Finite(d) => Some(d.as_millis().min(u128::from(u64::MAX)) as u64),
+        BanTime::Permanent => None,
+    }
+}
+
+type SetElems = BTreeMap<(String, Family), (Vec<Elem>, String)>;
+
+/// Elements per set, so that a round of bans packs many elements into each message. The
+/// description names the first few addresses, for error messages.
+fn group_by_set<'a>(items: impl Iterator<Item = (&'a String, &'a IpNet, Option<u64>)>) -> SetElems {
+    let mut by_set = SetElems::new();
+    let mut counts: BTreeMap<(String, Family), Vec<String>> = BTreeMap::new();
+    for (jail, net, timeout_ms) in items {
+        let key = (layout::set_name(jail, Family::of(net)), Family::of(net));
+        by_set
+            .entry(key.clone())
+            .or_default()
+            .0
+            .extend(net_elems(net, timeout_ms));
+        counts.entry(key).or_default().push(net.to_string());
+    }
+    for (key, addrs) in counts {
+        let shown: Vec<&str> = addrs.iter().take(3).map(String::as_str).collect();
+        let more = if addrs.len() > 3 {
+            format!(" and {} more", addrs.len() - 3)
+        } else {
+            String::new()
+        };
+        if let Some(entry) = by_set.get_mut(&key) {
+            entry.1 = format!("{}{more}", shown.join(", "));
+        }
+    }
+    by_set
 }
 
 fn stale_jails(existing: &[String], jails: &[JailRules]) -> Vec<String> {
@@ -337,7 +391,7 @@ fn rule_exprs(batch: &mut Batch, jail: &JailRules, family: Family) -> Vec<Expr> 
             let spec = anon_spec(KeyType::InetProto, false, id);
             let elems: Vec<Elem> = many.iter().map(|p| Elem::key(vec![*p])).collect();
             batch.add_set(&spec);
-            batch.set_elements(&spec, &elems, false, "protocols");
+            batch.set_elements(&spec, &elems, ElemOp::Add, "protocols");
             exprs.push(Expr::Lookup {
                 set: String::new(),
                 id: Some(id),
@@ -365,7 +419,7 @@ fn rule_exprs(batch: &mut Batch, jail: &JailRules, family: Family) -> Vec<Expr> 
                 }
             }
             batch.add_set(&spec);
-            batch.set_elements(&spec, &elems, false, "ports");
+            batch.set_elements(&spec, &elems, ElemOp::Add, "ports");
             exprs.push(Expr::Payload {
                 base: PayloadBase::Transport,
                 offset: 2,

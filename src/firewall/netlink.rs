@@ -168,6 +168,17 @@ impl Elem {
     }
 }
 
+/// What to do with set elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElemOp {
+    /// Add; an element that exists already is left as it is (not an error).
+    Add,
+    /// Add; an element that exists already fails the batch with EEXIST (`NLM_F_EXCL`).
+    AddNew,
+    /// Delete; a missing element fails the batch with ENOENT.
+    Delete,
+}
+
 /// A set to create.
 #[derive(Debug, Clone)]
 pub struct SetSpec<'a> {
@@ -611,9 +622,8 @@ impl Batch {
         });
     }
 
-    /// Adds (`delete == false`) or deletes elements of a set, in as many messages as needed.
-    /// Adding an existing element is not an error (no `NLM_F_EXCL`); deleting a missing one is.
-    pub fn set_elements(&mut self, spec: &SetSpec<'_>, elems: &[Elem], delete: bool, what: &str) {
+    /// Adds or deletes elements of a set, in as many messages as needed.
+    pub fn set_elements(&mut self, spec: &SetSpec<'_>, elems: &[Elem], op: ElemOp, what: &str) {
         for chunk in elems.chunks(ELEMS_PER_MSG) {
             let s = self.set_object(spec);
             for elem in chunk {
@@ -645,10 +655,14 @@ impl Batch {
                     sys::nftnl_set_elem_add(s.as_ptr(), e);
                 }
             }
-            let (msg_type, flags, verb) = if delete {
-                (libc::NFT_MSG_DELSETELEM, 0, "delete")
-            } else {
-                (libc::NFT_MSG_NEWSETELEM, libc::NLM_F_CREATE, "add")
+            let (msg_type, flags, verb) = match op {
+                ElemOp::Add => (libc::NFT_MSG_NEWSETELEM, libc::NLM_F_CREATE, "add"),
+                ElemOp::AddNew => (
+                    libc::NFT_MSG_NEWSETELEM,
+                    libc::NLM_F_CREATE | libc::NLM_F_EXCL,
+                    "add",
+                ),
+                ElemOp::Delete => (libc::NFT_MSG_DELSETELEM, 0, "delete"),
             };
             let op = format!("{verb} {what} in set {}", spec.name);
             self.header(msg_type as u16, flags as u16, op, |nlh| {
@@ -765,6 +779,8 @@ pub struct CounterValue {
 /// A netfilter netlink socket bound to one table name and family.
 pub struct Socket {
     sock: mnl::Socket,
+    /// The send buffer size we asked for (the kernel grants at least this).
+    sndbuf: usize,
     table: String,
     family: u16,
     next_seq: u32,
@@ -817,6 +833,7 @@ impl Socket {
             .unwrap_or(1);
         Ok(Socket {
             sock,
+            sndbuf: SOCK_BUF as usize,
             table: table.to_owned(),
             family: libc::NFPROTO_INET as u16,
             next_seq,
@@ -836,6 +853,20 @@ impl Socket {
         }
         let (buf, ops, next_seq) = batch.finish();
         self.next_seq = next_seq;
+        // The kernel takes a batch only as one datagram, which must fit the send buffer.
+        if buf.bytes().len() + 64 * 1024 > self.sndbuf {
+            let want = buf.bytes().len() + 64 * 1024;
+            let want = libc::c_int::try_from(want)
+                .map_err(|_| NetlinkError::Send(io::Error::other("batch too large")))?;
+            setsockopt(
+                raw_fd(&self.sock),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUFFORCE,
+                want,
+            )
+            .map_err(NetlinkError::Send)?;
+            self.sndbuf = want as usize;
+        }
         let sent = self.sock.send(buf.bytes()).map_err(NetlinkError::Send)?;
         if sent != buf.bytes().len() {
             return Err(NetlinkError::Send(io::Error::other(
@@ -1044,6 +1075,73 @@ impl Socket {
         self.sock.recv_raw(bytes).map_err(NetlinkError::Recv)
     }
 }
+
+/// A socket subscribed to the kernel's nf_tables notifications (what `nft monitor` shows).
+pub struct Monitor {
+    sock: mnl::Socket,
+    recv: Vec<u64>,
+}
+
+/// `NFNLGRP_NFTABLES` (linux/netfilter/nfnetlink.h).
+const NFNLGRP_NFTABLES: libc::c_int = 7;
+
+impl Monitor {
+    pub fn open() -> Result<Monitor, NetlinkError> {
+        let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(NetlinkError::Open)?;
+        let fd = raw_fd(&sock);
+        setsockopt(
+            fd,
+            libc::SOL_NETLINK,
+            libc::NETLINK_ADD_MEMBERSHIP,
+            NFNLGRP_NFTABLES,
+        )
+        .map_err(NetlinkError::Open)?;
+        if setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, SOCK_BUF).is_err() {
+            setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, SOCK_BUF)
+                .map_err(NetlinkError::Open)?;
+        }
+        Ok(Monitor {
+            sock,
+            recv: vec![0; RECV_BUF / 8],
+        })
+    }
+
+    /// Waits up to `timeout` for notifications; returns their nf_tables message types
+    /// (`NFT_MSG_*`), empty on timeout.
+    pub fn next(&mut self, timeout: std::time::Duration) -> Result<Vec<u16>, NetlinkError> {
+        let fd = raw_fd(&self.sock);
+        let mut pollfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd for a live socket.
+        let ready = unsafe { libc::poll(&raw mut pollfd, 1, ms) };
+        if ready < 0 {
+            return Err(NetlinkError::Recv(io::Error::last_os_error()));
+        }
+        if ready == 0 {
+            return Ok(Vec::new());
+        }
+        // SAFETY: the byte view covers exactly the u64 buffer, which is nlmsghdr-aligned.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(self.recv.as_mut_ptr().cast::<u8>(), self.recv.len() * 8)
+        };
+        let n = self.sock.recv_raw(bytes).map_err(NetlinkError::Recv)?;
+        let mut types = Vec::new();
+        for msg in mnl::NlMessages::new(received(&self.recv, n)) {
+            let header = parse_header(msg.map_err(NetlinkError::Recv)?)?;
+            if header.msg_type >> 8 == libc::NFNL_SUBSYS_NFTABLES as u16 {
+                types.push(header.msg_type & 0xff);
+            }
+        }
+        Ok(types)
+    }
+}
+
+/// `NFT_MSG_NEWGEN`: the kernel sends it once a transaction has committed.
+pub const NFT_MSG_NEWGEN: u16 = libc::NFT_MSG_NEWGEN as u16;
 
 /// The first `n` bytes of the receive buffer.
 fn received(words: &[u64], n: usize) -> &[u8] {

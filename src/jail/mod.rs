@@ -35,7 +35,9 @@ pub struct Jail {
 }
 
 fn unix_secs(t: SystemTime) -> u32 {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     u32::try_from(secs).unwrap_or(u32::MAX)
 }
 
@@ -75,7 +77,11 @@ impl Jail {
         let count = times.len();
         if count >= self.config.maxretry as usize {
             self.failures.remove(&net.addr());
-            return Outcome::Ban(Ban { jail: self.config.name.clone(), net, time: self.config.bantime });
+            return Outcome::Ban(Ban {
+                jail: self.config.name.clone(),
+                net,
+                time: self.config.bantime,
+            });
         }
         if self.failures.len() > self.config.max_tracked {
             self.evict(now);
@@ -96,13 +102,21 @@ impl Jail {
         if excess == 0 {
             return;
         }
-        let mut ranked: Vec<(usize, u32, IpAddr)> =
-            self.failures.iter().map(|(a, t)| (t.len(), t.last().copied().unwrap_or(0), *a)).collect();
+        let mut ranked: Vec<(usize, u32, IpAddr)> = self
+            .failures
+            .iter()
+            .map(|(a, t)| (t.len(), t.last().copied().unwrap_or(0), *a))
+            .collect();
         ranked.select_nth_unstable(excess - 1);
         for (_, _, addr) in &ranked[..excess] {
             self.failures.remove(addr);
         }
-        tracing::warn!(jail = self.name(), evicted = excess, limit = self.config.max_tracked, "failure table full");
+        tracing::warn!(
+            jail = self.name(),
+            evicted = excess,
+            limit = self.config.max_tracked,
+            "failure table full"
+        );
     }
 
     /// Forgets the failures of addresses inside `net` (after a manual ban or unban).
@@ -117,7 +131,8 @@ impl Jail {
 
     fn sweep_secs(&mut self, now: u32) {
         let window_start = self.window_start(now);
-        self.failures.retain(|_, times| times.last().is_some_and(|t| *t > window_start));
+        self.failures
+            .retain(|_, times| times.last().is_some_and(|t| *t > window_start));
     }
 
     /// Addresses with at least one failure in the window.
@@ -234,7 +249,10 @@ mod tests {
         assert!(j.tracked() <= 100, "{}", j.tracked());
         // Every address with two failures survived: its third failure bans.
         for i in 0..10 {
-            assert!(matches!(j.record(close(i), at(3)), Outcome::Ban(_)), "192.0.2.{i} was evicted");
+            assert!(
+                matches!(j.record(close(i), at(3)), Outcome::Ban(_)),
+                "192.0.2.{i} was evicted"
+            );
         }
     }
 

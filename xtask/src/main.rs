@@ -5,7 +5,9 @@
 //! - `demo`: builds banctl and runs the real daemon in a throw-away network namespace against a
 //!   simulated SSH brute force, showing `banctl list` and `nft list table inet banctl`, and
 //!   proving the drop with traffic.
+//! - `bench`: prints measured figures with their targets (see `bench.rs`).
 
+mod bench;
 mod demo;
 mod sys;
 
@@ -13,16 +15,18 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-const USAGE: &str = "usage: cargo xtask <test|demo>
+const USAGE: &str = "usage: cargo xtask <test|demo|bench>
 
   test   install missing build packages, then fmt, clippy and all tests (namespace tests required)
-  demo   run the real daemon in a throw-away network namespace against a simulated attack";
+  demo   run the real daemon in a throw-away network namespace against a simulated attack
+  bench  measure filter throughput, ban latency, bursts, restore and memory (figures, never a failure)";
 
 fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
     match task.as_str() {
         "test" => test(),
         "demo" => demo::run(),
+        "bench" => bench::run(),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
