@@ -64,6 +64,8 @@ pub struct JailConfig {
     pub ignoreself: bool,
     /// Most addresses with a failure window at once (bounds the jail's memory).
     pub max_tracked: usize,
+    /// Also drop banned sources in routed traffic (the `forward` chain).
+    pub forward: bool,
 }
 
 impl JailConfig {
@@ -72,6 +74,7 @@ impl JailConfig {
             name: self.name.clone(),
             ports: self.ports.clone(),
             protocol: self.protocol,
+            forward: self.forward,
         }
     }
 
@@ -333,6 +336,7 @@ impl Context<'_> {
             }
         }
         let ignoreself = pick!(ignoreself).is_none_or(|(v, _)| *v.get_ref());
+        let forward = pick!(forward).is_none_or(|(v, _)| *v.get_ref());
         let max_tracked = match pick!(max_tracked) {
             Some((v, k)) => match usize::try_from(*v.get_ref()) {
                 Ok(n) if n >= 1 => n,
@@ -360,6 +364,7 @@ impl Context<'_> {
             ignoreip,
             ignoreself,
             max_tracked,
+            forward,
         })
     }
 

@@ -41,6 +41,7 @@ pub struct RawJail {
     pub ignoreip: Option<Spanned<Vec<Spanned<String>>>>,
     pub ignoreself: Option<Spanned<bool>>,
     pub max_tracked: Option<Spanned<i64>>,
+    pub forward: Option<Spanned<bool>>,
 }
 
 /// `logpath = "/var/log/x"` or `logpath = ["/var/log/x", "/var/log/y*"]`.

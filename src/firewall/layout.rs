@@ -5,9 +5,17 @@
 //!   set <jail>_v4 { type ipv4_addr; flags interval, timeout; }
 //!   set <jail>_v6 { type ipv6_addr; flags interval, timeout; }
 //!   chain prerouting { type filter hook prerouting priority raw - 5; policy accept;
-//!     ip  saddr @<jail>_v4 meta l4proto tcp th dport { 22 } counter drop
-//!     ip6 saddr @<jail>_v6 meta l4proto tcp th dport { 22 } counter drop }
+//!     ip  saddr @<jail>_v4 fib daddr type local meta l4proto tcp th dport { 22 } counter drop
+//!     ip6 saddr @<jail>_v6 fib daddr type local meta l4proto tcp th dport { 22 } counter drop }
+//!   chain forward { type filter hook forward priority filter - 5; policy accept;
+//!     ip  saddr @<jail>_v4 meta l4proto tcp ct original proto-dst { 22 } counter drop
+//!     ip6 saddr @<jail>_v6 meta l4proto tcp ct original proto-dst { 22 } counter drop }
 //! ```
+//!
+//! The prerouting rule only drops traffic addressed to this host (`fib daddr type local`):
+//! host services, and published container ports, whose destination is still the host's address
+//! before DNAT. A router's transit traffic is left alone there; the forward rule (per jail,
+//! `forward = true` by default) covers what is reached by routing.
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,6 +27,9 @@ pub const PREROUTING_CHAIN: &str = "prerouting";
 /// `raw - 5`: before conntrack (-200) and before every DNAT (-100), so the port is the
 /// one the user sees, for host services and published container ports alike.
 pub const PREROUTING_PRIORITY: i32 = -300 - 5;
+pub const FORWARD_CHAIN: &str = "forward";
+/// `filter - 5`: routed traffic, before the usual filter chains (Docker's included).
+pub const FORWARD_PRIORITY: i32 = -5;
 
 /// An inclusive range of destination ports (`22` is `22-22`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -158,6 +169,9 @@ pub struct JailRules {
     /// Empty means every port.
     pub ports: Vec<PortRange>,
     pub protocol: Protocol,
+    /// Also drop banned sources in routed traffic (containers and VMs reached by their own
+    /// address), matching the port as first seen (`ct original proto-dst`).
+    pub forward: bool,
 }
 
 impl JailRules {

@@ -19,7 +19,7 @@ pub use netlink::{CounterValue, Monitor, NFT_MSG_NEWGEN, NetlinkError};
 
 use crate::addr::IpNet;
 use crate::duration::BanTime;
-use layout::{PREROUTING_CHAIN, PREROUTING_PRIORITY, TABLE};
+use layout::{FORWARD_CHAIN, FORWARD_PRIORITY, PREROUTING_CHAIN, PREROUTING_PRIORITY, TABLE};
 use netlink::{Batch, Elem, ElemOp, Expr, Hook, KeyType, MetaKey, PayloadBase, SetSpec};
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +91,13 @@ impl Firewall {
             "banctl: drops banned sources before conntrack and DNAT, for host and container ports",
         );
         batch.flush_chain(PREROUTING_CHAIN);
+        batch.add_base_chain(
+            FORWARD_CHAIN,
+            Hook::Forward,
+            FORWARD_PRIORITY,
+            "banctl: drops banned sources in routed traffic (containers, VMs), by original port",
+        );
+        batch.flush_chain(FORWARD_CHAIN);
         for jail in jails {
             let counter = counter_name(&jail.name);
             batch.add_counter(&counter, &format!("packets dropped by jail {}", jail.name));
@@ -104,8 +111,12 @@ impl Firewall {
                 batch.add_set(&ban_set_spec(&name, family, Some(&comment)));
             }
             for family in Family::BOTH {
-                let exprs = rule_exprs(&mut batch, jail, family);
+                let exprs = rule_exprs(&mut batch, jail, family, Hook::Prerouting);
                 batch.add_rule(PREROUTING_CHAIN, &exprs, &jail.comment());
+                if jail.forward {
+                    let exprs = rule_exprs(&mut batch, jail, family, Hook::Forward);
+                    batch.add_rule(FORWARD_CHAIN, &exprs, &jail.comment());
+                }
             }
         }
         for stale in stale_jails(&existing, jails) {
@@ -364,8 +375,9 @@ fn pair_intervals(raw: Vec<netlink::DumpedElem>, family: Family) -> Vec<Element>
     out
 }
 
-/// `meta nfproto X  ip[6] saddr @set  meta l4proto P  th dport D  counter name C  drop`
-fn rule_exprs(batch: &mut Batch, jail: &JailRules, family: Family) -> Vec<Expr> {
+/// Prerouting: `ip[6] saddr @set  fib daddr type local  meta l4proto P  th dport D  counter drop`;
+/// forward: the same with `ct original proto-dst D` for the port and no fib match.
+fn rule_exprs(batch: &mut Batch, jail: &JailRules, family: Family, hook: Hook) -> Vec<Expr> {
     let (nfproto, offset, len) = match family {
         Family::V4 => (libc::NFPROTO_IPV4 as u8, 12, 4),
         Family::V6 => (libc::NFPROTO_IPV6 as u8, 8, 16),
@@ -382,8 +394,24 @@ fn rule_exprs(batch: &mut Batch, jail: &JailRules, family: Family) -> Vec<Expr> 
             set: jail.set_name(family),
             id: None,
         },
-        Expr::Meta(MetaKey::L4Proto),
     ];
+    // The port a client aimed at: before DNAT in prerouting it is still in the packet; in
+    // forward (after DNAT) only conntrack remembers it.
+    let port = match hook {
+        Hook::Prerouting => {
+            exprs.push(Expr::FibDaddrType);
+            exprs.push(Expr::CmpEq(
+                u32::from(libc::RTN_LOCAL).to_ne_bytes().to_vec(),
+            ));
+            Expr::Payload {
+                base: PayloadBase::Transport,
+                offset: 2,
+                len: 2,
+            }
+        }
+        Hook::Forward => Expr::CtOriginalProtoDst,
+    };
+    exprs.push(Expr::Meta(MetaKey::L4Proto));
     match jail.protocol.numbers() {
         [one] => exprs.push(Expr::CmpEq(vec![*one])),
         many => {
@@ -401,11 +429,7 @@ fn rule_exprs(batch: &mut Batch, jail: &JailRules, family: Family) -> Vec<Expr> 
     match jail.ports.as_slice() {
         [] => {}
         [one] if one.first == one.last => {
-            exprs.push(Expr::Payload {
-                base: PayloadBase::Transport,
-                offset: 2,
-                len: 2,
-            });
+            exprs.push(port);
             exprs.push(Expr::CmpEq(one.first.to_be_bytes().to_vec()));
         }
         ports => {
@@ -420,11 +444,7 @@ fn rule_exprs(batch: &mut Batch, jail: &JailRules, family: Family) -> Vec<Expr> 
             }
             batch.add_set(&spec);
             batch.set_elements(&spec, &elems, ElemOp::Add, "ports");
-            exprs.push(Expr::Payload {
-                base: PayloadBase::Transport,
-                offset: 2,
-                len: 2,
-            });
+            exprs.push(port);
             exprs.push(Expr::Lookup {
                 set: String::new(),
                 id: Some(id),

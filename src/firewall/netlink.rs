@@ -38,6 +38,9 @@ const NFT_REG_VERDICT: u32 = 0;
 const NFT_REG_1: u32 = 1;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_OBJECT_COUNTER: u32 = 1;
+const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+const IP_CT_DIR_ORIGINAL: u8 = 0;
 const NF_DROP: i32 = 0;
 const NF_ACCEPT: u32 = 1;
 const NLMSGERR_ATTR_MSG: u16 = 1;
@@ -103,6 +106,7 @@ impl KeyType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Prerouting,
+    Forward,
 }
 
 /// Which header a payload expression loads from.
@@ -134,6 +138,11 @@ pub enum Expr {
         set: String,
         id: Option<u32>,
     },
+    /// The route type of the destination address (`fib daddr type`), as a host-order u32.
+    FibDaddrType,
+    /// The destination port of the connection as first seen, before any DNAT
+    /// (`ct original proto-dst`).
+    CtOriginalProtoDst,
     /// Count into the named counter object.
     CounterRef(String),
     Drop,
@@ -402,6 +411,7 @@ impl Batch {
         let udata = comment_udata(NFTNL_UDATA_CHAIN_COMMENT, comment);
         let hooknum = match hook {
             Hook::Prerouting => libc::NF_INET_PRE_ROUTING,
+            Hook::Forward => libc::NF_INET_FORWARD,
         } as u32;
         // SAFETY: `c` is a live chain object; strings and data are copied by libnftnl.
         unsafe {
@@ -694,6 +704,8 @@ fn build_expr(expr: &Expr) -> *mut sys::nftnl_expr {
         Expr::Payload { .. } => c"payload",
         Expr::CmpEq(_) => c"cmp",
         Expr::Lookup { .. } => c"lookup",
+        Expr::FibDaddrType => c"fib",
+        Expr::CtOriginalProtoDst => c"ct",
         Expr::CounterRef(_) => c"objref",
         Expr::Drop => c"immediate",
     };
@@ -741,6 +753,24 @@ fn build_expr(expr: &Expr) -> *mut sys::nftnl_expr {
                 if let Some(id) = id {
                     sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, *id);
                 }
+            }
+            Expr::FibDaddrType => {
+                sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_FIB_DREG as u16, NFT_REG_1);
+                sys::nftnl_expr_set_u32(
+                    e,
+                    sys::NFTNL_EXPR_FIB_RESULT as u16,
+                    NFT_FIB_RESULT_ADDRTYPE,
+                );
+                sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_FIB_FLAGS as u16, NFTA_FIB_F_DADDR);
+            }
+            Expr::CtOriginalProtoDst => {
+                sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_CT_DREG as u16, NFT_REG_1);
+                sys::nftnl_expr_set_u32(
+                    e,
+                    sys::NFTNL_EXPR_CT_KEY as u16,
+                    libc::NFT_CT_PROTO_DST as u32,
+                );
+                sys::nftnl_expr_set_u8(e, sys::NFTNL_EXPR_CT_DIR as u16, IP_CT_DIR_ORIGINAL);
             }
             Expr::CounterRef(name) => {
                 let name = cstring(name);

@@ -12,6 +12,7 @@ fn jail(name: &str, ports: &[u16]) -> JailRules {
         name: name.into(),
         ports: ports.iter().map(|p| PortRange::single(*p)).collect(),
         protocol: Protocol::Tcp,
+        forward: true,
     }
 }
 
