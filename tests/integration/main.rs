@@ -4,6 +4,7 @@
 //! they are skipped loudly, and under `cargo xtask test` (CI) they must run.
 
 mod config;
+mod containers;
 mod daemon;
 mod firewall;
 mod netns;

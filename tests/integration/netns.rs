@@ -104,3 +104,106 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Another network namespace, kept alive by a `sleep` child, for "containers" and "clients".
+pub struct Peer {
+    child: std::process::Child,
+}
+
+impl Peer {
+    pub fn new() -> Peer {
+        let child = Command::new("unshare")
+            .args(["-n", "sleep", "600"])
+            .spawn()
+            .expect("unshare -n sleep");
+        let peer = Peer { child };
+        let ours = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+        let theirs = format!("/proc/{}/ns/net", peer.child.id());
+        assert!(
+            eventually(Duration::from_secs(5), || std::fs::read_link(&theirs)
+                .is_ok_and(|l| l != ours)),
+            "peer namespace did not appear"
+        );
+        peer.ip(&["link", "set", "lo", "up"]);
+        peer
+    }
+
+    pub fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// Runs `ip` inside the peer namespace.
+    pub fn ip(&self, args: &[&str]) {
+        let pid = self.pid();
+        let mut full = vec!["-t", pid.as_str(), "-n", "ip"];
+        full.extend_from_slice(args);
+        run("nsenter", &full);
+    }
+
+    /// Runs `f` on a thread inside the peer namespace (sockets made there live there).
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let ns = std::fs::File::open(format!("/proc/{}/ns/net", self.child.id()))
+            .expect("open peer netns");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                f()
+            })
+            .join()
+            .expect("thread in peer namespace")
+        })
+    }
+
+    /// Links the peer to this namespace with a veth pair and gives both ends addresses; the
+    /// peer routes everything through this namespace.
+    pub fn link(&self, host_if: &str, host_addr: &str, peer_addrs: &[&str]) {
+        let peer_if = format!("{host_if}-p");
+        ip(&[
+            "link",
+            "add",
+            host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer_if,
+            "netns",
+            &self.pid(),
+        ]);
+        ip(&["addr", "add", host_addr, "dev", host_if]);
+        ip(&["link", "set", host_if, "up"]);
+        for a in peer_addrs {
+            self.ip(&["addr", "add", a, "dev", &peer_if]);
+        }
+        self.ip(&["link", "set", &peer_if, "up"]);
+        let gateway = host_addr.split('/').next().unwrap();
+        self.ip(&["route", "add", "default", "via", gateway]);
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Applies an nft script (test scaffolding such as a NAT table, never bans).
+pub fn nft_script(script: &str) {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "nft -f failed for:\n{script}"
+    );
+}
