@@ -5,6 +5,8 @@
 //! guards ban state and a burst of lines becomes one netlink batch.
 
 use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
@@ -66,8 +68,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (ctl_tx, mut requests) = mpsc::channel(64);
     let server = tokio::spawn(control::serve(listener, ctl_tx));
 
+    let own: Arc<[IpNet]> = own_addresses().into();
+    tracing::debug!(
+        count = own.len(),
+        "own addresses (never banned with ignoreself)"
+    );
+    let jails = config
+        .jails
+        .into_iter()
+        .map(|c| Jail::new(c).with_own_addresses(own.clone()));
     let mut daemon = Daemon {
-        jails: config.jails.into_iter().map(Jail::new).collect(),
+        jails: jails.collect(),
         routes,
         firewall,
     };
@@ -235,7 +246,16 @@ impl Daemon {
     ) -> Result<Response, Response> {
         let j = self.jail_index(jail)?;
         let config = self.jails[j].config();
-        if config.ignores(&target) {
+        if config.too_broad(&target) {
+            return Err(Response::Error {
+                kind: ErrorKind::TooBroad,
+                message: format!(
+                    "{target} is broader than jail {jail}'s min_prefix (/{}): not banned",
+                    config.min_prefix.for_addr(target.addr())
+                ),
+            });
+        }
+        if self.jails[j].ignores(&target) {
             return Err(Response::Error {
                 kind: ErrorKind::Ignored,
                 message: format!(
@@ -318,6 +338,29 @@ impl Daemon {
         }
         Ok(Response::Status { jails })
     }
+}
+
+/// The addresses of this host's interfaces (what `ignoreself` protects).
+pub fn own_addresses() -> Vec<IpNet> {
+    let addrs = match nix::ifaddrs::getifaddrs() {
+        Ok(addrs) => addrs,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the host's addresses; ignoreself covers loopback only");
+            return Vec::new();
+        }
+    };
+    let mut own: Vec<IpNet> = addrs
+        .filter_map(|a| a.address)
+        .filter_map(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+        })
+        .map(IpNet::host)
+        .collect();
+    own.sort();
+    own.dedup();
+    own
 }
 
 pub fn ban_info(jail: &str, e: &Element) -> BanInfo {

@@ -142,7 +142,9 @@ fn answer(response: Response) -> Result<Response, Failure> {
         Response::Error { kind, message } => {
             let code = match kind {
                 ErrorKind::NotBanned | ErrorKind::UnknownJail => exit::NOT_FOUND,
-                ErrorKind::Ignored | ErrorKind::PermissionDenied => exit::REFUSED,
+                ErrorKind::Ignored | ErrorKind::TooBroad | ErrorKind::PermissionDenied => {
+                    exit::REFUSED
+                }
                 ErrorKind::Firewall => exit::FIREWALL,
                 ErrorKind::BadRequest | ErrorKind::Version => exit::FAILURE,
             };

@@ -18,7 +18,7 @@ use crate::addr::IpNet;
 use crate::duration::{BanTime, parse_duration};
 use crate::filter::{Builtin, Filter, Pattern};
 use crate::firewall::{JailRules, PortRange, Protocol};
-use raw::{DurationValue, PortValue, RawConfig, RawJail};
+use raw::{DurationValue, PortValue, RawConfig, RawJail, RawPrefixLens};
 
 pub const DEFAULT_CONFIG: &str = "/etc/banctl/banctl.toml";
 pub const DEFAULT_SOCKET: &str = "/run/banctl/banctl.sock";
@@ -31,6 +31,28 @@ const DEFAULT_MAXRETRY: u32 = 5;
 pub const DEFAULT_MAX_TRACKED: usize = 100_000;
 /// Jail names become set names (`<jail>_v4`); keep them short and plain.
 const MAX_JAIL_NAME: usize = 32;
+
+/// A prefix length per address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefixLens {
+    pub v4: u8,
+    pub v6: u8,
+}
+
+impl PrefixLens {
+    pub fn for_addr(&self, addr: std::net::IpAddr) -> u8 {
+        if crate::addr::canonical(addr).is_ipv4() {
+            self.v4
+        } else {
+            self.v6
+        }
+    }
+}
+
+/// Ban single IPv4 addresses and IPv6 /64s (what one customer usually gets).
+pub const DEFAULT_BAN_PREFIX: PrefixLens = PrefixLens { v4: 32, v6: 64 };
+/// Never ban anything broader than a /16 (IPv4) or /32 (IPv6).
+pub const DEFAULT_MIN_PREFIX: PrefixLens = PrefixLens { v4: 16, v6: 32 };
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -66,6 +88,12 @@ pub struct JailConfig {
     pub max_tracked: usize,
     /// Also drop banned sources in routed traffic (the `forward` chain).
     pub forward: bool,
+    /// Prefix a ban covers (an IPv6 attacker rotates inside its /64).
+    pub ban_prefix: PrefixLens,
+    /// Shortest prefix ever banned; broader bans are refused.
+    pub min_prefix: PrefixLens,
+    /// Count failures per `ban_prefix` rather than per address.
+    pub count_by_prefix: bool,
 }
 
 impl JailConfig {
@@ -78,10 +106,17 @@ impl JailConfig {
         }
     }
 
-    /// Whether this jail must never ban `net` (an ignoreip entry or loopback covers it).
-    pub fn ignores(&self, net: &IpNet) -> bool {
-        (self.ignoreself && net.is_loopback())
-            || self.ignoreip.iter().any(|i| i.covers(net) || net.covers(i))
+    /// Whether this jail must never ban `net`: an ignoreip entry overlaps it, or (with
+    /// `ignoreself`) it is loopback or overlaps one of `own`, the host's addresses.
+    pub fn ignores(&self, net: &IpNet, own: &[IpNet]) -> bool {
+        let overlaps = |i: &IpNet| i.covers(net) || net.covers(i);
+        (self.ignoreself && (net.is_loopback() || own.iter().any(overlaps)))
+            || self.ignoreip.iter().any(overlaps)
+    }
+
+    /// Whether `net` is broader than this jail may ever ban.
+    pub fn too_broad(&self, net: &IpNet) -> bool {
+        net.prefix_len() < self.min_prefix.for_addr(net.addr())
     }
 }
 
@@ -337,6 +372,17 @@ impl Context<'_> {
         }
         let ignoreself = pick!(ignoreself).is_none_or(|(v, _)| *v.get_ref());
         let forward = pick!(forward).is_none_or(|(v, _)| *v.get_ref());
+        let count_by_prefix = pick!(count_by_prefix).is_some_and(|(v, _)| *v.get_ref());
+        let min_prefix = match pick!(min_prefix) {
+            Some((v, k)) => {
+                self.prefix_lens(v, &k, DEFAULT_MIN_PREFIX, PrefixLens { v4: 0, v6: 0 })
+            }
+            None => DEFAULT_MIN_PREFIX,
+        };
+        let ban_prefix = match pick!(ban_prefix) {
+            Some((v, k)) => self.prefix_lens(v, &k, DEFAULT_BAN_PREFIX, min_prefix),
+            None => DEFAULT_BAN_PREFIX,
+        };
         let max_tracked = match pick!(max_tracked) {
             Some((v, k)) => match usize::try_from(*v.get_ref()) {
                 Ok(n) if n >= 1 => n,
@@ -365,7 +411,40 @@ impl Context<'_> {
             ignoreself,
             max_tracked,
             forward,
+            ban_prefix,
+            min_prefix,
+            count_by_prefix,
         })
+    }
+
+    /// `{ v4 = N, v6 = M }`, each within its family's width and not below `floor`.
+    fn prefix_lens(
+        &mut self,
+        v: &Spanned<RawPrefixLens>,
+        key: &str,
+        default: PrefixLens,
+        floor: PrefixLens,
+    ) -> PrefixLens {
+        let raw = v.get_ref();
+        let mut one = |value: Option<i64>, family: &str, max: u8, min: u8, default: u8| match value
+        {
+            None => default,
+            Some(n) => match u8::try_from(n) {
+                Ok(n) if n <= max && n >= min => n,
+                _ => {
+                    self.error(
+                        v.span(),
+                        format!("{key}.{family}"),
+                        format!("{n} is not a prefix length from {min} to {max}"),
+                    );
+                    default
+                }
+            },
+        };
+        PrefixLens {
+            v4: one(raw.v4, "v4", 32, floor.v4, default.v4),
+            v6: one(raw.v6, "v6", 128, floor.v6, default.v6),
+        }
     }
 
     fn duration(&mut self, v: &Spanned<DurationValue>, key: String) -> Option<Duration> {
@@ -612,11 +691,33 @@ colour = "blue"
             parse("[jails.a]\nfilter = \"sshd\"\nlogpath = \"/x\"\nignoreip = [\"10.0.0.0/8\"]\n")
                 .unwrap();
         let j = &c.jails[0];
-        assert!(j.ignores(&"10.1.2.3".parse().unwrap()));
-        assert!(j.ignores(&"127.0.0.2".parse().unwrap()));
-        assert!(j.ignores(&"::1".parse().unwrap()));
-        assert!(!j.ignores(&"192.0.2.1".parse().unwrap()));
-        // A prefix that would cover an ignored address is ignored too.
-        assert!(j.ignores(&"0.0.0.0/0".parse().unwrap()));
+        let own: Vec<IpNet> = vec!["192.0.2.200".parse().unwrap()];
+        assert!(j.ignores(&"10.1.2.3".parse().unwrap(), &own));
+        assert!(j.ignores(&"127.0.0.2".parse().unwrap(), &own));
+        assert!(j.ignores(&"::1".parse().unwrap(), &own));
+        assert!(!j.ignores(&"192.0.2.1".parse().unwrap(), &own));
+        // A prefix that would cover an ignored or own address is ignored too.
+        assert!(j.ignores(&"0.0.0.0/0".parse().unwrap(), &own));
+        assert!(j.ignores(&"192.0.2.0/24".parse().unwrap(), &own));
+        assert!(j.ignores(&"192.0.2.200".parse().unwrap(), &own));
+    }
+
+    #[test]
+    fn prefix_settings() {
+        let c = parse("[jails.a]\nfilter = \"sshd\"\nlogpath = \"/x\"\n").unwrap();
+        assert_eq!(c.jails[0].ban_prefix, DEFAULT_BAN_PREFIX);
+        assert!(c.jails[0].too_broad(&"10.0.0.0/8".parse().unwrap()));
+        assert!(!c.jails[0].too_broad(&"2001:db8:1::/64".parse().unwrap()));
+        let errors = parse(
+            "[jails.a]\nfilter = \"sshd\"\nlogpath = \"/x\"\nban_prefix = { v4 = 24, v6 = 16 }\nmin_prefix = { v6 = 129 }\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "t.toml:4: jails.a.ban_prefix.v6: 16 is not a prefix length from 32 to 128",
+                "t.toml:5: jails.a.min_prefix.v6: 129 is not a prefix length from 0 to 128",
+            ]
+        );
     }
 }

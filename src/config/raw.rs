@@ -42,6 +42,16 @@ pub struct RawJail {
     pub ignoreself: Option<Spanned<bool>>,
     pub max_tracked: Option<Spanned<i64>>,
     pub forward: Option<Spanned<bool>>,
+    pub ban_prefix: Option<Spanned<RawPrefixLens>>,
+    pub min_prefix: Option<Spanned<RawPrefixLens>>,
+    pub count_by_prefix: Option<Spanned<bool>>,
+}
+
+/// `{ v4 = 32, v6 = 64 }`
+#[derive(Debug, Default, Deserialize)]
+pub struct RawPrefixLens {
+    pub v4: Option<i64>,
+    pub v6: Option<i64>,
 }
 
 /// `logpath = "/var/log/x"` or `logpath = ["/var/log/x", "/var/log/y*"]`.

@@ -110,8 +110,10 @@ pub enum ErrorKind {
     UnknownJail,
     /// Nothing to unban.
     NotBanned,
-    /// The address is in the jail's ignore list (or loopback).
+    /// The address is in the jail's ignore list (or loopback, or the host's own).
     Ignored,
+    /// The prefix is broader than the jail's `min_prefix`.
+    TooBroad,
     /// The kernel refused the change.
     Firewall,
     PermissionDenied,

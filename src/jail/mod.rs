@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::addr::IpNet;
@@ -30,8 +31,11 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct Jail {
     config: JailConfig,
-    /// Failure times (Unix seconds, oldest first) per address inside the window.
+    /// Failure times (Unix seconds, oldest first) inside the window, per address (or per
+    /// prefix with `count_by_prefix`, keyed by the prefix's first address).
     failures: HashMap<IpAddr, Vec<u32>>,
+    /// The host's own addresses: never banned with `ignoreself`, nor covered by a prefix ban.
+    own: Arc<[IpNet]>,
 }
 
 fn unix_secs(t: SystemTime) -> u32 {
@@ -46,7 +50,35 @@ impl Jail {
         Jail {
             config,
             failures: HashMap::new(),
+            own: Arc::from([]),
         }
+    }
+
+    /// Tells the jail the host's own addresses.
+    pub fn with_own_addresses(mut self, own: Arc<[IpNet]>) -> Jail {
+        self.own = own;
+        self
+    }
+
+    /// Whether the jail must never ban `net` (ignoreip, loopback, own addresses).
+    pub fn ignores(&self, net: &IpNet) -> bool {
+        self.config.ignores(net, &self.own)
+    }
+
+    /// What a ban of `addr` covers: its `ban_prefix`, unless that prefix would cover an ignored
+    /// or own address; then the address alone.
+    fn ban_net(&self, addr: IpAddr) -> IpNet {
+        let net = IpNet::new(addr, self.config.ban_prefix.for_addr(addr));
+        if net.is_host() || !self.ignores(&net) {
+            return net;
+        }
+        tracing::info!(
+            jail = self.name(),
+            prefix = %net,
+            address = %addr,
+            "the prefix covers an ignored or own address: banning the address only"
+        );
+        IpNet::host(addr)
     }
 
     pub fn config(&self) -> &JailConfig {
@@ -65,21 +97,25 @@ impl Jail {
 
     /// Records one failure of `addr` at time `at`.
     pub fn record(&mut self, addr: IpAddr, at: SystemTime) -> Outcome {
-        let net = IpNet::host(addr);
-        if self.config.ignores(&net) {
+        if self.ignores(&IpNet::host(addr)) {
             return Outcome::Ignored;
         }
+        let key = if self.config.count_by_prefix {
+            self.ban_net(addr).addr()
+        } else {
+            IpNet::host(addr).addr()
+        };
         let now = unix_secs(at);
         let window_start = self.window_start(now);
-        let times = self.failures.entry(net.addr()).or_default();
+        let times = self.failures.entry(key).or_default();
         times.retain(|t| *t > window_start);
         times.push(now);
         let count = times.len();
         if count >= self.config.maxretry as usize {
-            self.failures.remove(&net.addr());
+            self.failures.remove(&key);
             return Outcome::Ban(Ban {
                 jail: self.config.name.clone(),
-                net,
+                net: self.ban_net(addr),
                 time: self.config.bantime,
             });
         }
@@ -254,6 +290,40 @@ mod tests {
                 "192.0.2.{i} was evicted"
             );
         }
+    }
+
+    #[test]
+    fn ipv6_bans_cover_the_prefix_unless_it_holds_an_ignored_or_own_address() {
+        let mut j = jail("ignoreip = ['2001:db8:3::77']")
+            .with_own_addresses(Arc::from(["2001:db8:4::1".parse::<IpNet>().unwrap()]));
+        let ban = |j: &mut Jail, a: &str| {
+            let addr: IpAddr = a.parse().unwrap();
+            j.record(addr, at(0));
+            j.record(addr, at(1));
+            match j.record(addr, at(2)) {
+                Outcome::Ban(b) => b.net.to_string(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(ban(&mut j, "2001:db8:1::5"), "2001:db8:1::/64");
+        assert_eq!(ban(&mut j, "2001:db8:3::5"), "2001:db8:3::5");
+        assert_eq!(ban(&mut j, "2001:db8:4::9"), "2001:db8:4::9");
+        assert_eq!(ban(&mut j, "192.0.2.9"), "192.0.2.9");
+        assert_eq!(
+            j.record("2001:db8:4::1".parse().unwrap(), at(3)),
+            Outcome::Ignored
+        );
+    }
+
+    #[test]
+    fn failures_can_be_counted_per_prefix() {
+        let mut j = jail("count_by_prefix = true");
+        j.record("2001:db8:1::1".parse().unwrap(), at(0));
+        j.record("2001:db8:1::2".parse().unwrap(), at(1));
+        let Outcome::Ban(b) = j.record("2001:db8:1::3".parse().unwrap(), at(2)) else {
+            panic!("rotating addresses inside one /64 were not banned")
+        };
+        assert_eq!(b.net.to_string(), "2001:db8:1::/64");
     }
 
     #[test]

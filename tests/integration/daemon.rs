@@ -157,6 +157,7 @@ maxretry = 3
 findtime = "10m"
 ports = [{port}]
 ignoreself = false   # this test attacks from 127.0.0.2 inside its own namespace
+ban_prefix = {{ v4 = 32, v6 = 128 }}   # single addresses: the neighbours share the attacker's /64
 
 [jails.web]
 failregex = ['^\S+ app: login failed for .* from <HOST> port \d+$']
@@ -355,4 +356,72 @@ colour = "blue"
         "",
         "a bad config touched the ruleset"
     );
+}
+
+#[test]
+fn ipv6_prefix_ban_with_traffic_and_ignoreip_inside_the_prefix() {
+    let Some(()) = netns::enter("ipv6_prefix_ban_with_traffic_and_ignoreip_inside_the_prefix")
+    else {
+        return;
+    };
+    netns::add_v6_addrs(&[
+        "2001:db8:ff::1",
+        "2001:db8:1::5",
+        "2001:db8:1::6",
+        "2001:db8:2::5",
+        "2001:db8:3::5",
+    ]);
+    let target = netns::listen("[2001:db8:ff::1]:0");
+    let daemon = Daemon::start(
+        "prefix",
+        &format!(
+            r#"
+[jails.web]
+failregex = ['^\S+ app: login failed for .* from <HOST> port \d+$']
+logpath = ["{{dir}}/web.log"]
+ports = [{}]
+maxretry = 3
+ban_prefix = {{ v4 = 32, v6 = 64 }}
+ignoreip = ["2001:db8:3::77"]
+ignoreself = false   # the "attackers" are addresses of this test's own namespace
+"#,
+            target.port()
+        ),
+    );
+    std::fs::write(daemon.scratch.path("web.log"), "").unwrap();
+    daemon.append("web.log", &failures("2001:db8:1::5", 3));
+    assert!(netns::eventually(Duration::from_secs(5), || daemon
+        .banned("web")
+        == ["2001:db8:1::/64"]));
+    assert!(
+        !netns::connects("2001:db8:1::5", target),
+        "the attacker connected"
+    );
+    assert!(
+        !netns::connects("2001:db8:1::6", target),
+        "a neighbour in the same /64 connected"
+    );
+    assert!(
+        netns::connects("2001:db8:2::5", target),
+        "another /64 was dropped"
+    );
+    let set = netns::nft(&["list", "set", "inet", "banctl", "web_v6"]);
+    assert!(set.contains("2001:db8:1::/64 timeout"), "{set}");
+
+    // The /64 of 2001:db8:3::5 holds an ignoreip address: only the attacker itself is banned.
+    daemon.append("web.log", &failures("2001:db8:3::5", 3));
+    assert!(netns::eventually(Duration::from_secs(5), || daemon
+        .banned("web")
+        .contains(&"2001:db8:3::5".to_owned())));
+    assert_eq!(daemon.banned("web"), ["2001:db8:1::/64", "2001:db8:3::5"]);
+
+    // Unbanning any address inside the prefix lifts the prefix ban.
+    assert_eq!(
+        daemon.ok(&["unban", "2001:db8:1::6"]),
+        "unbanned 2001:db8:1::/64 from jail web\n"
+    );
+    assert!(netns::connects("2001:db8:1::5", target));
+    // Broader than min_prefix (v6 /32 by default): refused.
+    let refused = daemon.cli(&["ban", "web", "2001:db8::/16"]);
+    assert_eq!(refused.status.code(), Some(banctl::cli::exit::REFUSED));
 }
