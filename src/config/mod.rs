@@ -348,17 +348,7 @@ impl Context<'_> {
             None => DEFAULT_FINDTIME,
         };
         let maxretry = match pick!(maxretry) {
-            Some((v, k)) => match u32::try_from(*v.get_ref()) {
-                Ok(n) if n >= 1 => n,
-                _ => {
-                    self.error(
-                        v.span(),
-                        k,
-                        format!("{} is not a count of failures (1 or more)", v.get_ref()),
-                    );
-                    DEFAULT_MAXRETRY
-                }
-            },
+            Some((v, k)) => self.positive(v, k, "a count of failures", DEFAULT_MAXRETRY),
             None => DEFAULT_MAXRETRY,
         };
         let mut ignoreip = Vec::new();
@@ -384,17 +374,7 @@ impl Context<'_> {
             None => DEFAULT_BAN_PREFIX,
         };
         let max_tracked = match pick!(max_tracked) {
-            Some((v, k)) => match usize::try_from(*v.get_ref()) {
-                Ok(n) if n >= 1 => n,
-                _ => {
-                    self.error(
-                        v.span(),
-                        k,
-                        format!("{} is not a number of addresses (1 or more)", v.get_ref()),
-                    );
-                    DEFAULT_MAX_TRACKED
-                }
-            },
+            Some((v, k)) => self.positive(v, k, "a number of addresses", DEFAULT_MAX_TRACKED),
             None => DEFAULT_MAX_TRACKED,
         };
         Some(JailConfig {
@@ -444,6 +424,24 @@ impl Context<'_> {
         PrefixLens {
             v4: one(raw.v4, "v4", 32, floor.v4, default.v4),
             v6: one(raw.v6, "v6", 128, floor.v6, default.v6),
+        }
+    }
+
+    /// An integer of 1 or more that fits `T`; else an error naming `what` it should be.
+    fn positive<T: TryFrom<i64> + PartialOrd + From<u8>>(
+        &mut self,
+        v: &Spanned<i64>,
+        key: String,
+        what: &str,
+        default: T,
+    ) -> T {
+        match T::try_from(*v.get_ref()) {
+            Ok(n) if n >= T::from(1) => n,
+            _ => {
+                let message = format!("{} is not {what} (1 or more)", v.get_ref());
+                self.error(v.span(), key, message);
+                default
+            }
         }
     }
 
