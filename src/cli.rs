@@ -2,7 +2,6 @@
 //!
 //! Printing lives here, apart from `main`, so that the text admins read is tested and stable.
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -122,13 +121,12 @@ pub fn render_bans(bans: &[BanInfo]) -> String {
         "JAIL", "ADDRESS"
     );
     for b in bans {
-        let _ = writeln!(
-            out,
-            "{:width_jail$}  {:width_addr$}  {}",
+        out.push_str(&format!(
+            "{:width_jail$}  {:width_addr$}  {}\n",
             b.jail,
             b.address.to_string(),
             remaining(b)
-        );
+        ));
     }
     out
 }
@@ -142,28 +140,25 @@ pub fn render_status(jails: &[JailStatus]) -> String {
         } else {
             j.ports.join(", ")
         };
-        let _ = writeln!(out, "jail {}", j.name);
-        let _ = writeln!(out, "  filter:       {}", j.filter);
-        let _ = writeln!(out, "  sources:      {}", j.sources.join(", "));
-        let _ = writeln!(out, "  ports:        {} {}", j.protocol, ports);
-        let _ = writeln!(
-            out,
-            "  policy:       ban for {} after {} failures within {}",
+        out.push_str(&format!("jail {}\n", j.name));
+        out.push_str(&format!("  filter:       {}\n", j.filter));
+        out.push_str(&format!("  sources:      {}\n", j.sources.join(", ")));
+        out.push_str(&format!("  ports:        {} {}\n", j.protocol, ports));
+        out.push_str(&format!(
+            "  policy:       ban for {} after {} failures within {}\n",
             j.bantime,
             j.maxretry,
             format_duration(std::time::Duration::from_secs(j.findtime_s))
-        );
-        let _ = writeln!(
-            out,
-            "  tracked:      {} address(es) with recent failures",
+        ));
+        out.push_str(&format!(
+            "  tracked:      {} address(es) with recent failures\n",
             j.tracked
-        );
-        let _ = writeln!(out, "  active bans:  {}", j.active_bans);
-        let _ = writeln!(
-            out,
-            "  dropped:      {} packets, {} bytes",
+        ));
+        out.push_str(&format!("  active bans:  {}\n", j.active_bans));
+        out.push_str(&format!(
+            "  dropped:      {} packets, {} bytes\n",
             j.dropped_packets, j.dropped_bytes
-        );
+        ));
     }
     out
 }
