@@ -87,6 +87,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make the daemon read its configuration again (as SIGHUP does); an invalid file changes
+    /// nothing and every error is printed.
+    Reload,
     /// Validate a configuration file and print every error.
     CheckConfig {
         #[arg(default_value = DEFAULT_CONFIG)]

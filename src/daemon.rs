@@ -9,7 +9,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use tokio::signal;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::addr::IpNet;
 use crate::config::Config;
@@ -22,6 +27,8 @@ use crate::source::{self, FileFollower, LineBatch};
 const LINE_QUEUE: usize = 1024;
 /// Line batches folded into one round of bans.
 const BATCHES_PER_ROUND: usize = 64;
+/// How often expired failure windows are dropped (and the sources checked).
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -32,6 +39,8 @@ pub enum DaemonError {
     Source(#[from] source::SourceError),
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    #[error("cannot handle signals: {0}")]
+    Signal(String),
 }
 
 /// The state the main loop owns.
@@ -40,17 +49,39 @@ pub struct Daemon {
     /// For each logpath pattern (source index), the jails reading it.
     routes: Vec<Vec<usize>>,
     firewall: Firewall,
+    /// The host's own addresses, given to every jail.
+    own: Arc<[IpNet]>,
+    sources: Sources,
+    /// Where the configuration is read from again on reload.
+    config_path: PathBuf,
 }
 
-/// Runs the daemon until `shutdown` completes. The table and its bans stay in the kernel.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    let mut firewall = Firewall::open()?;
-    let rules: Vec<_> = config.jails.iter().map(|j| j.rules()).collect();
-    firewall.apply_layout(&rules)?;
+/// The running log sources: the patterns followed and the task following them.
+struct Sources {
+    patterns: Vec<String>,
+    task: JoinHandle<Result<(), source::SourceError>>,
+    tx: mpsc::Sender<LineBatch>,
+}
 
+impl Sources {
+    fn start(patterns: Vec<String>, tx: mpsc::Sender<LineBatch>) -> Result<Sources, DaemonError> {
+        let follower = FileFollower::new(&patterns)?;
+        let task = tokio::spawn(source::run_files(follower, tx.clone()));
+        Ok(Sources { patterns, task, tx })
+    }
+}
+
+impl Drop for Sources {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The distinct logpath patterns of `jails`, and for each the indexes of the jails reading it.
+fn routing(jails: &[crate::config::JailConfig]) -> (Vec<String>, Vec<Vec<usize>>) {
     let mut patterns: Vec<String> = Vec::new();
     let mut routes: Vec<Vec<usize>> = Vec::new();
-    for (j, jail) in config.jails.iter().enumerate() {
+    for (j, jail) in jails.iter().enumerate() {
         for path in &jail.logpaths {
             let i = patterns.iter().position(|p| p == path).unwrap_or_else(|| {
                 patterns.push(path.clone());
@@ -60,13 +91,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             routes[i].push(j);
         }
     }
-    let follower = FileFollower::new(&patterns)?;
+    (patterns, routes)
+}
+
+/// Runs the daemon until `shutdown` completes. The table and its bans stay in the kernel.
+/// SIGHUP (or `banctl reload`) reads `config_path` again.
+pub async fn run(
+    config_path: PathBuf,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let mut firewall = Firewall::open()?;
+    let rules: Vec<_> = config.jails.iter().map(|j| j.rules()).collect();
+    firewall.apply_layout(&rules)?;
+
+    let (patterns, routes) = routing(&config.jails);
     let (line_tx, mut lines) = mpsc::channel(LINE_QUEUE);
-    let sources = tokio::spawn(source::run_files(follower, line_tx));
+    let sources = Sources::start(patterns, line_tx)?;
 
     let listener = control::bind(&config.daemon.socket)?;
     let (ctl_tx, mut requests) = mpsc::channel(64);
     let server = tokio::spawn(control::serve(listener, ctl_tx));
+    let mut hangup = signal::unix::signal(signal::unix::SignalKind::hangup())
+        .map_err(|e| DaemonError::Signal(e.to_string()))?;
 
     let own: Arc<[IpNet]> = own_addresses().into();
     tracing::debug!(
@@ -81,55 +128,46 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         jails: jails.collect(),
         routes,
         firewall,
+        own,
+        sources,
+        config_path,
     };
-    let sweep_every = daemon
-        .jails
-        .iter()
-        .map(Jail::sweep_interval)
-        .min()
-        .unwrap_or(Duration::from_secs(60));
-    let mut sweep = tokio::time::interval(sweep_every);
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
     tracing::info!(jails = daemon.jails.len(), socket = %config.daemon.socket.display(), "banctl daemon ready");
 
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            batch = lines.recv() => match batch {
-                Some(batch) => {
-                    let mut round = vec![batch];
-                    while round.len() < BATCHES_PER_ROUND {
-                        match lines.try_recv() {
-                            Ok(more) => round.push(more),
-                            Err(_) => break,
-                        }
+            Some(batch) = lines.recv() => {
+                let mut round = vec![batch];
+                while round.len() < BATCHES_PER_ROUND {
+                    match lines.try_recv() {
+                        Ok(more) => round.push(more),
+                        Err(_) => break,
                     }
-                    daemon.on_lines(&round);
                 }
-                None => {
-                    tracing::error!("log sources stopped");
-                    break;
-                }
-            },
+                daemon.on_lines(&round);
+            }
             Some(Incoming { request, reply }) = requests.recv() => {
                 let response = daemon.handle(request);
                 if reply.send(response).is_err() {
                     tracing::debug!("control client left before the answer");
                 }
             }
+            Some(()) = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading {}", daemon.config_path.display());
+                daemon.reload();
+            }
             _ = sweep.tick() => daemon.sweep(SystemTime::now()),
             () = &mut shutdown => break,
         }
     }
-    sources.abort();
     server.abort();
     if let Err(e) = std::fs::remove_file(&config.daemon.socket) {
         tracing::debug!(error = %e, "removing control socket");
     }
     tracing::info!("banctl daemon stopped; bans stay in the kernel");
-    match sources.await {
-        Ok(Err(e)) => Err(e.into()),
-        _ => Ok(()),
-    }
+    Ok(())
 }
 
 impl Daemon {
@@ -186,6 +224,82 @@ impl Daemon {
         for jail in &mut self.jails {
             jail.sweep(now);
         }
+        if self.sources.task.is_finished() {
+            tracing::error!("log sources stopped; restarting them");
+            match Sources::start(self.sources.patterns.clone(), self.sources.tx.clone()) {
+                Ok(sources) => self.sources = sources,
+                Err(e) => tracing::error!(error = %e, "cannot restart log sources"),
+            }
+        }
+    }
+
+    /// Reads the configuration again and applies it; an invalid one changes nothing.
+    ///
+    /// Order: validate everything, start the new sources (if the logpaths changed), then apply
+    /// the new layout in one batch; only when all of that worked is the running state replaced.
+    /// Jails that keep their name keep their failure windows; their sets (and bans) stay.
+    pub fn reload(&mut self) -> Response {
+        let config = match Config::load(&self.config_path) {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::error!("reload refused, the running configuration stays:\n{e}");
+                return Response::Error {
+                    kind: ErrorKind::Config,
+                    message: e.to_string(),
+                };
+            }
+        };
+        let (patterns, routes) = routing(&config.jails);
+        let new_sources = if patterns == self.sources.patterns {
+            None
+        } else {
+            match Sources::start(patterns, self.sources.tx.clone()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    return Response::Error {
+                        kind: ErrorKind::Config,
+                        message: e.to_string(),
+                    };
+                }
+            }
+        };
+        let rules: Vec<_> = config.jails.iter().map(|j| j.rules()).collect();
+        if let Err(e) = self.firewall.apply_layout(&rules) {
+            tracing::error!(error = %e, "reload refused by the kernel, the running configuration stays");
+            return Self::firewall_error(e);
+        }
+        if let Some(sources) = new_sources {
+            self.sources = sources;
+        }
+        let mut old: HashMap<String, Jail> = self
+            .jails
+            .drain(..)
+            .map(|j| (j.name().to_owned(), j))
+            .collect();
+        let before: Vec<String> = old.keys().cloned().collect();
+        self.jails = config
+            .jails
+            .into_iter()
+            .map(|c| match old.remove(&c.name) {
+                Some(jail) => jail.reconfigure(c),
+                None => Jail::new(c).with_own_addresses(self.own.clone()),
+            })
+            .collect();
+        self.routes = routes;
+        let jails: Vec<String> = self.jails.iter().map(|j| j.name().to_owned()).collect();
+        let added: Vec<String> = jails
+            .iter()
+            .filter(|j| !before.contains(j))
+            .cloned()
+            .collect();
+        let mut removed: Vec<String> = old.into_keys().collect();
+        removed.sort();
+        tracing::info!(?jails, ?added, ?removed, "configuration reloaded");
+        Response::Reloaded {
+            jails,
+            added,
+            removed,
+        }
     }
 
     fn jail_index(&self, name: &str) -> Result<usize, Response> {
@@ -213,6 +327,7 @@ impl Daemon {
             Request::Ban { jail, target, time } => self.manual_ban(&jail, target, time),
             Request::Unban { target, jail } => self.unban(target, jail.as_deref()),
             Request::Status { jail } => self.status(jail.as_deref()),
+            Request::Reload => Ok(self.reload()),
         };
         result.unwrap_or_else(|response| response)
     }

@@ -120,6 +120,31 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Reload => {
+            match answer(control::call(&cli.socket, Request::Reload)?)? {
+                Response::Reloaded {
+                    jails,
+                    added,
+                    removed,
+                } => {
+                    let list = |v: &[String]| {
+                        if v.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            v.join(", ")
+                        }
+                    };
+                    println!(
+                        "reloaded: {} jail(s); added: {}; removed: {}",
+                        jails.len(),
+                        list(&added),
+                        list(&removed)
+                    );
+                }
+                other => return Err(unexpected(other)),
+            }
+            Ok(())
+        }
         Command::Status { jail, json } => {
             match answer(control::call(&cli.socket, Request::Status { jail })?)? {
                 Response::Status { jails } if json => {
@@ -146,6 +171,7 @@ fn answer(response: Response) -> Result<Response, Failure> {
                     exit::REFUSED
                 }
                 ErrorKind::Firewall => exit::FIREWALL,
+                ErrorKind::Config => exit::CONFIG,
                 ErrorKind::BadRequest | ErrorKind::Version => exit::FAILURE,
             };
             Err(Failure {
@@ -198,7 +224,7 @@ fn run_daemon(config_path: &Path) -> Result<(), Failure> {
                 _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
             }
         };
-        daemon::run(config, shutdown).await
+        daemon::run(config_path.to_owned(), config, shutdown).await
     })?;
     Ok(())
 }

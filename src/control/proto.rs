@@ -34,12 +34,17 @@ pub enum Request {
     Unban { target: IpNet, jail: Option<String> },
     /// Jails, their sources, counters and drops.
     Status { jail: Option<String> },
+    /// Read the configuration file again and apply it (or change nothing if it is invalid).
+    Reload,
 }
 
 impl Request {
     /// Whether the request changes state (as opposed to reading it).
     pub fn is_change(&self) -> bool {
-        matches!(self, Request::Ban { .. } | Request::Unban { .. })
+        matches!(
+            self,
+            Request::Ban { .. } | Request::Unban { .. } | Request::Reload
+        )
     }
 }
 
@@ -65,6 +70,11 @@ pub enum Response {
     },
     Status {
         jails: Vec<JailStatus>,
+    },
+    Reloaded {
+        jails: Vec<String>,
+        added: Vec<String>,
+        removed: Vec<String>,
     },
     Error {
         kind: ErrorKind,
@@ -116,6 +126,8 @@ pub enum ErrorKind {
     TooBroad,
     /// The kernel refused the change.
     Firewall,
+    /// The configuration file is invalid (the message lists every error).
+    Config,
     PermissionDenied,
 }
 

@@ -54,6 +54,12 @@ impl Jail {
         }
     }
 
+    /// The same jail under a new configuration: failure windows are kept.
+    pub fn reconfigure(mut self, config: JailConfig) -> Jail {
+        self.config = config;
+        self
+    }
+
     /// Tells the jail the host's own addresses.
     pub fn with_own_addresses(mut self, own: Arc<[IpNet]>) -> Jail {
         self.own = own;

@@ -117,6 +117,10 @@ impl Daemon {
         append(&self.scratch.path(log), lines);
     }
 
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

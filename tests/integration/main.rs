@@ -8,4 +8,5 @@ mod containers;
 mod daemon;
 mod firewall;
 mod netns;
+mod reload;
 mod source;
