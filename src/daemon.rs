@@ -109,9 +109,13 @@ pub async fn run(
     let (line_tx, mut lines) = mpsc::channel(LINE_QUEUE);
     let sources = Sources::start(patterns, line_tx)?;
 
-    let listener = control::bind(&config.daemon.socket)?;
+    let access = control::Access {
+        admin_group: config.daemon.admin_group.clone(),
+        read_group: config.daemon.read_group.clone(),
+    };
+    let listener = control::bind(&config.daemon.socket, &access)?;
     let (ctl_tx, mut requests) = mpsc::channel(64);
-    let server = tokio::spawn(control::serve(listener, ctl_tx));
+    let server = tokio::spawn(control::serve(listener, ctl_tx, access));
     let mut hangup = signal::unix::signal(signal::unix::SignalKind::hangup())
         .map_err(|e| DaemonError::Signal(e.to_string()))?;
 

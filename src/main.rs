@@ -24,8 +24,14 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
         let error = error.into();
         let code = if error.downcast_ref::<ConfigError>().is_some() {
             exit::CONFIG
-        } else if let Some(ControlError::Connect { .. }) = error.downcast_ref::<ControlError>() {
-            exit::UNAVAILABLE
+        } else if let Some(ControlError::Connect { source, .. }) =
+            error.downcast_ref::<ControlError>()
+        {
+            if source.kind() == std::io::ErrorKind::PermissionDenied {
+                exit::REFUSED
+            } else {
+                exit::UNAVAILABLE
+            }
         } else if error.downcast_ref::<FirewallError>().is_some() {
             exit::FIREWALL
         } else {
@@ -79,7 +85,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     Response::Bans { bans } => bans,
                     other => return Err(unexpected(other)),
                 },
-                Err(ControlError::Connect { .. }) => {
+                Err(ControlError::Connect { source, .. })
+                    if matches!(
+                        source.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
                     eprintln!(
                         "banctl: the daemon is not running; bans read directly from the kernel"
                     );

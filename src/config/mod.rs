@@ -67,6 +67,17 @@ pub struct Config {
 pub struct DaemonConfig {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
+    /// Members may change state over the control socket (ban, unban, reload), like root.
+    pub admin_group: Option<Group>,
+    /// Members may read state (list, status).
+    pub read_group: Option<Group>,
+}
+
+/// A Unix group, resolved when the configuration is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    pub gid: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -243,7 +254,12 @@ impl Context<'_> {
                 .state_dir
                 .as_ref()
                 .map_or(DEFAULT_STATE_DIR.into(), |s| s.get_ref().into()),
+            admin_group: None,
+            read_group: None,
         };
+        let mut daemon = daemon;
+        daemon.admin_group = self.group(&raw.daemon.admin_group, "daemon.admin_group");
+        daemon.read_group = self.group(&raw.daemon.read_group, "daemon.read_group");
         for (key, value) in [
             ("daemon.socket", &raw.daemon.socket),
             ("daemon.state_dir", &raw.daemon.state_dir),
@@ -424,6 +440,33 @@ impl Context<'_> {
         PrefixLens {
             v4: one(raw.v4, "v4", 32, floor.v4, default.v4),
             v6: one(raw.v6, "v6", 128, floor.v6, default.v6),
+        }
+    }
+
+    /// A group name resolved to its gid (from the system's group database).
+    fn group(&mut self, value: &Option<Spanned<String>>, key: &str) -> Option<Group> {
+        let v = value.as_ref()?;
+        match nix::unistd::Group::from_name(v.get_ref()) {
+            Ok(Some(g)) => Some(Group {
+                name: g.name,
+                gid: g.gid.as_raw(),
+            }),
+            Ok(None) => {
+                self.error(
+                    v.span(),
+                    key,
+                    format!("no group named {:?} on this system", v.get_ref()),
+                );
+                None
+            }
+            Err(e) => {
+                self.error(
+                    v.span(),
+                    key,
+                    format!("cannot look up group {:?}: {e}", v.get_ref()),
+                );
+                None
+            }
         }
     }
 

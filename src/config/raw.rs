@@ -23,6 +23,8 @@ pub struct RawConfig {
 pub struct RawDaemon {
     pub socket: Option<Spanned<String>>,
     pub state_dir: Option<Spanned<String>>,
+    pub admin_group: Option<Spanned<String>>,
+    pub read_group: Option<Spanned<String>>,
 }
 
 /// A jail, or the `[defaults]` every jail inherits from.

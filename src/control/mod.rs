@@ -16,6 +16,8 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
 pub use proto::{BanInfo, ErrorKind, JailStatus, PROTOCOL_VERSION, Request, Response};
+
+use crate::config::Group;
 use proto::{MAX_MESSAGE, RequestEnvelope, ResponseEnvelope};
 
 /// How long the CLI waits for the daemon.
@@ -38,6 +40,57 @@ pub enum ControlError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Who may do what over the control socket (checked with the peer's credentials).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Members may change state, like root.
+    pub admin_group: Option<Group>,
+    /// Members may read state.
+    pub read_group: Option<Group>,
+}
+
+impl Access {
+    /// Root may do anything; `admin_group` members too; `read_group` members may read.
+    pub fn allows(&self, uid: u32, groups: &[u32], request: &Request) -> bool {
+        let member = |g: &Option<Group>| g.as_ref().is_some_and(|g| groups.contains(&g.gid));
+        uid == 0 || member(&self.admin_group) || (!request.is_change() && member(&self.read_group))
+    }
+
+    fn denial(&self, request: &Request) -> String {
+        let group = |g: &Option<Group>, role: &str| match g {
+            Some(g) => format!("root or membership in group {:?} ({role})", g.name),
+            None => "root".to_owned(),
+        };
+        if request.is_change() {
+            format!(
+                "permission denied: this change needs {}",
+                group(&self.admin_group, "admin_group")
+            )
+        } else {
+            let readers = match (&self.read_group, &self.admin_group) {
+                (Some(r), _) => format!("root or membership in group {:?} (read_group)", r.name),
+                (None, a) => group(a, "admin_group"),
+            };
+            format!("permission denied: reading needs {readers}")
+        }
+    }
+}
+
+/// The groups of `uid` (its primary `gid` and its supplementary groups).
+fn groups_of(uid: u32, gid: u32) -> Vec<u32> {
+    let mut groups = vec![gid];
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten();
+    if let Some(user) = user {
+        let name = std::ffi::CString::new(user.name).unwrap_or_default();
+        if let Ok(list) = nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid)) {
+            groups.extend(list.iter().map(|g| g.as_raw()));
+        }
+    }
+    groups
 }
 
 /// A request from a client, with the channel to answer on.
@@ -76,8 +129,9 @@ pub fn call(socket: &Path, request: Request) -> Result<Response, ControlError> {
     Ok(envelope.response)
 }
 
-/// Binds the control socket (mode 0660), replacing a stale socket file.
-pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+/// Binds the control socket (mode 0660, group `read_group`, else `admin_group`), replacing a
+/// stale socket file.
+pub fn bind(path: &Path, access: &Access) -> Result<UnixListener, ControlError> {
     let bind_err = |source| ControlError::Bind {
         path: path.to_owned(),
         source,
@@ -98,11 +152,15 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     }
     let listener = UnixListener::bind(path).map_err(bind_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
+    if let Some(group) = access.read_group.as_ref().or(access.admin_group.as_ref()) {
+        std::os::unix::fs::chown(path, None, Some(group.gid)).map_err(bind_err)?;
+    }
     Ok(listener)
 }
 
-/// Accepts clients forever, forwarding each request to the daemon's main task.
-pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Incoming>) {
+/// Accepts clients forever, forwarding each permitted request to the daemon's main task.
+pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Incoming>, access: Access) {
+    let access = std::sync::Arc::new(access);
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -113,15 +171,22 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Incoming>) {
             }
         };
         let tx = tx.clone();
+        let access = access.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, tx).await {
+            if let Err(e) = handle(stream, tx, &access).await {
                 tracing::debug!(error = %e, "control connection ended");
             }
         });
     }
 }
 
-async fn handle(stream: tokio::net::UnixStream, tx: mpsc::Sender<Incoming>) -> std::io::Result<()> {
+async fn handle(
+    stream: tokio::net::UnixStream,
+    tx: mpsc::Sender<Incoming>,
+    access: &Access,
+) -> std::io::Result<()> {
+    let cred = stream.peer_cred()?;
+    let groups = groups_of(cred.uid(), cred.gid());
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(read.take(MAX_MESSAGE as u64));
@@ -130,7 +195,15 @@ async fn handle(stream: tokio::net::UnixStream, tx: mpsc::Sender<Incoming>) -> s
         Err(_) => return Ok(()),
         Ok(result) => {
             result?;
-            dispatch(&line, &tx).await
+            dispatch(&line, &tx, |request| {
+                if access.allows(cred.uid(), &groups, request) {
+                    Ok(())
+                } else {
+                    tracing::warn!(uid = cred.uid(), ?request, "control request denied");
+                    Err(access.denial(request))
+                }
+            })
+            .await
         }
     };
     let envelope = ResponseEnvelope {
@@ -142,7 +215,11 @@ async fn handle(stream: tokio::net::UnixStream, tx: mpsc::Sender<Incoming>) -> s
     write.write_all(&out).await
 }
 
-async fn dispatch(line: &str, tx: &mpsc::Sender<Incoming>) -> Response {
+async fn dispatch(
+    line: &str,
+    tx: &mpsc::Sender<Incoming>,
+    permit: impl FnOnce(&Request) -> Result<(), String>,
+) -> Response {
     let error = |kind, message: String| Response::Error { kind, message };
     // Read the version first, so a future client gets "version" rather than "bad request".
     let version = serde_json::from_str::<serde_json::Value>(line)
@@ -159,6 +236,9 @@ async fn dispatch(line: &str, tx: &mpsc::Sender<Incoming>) -> Response {
         Ok(e) => e,
         Err(e) => return error(ErrorKind::BadRequest, e.to_string()),
     };
+    if let Err(message) = permit(&envelope.request) {
+        return error(ErrorKind::PermissionDenied, message);
+    }
     let (reply, answer) = oneshot::channel();
     if tx
         .send(Incoming {
@@ -173,4 +253,38 @@ async fn dispatch(line: &str, tx: &mpsc::Sender<Incoming>) -> Response {
     answer
         .await
         .unwrap_or_else(|_| error(ErrorKind::Firewall, "the daemon is shutting down".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_policy() {
+        let group = |name: &str, gid| {
+            Some(Group {
+                name: name.into(),
+                gid,
+            })
+        };
+        let access = Access {
+            admin_group: group("banctl-admin", 900),
+            read_group: group("adm", 4),
+        };
+        let read = Request::List { jail: None };
+        let change = Request::Reload;
+        assert!(access.allows(0, &[0], &change));
+        assert!(access.allows(1000, &[1000, 900], &change));
+        assert!(access.allows(1000, &[1000, 4], &read));
+        assert!(!access.allows(1000, &[1000, 4], &change));
+        assert!(!access.allows(1000, &[1000], &read));
+        assert!(
+            access
+                .denial(&change)
+                .contains("\"banctl-admin\" (admin_group)")
+        );
+        let none = Access::default();
+        assert!(!none.allows(1000, &[1000], &read));
+        assert_eq!(none.denial(&read), "permission denied: reading needs root");
+    }
 }

@@ -8,5 +8,6 @@ mod containers;
 mod daemon;
 mod firewall;
 mod netns;
+mod permissions;
 mod reload;
 mod source;
