@@ -74,13 +74,20 @@ pub enum Command {
     },
     /// Lift the ban covering an address, in one jail or all.
     #[command(
-        after_help = "Examples:\n  banctl unban 203.0.113.5\n  banctl unban 2001:db8:1::5 --jail sshd"
+        after_help = "Examples:\n  banctl unban 203.0.113.5\n  banctl unban 2001:db8:1::5 --jail sshd\n  banctl unban --all --jail sshd"
     )]
     Unban {
-        target: IpNet,
+        /// The address or prefix to let in again.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        target: Option<IpNet>,
+        /// Lift every ban (of one jail with --jail).
+        #[arg(long)]
+        all: bool,
         #[arg(long)]
         jail: Option<String>,
     },
+    /// List the built-in filters with a one-line description.
+    Filters,
     /// Show jails: sources, counters, bans and dropped packets.
     Status {
         jail: Option<String>,

@@ -330,6 +330,7 @@ impl Daemon {
             Request::List { jail } => self.list(jail.as_deref()),
             Request::Ban { jail, target, time } => self.manual_ban(&jail, target, time),
             Request::Unban { target, jail } => self.unban(target, jail.as_deref()),
+            Request::UnbanAll { jail } => self.unban_all(jail.as_deref()),
             Request::Status { jail } => self.status(jail.as_deref()),
             Request::Reload => Ok(self.reload()),
         };
@@ -416,18 +417,35 @@ impl Daemon {
                 message: format!("{target} is not banned in {scope}"),
             });
         }
-        let items: Vec<(String, IpNet)> = removed
-            .iter()
-            .map(|b| (b.jail.clone(), b.address))
-            .collect();
-        self.firewall.unban(&items).map_err(Self::firewall_error)?;
-        for jail in &mut self.jails {
-            jail.forget(&target);
+        self.lift(&removed)?;
+        Ok(Response::Unbanned { removed })
+    }
+
+    /// Removes every ban of the selected jails in one batch.
+    fn unban_all(&mut self, jail: Option<&str>) -> Result<Response, Response> {
+        let mut removed = Vec::new();
+        for j in self.selected(jail)? {
+            removed.extend(self.bans_of(j)?);
         }
-        for b in &removed {
+        self.lift(&removed)?;
+        Ok(Response::Unbanned { removed })
+    }
+
+    /// Deletes the given bans in one batch and forgets the addresses' failures.
+    fn lift(&mut self, bans: &[BanInfo]) -> Result<(), Response> {
+        if bans.is_empty() {
+            return Ok(());
+        }
+        let items: Vec<(String, IpNet)> =
+            bans.iter().map(|b| (b.jail.clone(), b.address)).collect();
+        self.firewall.unban(&items).map_err(Self::firewall_error)?;
+        for b in bans {
+            for jail in &mut self.jails {
+                jail.forget(&b.address);
+            }
             tracing::info!(jail = b.jail.as_str(), address = %b.address, "unban");
         }
-        Ok(Response::Unbanned { removed })
+        Ok(())
     }
 
     fn status(&mut self, jail: Option<&str>) -> Result<Response, Response> {

@@ -120,8 +120,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Unban { target, jail } => {
-            match answer(control::call(&cli.socket, Request::Unban { target, jail })?)? {
+        Command::Filters => {
+            for b in banctl::filter::BUILTIN {
+                println!("{:<16} {}", b.name, b.description);
+            }
+            Ok(())
+        }
+        Command::Unban { target, all, jail } => {
+            let request = match (target, all) {
+                (Some(target), false) => Request::Unban { target, jail },
+                _ => Request::UnbanAll { jail },
+            };
+            match answer(control::call(&cli.socket, request)?)? {
+                Response::Unbanned { removed } if removed.is_empty() => println!("no active bans"),
                 Response::Unbanned { removed } => {
                     for b in removed {
                         println!("unbanned {} from jail {}", b.address, b.jail);

@@ -32,6 +32,8 @@ pub enum Request {
     },
     /// Remove the ban covering an address (in one jail, or every jail).
     Unban { target: IpNet, jail: Option<String> },
+    /// Remove every ban (of one jail, or all).
+    UnbanAll { jail: Option<String> },
     /// Jails, their sources, counters and drops.
     Status { jail: Option<String> },
     /// Read the configuration file again and apply it (or change nothing if it is invalid).
@@ -43,7 +45,10 @@ impl Request {
     pub fn is_change(&self) -> bool {
         matches!(
             self,
-            Request::Ban { .. } | Request::Unban { .. } | Request::Reload
+            Request::Ban { .. }
+                | Request::Unban { .. }
+                | Request::UnbanAll { .. }
+                | Request::Reload
         )
     }
 }

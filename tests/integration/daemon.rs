@@ -429,3 +429,34 @@ ignoreself = false   # the "attackers" are addresses of this test's own namespac
     let refused = daemon.cli(&["ban", "web", "2001:db8::/16"]);
     assert_eq!(refused.status.code(), Some(banctl::cli::exit::REFUSED));
 }
+
+#[test]
+fn unban_all_and_filters() {
+    let Some(()) = netns::enter("unban_all_and_filters") else {
+        return;
+    };
+    let daemon = Daemon::start(
+        "unbanall",
+        "[jails.a]\nfilter = \"sshd\"\nlogpath = \"{dir}/a.log\"\n\n[jails.b]\nfilter = \"sshd\"\nlogpath = \"{dir}/b.log\"\n",
+    );
+    for (jail, addr) in [("a", "192.0.2.1"), ("a", "192.0.2.2"), ("b", "192.0.2.3")] {
+        daemon.ok(&["ban", jail, addr]);
+    }
+    assert_eq!(
+        daemon.ok(&["unban", "--all", "--jail", "a"]),
+        "unbanned 192.0.2.1 from jail a\nunbanned 192.0.2.2 from jail a\n"
+    );
+    assert_eq!(daemon.banned("b"), ["192.0.2.3"]);
+    assert_eq!(
+        daemon.ok(&["unban", "--all"]),
+        "unbanned 192.0.2.3 from jail b\n"
+    );
+    assert_eq!(daemon.ok(&["unban", "--all"]), "no active bans\n");
+    let usage = daemon.cli(&["unban"]);
+    assert_eq!(usage.status.code(), Some(banctl::cli::exit::USAGE));
+    let filters = daemon.ok(&["filters"]);
+    assert!(
+        filters.starts_with("sshd             OpenSSH server"),
+        "{filters}"
+    );
+}
