@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::control::{self, BanInfo, ErrorKind, Incoming, JailStatus, Request, Response};
 use crate::firewall::{Ban, Element, Firewall, FirewallError};
 use crate::jail::{Jail, Outcome};
+use crate::privilege;
 use crate::source::{self, FileFollower, LineBatch};
 
 /// Batches of lines waiting for the main loop; sources wait when it is full.
@@ -41,6 +42,8 @@ pub enum DaemonError {
     Control(#[from] control::ControlError),
     #[error("cannot handle signals: {0}")]
     Signal(String),
+    #[error(transparent)]
+    Privilege(#[from] crate::privilege::PrivilegeError),
 }
 
 /// The state the main loop owns.
@@ -101,6 +104,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    privilege::require_net_admin()?;
     let mut firewall = Firewall::open()?;
     let rules: Vec<_> = config.jails.iter().map(|j| j.rules()).collect();
     firewall.apply_layout(&rules)?;
@@ -114,6 +118,8 @@ pub async fn run(
         read_group: config.daemon.read_group.clone(),
     };
     let listener = control::bind(&config.daemon.socket, &access)?;
+    // Giving the socket its group was the last step needing more than KEPT.
+    privilege::drop_all_but_kept()?;
     let (ctl_tx, mut requests) = mpsc::channel(64);
     let server = tokio::spawn(control::serve(listener, ctl_tx, access));
     let mut hangup = signal::unix::signal(signal::unix::SignalKind::hangup())

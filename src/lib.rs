@@ -13,4 +13,5 @@ pub mod duration;
 pub mod filter;
 pub mod firewall;
 pub mod jail;
+pub mod privilege;
 pub mod source;

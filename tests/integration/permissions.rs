@@ -74,3 +74,67 @@ fn socket_permissions_by_peer_credentials() {
     use std::os::unix::fs::MetadataExt;
     assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, NOBODY));
 }
+
+/// A capability set from /proc/PID/status (`CapEff`, `CapBnd`, ...).
+fn capabilities(pid: nix::unistd::Pid, set: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{set}:\t")))
+        .unwrap();
+    u64::from_str_radix(hex.trim(), 16).unwrap()
+}
+
+#[test]
+fn daemon_keeps_only_net_admin_and_dac_read_search() {
+    let Some(()) = netns::enter("daemon_keeps_only_net_admin_and_dac_read_search") else {
+        return;
+    };
+    let daemon = Daemon::start(
+        "caps",
+        "[jails.web]\nfilter = \"sshd\"\nlogpath = \"{dir}/auth.log\"\n",
+    );
+    let kept = (1u64 << 12) | (1u64 << 2); // CAP_NET_ADMIN, CAP_DAC_READ_SEARCH
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(capabilities(daemon.pid(), set), kept, "{set}");
+    }
+    assert_eq!(capabilities(daemon.pid(), "CapAmb"), 0);
+    // It still bans with what it kept.
+    daemon.ok(&["ban", "web", "192.0.2.1"]);
+    assert_eq!(daemon.banned("web"), ["192.0.2.1"]);
+}
+
+#[test]
+fn daemon_without_net_admin_refuses_to_start_and_says_what_to_do() {
+    let Some(()) = netns::enter("daemon_without_net_admin_refuses_to_start_and_says_what_to_do")
+    else {
+        return;
+    };
+    let scratch = crate::daemon::Scratch::new("nocaps");
+    std::fs::set_permissions(
+        &scratch.0,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let config = scratch.write(
+        "banctl.toml",
+        &format!(
+            "[daemon]\nsocket = \"{0}/sock\"\n[jails.web]\nfilter = \"sshd\"\nlogpath = \"{0}/auth.log\"\n",
+            scratch.0.display()
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("needs CAP_NET_ADMIN") && stderr.contains("AmbientCapabilities"),
+        "{stderr}"
+    );
+    assert_eq!(netns::nft(&["list", "ruleset"]).trim(), "");
+}
