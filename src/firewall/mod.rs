@@ -215,13 +215,6 @@ impl Firewall {
         jails.sort();
         Ok(jails)
     }
-
-    /// Deletes the whole table (used by tests and `banctl` uninstall paths, never on stop).
-    pub fn delete_table(&mut self) -> Result<(), FirewallError> {
-        let mut batch = self.sock.batch();
-        batch.del_table();
-        Ok(self.sock.commit(batch)?)
-    }
 }
 
 fn timeout_ms(time: BanTime) -> Option<u64> {
@@ -231,34 +224,32 @@ fn timeout_ms(time: BanTime) -> Option<u64> {
     }
 }
 
-type SetElems = BTreeMap<(String, Family), (Vec<Elem>, String)>;
+/// A ban set: its name and family.
+type SetKey = (String, Family);
+type SetElems = BTreeMap<SetKey, (Vec<Elem>, String)>;
 
-/// Elements per set, so that a round of bans packs many elements into each message. The
-/// description names the first few addresses, for error messages.
+/// Elements per set, so that a round of bans packs many elements into each message, with a
+/// description naming the first few addresses, for error messages.
 fn group_by_set<'a>(items: impl Iterator<Item = (&'a String, &'a IpNet, Option<u64>)>) -> SetElems {
-    let mut by_set = SetElems::new();
-    let mut counts: BTreeMap<(String, Family), Vec<String>> = BTreeMap::new();
+    let mut by_set: BTreeMap<SetKey, (Vec<Elem>, Vec<&IpNet>)> = BTreeMap::new();
     for (jail, net, timeout_ms) in items {
-        let key = (layout::set_name(jail, Family::of(net)), Family::of(net));
-        by_set
-            .entry(key.clone())
-            .or_default()
-            .0
-            .extend(net_elems(net, timeout_ms));
-        counts.entry(key).or_default().push(net.to_string());
-    }
-    for (key, addrs) in counts {
-        let shown: Vec<&str> = addrs.iter().take(3).map(String::as_str).collect();
-        let more = if addrs.len() > 3 {
-            format!(" and {} more", addrs.len() - 3)
-        } else {
-            String::new()
-        };
-        if let Some(entry) = by_set.get_mut(&key) {
-            entry.1 = format!("{}{more}", shown.join(", "));
-        }
+        let entry = by_set
+            .entry((layout::set_name(jail, Family::of(net)), Family::of(net)))
+            .or_default();
+        entry.0.extend(net_elems(net, timeout_ms));
+        entry.1.push(net);
     }
     by_set
+        .into_iter()
+        .map(|(key, (elems, nets))| {
+            let shown: Vec<String> = nets.iter().take(3).map(ToString::to_string).collect();
+            let more = match nets.len() {
+                n if n > 3 => format!(" and {} more", n - 3),
+                _ => String::new(),
+            };
+            (key, (elems, format!("{}{more}", shown.join(", "))))
+        })
+        .collect()
 }
 
 fn stale_jails(existing: &[String], jails: &[JailRules]) -> Vec<String> {

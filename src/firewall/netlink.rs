@@ -381,29 +381,6 @@ impl Batch {
         );
     }
 
-    /// `delete table`: removes the table and everything in it.
-    pub fn del_table(&mut self) {
-        let t = Owned::new(unsafe_alloc(sys::nftnl_table_alloc), sys::nftnl_table_free);
-        // SAFETY: `t` is a live table object; the name is copied.
-        unsafe {
-            sys::nftnl_table_set_str(
-                t.as_ptr(),
-                sys::NFTNL_TABLE_NAME as u16,
-                self.table.as_ptr(),
-            );
-            sys::nftnl_table_set_u32(
-                t.as_ptr(),
-                sys::NFTNL_TABLE_FAMILY as u16,
-                u32::from(self.family),
-            );
-        }
-        let op = format!("delete table {:?}", self.table);
-        self.header(libc::NFT_MSG_DELTABLE as u16, 0, op, |nlh| {
-            // SAFETY: `nlh` is the header just written; `t` outlives this call.
-            unsafe { sys::nftnl_table_nlmsg_build_payload(nlh, t.as_ptr()) }
-        });
-    }
-
     /// `add chain` as a filter base chain with policy accept (idempotent).
     pub fn add_base_chain(&mut self, name: &str, hook: Hook, priority: i32, comment: &str) {
         let c = Owned::new(unsafe_alloc(sys::nftnl_chain_alloc), sys::nftnl_chain_free);
@@ -1098,11 +1075,7 @@ impl Socket {
     }
 
     fn recv_some(&mut self) -> Result<usize, NetlinkError> {
-        // SAFETY: the byte view covers exactly the u64 buffer, which is nlmsghdr-aligned.
-        let bytes = unsafe {
-            std::slice::from_raw_parts_mut(self.recv.as_mut_ptr().cast::<u8>(), self.recv.len() * 8)
-        };
-        self.sock.recv_raw(bytes).map_err(NetlinkError::Recv)
+        recv_into(&self.sock, &mut self.recv)
     }
 }
 
@@ -1154,11 +1127,7 @@ impl Monitor {
         if ready == 0 {
             return Ok(Vec::new());
         }
-        // SAFETY: the byte view covers exactly the u64 buffer, which is nlmsghdr-aligned.
-        let bytes = unsafe {
-            std::slice::from_raw_parts_mut(self.recv.as_mut_ptr().cast::<u8>(), self.recv.len() * 8)
-        };
-        let n = self.sock.recv_raw(bytes).map_err(NetlinkError::Recv)?;
+        let n = recv_into(&self.sock, &mut self.recv)?;
         let mut types = Vec::new();
         for msg in mnl::NlMessages::new(received(&self.recv, n)) {
             let header = parse_header(msg.map_err(NetlinkError::Recv)?)?;
@@ -1172,6 +1141,15 @@ impl Monitor {
 
 /// `NFT_MSG_NEWGEN`: the kernel sends it once a transaction has committed.
 pub const NFT_MSG_NEWGEN: u16 = libc::NFT_MSG_NEWGEN as u16;
+
+/// Receives one datagram into an 8-byte aligned buffer; returns its length.
+fn recv_into(sock: &mnl::Socket, words: &mut [u64]) -> Result<usize, NetlinkError> {
+    // SAFETY: the byte view covers exactly the u64 buffer, which is nlmsghdr-aligned, and lives
+    // only for this call.
+    let bytes =
+        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) };
+    sock.recv_raw(bytes).map_err(NetlinkError::Recv)
+}
 
 /// The first `n` bytes of the receive buffer.
 fn received(words: &[u64], n: usize) -> &[u8] {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::addr::IpNet;
 use crate::config::JailConfig;
@@ -181,18 +181,13 @@ impl Jail {
     pub fn tracked(&self) -> usize {
         self.failures.len()
     }
-
-    /// How often [`Jail::sweep`] is worth running.
-    pub fn sweep_interval(&self) -> Duration {
-        self.config
-            .findtime
-            .clamp(Duration::from_secs(1), Duration::from_secs(60))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    use std::time::Duration;
 
     use super::*;
     use crate::config::Config;

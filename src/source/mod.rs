@@ -174,7 +174,7 @@ impl FileFollower {
             .collect()
     }
 
-    fn open(&mut self, path: &Path, at_end: bool) -> Option<Vec<LineBatch>> {
+    fn open(&mut self, path: &Path, at_end: bool) -> Option<LineBatch> {
         let sources = self.sources_of(path);
         if sources.is_empty() || !path.is_file() {
             return None;
@@ -213,8 +213,7 @@ impl FileFollower {
                 new.splitter = std::mem::take(&mut old.splitter);
             }
         }
-        let batch = self.read(&wd);
-        Some(batch.into_iter().collect())
+        self.read(&wd)
     }
 
     /// Reads what was appended to a followed file since the last read.
@@ -273,7 +272,7 @@ impl FileFollower {
                 out.extend(self.read(&old_wd));
                 self.forget(old_wd);
             }
-            out.extend(self.open(&path, false).into_iter().flatten());
+            out.extend(self.open(&path, false));
             return out;
         }
         let mut out = Vec::new();
