@@ -127,12 +127,13 @@ pub fn render_bans(bans: &[BanInfo]) -> String {
         .unwrap_or(0)
         .max(7);
     let mut out = format!(
-        "{:width_jail$}  {:width_addr$}  EXPIRES IN\n",
-        "JAIL", "ADDRESS"
+        "{:width_jail$}  {:width_addr$}  {:10}  BAN #\n",
+        "JAIL", "ADDRESS", "EXPIRES IN"
     );
     for b in bans {
+        let count = b.ban_count.map_or("-".to_owned(), |n| n.to_string());
         out.push_str(&format!(
-            "{:width_jail$}  {:width_addr$}  {}\n",
+            "{:width_jail$}  {:width_addr$}  {:10}  {count}\n",
             b.jail,
             b.address.to_string(),
             remaining(b)
@@ -183,6 +184,7 @@ mod tests {
             address: addr.parse().unwrap(),
             expires_in_s: left,
             bantime_s: left,
+            ban_count: left.map(|_| 2),
         }
     }
 
@@ -195,10 +197,10 @@ mod tests {
         ]);
         assert_eq!(
             out,
-            "JAIL      ADDRESS          EXPIRES IN\n\
-             sshd      203.0.113.5      59m59s\n\
-             jellyfin  2001:db8:1::/64  permanent\n\
-             sshd      198.51.100.7     <1s\n"
+            "JAIL      ADDRESS          EXPIRES IN  BAN #\n\
+             sshd      203.0.113.5      59m59s      2\n\
+             jellyfin  2001:db8:1::/64  permanent   -\n\
+             sshd      198.51.100.7     <1s         2\n"
         );
         assert_eq!(render_bans(&[]), "no active bans\n");
     }

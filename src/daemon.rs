@@ -19,10 +19,12 @@ use tokio::task::JoinHandle;
 use crate::addr::IpNet;
 use crate::config::Config;
 use crate::control::{self, BanInfo, ErrorKind, Incoming, JailStatus, Request, Response};
-use crate::firewall::{Ban, Element, Firewall, FirewallError};
+use crate::duration::BanTime;
+use crate::firewall::{Ban, Element, Firewall, FirewallError, Monitor, Restore};
 use crate::jail::{Jail, Outcome};
 use crate::privilege;
 use crate::source::{self, FileFollower, LineBatch};
+use crate::state::{StateError, Store, StoredBan};
 
 /// Batches of lines waiting for the main loop; sources wait when it is full.
 const LINE_QUEUE: usize = 1024;
@@ -30,6 +32,10 @@ const LINE_QUEUE: usize = 1024;
 const BATCHES_PER_ROUND: usize = 64;
 /// How often expired failure windows are dropped (and the sources checked).
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How often expired bans and old history leave the state store.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+/// The longest matched line kept as a ban's reason.
+const MAX_REASON: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -44,6 +50,10 @@ pub enum DaemonError {
     Signal(String),
     #[error(transparent)]
     Privilege(#[from] crate::privilege::PrivilegeError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot watch the ruleset: {0}")]
+    Monitor(String),
 }
 
 /// The state the main loop owns.
@@ -57,6 +67,10 @@ pub struct Daemon {
     sources: Sources,
     /// Where the configuration is read from again on reload.
     config_path: PathBuf,
+    /// Active bans and their history: what the kernel must hold.
+    store: Store,
+    /// How far back the ban history goes.
+    history: Duration,
 }
 
 /// The running log sources: the patterns followed and the task following them.
@@ -105,25 +119,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     privilege::require_net_admin()?;
-    let mut firewall = Firewall::open()?;
-    let rules: Vec<_> = config.jails.iter().map(|j| j.rules()).collect();
-    firewall.apply_layout(&rules)?;
+    let store = Store::open(&config.daemon.state_dir)?;
+    let firewall = Firewall::open()?;
 
     let (patterns, routes) = routing(&config.jails);
     let (line_tx, mut lines) = mpsc::channel(LINE_QUEUE);
     let sources = Sources::start(patterns, line_tx)?;
-
-    let access = control::Access {
-        admin_group: config.daemon.admin_group.clone(),
-        read_group: config.daemon.read_group.clone(),
-    };
-    let listener = control::bind(&config.daemon.socket, &access)?;
-    // Giving the socket its group was the last step needing more than KEPT.
-    privilege::drop_all_but_kept()?;
-    let (ctl_tx, mut requests) = mpsc::channel(64);
-    let server = tokio::spawn(control::serve(listener, ctl_tx, access));
-    let mut hangup = signal::unix::signal(signal::unix::SignalKind::hangup())
-        .map_err(|e| DaemonError::Signal(e.to_string()))?;
 
     let own: Arc<[IpNet]> = own_addresses().into();
     tracing::debug!(
@@ -132,7 +133,8 @@ pub async fn run(
     );
     let jails = config
         .jails
-        .into_iter()
+        .iter()
+        .cloned()
         .map(|c| Jail::new(c).with_own_addresses(own.clone()));
     let mut daemon = Daemon {
         jails: jails.collect(),
@@ -141,8 +143,31 @@ pub async fn run(
         own,
         sources,
         config_path,
+        store,
+        history: config.daemon.history,
     };
+    // Table, rules and every unexpired ban of the store, in one batch, before anything else.
+    let (restored, adopted) = daemon.reconcile(SystemTime::now())?;
+    tracing::info!(restored, adopted, "ruleset in place");
+    let monitor = Monitor::open().map_err(|e| DaemonError::Monitor(e.to_string()))?;
+
+    let access = control::Access {
+        admin_group: config.daemon.admin_group.clone(),
+        read_group: config.daemon.read_group.clone(),
+    };
+    let listener = control::bind(&config.daemon.socket, &access)?;
+    // Giving the socket its group was the last step needing more than KEPT.
+    privilege::drop_all_but_kept()?;
+    // Capabilities are per thread: the watcher starts after the drop, so it has none extra.
+    let (repair_tx, mut repairs) = mpsc::channel(4);
+    watch_ruleset(monitor, repair_tx)?;
+    let (ctl_tx, mut requests) = mpsc::channel(64);
+    let server = tokio::spawn(control::serve(listener, ctl_tx, access));
+    let mut hangup = signal::unix::signal(signal::unix::SignalKind::hangup())
+        .map_err(|e| DaemonError::Signal(e.to_string()))?;
+
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    let mut purge = tokio::time::interval(PURGE_EVERY);
     tracing::info!(jails = daemon.jails.len(), socket = %config.daemon.socket.display(), "banctl daemon ready");
 
     tokio::pin!(shutdown);
@@ -164,11 +189,13 @@ pub async fn run(
                     tracing::debug!("control client left before the answer");
                 }
             }
+            Some(by) = repairs.recv() => daemon.repair(by),
             Some(()) = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", daemon.config_path.display());
                 daemon.reload();
             }
             _ = sweep.tick() => daemon.sweep(SystemTime::now()),
+            _ = purge.tick() => daemon.purge(SystemTime::now()),
             () = &mut shutdown => break,
         }
     }
@@ -180,9 +207,58 @@ pub async fn run(
     Ok(())
 }
 
+/// Who removed part of our table: a process id, or `None` when notifications were lost.
+type RemovedBy = Option<u32>;
+
+/// Follows the kernel's nf_tables notifications on a thread of its own and reports every
+/// transaction of another process that removed something from our table (or a lost
+/// notification, after which the ruleset must be checked).
+fn watch_ruleset(mut monitor: Monitor, tx: mpsc::Sender<RemovedBy>) -> Result<(), DaemonError> {
+    let ours = |pid: u32| std::path::Path::new(&format!("/proc/self/task/{pid}")).exists();
+    let spawned = std::thread::Builder::new()
+        .name("banctl-ruleset-watch".into())
+        .spawn(move || {
+            let mut touched = false;
+            loop {
+                let report = match monitor.next(Duration::from_secs(1)) {
+                    Ok(notes) => notes.into_iter().find_map(|n| {
+                        if n.kind == crate::firewall::NFT_MSG_NEWGEN {
+                            let theirs = n.pid.is_some_and(|pid| !ours(pid));
+                            std::mem::take(&mut touched)
+                                .then_some(n.pid)
+                                .filter(|_| theirs)
+                        } else {
+                            touched |= n.is_removal()
+                                && n.family == libc::NFPROTO_INET as u8
+                                && n.table.as_deref() == Some(crate::firewall::layout::TABLE);
+                            None
+                        }
+                    }),
+                    // The socket overflowed: what happened is unknown, so check everything.
+                    Err(e) if e.errno() == Some(libc::ENOBUFS) => Some(None),
+                    Err(e) => {
+                        tracing::error!(error = %e, "ruleset watch stopped");
+                        return;
+                    }
+                };
+                if let Some(by) = report {
+                    if tx.blocking_send(by).is_err() {
+                        return;
+                    }
+                } else if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+    spawned
+        .map(drop)
+        .map_err(|e| DaemonError::Monitor(e.to_string()))
+}
+
 impl Daemon {
     /// Filters lines through their jails and writes the resulting bans in one batch.
     pub fn on_lines(&mut self, batches: &[LineBatch]) {
+        let now = SystemTime::now();
         let mut bans = Vec::new();
         for batch in batches {
             for &source in &batch.sources {
@@ -190,7 +266,7 @@ impl Daemon {
                     let jail = &mut self.jails[j];
                     for line in &batch.lines {
                         match jail.on_line(line, batch.read_at) {
-                            Some(Outcome::Ban(ban)) => bans.push(ban),
+                            Some(Outcome::Ban(ban)) => bans.push((ban, reason(line))),
                             Some(Outcome::Ignored) => {
                                 tracing::debug!(
                                     jail = jail.name(),
@@ -207,13 +283,185 @@ impl Daemon {
         if bans.is_empty() {
             return;
         }
-        match self.write_bans(&bans) {
-            Ok(()) => {
-                for ban in &bans {
-                    tracing::info!(jail = ban.jail.as_str(), address = %ban.net, bantime = %ban.time, "ban");
+        self.enforce(bans, now);
+    }
+
+    /// Escalates, writes (one batch) and records bans, then any recidive bans they cause.
+    fn enforce(&mut self, bans: Vec<(Ban, String)>, now: SystemTime) {
+        let stored = self.escalate(bans, now);
+        if !self.commit(&stored) {
+            return;
+        }
+        let recidive = self.recidive(&stored, now);
+        if !recidive.is_empty() {
+            let stored = self.escalate(recidive, now);
+            self.commit(&stored);
+        }
+    }
+
+    /// Gives each ban its escalated time and its ban number, from the history.
+    fn escalate(&self, bans: Vec<(Ban, String)>, now: SystemTime) -> Vec<StoredBan> {
+        let since = now
+            .checked_sub(self.history)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        bans.into_iter()
+            .map(|(mut ban, reason)| {
+                let escalation = self
+                    .jails
+                    .iter()
+                    .find(|j| j.name() == ban.jail)
+                    .and_then(|j| j.config().escalation.as_ref());
+                let scope: Vec<&str> = match escalation {
+                    Some(e) if e.across_jails => Vec::new(),
+                    _ => vec![ban.jail.as_str()],
+                };
+                let previous = self
+                    .store
+                    .previous_bans(&ban.net, &scope, since)
+                    .unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "reading the ban history; counting none");
+                        0
+                    });
+                if let Some(e) = escalation {
+                    ban.time = e.bantime(ban.time, previous);
+                }
+                StoredBan {
+                    jail: ban.jail,
+                    net: ban.net,
+                    banned_at: now,
+                    time: ban.time,
+                    count: previous + 1,
+                    reason,
+                }
+            })
+            .collect()
+    }
+
+    /// Writes bans to the kernel (one batch), then to the store. Returns whether they are in
+    /// force.
+    fn commit(&mut self, stored: &[StoredBan]) -> bool {
+        let bans: Vec<Ban> = stored
+            .iter()
+            .map(|b| Ban {
+                jail: b.jail.clone(),
+                net: b.net,
+                time: b.time,
+            })
+            .collect();
+        if let Err(e) = self.write_bans(&bans) {
+            tracing::error!(error = %e, count = bans.len(), "writing bans failed");
+            return false;
+        }
+        for b in stored {
+            tracing::info!(jail = b.jail.as_str(), address = %b.net, bantime = %b.time, ban = b.count, "ban");
+        }
+        // The kernel enforces the bans already; a store failure only loses their memory.
+        if let Err(e) = self.store.record_bans(stored) {
+            tracing::error!(error = %e, "recording bans in the state store");
+        }
+        true
+    }
+
+    /// Bans by recidive jails: an address banned `maxretry` times within their `findtime`, in
+    /// any other jail, counted from the history (which already holds `new`).
+    fn recidive(&self, new: &[StoredBan], now: SystemTime) -> Vec<(Ban, String)> {
+        let mut out = Vec::new();
+        let others: Vec<&str> = self
+            .jails
+            .iter()
+            .filter(|j| !j.config().recidive)
+            .map(Jail::name)
+            .collect();
+        for jail in self.jails.iter().filter(|j| j.config().recidive) {
+            let c = jail.config();
+            let since = now.checked_sub(c.findtime).unwrap_or(std::time::UNIX_EPOCH);
+            for b in new.iter().filter(|b| others.contains(&b.jail.as_str())) {
+                let active = self.store.ban_count(&c.name, &b.net);
+                let bans = self.store.previous_bans(&b.net, &others, since);
+                match (active, bans) {
+                    (Ok(None), Ok(n)) if n >= c.maxretry && !jail.ignores(&b.net) => {
+                        let ban = Ban {
+                            jail: c.name.clone(),
+                            net: b.net,
+                            time: c.bantime,
+                        };
+                        let why = format!(
+                            "{n} bans within {}",
+                            crate::duration::format_duration(c.findtime)
+                        );
+                        if !out.iter().any(|(o, _): &(Ban, String)| o == &ban) {
+                            out.push((ban, why));
+                        }
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::error!(error = %e, jail = c.name.as_str(), "reading the ban history")
+                    }
+                    _ => {}
                 }
             }
-            Err(e) => tracing::error!(error = %e, count = bans.len(), "writing bans failed"),
+        }
+        out
+    }
+
+    /// Puts the kernel in line with the configuration and the store, in one batch: the layout,
+    /// plus every unexpired ban of the store that the kernel lacks, with its remaining time.
+    /// Bans found in the kernel but not in the store are adopted. Returns (restored, adopted).
+    fn reconcile(&mut self, now: SystemTime) -> Result<(usize, usize), DaemonError> {
+        let names: Vec<&str> = self.jails.iter().map(Jail::name).collect();
+        self.store.purge(now, self.history, &names)?;
+        let stored = self.store.active(now)?;
+        let kernel = self.firewall.snapshot(&names)?;
+        let in_kernel = |jail: &str, net: &IpNet| {
+            kernel
+                .get(jail)
+                .is_some_and(|elems| elems.iter().any(|e| e.net == *net))
+        };
+        let restore: Vec<Restore> = stored
+            .iter()
+            .filter(|b| !in_kernel(&b.jail, &b.net))
+            .filter_map(|b| {
+                b.remaining(now).map(|left| Restore {
+                    ban: Ban {
+                        jail: b.jail.clone(),
+                        net: b.net,
+                        time: b.time,
+                    },
+                    expires_in: left,
+                })
+            })
+            .collect();
+        let adopt: Vec<StoredBan> = kernel
+            .iter()
+            .flat_map(|(jail, elems)| elems.iter().map(move |e| (jail, e)))
+            .filter(|(jail, e)| !stored.iter().any(|b| &b.jail == *jail && b.net == e.net))
+            .map(|(jail, e)| adopted(jail, e, now))
+            .collect();
+        let rules: Vec<_> = self.jails.iter().map(|j| j.config().rules()).collect();
+        self.firewall.apply_layout(&rules, &restore)?;
+        self.store.adopt(&adopt)?;
+        Ok((restore.len(), adopt.len()))
+    }
+
+    /// Someone else removed part of our table (or notifications were lost): put it back.
+    pub fn repair(&mut self, by: RemovedBy) {
+        match self.reconcile(SystemTime::now()) {
+            Ok((restored, _)) => match by {
+                Some(pid) => tracing::warn!(
+                    pid,
+                    restored,
+                    "another process removed parts of table inet banctl: layout and bans repaired"
+                ),
+                None => tracing::info!(restored, "ruleset checked after lost notifications"),
+            },
+            Err(e) => tracing::error!(error = %e, "repairing the ruleset failed"),
+        }
+    }
+
+    fn purge(&mut self, now: SystemTime) {
+        let names: Vec<&str> = self.jails.iter().map(Jail::name).collect();
+        match self.store.purge(now, self.history, &names) {
+            Ok(n) => tracing::debug!(rows = n, "state store purged"),
+            Err(e) => tracing::error!(error = %e, "purging the state store"),
         }
     }
 
@@ -223,7 +471,7 @@ impl Daemon {
             Err(FirewallError::Netlink(e)) if e.errno() == Some(libc::ENOENT) => {
                 tracing::warn!("banctl's table or sets were missing: restoring the layout");
                 let rules: Vec<_> = self.jails.iter().map(|j| j.config().rules()).collect();
-                self.firewall.apply_layout(&rules)?;
+                self.firewall.apply_layout(&rules, &[])?;
                 self.firewall.ban(bans)
             }
             other => other,
@@ -274,7 +522,7 @@ impl Daemon {
             }
         };
         let rules: Vec<_> = config.jails.iter().map(|j| j.rules()).collect();
-        if let Err(e) = self.firewall.apply_layout(&rules) {
+        if let Err(e) = self.firewall.apply_layout(&rules, &[]) {
             tracing::error!(error = %e, "reload refused by the kernel, the running configuration stays");
             return Self::firewall_error(e);
         }
@@ -296,6 +544,7 @@ impl Daemon {
             })
             .collect();
         self.routes = routes;
+        self.history = config.daemon.history;
         let jails: Vec<String> = self.jails.iter().map(|j| j.name().to_owned()).collect();
         let added: Vec<String> = jails
             .iter()
@@ -353,7 +602,17 @@ impl Daemon {
     fn bans_of(&mut self, j: usize) -> Result<Vec<BanInfo>, Response> {
         let jail = self.jails[j].name().to_owned();
         let elements = self.firewall.list(&jail).map_err(Self::firewall_error)?;
-        Ok(elements.into_iter().map(|e| ban_info(&jail, &e)).collect())
+        Ok(elements
+            .into_iter()
+            .map(|e| {
+                let mut info = ban_info(&jail, &e);
+                info.ban_count = self.store.ban_count(&jail, &e.net).unwrap_or_else(|err| {
+                    tracing::error!(error = %err, "reading the state store");
+                    None
+                });
+                info
+            })
+            .collect())
     }
 
     fn list(&mut self, jail: Option<&str>) -> Result<Response, Response> {
@@ -389,15 +648,32 @@ impl Daemon {
                 ),
             });
         }
-        let time = time.unwrap_or(config.bantime);
+        let explicit = time.is_some();
         let ban = Ban {
             jail: jail.to_owned(),
             net: target,
-            time,
+            time: time.unwrap_or(config.bantime),
         };
-        self.write_bans(std::slice::from_ref(&ban))
-            .map_err(Self::firewall_error)?;
+        let now = SystemTime::now();
+        let mut stored = self.escalate(vec![(ban, "manual ban".to_owned())], now);
+        if let (true, Some(b)) = (explicit, stored.first_mut()) {
+            // An explicit --time is taken as given, never escalated.
+            b.time = time.unwrap_or(b.time);
+        }
+        let bans: Vec<Ban> = stored
+            .iter()
+            .map(|b| Ban {
+                jail: b.jail.clone(),
+                net: b.net,
+                time: b.time,
+            })
+            .collect();
+        self.write_bans(&bans).map_err(Self::firewall_error)?;
+        if let Err(e) = self.store.record_bans(&stored) {
+            tracing::error!(error = %e, "recording the ban in the state store");
+        }
         self.jails[j].forget(&target);
+        let time = bans[0].time;
         tracing::info!(jail, address = %target, bantime = %time, "manual ban");
         Ok(Response::Banned {
             jail: jail.to_owned(),
@@ -445,6 +721,10 @@ impl Daemon {
         let items: Vec<(String, IpNet)> =
             bans.iter().map(|b| (b.jail.clone(), b.address)).collect();
         self.firewall.unban(&items).map_err(Self::firewall_error)?;
+        // Gone from the store too, so that no repair or restart puts them back.
+        if let Err(e) = self.store.remove(&items) {
+            tracing::error!(error = %e, "removing unbanned addresses from the state store");
+        }
         for b in bans {
             for jail in &mut self.jails {
                 jail.forget(&b.address);
@@ -512,5 +792,34 @@ pub fn ban_info(jail: &str, e: &Element) -> BanInfo {
         address: e.net,
         expires_in_s: e.expires_in.map(|d| d.as_secs()),
         bantime_s: e.timeout.map(|d| d.as_secs()),
+        ban_count: None,
     }
+}
+
+/// A ban found in the kernel that the store does not know, as the store will keep it.
+fn adopted(jail: &str, e: &Element, now: SystemTime) -> StoredBan {
+    let (time, banned_at) = match (e.timeout, e.expires_in) {
+        (Some(timeout), Some(left)) => (
+            BanTime::Finite(timeout),
+            now.checked_sub(timeout.saturating_sub(left)).unwrap_or(now),
+        ),
+        _ => (BanTime::Permanent, now),
+    };
+    StoredBan {
+        jail: jail.to_owned(),
+        net: e.net,
+        banned_at,
+        time,
+        count: 1,
+        reason: "found in the kernel".to_owned(),
+    }
+}
+
+/// A matched line as a ban's reason, cut to a bounded length on a character boundary.
+fn reason(line: &str) -> String {
+    let mut end = line.len().min(MAX_REASON);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    line[..end].to_owned()
 }

@@ -15,3 +15,4 @@ pub mod firewall;
 pub mod jail;
 pub mod privilege;
 pub mod source;
+pub mod state;

@@ -18,7 +18,7 @@ use crate::addr::IpNet;
 use crate::duration::{BanTime, parse_duration};
 use crate::filter::{Builtin, Filter, Pattern};
 use crate::firewall::{JailRules, PortRange, Protocol};
-use raw::{DurationValue, PortValue, RawConfig, RawJail, RawPrefixLens};
+use raw::{DurationValue, PortValue, RawConfig, RawEscalation, RawJail, RawPrefixLens};
 
 pub const DEFAULT_CONFIG: &str = "/etc/banctl/banctl.toml";
 pub const DEFAULT_SOCKET: &str = "/run/banctl/banctl.sock";
@@ -31,6 +31,9 @@ const DEFAULT_MAXRETRY: u32 = 5;
 pub const DEFAULT_MAX_TRACKED: usize = 100_000;
 /// Jail names become set names (`<jail>_v4`); keep them short and plain.
 const MAX_JAIL_NAME: usize = 32;
+/// How long the ban history is kept (escalation and recidive look this far back).
+pub const DEFAULT_HISTORY: Duration = Duration::from_secs(30 * 24 * 3600);
+const DEFAULT_ESCALATION_FACTOR: f64 = 2.0;
 
 /// A prefix length per address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +74,41 @@ pub struct DaemonConfig {
     pub admin_group: Option<Group>,
     /// Members may read state (list, status).
     pub read_group: Option<Group>,
+    /// How long the ban history is kept.
+    pub history: Duration,
+}
+
+/// Longer bans for addresses banned before (fail2ban's `bantime.increment`).
+///
+/// With `n` earlier bans of the address in the history, the ban lasts `bantime ×
+/// multipliers[n]` (the last multiplier repeats) or, without multipliers, `bantime × factor^n`;
+/// never more than `max`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Escalation {
+    pub factor: f64,
+    pub multipliers: Vec<u32>,
+    pub max: Option<Duration>,
+    /// Count earlier bans in every jail, not only this one.
+    pub across_jails: bool,
+}
+
+impl Escalation {
+    /// The ban time for an address with `previous` earlier bans.
+    pub fn bantime(&self, base: BanTime, previous: u32) -> BanTime {
+        let BanTime::Finite(base) = base else {
+            return BanTime::Permanent;
+        };
+        let scale = match self.multipliers.as_slice() {
+            [] => self
+                .factor
+                .powi(i32::try_from(previous).unwrap_or(i32::MAX)),
+            list => f64::from(list[(previous as usize).min(list.len() - 1)]),
+        };
+        // Saturates rather than overflows; `max` then caps it.
+        let secs = (base.as_secs_f64() * scale).min(u64::MAX as f64 / 2.0);
+        let time = Duration::from_secs_f64(secs.max(1.0));
+        BanTime::Finite(self.max.map_or(time, |max| time.min(max)))
+    }
 }
 
 /// A Unix group, resolved when the configuration is loaded.
@@ -105,6 +143,10 @@ pub struct JailConfig {
     pub min_prefix: PrefixLens,
     /// Count failures per `ban_prefix` rather than per address.
     pub count_by_prefix: bool,
+    pub escalation: Option<Escalation>,
+    /// A recidive jail reads no log: its failures are the bans of the other jails, counted from
+    /// the ban history, and its ban covers every port unless `ports` says otherwise.
+    pub recidive: bool,
 }
 
 impl JailConfig {
@@ -256,10 +298,16 @@ impl Context<'_> {
                 .map_or(DEFAULT_STATE_DIR.into(), |s| s.get_ref().into()),
             admin_group: None,
             read_group: None,
+            history: DEFAULT_HISTORY,
         };
         let mut daemon = daemon;
         daemon.admin_group = self.group(&raw.daemon.admin_group, "daemon.admin_group");
         daemon.read_group = self.group(&raw.daemon.read_group, "daemon.read_group");
+        if let Some(v) = &raw.daemon.history {
+            daemon.history = self
+                .duration(v, "daemon.history".into())
+                .unwrap_or(DEFAULT_HISTORY);
+        }
         for (key, value) in [
             ("daemon.socket", &raw.daemon.socket),
             ("daemon.state_dir", &raw.daemon.state_dir),
@@ -267,6 +315,13 @@ impl Context<'_> {
             if let Some(v) = value.as_ref().filter(|v| !v.get_ref().starts_with('/')) {
                 self.error(v.span(), key, "must be an absolute path");
             }
+        }
+        if let Some(v) = &raw.defaults.recidive {
+            self.error(
+                v.span(),
+                "defaults.recidive",
+                "recidive is set on one jail, not in [defaults]",
+            );
         }
         let mut jails = Vec::new();
         for (name, jail) in &raw.jails {
@@ -316,8 +371,30 @@ impl Context<'_> {
                 return None;
             }
         }
-        let (filter_name, filter) = self.filter(name, jail, defaults);
+        let recidive = jail.recidive.as_ref().is_some_and(|v| *v.get_ref());
+        let (filter_name, filter) = if recidive {
+            for (present, k) in [
+                (jail.filter.is_some(), "filter"),
+                (jail.failregex.is_some(), "failregex"),
+                (jail.logpath.is_some(), "logpath"),
+            ] {
+                if present {
+                    self.error(
+                        spanned.span(),
+                        key(k),
+                        "a recidive jail reads no log: its failures are other jails' bans",
+                    );
+                }
+            }
+            (
+                "recidive".to_owned(),
+                Some(Filter::new(Vec::new(), Vec::new())),
+            )
+        } else {
+            self.filter(name, jail, defaults)
+        };
         let logpaths = match pick!(logpath) {
+            _ if recidive => Vec::new(),
             Some((v, _)) => v.get_ref().to_vec(),
             None => {
                 self.error(
@@ -393,6 +470,10 @@ impl Context<'_> {
             Some((v, k)) => self.positive(v, k, "a number of addresses", DEFAULT_MAX_TRACKED),
             None => DEFAULT_MAX_TRACKED,
         };
+        let escalation = match pick!(escalation) {
+            Some((v, k)) => self.escalation(v, &k),
+            None => None,
+        };
         Some(JailConfig {
             name: name.to_owned(),
             filter_name,
@@ -410,6 +491,45 @@ impl Context<'_> {
             ban_prefix,
             min_prefix,
             count_by_prefix,
+            escalation,
+            recidive,
+        })
+    }
+
+    fn escalation(&mut self, v: &Spanned<RawEscalation>, key: &str) -> Option<Escalation> {
+        let raw = v.get_ref();
+        if raw.enabled == Some(false) {
+            return None;
+        }
+        let factor = raw.factor.unwrap_or(DEFAULT_ESCALATION_FACTOR);
+        if !(1.0..=1000.0).contains(&factor) {
+            self.error(
+                v.span(),
+                format!("{key}.factor"),
+                format!("{factor} is not a factor from 1 to 1000"),
+            );
+        }
+        let mut multipliers = Vec::new();
+        for (i, m) in raw.multipliers.iter().flatten().enumerate() {
+            match u32::try_from(*m) {
+                Ok(m) if m >= 1 => multipliers.push(m),
+                _ => self.error(
+                    v.span(),
+                    format!("{key}.multipliers[{i}]"),
+                    format!("{m} is not a multiplier (1 or more)"),
+                ),
+            }
+        }
+        let max = raw.max.as_ref().and_then(|m| {
+            parse_duration(&m.text())
+                .map_err(|e| self.error(v.span(), format!("{key}.max"), e))
+                .ok()
+        });
+        Some(Escalation {
+            factor,
+            multipliers,
+            max,
+            across_jails: raw.across_jails.unwrap_or(false),
         })
     }
 
@@ -632,6 +752,73 @@ mod tests {
             ConfigError::Invalid(d) => d.iter().map(ToString::to_string).collect(),
             other => vec![other.to_string()],
         })
+    }
+
+    #[test]
+    fn escalation_multiplies_and_caps() {
+        let hour = BanTime::Finite(Duration::from_secs(3600));
+        let by_factor = Escalation {
+            factor: 2.0,
+            multipliers: Vec::new(),
+            max: Some(Duration::from_secs(3 * 3600)),
+            across_jails: false,
+        };
+        let secs = |t: BanTime| match t {
+            BanTime::Finite(d) => d.as_secs(),
+            BanTime::Permanent => u64::MAX,
+        };
+        let got: Vec<u64> = (0..4).map(|n| secs(by_factor.bantime(hour, n))).collect();
+        assert_eq!(got, [3600, 7200, 10800, 10800]);
+        assert_eq!(by_factor.bantime(BanTime::Permanent, 3), BanTime::Permanent);
+        // A huge count saturates instead of overflowing.
+        assert_eq!(secs(by_factor.bantime(hour, u32::MAX)), 10800);
+        let listed = Escalation {
+            multipliers: vec![1, 5, 30],
+            max: None,
+            ..by_factor
+        };
+        let got: Vec<u64> = (0..5).map(|n| secs(listed.bantime(hour, n))).collect();
+        assert_eq!(got, [3600, 18000, 108_000, 108_000, 108_000]);
+    }
+
+    #[test]
+    fn recidive_jails_read_no_log_and_escalation_is_checked() {
+        let text = r#"
+[defaults.escalation]
+factor = 0.5
+multipliers = [1, 0]
+
+[jails.recidive]
+recidive = true
+logpath = "/var/log/x"
+bantime = "1w"
+"#;
+        let errors = parse(text).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("defaults.escalation.factor: 0.5 is not a factor")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("defaults.escalation.multipliers[1]")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("jails.recidive.logpath: a recidive jail reads no log")),
+            "{errors:?}"
+        );
+        let ok = parse(
+            "[jails.recidive]\nrecidive = true\nbantime = \"1w\"\n[jails.recidive.escalation]\nacross_jails = true\n",
+        )
+        .unwrap();
+        let jail = &ok.jails[0];
+        assert!(jail.recidive && jail.logpaths.is_empty() && jail.ports.is_empty());
+        assert!(jail.escalation.as_ref().unwrap().across_jails);
     }
 
     #[test]

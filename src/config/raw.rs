@@ -25,6 +25,7 @@ pub struct RawDaemon {
     pub state_dir: Option<Spanned<String>>,
     pub admin_group: Option<Spanned<String>>,
     pub read_group: Option<Spanned<String>>,
+    pub history: Option<Spanned<DurationValue>>,
 }
 
 /// A jail, or the `[defaults]` every jail inherits from.
@@ -47,6 +48,18 @@ pub struct RawJail {
     pub ban_prefix: Option<Spanned<RawPrefixLens>>,
     pub min_prefix: Option<Spanned<RawPrefixLens>>,
     pub count_by_prefix: Option<Spanned<bool>>,
+    pub escalation: Option<Spanned<RawEscalation>>,
+    pub recidive: Option<Spanned<bool>>,
+}
+
+/// `[defaults.escalation]` or `[jails.NAME.escalation]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawEscalation {
+    pub enabled: Option<bool>,
+    pub factor: Option<f64>,
+    pub multipliers: Option<Vec<i64>>,
+    pub max: Option<DurationValue>,
+    pub across_jails: Option<bool>,
 }
 
 /// `{ v4 = 32, v6 = 64 }`

@@ -96,6 +96,10 @@ pub struct BanInfo {
     pub expires_in_s: Option<u64>,
     /// The ban's full length in seconds; `null` for a permanent ban.
     pub bantime_s: Option<u64>,
+    /// Which ban of this address it is (1 for the first); `null` when the state store does not
+    /// know it (read from the kernel with the daemon down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ban_count: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

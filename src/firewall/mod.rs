@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 pub use layout::{Family, JailRules, PortRange, Protocol};
-pub use netlink::{CounterValue, Monitor, NFT_MSG_NEWGEN, NetlinkError};
+pub use netlink::{CounterValue, Monitor, NFT_MSG_NEWGEN, NetlinkError, Notification};
 
 use crate::addr::IpNet;
 use crate::duration::BanTime;
@@ -51,6 +51,15 @@ pub struct Ban {
     pub time: BanTime,
 }
 
+/// A ban put back (after a restart, a reboot, or a removal by someone else) with the time it
+/// has left, so that `nft list` shows its full timeout and the true expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restore {
+    pub ban: Ban,
+    /// Time left; `None` for the whole ban time (and for permanent bans).
+    pub expires_in: Option<Duration>,
+}
+
 /// A ban as the kernel holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Element {
@@ -77,10 +86,15 @@ impl Firewall {
         })
     }
 
-    /// Declares the whole layout in one batch: table, chain, per-jail sets, counters and rules.
+    /// Declares the whole layout in one batch: table, chain, per-jail sets, counters and rules,
+    /// plus the bans in `restore` (which must be absent from the kernel; see [`Firewall::restore`]).
     /// Existing sets keep their elements, so bans survive a restart or a reload. Sets of jails
     /// that are no longer configured are removed.
-    pub fn apply_layout(&mut self, jails: &[JailRules]) -> Result<(), FirewallError> {
+    pub fn apply_layout(
+        &mut self,
+        jails: &[JailRules],
+        restore: &[Restore],
+    ) -> Result<(), FirewallError> {
         let existing = self.sock.list_sets()?;
         let mut batch = self.sock.batch();
         batch.add_table("banctl: bans written by the banctl daemon; see `banctl list`");
@@ -131,6 +145,9 @@ impl Firewall {
             batch.add_counter(&counter, "");
             batch.del_counter(&counter);
         }
+        for ((name, family), (elems, what)) in &restore_by_set(restore) {
+            batch.set_elements(&ban_set_spec(name, *family, None), elems, ElemOp::Add, what);
+        }
         Ok(self.sock.commit(batch)?)
     }
 
@@ -144,7 +161,7 @@ impl Firewall {
     pub fn ban(&mut self, bans: &[Ban]) -> Result<(), FirewallError> {
         let by_set = group_by_set(
             bans.iter()
-                .map(|ban| (&ban.jail, &ban.net, timeout_ms(ban.time))),
+                .map(|ban| (&ban.jail, &ban.net, timeout_ms(ban.time), None)),
         );
         match self.write_elements(&by_set, &[ElemOp::AddNew]) {
             Err(FirewallError::Netlink(e)) if e.errno() == Some(libc::EEXIST) => {
@@ -168,18 +185,45 @@ impl Firewall {
     /// Adds bans that are known to be absent (a restore into fresh sets), all in one batch.
     /// Unlike [`Firewall::ban`] this does not replace existing elements, so it is a third of the
     /// work; an element that does exist keeps its timeout.
-    pub fn restore(&mut self, bans: &[Ban]) -> Result<(), FirewallError> {
-        let by_set = group_by_set(
-            bans.iter()
-                .map(|ban| (&ban.jail, &ban.net, timeout_ms(ban.time))),
-        );
-        self.write_elements(&by_set, &[ElemOp::Add])
+    pub fn restore(&mut self, bans: &[Restore]) -> Result<(), FirewallError> {
+        self.write_elements(&restore_by_set(bans), &[ElemOp::Add])
     }
 
     /// Removes bans (exact elements), all in one batch. Fails (changing nothing) if one is absent.
     pub fn unban(&mut self, items: &[(String, IpNet)]) -> Result<(), FirewallError> {
-        let by_set = group_by_set(items.iter().map(|(jail, net)| (jail, net, None)));
+        let by_set = group_by_set(items.iter().map(|(jail, net)| (jail, net, None, None)));
         self.write_elements(&by_set, &[ElemOp::Delete])
+    }
+
+    /// The bans of each of `jails` in the kernel now; a jail whose sets (or the whole table) are
+    /// missing has none.
+    pub fn snapshot(
+        &mut self,
+        jails: &[&str],
+    ) -> Result<BTreeMap<String, Vec<Element>>, FirewallError> {
+        let sets = match self.sock.list_sets() {
+            Ok(sets) => sets,
+            Err(e) if e.errno() == Some(libc::ENOENT) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = BTreeMap::new();
+        for jail in jails {
+            let mut elements = Vec::new();
+            for family in Family::BOTH {
+                let name = layout::set_name(jail, family);
+                if sets.contains(&name) {
+                    let raw = match self.sock.dump_set(&name) {
+                        Ok(raw) => raw,
+                        // Removed since the listing: nothing in it.
+                        Err(e) if e.errno() == Some(libc::ENOENT) => Vec::new(),
+                        Err(e) => return Err(e.into()),
+                    };
+                    elements.extend(pair_intervals(raw, family));
+                }
+            }
+            out.insert((*jail).to_owned(), elements);
+        }
+        Ok(out)
     }
 
     /// Every ban of a jail, IPv4 then IPv6, as the kernel holds them now.
@@ -230,13 +274,16 @@ type SetElems = BTreeMap<SetKey, (Vec<Elem>, String)>;
 
 /// Elements per set, so that a round of bans packs many elements into each message, with a
 /// description naming the first few addresses, for error messages.
-fn group_by_set<'a>(items: impl Iterator<Item = (&'a String, &'a IpNet, Option<u64>)>) -> SetElems {
+/// Items are (jail, address or prefix, timeout, expiration) with times in milliseconds.
+fn group_by_set<'a>(
+    items: impl Iterator<Item = (&'a String, &'a IpNet, Option<u64>, Option<u64>)>,
+) -> SetElems {
     let mut by_set: BTreeMap<SetKey, (Vec<Elem>, Vec<&IpNet>)> = BTreeMap::new();
-    for (jail, net, timeout_ms) in items {
+    for (jail, net, timeout_ms, expiration_ms) in items {
         let entry = by_set
             .entry((layout::set_name(jail, Family::of(net)), Family::of(net)))
             .or_default();
-        entry.0.extend(net_elems(net, timeout_ms));
+        entry.0.extend(net_elems(net, timeout_ms, expiration_ms));
         entry.1.push(net);
     }
     by_set
@@ -250,6 +297,18 @@ fn group_by_set<'a>(items: impl Iterator<Item = (&'a String, &'a IpNet, Option<u
             (key, (elems, format!("{}{more}", shown.join(", "))))
         })
         .collect()
+}
+
+fn restore_by_set(restore: &[Restore]) -> SetElems {
+    group_by_set(restore.iter().map(|r| {
+        let timeout = timeout_ms(r.ban.time);
+        // Only a finite ban has an expiry; never later than its timeout.
+        let expiration = timeout.and(r.expires_in).map(|left| {
+            let left = left.as_millis().min(u128::from(u64::MAX)) as u64;
+            left.clamp(1, timeout.unwrap_or(left))
+        });
+        (&r.ban.jail, &r.ban.net, timeout, expiration)
+    }))
 }
 
 fn stale_jails(existing: &[String], jails: &[JailRules]) -> Vec<String> {
@@ -300,9 +359,10 @@ fn successor(addr: IpAddr) -> Option<IpAddr> {
 /// An interval-set element pair for a prefix: the start carries the timeout; the end (one past
 /// the last address, flagged INTERVAL_END) must carry none. A prefix reaching the end of the
 /// address space has no end element.
-fn net_elems(net: &IpNet, timeout_ms: Option<u64>) -> Vec<Elem> {
+fn net_elems(net: &IpNet, timeout_ms: Option<u64>, expiration_ms: Option<u64>) -> Vec<Elem> {
     let mut start = Elem::key(octets(net.addr()));
     start.timeout_ms = timeout_ms;
+    start.expiration_ms = expiration_ms;
     let mut elems = vec![start];
     if let Some(end) = successor(net.last()) {
         elems.push(Elem::end(octets(end)));
@@ -489,7 +549,7 @@ mod tests {
 
     #[test]
     fn elements_of_a_prefix() {
-        let e = net_elems(&"192.0.2.7".parse().unwrap(), Some(5000));
+        let e = net_elems(&"192.0.2.7".parse().unwrap(), Some(5000), None);
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].key, vec![192, 0, 2, 7]);
         assert_eq!(e[0].timeout_ms, Some(5000));
@@ -498,7 +558,7 @@ mod tests {
             (vec![192, 0, 2, 8], true, None)
         );
         assert_eq!(
-            net_elems(&"255.255.255.255".parse().unwrap(), None).len(),
+            net_elems(&"255.255.255.255".parse().unwrap(), None, None).len(),
             1
         );
     }

@@ -1085,6 +1085,11 @@ pub struct Monitor {
     recv: Vec<u64>,
 }
 
+// SAFETY: a Monitor exclusively owns its mnl socket (a heap object holding a file descriptor,
+// with no thread-local or shared state); moving it to another thread moves that ownership, and
+// every use goes through `&mut self`.
+unsafe impl Send for Monitor {}
+
 /// `NFNLGRP_NFTABLES` (linux/netfilter/nfnetlink.h).
 const NFNLGRP_NFTABLES: libc::c_int = 7;
 
@@ -1109,9 +1114,11 @@ impl Monitor {
         })
     }
 
-    /// Waits up to `timeout` for notifications; returns their nf_tables message types
-    /// (`NFT_MSG_*`), empty on timeout.
-    pub fn next(&mut self, timeout: std::time::Duration) -> Result<Vec<u16>, NetlinkError> {
+    /// Waits up to `timeout` for notifications; returns the nf_tables ones, empty on timeout.
+    pub fn next(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<Notification>, NetlinkError> {
         let fd = raw_fd(&self.sock);
         let mut pollfd = libc::pollfd {
             fd,
@@ -1128,14 +1135,73 @@ impl Monitor {
             return Ok(Vec::new());
         }
         let n = recv_into(&self.sock, &mut self.recv)?;
-        let mut types = Vec::new();
+        let mut out = Vec::new();
         for msg in mnl::NlMessages::new(received(&self.recv, n)) {
-            let header = parse_header(msg.map_err(NetlinkError::Recv)?)?;
+            let msg = msg.map_err(NetlinkError::Recv)?;
+            let header = parse_header(msg)?;
             if header.msg_type >> 8 == libc::NFNL_SUBSYS_NFTABLES as u16 {
-                types.push(header.msg_type & 0xff);
+                out.push(Notification::parse(header.msg_type & 0xff, msg));
             }
         }
-        Ok(types)
+        Ok(out)
+    }
+}
+
+/// One nf_tables notification: what happened, to which table, and for the end of a
+/// transaction (`NFT_MSG_NEWGEN`), which process committed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// `NFT_MSG_*`.
+    pub kind: u16,
+    /// `NFPROTO_*` of the object.
+    pub family: u8,
+    /// The table the object belongs to (absent for `NFT_MSG_NEWGEN`).
+    pub table: Option<String>,
+    /// For `NFT_MSG_NEWGEN`: the pid of the committing process.
+    pub pid: Option<u32>,
+}
+
+/// `NFTA_*_TABLE` (the table name) is attribute 1 of tables, chains, rules, sets, elements and
+/// objects; `NFTA_GEN_PROC_PID` is attribute 2 of `NFT_MSG_NEWGEN`, big-endian.
+const ATTR_TABLE: u16 = 1;
+const ATTR_GEN_PID: u16 = 2;
+
+impl Notification {
+    fn parse(kind: u16, msg: &[u8]) -> Notification {
+        // nlmsghdr (16 bytes), then nfgenmsg: family, version, res_id (4 bytes).
+        const NFGENMSG: usize = 16;
+        let family = msg.get(NFGENMSG).copied().unwrap_or_default();
+        let mut n = Notification {
+            kind,
+            family,
+            table: None,
+            pid: None,
+        };
+        for (attr, payload) in attributes(msg, NFGENMSG + 4) {
+            if kind == NFT_MSG_NEWGEN {
+                if attr == ATTR_GEN_PID {
+                    n.pid = payload.try_into().ok().map(u32::from_be_bytes);
+                }
+            } else if attr == ATTR_TABLE {
+                n.table = Some(c_string(payload));
+            }
+        }
+        n
+    }
+
+    /// Whether this notification removes something (a table, chain, rule, set, element or
+    /// object).
+    pub fn is_removal(&self) -> bool {
+        [
+            libc::NFT_MSG_DELTABLE,
+            libc::NFT_MSG_DELCHAIN,
+            libc::NFT_MSG_DELRULE,
+            libc::NFT_MSG_DELSET,
+            libc::NFT_MSG_DELSETELEM,
+            libc::NFT_MSG_DELOBJ,
+        ]
+        .iter()
+        .any(|&t| u16::try_from(t) == Ok(self.kind))
     }
 }
 
@@ -1192,6 +1258,24 @@ struct Header {
     seq: u32,
 }
 
+/// The netlink attributes from offset `at` to the end of `msg`: (type without its flag bits,
+/// payload). Stops at the first malformed one.
+fn attributes(msg: &[u8], mut at: usize) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let len = usize::from(read_u16(msg, at)?);
+        let kind = read_u16(msg, at + 2)?;
+        let payload = msg.get(at + 4..at.checked_add(len)?).filter(|_| len >= 4)?;
+        at += len.next_multiple_of(4);
+        Some((kind & 0x3fff, payload))
+    })
+}
+
+/// A NUL-terminated attribute string.
+fn c_string(payload: &[u8]) -> String {
+    let text = payload.split(|b| *b == 0).next().unwrap_or_default();
+    String::from_utf8_lossy(text).into_owned()
+}
+
 fn read_u16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
@@ -1223,19 +1307,10 @@ fn parse_error(msg: &[u8], flags: u16) -> Result<(i32, u32, Option<String>), Net
         } else {
             orig_len.next_multiple_of(4)
         };
-        let mut at = HDR + 4 + orig;
-        while let (Some(len), Some(kind)) = (read_u16(msg, at), read_u16(msg, at + 2)) {
-            let len = usize::from(len);
-            if len < 4 {
-                break;
+        for (kind, payload) in attributes(msg, HDR + 4 + orig) {
+            if kind == NLMSGERR_ATTR_MSG {
+                ext = Some(c_string(payload));
             }
-            if kind & 0x3fff == NLMSGERR_ATTR_MSG {
-                if let Some(text) = msg.get(at + 4..at + len) {
-                    let text = text.split(|b| *b == 0).next().unwrap_or_default();
-                    ext = Some(String::from_utf8_lossy(text).into_owned());
-                }
-            }
-            at += len.next_multiple_of(4);
         }
     }
     Ok((error.saturating_neg(), seq, ext))

@@ -58,27 +58,30 @@ impl Daemon {
             config.replace("{dir}", &dir)
         );
         let path = scratch.write("banctl.toml", &config);
-        let child = Command::new(BIN)
-            .args(["daemon", "--config"])
-            .arg(&path)
-            .env("BANCTL_LOG", "debug")
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start banctl daemon");
-        let daemon = Daemon {
-            child,
+        let mut daemon = Daemon {
+            child: spawn(&path),
             socket,
             scratch,
         };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn wait_ready(&mut self) {
         assert!(
-            netns::eventually(Duration::from_secs(10), || daemon
+            netns::eventually(Duration::from_secs(10), || self
                 .cli(&["status"])
                 .status
                 .success()),
             "daemon did not come up"
         );
-        daemon
+    }
+
+    /// Starts the daemon again (after [`Daemon::stop`]) with the same configuration and state.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn(&self.scratch.path("banctl.toml"));
+        self.wait_ready();
     }
 
     /// Runs the CLI against this daemon.
@@ -121,6 +124,7 @@ impl Daemon {
         nix::unistd::Pid::from_raw(self.child.id() as i32)
     }
 
+    /// Kills the daemon with SIGKILL: no clean-up of any kind.
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -131,6 +135,17 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn spawn(config: &Path) -> Child {
+    Command::new(BIN)
+        .args(["daemon", "--config"])
+        .arg(config)
+        .env("BANCTL_LOG", "debug")
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start banctl daemon")
 }
 
 /// Appends lines in one write, as a logging daemon would.
@@ -145,7 +160,7 @@ pub fn append(path: &Path, lines: &[String]) {
     f.write_all(text.as_bytes()).unwrap();
 }
 
-fn failures(addr: &str, n: usize) -> Vec<String> {
+pub fn failures(addr: &str, n: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
             format!("2026-11-21T10:00:0{i}Z app: login failed for admin from {addr} port 4{i}")

@@ -31,8 +31,11 @@ fn ban_list_unban_and_traffic() {
     };
     let target = netns::listen("127.0.0.1:0");
     let mut fw = Firewall::open().unwrap();
-    fw.apply_layout(&[jail("web", &[target.port()]), jail("other", &[1, 2])])
-        .unwrap();
+    fw.apply_layout(
+        &[jail("web", &[target.port()]), jail("other", &[1, 2])],
+        &[],
+    )
+    .unwrap();
 
     fw.ban(&[ban("web", "127.0.0.2", 60), ban("web", "2001:db8::/64", 60)])
         .unwrap();
@@ -74,7 +77,8 @@ fn ban_list_unban_and_traffic() {
     assert_eq!(fw.list("web").unwrap().len(), 1);
 
     // Re-applying the layout keeps bans; dropping a jail removes its sets.
-    fw.apply_layout(&[jail("web", &[target.port()])]).unwrap();
+    fw.apply_layout(&[jail("web", &[target.port()])], &[])
+        .unwrap();
     assert_eq!(fw.list("web").unwrap().len(), 1);
     assert_eq!(fw.jails_in_kernel().unwrap(), ["web"]);
     println!("{}", netns::nft(&["list", "table", "inet", "banctl"]));

@@ -1,0 +1,465 @@
+//! The state store: active bans, ban history and source positions, in SQLite.
+//!
+//! **Invariant:** the store is what banctl promised, the kernel is what it enforces. The daemon
+//! writes a ban to the kernel first and then here, and on start (or when someone removed our
+//! table) puts back every unexpired ban of the store that the kernel lacks, with its remaining
+//! time. An unban removes the ban here too, so it is never put back.
+//!
+//! The file lives in the state dir (`banctl.db`), in WAL mode: a crash loses at most the last
+//! transaction, never the file. History rows older than `[daemon] history` are purged, so the
+//! file stays bounded.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::addr::IpNet;
+use crate::duration::BanTime;
+
+/// The schema this build writes; older files are migrated on open.
+const SCHEMA_VERSION: i64 = 1;
+const FILE_NAME: &str = "banctl.db";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    #[error("state dir {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state store {path}: {source}")]
+    Sql {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "state store {path} has schema version {found}; this banctl knows up to {SCHEMA_VERSION}"
+    )]
+    Schema { path: PathBuf, found: i64 },
+}
+
+/// A ban as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBan {
+    pub jail: String,
+    pub net: IpNet,
+    pub banned_at: SystemTime,
+    pub time: BanTime,
+    /// Which ban of this address this is (1 for the first), as escalation counted it.
+    pub count: u32,
+    /// Why: the matched lines, or "manual", or "found in the kernel".
+    pub reason: String,
+}
+
+impl StoredBan {
+    /// When the ban ends; `None` for a permanent ban.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        match self.time {
+            BanTime::Finite(d) => Some(self.banned_at + d),
+            BanTime::Permanent => None,
+        }
+    }
+
+    /// Time left at `now`: `Some(None)` for a permanent ban, `None` once expired.
+    pub fn remaining(&self, now: SystemTime) -> Option<Option<Duration>> {
+        match self.expires_at() {
+            None => Some(None),
+            Some(end) => end
+                .duration_since(now)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .map(Some),
+        }
+    }
+}
+
+/// The SQLite state store.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn from_ms(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn time_ms(time: BanTime) -> Option<i64> {
+    match time {
+        BanTime::Finite(d) => Some(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        BanTime::Permanent => None,
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StateError> {
+        std::fs::create_dir_all(dir).map_err(|source| StateError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        Store::open_file(&dir.join(FILE_NAME))
+    }
+
+    /// An in-memory store, for tests and benches.
+    pub fn in_memory() -> Result<Store, StateError> {
+        Store::open_file(Path::new(":memory:"))
+    }
+
+    fn open_file(path: &Path) -> Result<Store, StateError> {
+        let sql = |source| StateError::Sql {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(sql)?;
+        let mut store = Store {
+            conn,
+            path: path.to_owned(),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> StateError {
+        StateError::Sql {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn migrate(&mut self) -> Result<(), StateError> {
+        let found: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.sql(e))?;
+        if found > SCHEMA_VERSION {
+            return Err(StateError::Schema {
+                path: self.path.clone(),
+                found,
+            });
+        }
+        self.conn
+            .execute_batch(&format!(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = NORMAL;
+                 PRAGMA busy_timeout = 2000;
+                 CREATE TABLE IF NOT EXISTS bans (
+                     jail TEXT NOT NULL,
+                     net TEXT NOT NULL,
+                     banned_at INTEGER NOT NULL,  -- ms since the epoch
+                     bantime INTEGER,             -- ms; NULL: permanent
+                     count INTEGER NOT NULL,
+                     reason TEXT NOT NULL,
+                     PRIMARY KEY (jail, net)
+                 ) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS history (
+                     id INTEGER PRIMARY KEY,
+                     jail TEXT NOT NULL,
+                     net TEXT NOT NULL,
+                     banned_at INTEGER NOT NULL,
+                     bantime INTEGER
+                 );
+                 CREATE INDEX IF NOT EXISTS history_by_net ON history (net, banned_at);
+                 CREATE TABLE IF NOT EXISTS positions (
+                     source TEXT PRIMARY KEY,
+                     position TEXT NOT NULL
+                 ) WITHOUT ROWID;
+                 PRAGMA user_version = {SCHEMA_VERSION};"
+            ))
+            .map_err(|e| self.sql(e))
+    }
+
+    /// Records new bans (replacing an active ban of the same jail and address) and adds them to
+    /// the history, in one transaction.
+    pub fn record_bans(&mut self, bans: &[StoredBan]) -> Result<(), StateError> {
+        self.write(bans, true)
+    }
+
+    /// Records bans found in the kernel but not here (from a crash between the kernel write
+    /// and the store write, or added by hand), without counting them in the history.
+    pub fn adopt(&mut self, bans: &[StoredBan]) -> Result<(), StateError> {
+        self.write(bans, false)
+    }
+
+    fn write(&mut self, bans: &[StoredBan], history: bool) -> Result<(), StateError> {
+        if bans.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction().map_err(|e| StateError::Sql {
+            path: self.path.clone(),
+            source: e,
+        })?;
+        let result = (|| {
+            let mut upsert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO bans (jail, net, banned_at, bantime, count, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            let mut log = tx.prepare_cached(
+                "INSERT INTO history (jail, net, banned_at, bantime) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for b in bans {
+                let (net, at, time) = (b.net.to_string(), ms(b.banned_at), time_ms(b.time));
+                upsert.execute(params![b.jail, net, at, time, b.count, b.reason])?;
+                if history {
+                    log.execute(params![b.jail, net, at, time])?;
+                }
+            }
+            Ok(())
+        })();
+        result.and_then(|()| tx.commit()).map_err(|e| self.sql(e))
+    }
+
+    /// Forgets active bans (an unban). The history keeps them, for escalation.
+    pub fn remove(&mut self, items: &[(String, IpNet)]) -> Result<(), StateError> {
+        let tx = self.conn.transaction().map_err(|e| StateError::Sql {
+            path: self.path.clone(),
+            source: e,
+        })?;
+        let result = (|| {
+            let mut delete = tx.prepare_cached("DELETE FROM bans WHERE jail = ?1 AND net = ?2")?;
+            for (jail, net) in items {
+                delete.execute(params![jail, net.to_string()])?;
+            }
+            Ok(())
+        })();
+        result.and_then(|()| tx.commit()).map_err(|e| self.sql(e))
+    }
+
+    /// Every ban still in force at `now`, by jail and address.
+    pub fn active(&self, now: SystemTime) -> Result<Vec<StoredBan>, StateError> {
+        let now = ms(now);
+        let read = || -> rusqlite::Result<Vec<StoredBan>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT jail, net, banned_at, bantime, count, reason FROM bans
+                 WHERE bantime IS NULL OR banned_at + bantime > ?1 ORDER BY jail, net",
+            )?;
+            let rows = stmt.query_map([now], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, u32>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (jail, net, at, time, count, reason) = row?;
+                // A row this build cannot read was not written by it; skip it rather than fail.
+                let Ok(net) = net.parse::<IpNet>() else {
+                    tracing::warn!(jail, net, "state store: unreadable address skipped");
+                    continue;
+                };
+                out.push(StoredBan {
+                    jail,
+                    net,
+                    banned_at: from_ms(at),
+                    time: time.map_or(BanTime::Permanent, |t| {
+                        BanTime::Finite(Duration::from_millis(u64::try_from(t).unwrap_or(0)))
+                    }),
+                    count,
+                    reason,
+                });
+            }
+            Ok(out)
+        };
+        read().map_err(|e| self.sql(e))
+    }
+
+    /// The active ban of `net` in `jail`, if any.
+    pub fn ban_count(&self, jail: &str, net: &IpNet) -> Result<Option<u32>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT count FROM bans WHERE jail = ?1 AND net = ?2",
+                params![jail, net.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
+    /// How many times `net` was banned since `since`: in `jails` (all jails when empty).
+    pub fn previous_bans(
+        &self,
+        net: &IpNet,
+        jails: &[&str],
+        since: SystemTime,
+    ) -> Result<u32, StateError> {
+        let count = || -> rusqlite::Result<u32> {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT jail FROM history WHERE net = ?1 AND banned_at >= ?2")?;
+            let rows = stmt.query_map(params![net.to_string(), ms(since)], |r| {
+                r.get::<_, String>(0)
+            })?;
+            let mut n = 0;
+            for jail in rows {
+                let jail = jail?;
+                if jails.is_empty() || jails.contains(&jail.as_str()) {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        };
+        count().map_err(|e| self.sql(e))
+    }
+
+    /// Drops expired active bans, bans of jails that no longer exist (`keep_jails`), and history
+    /// older than `history`. Returns how many rows went.
+    pub fn purge(
+        &mut self,
+        now: SystemTime,
+        history: Duration,
+        keep_jails: &[&str],
+    ) -> Result<usize, StateError> {
+        let purge = || -> rusqlite::Result<usize> {
+            let mut n = self.conn.execute(
+                "DELETE FROM bans WHERE bantime IS NOT NULL AND banned_at + bantime <= ?1",
+                [ms(now)],
+            )?;
+            let oldest = now.checked_sub(history).unwrap_or(UNIX_EPOCH);
+            n += self
+                .conn
+                .execute("DELETE FROM history WHERE banned_at < ?1", [ms(oldest)])?;
+            let mut jails = self.conn.prepare("SELECT DISTINCT jail FROM bans")?;
+            let gone: Vec<String> = jails
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+                .into_iter()
+                .filter(|j| !keep_jails.contains(&j.as_str()))
+                .collect();
+            for jail in gone {
+                n += self
+                    .conn
+                    .execute("DELETE FROM bans WHERE jail = ?1", [jail])?;
+            }
+            Ok(n)
+        };
+        purge().map_err(|e| self.sql(e))
+    }
+
+    /// The saved position of a log source.
+    pub fn position(&self, source: &str) -> Result<Option<String>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT position FROM positions WHERE source = ?1",
+                [source],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
+    pub fn save_position(&mut self, source: &str, position: &str) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO positions (source, position) VALUES (?1, ?2)",
+                [source, position],
+            )
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ban(jail: &str, net: &str, at: u64, secs: Option<u64>) -> StoredBan {
+        StoredBan {
+            jail: jail.into(),
+            net: net.parse().unwrap(),
+            banned_at: UNIX_EPOCH + Duration::from_secs(at),
+            time: secs.map_or(BanTime::Permanent, |s| {
+                BanTime::Finite(Duration::from_secs(s))
+            }),
+            count: 1,
+            reason: "test".into(),
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn bans_expire_replace_and_survive_reopening() {
+        let dir = std::env::temp_dir().join(format!("banctl-state-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        let mut store = Store::open(&dir).unwrap();
+        store
+            .record_bans(&[
+                ban("ssh", "192.0.2.1", 1000, Some(60)),
+                ban("ssh", "2001:db8::/64", 1000, None),
+                ban("web", "192.0.2.1", 1000, Some(10)),
+            ])
+            .unwrap();
+        // Replacing: the same jail and address again, later.
+        store
+            .record_bans(&[ban("ssh", "192.0.2.1", 1030, Some(60))])
+            .unwrap();
+        drop(store);
+        let mut store = Store::open(&dir).unwrap();
+        let active = store.active(at(1020)).unwrap();
+        let nets: Vec<String> = active
+            .iter()
+            .map(|b| format!("{} {}", b.jail, b.net))
+            .collect();
+        assert_eq!(nets, ["ssh 192.0.2.1", "ssh 2001:db8::/64"]);
+        assert_eq!(active[0].banned_at, at(1030));
+        assert_eq!(
+            active[0].remaining(at(1080)),
+            Some(Some(Duration::from_secs(10)))
+        );
+        assert_eq!(active[1].remaining(at(99_999)), Some(None));
+        assert_eq!(
+            store
+                .previous_bans(&"192.0.2.1".parse().unwrap(), &["ssh"], at(0))
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            store
+                .previous_bans(&"192.0.2.1".parse().unwrap(), &[], at(1001))
+                .unwrap(),
+            1
+        );
+        store
+            .remove(&[("ssh".into(), "2001:db8::/64".parse().unwrap())])
+            .unwrap();
+        // History older than 100 s before t=1100 goes; the removed jail's bans too.
+        store
+            .purge(at(1100), Duration::from_secs(95), &["web"])
+            .unwrap();
+        assert!(store.active(at(1020)).unwrap().is_empty());
+        assert_eq!(
+            store
+                .previous_bans(&"192.0.2.1".parse().unwrap(), &[], at(0))
+                .unwrap(),
+            1,
+            "only the ban at t=1030 is within 95 s of t=1100"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn positions_round_trip() {
+        let mut store = Store::in_memory().unwrap();
+        assert_eq!(store.position("file:/var/log/auth.log").unwrap(), None);
+        store.save_position("file:/var/log/auth.log", "a").unwrap();
+        store.save_position("file:/var/log/auth.log", "b").unwrap();
+        assert_eq!(
+            store.position("file:/var/log/auth.log").unwrap().as_deref(),
+            Some("b")
+        );
+    }
+}
