@@ -57,7 +57,7 @@ pub enum Command {
     List {
         #[arg(long)]
         jail: Option<String>,
-        /// Print a JSON array of {jail, address, expires_in_s, bantime_s}.
+        /// Print a JSON array of {jail, address, expires_in_s, bantime_s, ban_count}.
         #[arg(long)]
         json: bool,
     },
@@ -104,6 +104,12 @@ pub enum Command {
     },
     /// Print the version.
     Version,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Example:\n  banctl completions bash > /etc/bash_completion.d/banctl")]
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (banctl.8, banctl-<command>.8) into DIR; used by packaging.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
 }
 
 fn remaining(b: &BanInfo) -> String {
@@ -172,6 +178,30 @@ pub fn render_status(jails: &[JailStatus]) -> String {
         ));
     }
     out
+}
+
+/// Writes `banctl.8` and one `banctl-<command>.8` per visible subcommand into `dir`; returns
+/// the files written.
+pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let root = Cli::command().name("banctl");
+    let mut written = Vec::new();
+    let mut page = |cmd: clap::Command, name: String| -> std::io::Result<()> {
+        let path = dir.join(format!("{name}.8"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd.name(name))
+            .section("8")
+            .render(&mut out)?;
+        std::fs::write(&path, out)?;
+        written.push(path);
+        Ok(())
+    };
+    for sub in root.get_subcommands().filter(|c| !c.is_hide_set()) {
+        page(sub.clone(), format!("banctl-{}", sub.get_name()))?;
+    }
+    page(root, "banctl".to_owned())?;
+    Ok(written)
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use crate::control::{self, BanInfo, ErrorKind, Incoming, JailStatus, Request, Re
 use crate::duration::BanTime;
 use crate::firewall::{Ban, Element, Firewall, FirewallError, Monitor, Restore};
 use crate::jail::{Jail, Outcome};
+use crate::notify::Notifier;
 use crate::privilege;
 use crate::source::{self, FileFollower, LineBatch};
 use crate::state::{StateError, Store, StoredBan};
@@ -168,7 +169,15 @@ pub async fn run(
 
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut purge = tokio::time::interval(PURGE_EVERY);
+    let notifier = Notifier::from_env();
+    // Without a watchdog the branch below never fires.
+    let mut watchdog = tokio::time::interval(
+        notifier
+            .watchdog_interval()
+            .unwrap_or(Duration::from_secs(3600)),
+    );
     tracing::info!(jails = daemon.jails.len(), socket = %config.daemon.socket.display(), "banctl daemon ready");
+    notifier.ready(&format!("{}; {restored} bans restored", daemon.summary()));
 
     tokio::pin!(shutdown);
     loop {
@@ -192,13 +201,20 @@ pub async fn run(
             Some(by) = repairs.recv() => daemon.repair(by),
             Some(()) = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", daemon.config_path.display());
+                notifier.reloading();
                 daemon.reload();
+                notifier.ready(&daemon.summary());
+            }
+            _ = watchdog.tick(), if notifier.watchdog_interval().is_some() => {
+                notifier.ping();
+                notifier.status(&daemon.summary());
             }
             _ = sweep.tick() => daemon.sweep(SystemTime::now()),
             _ = purge.tick() => daemon.purge(SystemTime::now()),
             () = &mut shutdown => break,
         }
     }
+    notifier.stopping();
     server.abort();
     if let Err(e) = std::fs::remove_file(&config.daemon.socket) {
         tracing::debug!(error = %e, "removing control socket");
@@ -287,7 +303,10 @@ impl Daemon {
     }
 
     /// Escalates, writes (one batch) and records bans, then any recidive bans they cause.
-    fn enforce(&mut self, bans: Vec<(Ban, String)>, now: SystemTime) {
+    fn enforce(&mut self, mut bans: Vec<(Ban, String)>, now: SystemTime) {
+        // Addresses rotating inside one prefix all ask for the same ban: keep the first.
+        let mut seen = std::collections::HashSet::new();
+        bans.retain(|(b, _)| seen.insert((b.jail.clone(), b.net)));
         let stored = self.escalate(bans, now);
         if !self.commit(&stored) {
             return;
@@ -457,6 +476,15 @@ impl Daemon {
         }
     }
 
+    /// One line for `systemctl status`: jails and bans in force.
+    fn summary(&self) -> String {
+        let bans = match self.store.active_count(SystemTime::now()) {
+            Ok(n) => n.to_string(),
+            Err(_) => "?".to_owned(),
+        };
+        format!("{} jails, {bans} active bans", self.jails.len())
+    }
+
     fn purge(&mut self, now: SystemTime) {
         let names: Vec<&str> = self.jails.iter().map(Jail::name).collect();
         match self.store.purge(now, self.history, &names) {
@@ -468,13 +496,26 @@ impl Daemon {
     /// Writes bans; if the kernel lost our table or sets, restores the layout and retries once.
     fn write_bans(&mut self, bans: &[Ban]) -> Result<(), FirewallError> {
         match self.firewall.ban(bans) {
-            Err(FirewallError::Netlink(e)) if e.errno() == Some(libc::ENOENT) => {
+            Err(FirewallError::Netlink(e))
+                if e.errno() == Some(libc::ENOENT) && self.layout_incomplete() =>
+            {
                 tracing::warn!("banctl's table or sets were missing: restoring the layout");
                 let rules: Vec<_> = self.jails.iter().map(|j| j.config().rules()).collect();
                 self.firewall.apply_layout(&rules, &[])?;
                 self.firewall.ban(bans)
             }
             other => other,
+        }
+    }
+
+    /// Whether a configured jail's sets are missing from the kernel (or cannot be listed).
+    fn layout_incomplete(&mut self) -> bool {
+        match self.firewall.jails_in_kernel() {
+            Ok(present) => self
+                .jails
+                .iter()
+                .any(|j| !present.iter().any(|p| p == j.name())),
+            Err(_) => true,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod duration;
 pub mod filter;
 pub mod firewall;
 pub mod jail;
+pub mod notify;
 pub mod privilege;
 pub mod source;
 pub mod state;

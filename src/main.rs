@@ -79,6 +79,20 @@ fn run(cli: Cli) -> Result<(), Failure> {
             println!("banctl {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "banctl", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpages { dir } => {
+            for page in banctl::cli::write_man_pages(&dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?
+            {
+                println!("{}", page.display());
+            }
+            Ok(())
+        }
         Command::List { jail, json } => {
             let bans = match control::call(&cli.socket, Request::List { jail: jail.clone() }) {
                 Ok(response) => match answer(response)? {

@@ -273,7 +273,18 @@ impl Store {
         read().map_err(|e| self.sql(e))
     }
 
-    /// The active ban of `net` in `jail`, if any.
+    /// How many bans are in force at `now`.
+    pub fn active_count(&self, now: SystemTime) -> Result<u64, StateError> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM bans WHERE bantime IS NULL OR banned_at + bantime > ?1",
+                [ms(now)],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.sql(e))
+    }
+
+    /// The ban number of `net`'s active ban in `jail`, if it has one.
     pub fn ban_count(&self, jail: &str, net: &IpNet) -> Result<Option<u32>, StateError> {
         self.conn
             .query_row(

@@ -79,9 +79,14 @@ impl Daemon {
 
     /// Starts the daemon again (after [`Daemon::stop`]) with the same configuration and state.
     pub fn restart(&mut self) {
-        self.stop();
-        self.child = spawn(&self.scratch.path("banctl.toml"));
+        self.restart_with(&[]);
         self.wait_ready();
+    }
+
+    /// Like [`Daemon::restart`] with extra environment variables, without waiting for it.
+    pub fn restart_with(&mut self, env: &[(&str, &str)]) {
+        self.stop();
+        self.child = spawn_with(&self.scratch.path("banctl.toml"), env);
     }
 
     /// Runs the CLI against this daemon.
@@ -138,10 +143,15 @@ impl Drop for Daemon {
 }
 
 fn spawn(config: &Path) -> Child {
+    spawn_with(config, &[])
+}
+
+fn spawn_with(config: &Path, env: &[(&str, &str)]) -> Child {
     Command::new(BIN)
         .args(["daemon", "--config"])
         .arg(config)
         .env("BANCTL_LOG", "debug")
+        .envs(env.iter().copied())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .spawn()
@@ -440,6 +450,19 @@ ignoreself = false   # the "attackers" are addresses of this test's own namespac
         "unbanned 2001:db8:1::/64 from jail web\n"
     );
     assert!(netns::connects("2001:db8:1::5", target));
+
+    // Two addresses of one /64 reaching maxretry in the same write ask for the same ban: one
+    // element, no failed batch.
+    let mut lines = failures("2001:db8:1::5", 3);
+    lines.extend(failures("2001:db8:1::6", 3));
+    daemon.append("web.log", &lines);
+    assert!(
+        netns::eventually(Duration::from_secs(5), || daemon
+            .banned("web")
+            .contains(&"2001:db8:1::/64".to_owned())),
+        "a round with the same prefix twice was not banned"
+    );
+    assert!(!netns::connects("2001:db8:1::6", target));
     // Broader than min_prefix (v6 /32 by default): refused.
     let refused = daemon.cli(&["ban", "web", "2001:db8::/16"]);
     assert_eq!(refused.status.code(), Some(banctl::cli::exit::REFUSED));

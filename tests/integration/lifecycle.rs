@@ -314,3 +314,65 @@ ports = []
     assert!(!netns::connects("127.0.0.2", other));
     assert!(netns::connects("127.0.0.3", other));
 }
+
+/// Reads one notification datagram, waiting up to 10 s.
+fn notification(sock: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("a notification within 10 s");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn sd_notify_ready_only_once_bans_are_restored_then_watchdog_pings() {
+    let Some(()) = netns::enter("sd_notify_ready_only_once_bans_are_restored_then_watchdog_pings")
+    else {
+        return;
+    };
+    let target = netns::listen("127.0.0.1:0");
+    let mut daemon = Daemon::start("notify", &config(target.port(), ""));
+    std::fs::write(daemon.scratch.path("web.log"), "").unwrap();
+    daemon.ok(&["ban", "web", "127.0.0.2"]);
+    daemon.stop();
+    netns::nft(&["delete", "table", "inet", "banctl"]);
+
+    let path = daemon.scratch.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let notify = path.display().to_string();
+    // 400 ms watchdog: a ping every 200 ms.
+    daemon.restart_with(&[("NOTIFY_SOCKET", &notify), ("WATCHDOG_USEC", "400000")]);
+
+    let ready = notification(&sock);
+    // When READY=1 arrives, the restored ban is already enforced.
+    let restored = elements("web");
+    println!("{ready:?}");
+    assert!(ready.starts_with("READY=1\nSTATUS="), "{ready:?}");
+    assert!(
+        ready.contains("1 jails, 1 active bans; 1 bans restored"),
+        "{ready:?}"
+    );
+    assert_eq!(
+        restored.len(),
+        1,
+        "READY=1 before the restore: {restored:?}"
+    );
+    assert!(!netns::connects("127.0.0.2", target));
+
+    let start = Instant::now();
+    let mut pings = 0;
+    while pings < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "only {pings} watchdog pings"
+        );
+        if notification(&sock) == "WATCHDOG=1" {
+            pings += 1;
+        }
+    }
+    nix::sys::signal::kill(daemon.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut last = String::new();
+    while !last.starts_with("STOPPING=1") {
+        last = notification(&sock);
+    }
+}

@@ -9,6 +9,7 @@ mod daemon;
 mod firewall;
 mod lifecycle;
 mod netns;
+mod packaging;
 mod permissions;
 mod reload;
 mod source;

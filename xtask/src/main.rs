@@ -6,20 +6,25 @@
 //!   simulated SSH brute force, showing `banctl list` and `nft list table inet banctl`, and
 //!   proving the drop with traffic.
 //! - `bench`: prints measured figures with their targets (see `bench.rs`).
+//! - `dist`: release binary, man pages, completions and a .deb under `target/dist/`.
+//! - `install`: installs the same files on this host from source (as root).
 
 mod bench;
 mod demo;
+mod dist;
 mod sys;
 
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-const USAGE: &str = "usage: cargo xtask <test|demo|bench>
+const USAGE: &str = "usage: cargo xtask <test|demo|bench|dist|install>
 
   test   install missing build packages, then fmt, clippy and all tests (namespace tests required)
   demo   run the real daemon in a throw-away network namespace against a simulated attack
-  bench  measure filter throughput, ban latency, bursts, restore and memory (figures, never a failure)";
+  bench  measure filter throughput, ban latency, bursts, restore and memory (figures, never a failure)
+  dist   build target/dist/banctl_<version>_<arch>.deb (release binary, unit, config, man pages, completions)
+  install  install from source on this host: /usr/local/bin, /etc/systemd/system (run with sudo)";
 
 fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -27,6 +32,8 @@ fn main() -> Result<()> {
         "test" => test(),
         "demo" => demo::run(),
         "bench" => bench::run(),
+        "dist" => dist::dist().map(drop),
+        "install" => dist::install(),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -80,9 +87,12 @@ fn test() -> Result<()> {
     } else {
         eprintln!("xtask: clippy is not installed: lint skipped");
     }
-    // Namespace tests must run here: a skip is a failure.
+    // The package test lists what `dist` built.
+    dist::dist()?;
+    // Namespace tests must run here: a skip is a failure; so must the package test.
     run(Command::new(env!("CARGO"))
         .args(["test", "--workspace"])
         .env("BANCTL_REQUIRE_NETNS", "1")
+        .env("BANCTL_REQUIRE_DIST", "1")
         .current_dir(sys::workspace_root()))
 }
