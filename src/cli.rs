@@ -97,6 +97,25 @@ pub enum Command {
     /// Make the daemon read its configuration again (as SIGHUP does); an invalid file changes
     /// nothing and every error is printed.
     Reload,
+    /// Try a filter on a log file or on one line, as fail2ban-regex does.
+    #[command(
+        after_help = "FILTER is a built-in filter name (see `banctl filters`) or a banctl filter file (TOML with failregex, ignoreregex).\n\nExamples:\n  banctl test /var/log/auth.log sshd\n  banctl test 'Nov 21 10:00:00 web sshd[7]: Invalid user x from 203.0.113.5 port 22' sshd\n  banctl test /var/log/tightvnc.log /etc/banctl/filter.d/tightvnc.toml --print-missed"
+    )]
+    Test {
+        /// A log file, or a single log line.
+        input: String,
+        /// A built-in filter name or a filter file.
+        filter: String,
+        /// Print every line that matched.
+        #[arg(long)]
+        print_matched: bool,
+        /// Print every line that no failregex matched.
+        #[arg(long)]
+        print_missed: bool,
+        /// Print one JSON object per matching line instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a configuration file and print every error.
     CheckConfig {
         #[arg(default_value = DEFAULT_CONFIG)]

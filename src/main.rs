@@ -75,6 +75,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
+        Command::Test {
+            input,
+            filter,
+            print_matched,
+            print_missed,
+            json,
+        } => test_filter(&input, &filter, print_matched, print_missed, json),
         Command::Version => {
             println!("banctl {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -237,6 +244,112 @@ fn list_from_kernel(jail: Option<&str>) -> Result<Vec<banctl::control::BanInfo>,
         bans.extend(firewall.list(&j)?.iter().map(|e| daemon::ban_info(&j, e)));
     }
     Ok(bans)
+}
+
+/// A built-in filter by name, or a filter file; with a label saying which.
+fn load_filter(name: &str) -> Result<(banctl::filter::Filter, String), Failure> {
+    if let Some(b) = banctl::filter::Builtin::by_name(name) {
+        return Ok((
+            b.compile(),
+            format!("{} (built-in: {})", b.name, b.description),
+        ));
+    }
+    let path = Path::new(name);
+    if !path.exists() {
+        let known: Vec<&str> = banctl::filter::BUILTIN.iter().map(|b| b.name).collect();
+        return Err(Failure {
+            code: exit::CONFIG,
+            error: anyhow::anyhow!(
+                "{name:?} is neither a built-in filter ({}) nor a file",
+                known.join(", ")
+            ),
+        });
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {name}"))?;
+    let file = banctl::filter::parse_filter_file(name, &text).map_err(|e| Failure {
+        code: exit::CONFIG,
+        error: e.into(),
+    })?;
+    let label = match file.description {
+        Some(d) => format!("{name} ({d})"),
+        None => name.to_owned(),
+    };
+    Ok((file.filter, label))
+}
+
+/// `banctl test`: every line of `input` (a file, or one line) through the filter.
+fn test_filter(
+    input: &str,
+    filter: &str,
+    print_matched: bool,
+    print_missed: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    use banctl::filter::{Report, Verdict};
+    use std::io::{BufRead, Write};
+
+    let (filter, label) = load_filter(filter)?;
+    let path = Path::new(input);
+    let reader: Box<dyn BufRead> = if path.is_file() {
+        let file = std::fs::File::open(path).with_context(|| format!("opening {input}"))?;
+        Box::new(std::io::BufReader::new(file))
+    } else {
+        Box::new(std::io::Cursor::new(input.as_bytes().to_vec()))
+    };
+    let mut report = Report::new(&filter);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut buf = Vec::new();
+    let mut reader = reader;
+    let mut number = 0usize;
+    loop {
+        buf.clear();
+        if reader
+            .read_until(b'\n', &mut buf)
+            .context("reading the input")?
+            == 0
+        {
+            break;
+        }
+        number += 1;
+        // Invalid UTF-8 is replaced, never skipped, as the daemon does.
+        let text = String::from_utf8_lossy(&buf);
+        let line = text.trim_end_matches(['\n', '\r']);
+        let verdict = report.add(&filter, line);
+        let shown = match verdict {
+            Verdict::Matched(hit) if json => {
+                let value = serde_json::json!({
+                    "line": number,
+                    "match": true,
+                    "host": hit.addr.to_string(),
+                    "pattern": hit.pattern + 1,
+                });
+                writeln!(out, "{value}")
+            }
+            Verdict::Matched(hit) if print_matched => {
+                writeln!(out, "matched {:>6}: {}  [{}]", number, line, hit.addr)
+            }
+            Verdict::Missed if print_missed && !json => {
+                writeln!(out, "missed  {number:>6}: {line}")
+            }
+            _ => Ok(()),
+        };
+        shown.context("writing the output")?;
+    }
+    if !json {
+        if print_matched || print_missed {
+            writeln!(out).context("writing the output")?;
+        }
+        let source = if path.is_file() { input } else { "(one line)" };
+        write!(
+            out,
+            "Filter: {label}\nInput:  {source}\n\n{}",
+            report.render(&filter)
+        )
+        .context("writing the output")?;
+    }
+    out.flush().context("writing the output")?;
+    Ok(())
 }
 
 fn run_daemon(config_path: &Path) -> Result<(), Failure> {

@@ -627,6 +627,27 @@ impl Context<'_> {
         let mut ok = true;
         let filter = jail.filter.as_ref().or(defaults.filter.as_ref());
         let filter_name = match filter {
+            // A path: a banctl filter file.
+            Some(f) if f.get_ref().contains('/') => {
+                let path = f.get_ref();
+                let parsed = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read filter file {path}: {e}"))
+                    .and_then(|text| {
+                        crate::filter::parse_filter_file(path, &text).map_err(|e| e.to_string())
+                    });
+                match parsed {
+                    Ok(file) => {
+                        let (f, i) = file.filter.into_parts();
+                        fail.extend(f);
+                        ignore.extend(i);
+                    }
+                    Err(e) => {
+                        self.error(f.span(), key("filter"), e);
+                        ok = false;
+                    }
+                }
+                path.clone()
+            }
             Some(f) => match Builtin::by_name(f.get_ref()) {
                 Some(b) => {
                     let (f, i) = b.compile().into_parts();

@@ -5,6 +5,8 @@
 //! **Invariant:** this module does no I/O and never panics on any input line.
 
 mod builtin;
+mod file;
+mod report;
 
 use std::net::IpAddr;
 
@@ -13,6 +15,8 @@ use regex::Regex;
 use regex_syntax::hir::{Hir, HirKind};
 
 pub use builtin::{BUILTIN, Builtin};
+pub use file::{FilterFile, FilterFileError, parse_filter_file};
+pub use report::{Report, Verdict};
 
 use crate::addr::canonical;
 
@@ -219,6 +223,26 @@ impl Filter {
 
     pub fn patterns(&self) -> &[Pattern] {
         &self.fail
+    }
+
+    pub fn ignore_patterns(&self) -> &[Pattern] {
+        &self.ignore
+    }
+
+    /// Like [`Filter::find`], but says which ignoreregex discarded a failure (for
+    /// `banctl test`; the daemon uses `find`).
+    pub fn examine(&self, line: &str) -> Verdict {
+        let Some(hit) = (0..self.fail.len()).find_map(|pattern| {
+            self.fail[pattern]
+                .host(line)
+                .map(|addr| Hit { addr, pattern })
+        }) else {
+            return Verdict::Missed;
+        };
+        match self.ignore.iter().position(|p| p.regex.is_match(line)) {
+            Some(by) => Verdict::Ignored { hit, by },
+            None => Verdict::Matched(hit),
+        }
     }
 
     /// The failregex and ignoreregex patterns.

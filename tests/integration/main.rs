@@ -13,3 +13,4 @@ mod packaging;
 mod permissions;
 mod reload;
 mod source;
+mod tester;

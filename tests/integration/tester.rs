@@ -1,0 +1,76 @@
+//! `banctl test`: a filter against a log file or one line, as fail2ban-regex does.
+
+use std::process::Command;
+
+use crate::daemon::{BIN, Scratch};
+
+fn banctl(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn test_command_summarises_prints_and_emits_json() {
+    let scratch = Scratch::new("tester");
+    let log = scratch.write(
+        "auth.log",
+        "Nov 21 10:00:00 web sshd[7]: Invalid user admin from 203.0.113.5 port 4022\n\
+         Nov 21 10:00:01 web sshd[7]: Failed password for root from 203.0.113.5 port 4023 ssh2\n\
+         Nov 21 10:00:02 web sshd[8]: Accepted publickey for ops from 198.51.100.2 port 5000 ssh2\n\
+         Nov 21 10:00:03 web sshd[9]: Invalid user x from 203.0.113.5 from 192.0.2.66 port 1\n",
+    );
+    let log = log.to_str().unwrap();
+    let (code, out, _) = banctl(&["test", log, "sshd", "--print-missed"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("Lines: 4 in all: 3 matched, 0 ignored, 1 missed\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("missed       3: Nov 21 10:00:02 web sshd[8]: Accepted"),
+        "{out}"
+    );
+    // The injected address in the user name never wins over the one sshd printed.
+    assert!(
+        out.contains("  203.0.113.5  2 failure(s)\n  192.0.2.66  1 failure(s)\n"),
+        "{out}"
+    );
+
+    let (code, json, _) = banctl(&["test", log, "sshd", "--json"]);
+    assert_eq!(code, Some(0));
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["line"], 1);
+    assert_eq!(lines[0]["match"], true);
+    assert_eq!(lines[0]["host"], "203.0.113.5");
+    assert_eq!(lines[2]["host"], "192.0.2.66");
+
+    // One line instead of a file, and a banctl filter file.
+    let filter = scratch.write(
+        "tightvnc.toml",
+        "description = \"TightVNC\"\nfailregex = ['^.* authentication failed from <HOST>$']\n",
+    );
+    let (code, out, _) = banctl(&[
+        "test",
+        "21/11/2026 10:00:00 Connection from 192.0.2.7: authentication failed from 192.0.2.7",
+        filter.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("Input:  (one line)"), "{out}");
+    assert!(out.contains("Lines: 1 in all: 1 matched"), "{out}");
+
+    let bad = scratch.write("bad.toml", "failregex = ['^no address$']\n");
+    let (code, _, err) = banctl(&["test", log, bad.to_str().unwrap()]);
+    assert_eq!(code, Some(banctl::cli::exit::CONFIG));
+    assert!(err.contains("bad.toml:1: failregex[0]:"), "{err}");
+    let (code, _, err) = banctl(&["test", log, "no-such-filter"]);
+    assert_eq!(code, Some(banctl::cli::exit::CONFIG));
+    assert!(err.contains("neither a built-in filter"), "{err}");
+}
