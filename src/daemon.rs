@@ -18,12 +18,14 @@ use tokio::task::JoinHandle;
 
 use crate::addr::IpNet;
 use crate::config::Config;
+use crate::config::SourceChoice;
 use crate::control::{self, BanInfo, ErrorKind, Incoming, JailStatus, Request, Response};
 use crate::duration::BanTime;
 use crate::firewall::{Ban, Element, Firewall, FirewallError, Monitor, Restore};
 use crate::jail::{Jail, Outcome};
 use crate::notify::Notifier;
 use crate::privilege;
+use crate::source::journal::{self, JournalSpec, Start};
 use crate::source::{self, FileFollower, LineBatch};
 use crate::state::{StateError, Store, StoredBan};
 
@@ -60,7 +62,7 @@ pub enum DaemonError {
 /// The state the main loop owns.
 pub struct Daemon {
     jails: Vec<Jail>,
-    /// For each logpath pattern (source index), the jails reading it.
+    /// For each source index, the jails reading it.
     routes: Vec<Vec<usize>>,
     firewall: Firewall,
     /// The host's own addresses, given to every jail.
@@ -74,42 +76,149 @@ pub struct Daemon {
     history: Duration,
 }
 
-/// The running log sources: the patterns followed and the task following them.
+/// The running log sources: files (one task for all logpath patterns) and journals (a thread
+/// each). A source's index is its position in `routing.sources()`.
 struct Sources {
-    patterns: Vec<String>,
+    routing: Routing,
     task: JoinHandle<Result<(), source::SourceError>>,
+    journals: Vec<std::thread::JoinHandle<()>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
     tx: mpsc::Sender<LineBatch>,
 }
 
 impl Sources {
-    fn start(patterns: Vec<String>, tx: mpsc::Sender<LineBatch>) -> Result<Sources, DaemonError> {
-        let follower = FileFollower::new(&patterns)?;
+    fn start(
+        routing: Routing,
+        tx: mpsc::Sender<LineBatch>,
+        store: &Store,
+        jails: &[crate::config::JailConfig],
+    ) -> Result<Sources, DaemonError> {
+        let follower = FileFollower::new(&routing.files)?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut journals = Vec::new();
+        for (k, spec) in routing.journals.iter().enumerate() {
+            let index = routing.files.len() + k;
+            let start = match store.position(&spec.key()) {
+                Ok(Some(cursor)) => Start::After(cursor),
+                other => {
+                    if let Err(e) = other {
+                        tracing::error!(error = %e, "reading the saved journal position");
+                    }
+                    // First start: read back the longest findtime of the jails reading it, so
+                    // that an attack in progress is counted.
+                    let back = routing.routes[index]
+                        .iter()
+                        .map(|&j| jails[j].findtime)
+                        .max()
+                        .unwrap_or_default();
+                    Start::Since(
+                        SystemTime::now()
+                            .checked_sub(back)
+                            .unwrap_or(SystemTime::UNIX_EPOCH),
+                    )
+                }
+            };
+            tracing::info!(source = spec.key(), ?start, "following the journal");
+            journals.push(journal::spawn(
+                spec.clone(),
+                index,
+                start,
+                tx.clone(),
+                stop.clone(),
+            )?);
+        }
         let task = tokio::spawn(source::run_files(follower, tx.clone()));
-        Ok(Sources { patterns, task, tx })
+        Ok(Sources {
+            routing,
+            task,
+            journals,
+            stop,
+            tx,
+        })
     }
 }
 
 impl Drop for Sources {
     fn drop(&mut self) {
         self.task.abort();
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // The journal threads notice within their wait (500 ms); nothing waits for them.
+        self.journals.clear();
     }
 }
 
-/// The distinct logpath patterns of `jails`, and for each the indexes of the jails reading it.
-fn routing(jails: &[crate::config::JailConfig]) -> (Vec<String>, Vec<Vec<usize>>) {
-    let mut patterns: Vec<String> = Vec::new();
-    let mut routes: Vec<Vec<usize>> = Vec::new();
+/// Which sources the jails read, and which jails read each source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Routing {
+    /// Logpath patterns: sources `0..files.len()`.
+    files: Vec<String>,
+    /// Journals: the sources after the files.
+    journals: Vec<JournalSpec>,
+    /// For each source index, the indexes of the jails reading it.
+    routes: Vec<Vec<usize>>,
+}
+
+impl Routing {
+    /// How `banctl status` names each source, by index.
+    fn names(&self) -> Vec<String> {
+        self.files
+            .iter()
+            .map(|f| format!("file:{f}"))
+            .chain(self.journals.iter().map(JournalSpec::key))
+            .collect()
+    }
+}
+
+/// Whether any file matches one of the logpath patterns now.
+fn any_file_exists(patterns: &[String]) -> bool {
+    patterns.iter().any(|p| {
+        glob::glob(p).is_ok_and(|mut paths| paths.any(|path| path.is_ok_and(|p| p.is_file())))
+    })
+}
+
+/// The distinct sources of `jails` (with `source = "auto"`: the files if one exists, else the
+/// journal), and for each the jails reading it.
+fn routing(jails: &[crate::config::JailConfig]) -> Routing {
+    fn slot<T: PartialEq + Clone>(
+        list: &mut Vec<T>,
+        routes: &mut Vec<Vec<usize>>,
+        item: &T,
+    ) -> usize {
+        list.iter().position(|x| x == item).unwrap_or_else(|| {
+            list.push(item.clone());
+            routes.push(Vec::new());
+            list.len() - 1
+        })
+    }
+    let (mut files, mut file_routes) = (Vec::new(), Vec::new());
+    let (mut journals, mut journal_routes) = (Vec::new(), Vec::new());
     for (j, jail) in jails.iter().enumerate() {
-        for path in &jail.logpaths {
-            let i = patterns.iter().position(|p| p == path).unwrap_or_else(|| {
-                patterns.push(path.clone());
-                routes.push(Vec::new());
-                patterns.len() - 1
-            });
-            routes[i].push(j);
+        let journal = match (jail.source, &jail.journal) {
+            (SourceChoice::File, _) | (_, None) => None,
+            (SourceChoice::Journal, Some(spec)) => Some(spec),
+            (SourceChoice::Auto, Some(spec)) => {
+                (jail.logpaths.is_empty() || !any_file_exists(&jail.logpaths)).then_some(spec)
+            }
+        };
+        match journal {
+            Some(spec) => {
+                let i = slot(&mut journals, &mut journal_routes, spec);
+                journal_routes[i].push(j);
+            }
+            None => {
+                for path in &jail.logpaths {
+                    let i = slot(&mut files, &mut file_routes, path);
+                    file_routes[i].push(j);
+                }
+            }
         }
     }
-    (patterns, routes)
+    file_routes.extend(journal_routes);
+    Routing {
+        files,
+        journals,
+        routes: file_routes,
+    }
 }
 
 /// Runs the daemon until `shutdown` completes. The table and its bans stay in the kernel.
@@ -123,9 +232,10 @@ pub async fn run(
     let store = Store::open(&config.daemon.state_dir)?;
     let firewall = Firewall::open()?;
 
-    let (patterns, routes) = routing(&config.jails);
+    let routing = routing(&config.jails);
+    let routes = routing.routes.clone();
     let (line_tx, mut lines) = mpsc::channel(LINE_QUEUE);
-    let sources = Sources::start(patterns, line_tx)?;
+    let sources = Sources::start(routing, line_tx, &store, &config.jails)?;
 
     let own: Arc<[IpNet]> = own_addresses().into();
     tracing::debug!(
@@ -280,8 +390,14 @@ impl Daemon {
             for &source in &batch.sources {
                 for &j in self.routes.get(source).into_iter().flatten() {
                     let jail = &mut self.jails[j];
+                    // Older than findtime (a read-back, a late journal entry): never counts.
+                    // Dated in the future (a skewed clock): counts as now.
+                    if batch.read_at + jail.config().findtime < now {
+                        continue;
+                    }
+                    let at = batch.read_at.min(now);
                     for line in &batch.lines {
-                        match jail.on_line(line, batch.read_at) {
+                        match jail.on_line(line, at) {
                             Some(Outcome::Ban(ban)) => bans.push((ban, reason(line))),
                             Some(Outcome::Ignored) => {
                                 tracing::debug!(
@@ -296,10 +412,24 @@ impl Daemon {
                 }
             }
         }
-        if bans.is_empty() {
-            return;
+        if !bans.is_empty() {
+            self.enforce(bans, now);
         }
-        self.enforce(bans, now);
+        // Only once their lines are processed, so a crash re-reads rather than skips.
+        self.save_positions(batches);
+    }
+
+    /// Saves where each source of `batches` resumes (the last position per source).
+    fn save_positions(&mut self, batches: &[LineBatch]) {
+        let mut last: HashMap<&str, &str> = HashMap::new();
+        for (key, position) in batches.iter().filter_map(|b| b.resume.as_ref()) {
+            last.insert(key, position);
+        }
+        for (key, position) in last {
+            if let Err(e) = self.store.save_position(key, position) {
+                tracing::error!(error = %e, source = key, "saving the source position");
+            }
+        }
     }
 
     /// Escalates, writes (one batch) and records bans, then any recidive bans they cause.
@@ -524,10 +654,13 @@ impl Daemon {
             jail.sweep(now);
         }
         if self.sources.task.is_finished() {
-            tracing::error!("log sources stopped; restarting them");
-            match Sources::start(self.sources.patterns.clone(), self.sources.tx.clone()) {
-                Ok(sources) => self.sources = sources,
-                Err(e) => tracing::error!(error = %e, "cannot restart log sources"),
+            tracing::error!("log file sources stopped; restarting them");
+            match FileFollower::new(&self.sources.routing.files) {
+                Ok(follower) => {
+                    let tx = self.sources.tx.clone();
+                    self.sources.task = tokio::spawn(source::run_files(follower, tx));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot restart log file sources"),
             }
         }
     }
@@ -548,11 +681,15 @@ impl Daemon {
                 };
             }
         };
-        let (patterns, routes) = routing(&config.jails);
-        let new_sources = if patterns == self.sources.patterns {
+        let routing = routing(&config.jails);
+        let routes = routing.routes.clone();
+        let same = routing.files == self.sources.routing.files
+            && routing.journals == self.sources.routing.journals;
+        let new_sources = if same {
+            self.sources.routing.routes = routes.clone();
             None
         } else {
-            match Sources::start(patterns, self.sources.tx.clone()) {
+            match Sources::start(routing, self.sources.tx.clone(), &self.store, &config.jails) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     return Response::Error {
@@ -775,6 +912,17 @@ impl Daemon {
         Ok(())
     }
 
+    /// The sources jail `j` reads, as `banctl status` names them.
+    fn sources_of(&self, j: usize) -> Vec<String> {
+        let names = self.sources.routing.names();
+        self.routes
+            .iter()
+            .enumerate()
+            .filter(|(_, jails)| jails.contains(&j))
+            .filter_map(|(i, _)| names.get(i).cloned())
+            .collect()
+    }
+
     fn status(&mut self, jail: Option<&str>) -> Result<Response, Response> {
         let mut jails = Vec::new();
         for j in self.selected(jail)? {
@@ -788,7 +936,7 @@ impl Daemon {
             jails.push(JailStatus {
                 name: c.name.clone(),
                 filter: c.filter_name.clone(),
-                sources: c.logpaths.iter().map(|p| format!("file:{p}")).collect(),
+                sources: self.sources_of(j),
                 ports: c.ports.iter().map(ToString::to_string).collect(),
                 protocol: c.protocol.to_string(),
                 maxretry: c.maxretry,

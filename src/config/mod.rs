@@ -18,6 +18,7 @@ use crate::addr::IpNet;
 use crate::duration::{BanTime, parse_duration};
 use crate::filter::{Builtin, Filter, Pattern};
 use crate::firewall::{JailRules, PortRange, Protocol};
+use crate::source::journal::JournalSpec;
 use raw::{DurationValue, PortValue, RawConfig, RawEscalation, RawJail, RawPrefixLens};
 
 pub const DEFAULT_CONFIG: &str = "/etc/banctl/banctl.toml";
@@ -56,6 +57,15 @@ impl PrefixLens {
 pub const DEFAULT_BAN_PREFIX: PrefixLens = PrefixLens { v4: 32, v6: 64 };
 /// Never ban anything broader than a /16 (IPv4) or /32 (IPv6).
 pub const DEFAULT_MIN_PREFIX: PrefixLens = PrefixLens { v4: 16, v6: 32 };
+
+/// Which log source a jail reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceChoice {
+    /// The log files if one of them exists when the daemon starts, else the journal.
+    Auto,
+    File,
+    Journal,
+}
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -125,6 +135,10 @@ pub struct JailConfig {
     pub filter_name: String,
     pub filter: Filter,
     pub logpaths: Vec<String>,
+    /// The journal entries this jail reads, if any.
+    pub journal: Option<JournalSpec>,
+    /// Which of `logpaths` and `journal` the daemon reads.
+    pub source: SourceChoice,
     pub ports: Vec<PortRange>,
     pub protocol: Protocol,
     pub bantime: BanTime,
@@ -393,14 +407,77 @@ impl Context<'_> {
         } else {
             self.filter(name, jail, defaults)
         };
+        let journal = pick!(journal).and_then(|(v, k)| {
+            let raw = v.get_ref();
+            if raw.matches.is_empty() {
+                self.error(
+                    v.span(),
+                    format!("{k}.matches"),
+                    "name the entries to read, e.g. [\"_SYSTEMD_UNIT=ssh.service\"]",
+                );
+                return None;
+            }
+            for (i, m) in raw.matches.iter().enumerate() {
+                let valid = m == "+"
+                    || m.split_once('=').is_some_and(|(f, _)| {
+                        !f.is_empty()
+                            && f.bytes()
+                                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                    });
+                if !valid {
+                    self.error(
+                        v.span(),
+                        format!("{k}.matches[{i}]"),
+                        format!("{m:?} is not FIELD=value (an upper-case field name) or +"),
+                    );
+                }
+            }
+            if let Some(dir) = raw.directory.as_ref().filter(|d| !d.starts_with('/')) {
+                self.error(
+                    v.span(),
+                    format!("{k}.directory"),
+                    format!("{dir:?} is not an absolute path"),
+                );
+            }
+            Some(JournalSpec {
+                matches: raw.matches.clone(),
+                directory: raw.directory.as_ref().map(PathBuf::from),
+            })
+        });
+        let journal = journal.filter(|_| !recidive);
+        let source = match pick!(source) {
+            Some((v, k)) => match v.get_ref().as_str() {
+                "auto" => SourceChoice::Auto,
+                "file" => SourceChoice::File,
+                "journal" => SourceChoice::Journal,
+                other => {
+                    self.error(
+                        v.span(),
+                        k,
+                        format!("{other:?} is not \"auto\", \"file\" or \"journal\""),
+                    );
+                    SourceChoice::Auto
+                }
+            },
+            None => SourceChoice::Auto,
+        };
+        if source == SourceChoice::Journal && journal.is_none() && !recidive {
+            self.error(
+                spanned.span(),
+                key("journal"),
+                "missing: source = \"journal\" needs journal = { matches = [...] }",
+            );
+        }
+        let needs_files = source == SourceChoice::File || journal.is_none();
         let logpaths = match pick!(logpath) {
             _ if recidive => Vec::new(),
             Some((v, _)) => v.get_ref().to_vec(),
+            None if !needs_files => Vec::new(),
             None => {
                 self.error(
                     spanned.span(),
                     key("logpath"),
-                    "missing: name the log file(s) this jail reads",
+                    "missing: name the log file(s) this jail reads (or a journal)",
                 );
                 Vec::new()
             }
@@ -479,6 +556,8 @@ impl Context<'_> {
             filter_name,
             filter: filter?,
             logpaths,
+            journal,
+            source,
             ports,
             protocol,
             bantime,

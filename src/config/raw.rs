@@ -50,6 +50,16 @@ pub struct RawJail {
     pub count_by_prefix: Option<Spanned<bool>>,
     pub escalation: Option<Spanned<RawEscalation>>,
     pub recidive: Option<Spanned<bool>>,
+    pub journal: Option<Spanned<RawJournal>>,
+    pub source: Option<Spanned<String>>,
+}
+
+/// `journal = { matches = ["_SYSTEMD_UNIT=ssh.service"], directory = "/path" }`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawJournal {
+    #[serde(default)]
+    pub matches: Vec<String>,
+    pub directory: Option<String>,
 }
 
 /// `[defaults.escalation]` or `[jails.NAME.escalation]`.

@@ -5,6 +5,8 @@
 //! new one appears at the path, so no line is lost between the two. A line is only emitted
 //! once its newline arrived; invalid UTF-8 is replaced, never dropped; an over-long line is cut.
 
+pub mod journal;
+
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
@@ -23,10 +25,14 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// Lines read in one go from one file, for the sources (logpath patterns) it matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineBatch {
-    /// Indexes of the logpath patterns this file matches.
+    /// Indexes of the sources (logpath patterns, then journals) these lines come from.
     pub sources: Vec<usize>,
     pub lines: Vec<String>,
+    /// When the lines were written: read time for files, the entries' time for the journal.
     pub read_at: SystemTime,
+    /// Where to resume after these lines (a source key and its position), saved once they
+    /// have been processed.
+    pub resume: Option<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +42,8 @@ pub enum SourceError {
     Inotify(#[source] io::Error),
     #[error("invalid logpath pattern {pattern:?}: {message}")]
     Pattern { pattern: String, message: String },
+    #[error("journal {source_key}: {message}")]
+    Journal { source_key: String, message: String },
 }
 
 struct Spec {
@@ -227,6 +235,7 @@ impl FileFollower {
             sources: f.sources.clone(),
             lines,
             read_at: SystemTime::now(),
+            resume: None,
         })
     }
 

@@ -7,6 +7,7 @@ mod config;
 mod containers;
 mod daemon;
 mod firewall;
+mod journal;
 mod lifecycle;
 mod netns;
 mod packaging;

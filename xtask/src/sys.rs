@@ -9,6 +9,8 @@ use anyhow::{Context, Result, bail};
 const PACKAGES: &[&str] = &[
     "libnftnl-dev",
     "libmnl-dev",
+    "libsystemd-dev",
+    "systemd-journal-remote",
     "pkg-config",
     "nftables",
     "iproute2",

@@ -1,0 +1,209 @@
+//! The systemd journal, read in-process through libsystemd's sd-journal (no `journalctl`).
+//!
+//! sd-journal handles are not `Send`, so each journal source runs on a thread of its own that
+//! owns its handle and hands lines to the daemon loop over the same bounded channel as files.
+//! Each entry becomes one line, `IDENTIFIER[PID]: MESSAGE` (the syslog form filters expect),
+//! dated with the entry's own realtime timestamp. After each batch the entry's cursor travels
+//! with the lines; the daemon saves it once the lines are processed, and a restart resumes just
+//! after it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use systemd::journal::{Journal, OpenDirectoryOptions, OpenOptions};
+use tokio::sync::mpsc;
+
+use super::{LineBatch, SourceError};
+
+/// Entries handed over at most per batch.
+const BATCH: usize = 512;
+
+/// Which journal to read and which entries of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalSpec {
+    /// journalctl-style matches: `FIELD=value`, and `+` for OR between groups.
+    pub matches: Vec<String>,
+    /// A journal directory (containers, tests); the system journal when `None`.
+    pub directory: Option<PathBuf>,
+}
+
+impl JournalSpec {
+    /// The key its position is saved under, and how `banctl status` names it.
+    pub fn key(&self) -> String {
+        let mut key = String::from("journal:");
+        if let Some(dir) = &self.directory {
+            key.push_str(&format!("{}:", dir.display()));
+        }
+        key.push_str(&self.matches.join(" "));
+        key
+    }
+}
+
+/// Where to start reading.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// Just after this cursor (a restart).
+    After(String),
+    /// At this time (the first start reads `findtime` back).
+    Since(SystemTime),
+}
+
+fn error(spec: &JournalSpec, e: impl std::fmt::Display) -> SourceError {
+    SourceError::Journal {
+        source_key: spec.key(),
+        message: e.to_string(),
+    }
+}
+
+fn open(spec: &JournalSpec) -> Result<Journal, SourceError> {
+    let mut journal = match &spec.directory {
+        Some(dir) => OpenDirectoryOptions::default()
+            .open_directory(dir.as_os_str().as_encoded_bytes())
+            .map_err(|e| error(spec, format!("opening {}: {e}", dir.display())))?,
+        None => OpenOptions::default()
+            .system(true)
+            .open()
+            .map_err(|e| error(spec, e))?,
+    };
+    for m in &spec.matches {
+        if m == "+" {
+            journal.match_or().map_err(|e| error(spec, e))?;
+            continue;
+        }
+        let Some((field, value)) = m.split_once('=') else {
+            return Err(error(spec, format!("match {m:?} is not FIELD=value or +")));
+        };
+        journal
+            .match_add(field, value.as_bytes().to_vec())
+            .map_err(|e| error(spec, e))?;
+    }
+    Ok(journal)
+}
+
+fn seek(journal: &mut Journal, spec: &JournalSpec, start: &Start) -> Result<(), SourceError> {
+    match start {
+        Start::After(cursor) => {
+            journal
+                .seek_cursor(cursor.as_str())
+                .map_err(|e| error(spec, e))?;
+            // Seeking puts the read pointer *on* the saved entry (when it still exists): step
+            // over it, since it was processed before the restart.
+            if journal.next().map_err(|e| error(spec, e))? > 0
+                && !journal
+                    .test_cursor(cursor.as_str())
+                    .map_err(|e| error(spec, e))?
+            {
+                journal.previous().map_err(|e| error(spec, e))?;
+            }
+        }
+        Start::Since(at) => {
+            let usec = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+            journal
+                .seek_realtime_usec(usec)
+                .map_err(|e| error(spec, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// A field of the current entry as text (invalid UTF-8 replaced, never dropped).
+fn field(journal: &mut Journal, name: &str) -> Option<String> {
+    let data = journal.get_data(name).ok()??;
+    data.value()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// The current entry as a syslog-style line.
+fn line(journal: &mut Journal) -> String {
+    let message = field(journal, "MESSAGE").unwrap_or_default();
+    let ident = field(journal, "SYSLOG_IDENTIFIER").or_else(|| field(journal, "_COMM"));
+    let pid = field(journal, "SYSLOG_PID").or_else(|| field(journal, "_PID"));
+    match (ident, pid) {
+        (Some(i), Some(p)) => format!("{i}[{p}]: {message}"),
+        (Some(i), None) => format!("{i}: {message}"),
+        _ => message,
+    }
+}
+
+/// Opens the journal (so that a bad match or directory fails the start, not a thread), then
+/// follows it on its own thread until `stop` is set or the receiver is gone.
+pub fn spawn(
+    spec: JournalSpec,
+    source: usize,
+    start: Start,
+    tx: mpsc::Sender<LineBatch>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, SourceError> {
+    // Validate on this thread; the follower opens its own handle (handles are not Send).
+    drop(open(&spec)?);
+    let name = format!("banctl-journal-{source}");
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            if let Err(e) = follow(&spec, source, &start, &tx, &stop) {
+                tracing::error!(error = %e, "journal source stopped");
+            }
+        })
+        .map_err(|e| SourceError::Journal {
+            source_key: String::new(),
+            message: e.to_string(),
+        })
+}
+
+fn follow(
+    spec: &JournalSpec,
+    source: usize,
+    start: &Start,
+    tx: &mpsc::Sender<LineBatch>,
+    stop: &AtomicBool,
+) -> Result<(), SourceError> {
+    let mut journal = open(spec)?;
+    seek(&mut journal, spec, start)?;
+    let key = spec.key();
+    loop {
+        let mut batch: Option<LineBatch> = None;
+        while !stop.load(Ordering::Relaxed) && journal.next().map_err(|e| error(spec, e))? > 0 {
+            let at = journal.timestamp().unwrap_or_else(|_| SystemTime::now());
+            let text = line(&mut journal);
+            let cursor = journal.cursor().map_err(|e| error(spec, e))?;
+            // One batch holds entries of one second, so every line keeps its own time.
+            let same_second = batch.as_ref().is_some_and(|b| {
+                b.lines.len() < BATCH
+                    && b.read_at
+                        .duration_since(at)
+                        .or_else(|_| at.duration_since(b.read_at))
+                        .is_ok_and(|d| d < Duration::from_secs(1))
+            });
+            if !same_second {
+                if let Some(full) = batch.take() {
+                    if tx.blocking_send(full).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            let b = batch.get_or_insert_with(|| LineBatch {
+                sources: vec![source],
+                lines: Vec::new(),
+                read_at: at,
+                resume: None,
+            });
+            b.lines.push(text);
+            b.resume = Some((key.clone(), cursor));
+        }
+        if let Some(last) = batch.take() {
+            if tx.blocking_send(last).is_err() {
+                return Ok(());
+            }
+        }
+        if tx.is_closed() || stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        journal
+            .wait(Some(Duration::from_millis(500)))
+            .map_err(|e| error(spec, e))?;
+    }
+}
