@@ -438,13 +438,16 @@ impl Daemon {
         let mut seen = std::collections::HashSet::new();
         bans.retain(|(b, _)| seen.insert((b.jail.clone(), b.net)));
         let stored = self.escalate(bans, now);
-        if !self.commit(&stored) {
+        if let Err(e) = self.commit(&stored) {
+            tracing::error!(error = %e, count = stored.len(), "writing bans failed");
             return;
         }
         let recidive = self.recidive(&stored, now);
         if !recidive.is_empty() {
             let stored = self.escalate(recidive, now);
-            self.commit(&stored);
+            if let Err(e) = self.commit(&stored) {
+                tracing::error!(error = %e, count = stored.len(), "writing recidive bans failed");
+            }
         }
     }
 
@@ -486,21 +489,9 @@ impl Daemon {
             .collect()
     }
 
-    /// Writes bans to the kernel (one batch), then to the store. Returns whether they are in
-    /// force.
-    fn commit(&mut self, stored: &[StoredBan]) -> bool {
-        let bans: Vec<Ban> = stored
-            .iter()
-            .map(|b| Ban {
-                jail: b.jail.clone(),
-                net: b.net,
-                time: b.time,
-            })
-            .collect();
-        if let Err(e) = self.write_bans(&bans) {
-            tracing::error!(error = %e, count = bans.len(), "writing bans failed");
-            return false;
-        }
+    /// Writes bans to the kernel (one batch), then to the store.
+    fn commit(&mut self, stored: &[StoredBan]) -> Result<(), FirewallError> {
+        self.write_bans(&stored.iter().map(StoredBan::to_ban).collect::<Vec<_>>())?;
         for b in stored {
             tracing::info!(jail = b.jail.as_str(), address = %b.net, bantime = %b.time, ban = b.count, "ban");
         }
@@ -508,7 +499,7 @@ impl Daemon {
         if let Err(e) = self.store.record_bans(stored) {
             tracing::error!(error = %e, "recording bans in the state store");
         }
-        true
+        Ok(())
     }
 
     /// Bans by recidive jails: an address banned `maxretry` times within their `findtime`, in
@@ -570,11 +561,7 @@ impl Daemon {
             .filter(|b| !in_kernel(&b.jail, &b.net))
             .filter_map(|b| {
                 b.remaining(now).map(|left| Restore {
-                    ban: Ban {
-                        jail: b.jail.clone(),
-                        net: b.net,
-                        time: b.time,
-                    },
+                    ban: b.to_ban(),
                     expires_in: left,
                 })
             })
@@ -838,20 +825,9 @@ impl Daemon {
             // An explicit --time is taken as given, never escalated.
             b.time = time.unwrap_or(b.time);
         }
-        let bans: Vec<Ban> = stored
-            .iter()
-            .map(|b| Ban {
-                jail: b.jail.clone(),
-                net: b.net,
-                time: b.time,
-            })
-            .collect();
-        self.write_bans(&bans).map_err(Self::firewall_error)?;
-        if let Err(e) = self.store.record_bans(&stored) {
-            tracing::error!(error = %e, "recording the ban in the state store");
-        }
+        self.commit(&stored).map_err(Self::firewall_error)?;
         self.jails[j].forget(&target);
-        let time = bans[0].time;
+        let time = stored.first().map_or(BanTime::Permanent, |b| b.time);
         tracing::info!(jail, address = %target, bantime = %time, "manual ban");
         Ok(Response::Banned {
             jail: jail.to_owned(),
@@ -982,6 +958,16 @@ pub fn ban_info(jail: &str, e: &Element) -> BanInfo {
         expires_in_s: e.expires_in.map(|d| d.as_secs()),
         bantime_s: e.timeout.map(|d| d.as_secs()),
         ban_count: None,
+    }
+}
+
+impl StoredBan {
+    fn to_ban(&self) -> Ban {
+        Ban {
+            jail: self.jail.clone(),
+            net: self.net,
+            time: self.time,
+        }
     }
 }
 
