@@ -231,6 +231,15 @@ pub async fn run(
     privilege::require_net_admin()?;
     let store = Store::open(&config.daemon.state_dir)?;
     let firewall = Firewall::open()?;
+    let monitor = Monitor::open().map_err(|e| DaemonError::Monitor(e.to_string()))?;
+    let access = control::Access {
+        admin_group: config.daemon.admin_group.clone(),
+        read_group: config.daemon.read_group.clone(),
+    };
+    let listener = control::bind(&config.daemon.socket, &access)?;
+    // Giving the socket its group was the last step needing more than KEPT. Capabilities are
+    // per thread: every thread (journal readers, the ruleset watcher) starts after this drop.
+    privilege::drop_all_but_kept()?;
 
     let routing = routing(&config.jails);
     let routes = routing.routes.clone();
@@ -260,16 +269,6 @@ pub async fn run(
     // Table, rules and every unexpired ban of the store, in one batch, before anything else.
     let (restored, adopted) = daemon.reconcile(SystemTime::now())?;
     tracing::info!(restored, adopted, "ruleset in place");
-    let monitor = Monitor::open().map_err(|e| DaemonError::Monitor(e.to_string()))?;
-
-    let access = control::Access {
-        admin_group: config.daemon.admin_group.clone(),
-        read_group: config.daemon.read_group.clone(),
-    };
-    let listener = control::bind(&config.daemon.socket, &access)?;
-    // Giving the socket its group was the last step needing more than KEPT.
-    privilege::drop_all_but_kept()?;
-    // Capabilities are per thread: the watcher starts after the drop, so it has none extra.
     let (repair_tx, mut repairs) = mpsc::channel(4);
     watch_ruleset(monitor, repair_tx)?;
     let (ctl_tx, mut requests) = mpsc::channel(64);

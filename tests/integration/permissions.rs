@@ -2,6 +2,7 @@
 //! may be granted to read_group, anyone else is refused and nothing changes.
 
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Output};
 
 use banctl::cli::exit;
@@ -75,9 +76,9 @@ fn socket_permissions_by_peer_credentials() {
     assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, NOBODY));
 }
 
-/// A capability set from /proc/PID/status (`CapEff`, `CapBnd`, ...).
-fn capabilities(pid: nix::unistd::Pid, set: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+/// A capability set of a thread from /proc/PID/task/TID/status (`CapEff`, `CapBnd`, ...).
+fn capabilities(status: &Path, set: &str) -> u64 {
+    let status = std::fs::read_to_string(status).unwrap();
     let hex = status
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{set}:\t")))
@@ -90,15 +91,37 @@ fn daemon_keeps_only_net_admin_and_dac_read_search() {
     let Some(()) = netns::enter("daemon_keeps_only_net_admin_and_dac_read_search") else {
         return;
     };
+    // A journal jail too, so that its reader thread exists: capabilities are per thread.
+    let journal = crate::daemon::Scratch::new("caps-journal");
     let daemon = Daemon::start(
         "caps",
-        "[jails.web]\nfilter = \"sshd\"\nlogpath = \"{dir}/auth.log\"\n",
+        &format!(
+            "[jails.web]\nfilter = \"sshd\"\nlogpath = \"{{dir}}/auth.log\"\n\
+             [jails.ssh]\nfilter = \"sshd\"\nsource = \"journal\"\n\
+             journal = {{ matches = [\"_COMM=sshd\"], directory = \"{}\" }}\n",
+            journal.0.display()
+        ),
     );
     let kept = (1u64 << 12) | (1u64 << 2); // CAP_NET_ADMIN, CAP_DAC_READ_SEARCH
-    for set in ["CapEff", "CapPrm", "CapBnd"] {
-        assert_eq!(capabilities(daemon.pid(), set), kept, "{set}");
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{}/task", daemon.pid()))
+        .unwrap()
+        .map(|t| t.unwrap().path().join("status"))
+        .collect();
+    assert!(
+        tasks.len() >= 3,
+        "main, ruleset watcher and journal threads: {tasks:?}"
+    );
+    for status in &tasks {
+        for set in ["CapEff", "CapPrm", "CapBnd"] {
+            assert_eq!(
+                capabilities(status, set),
+                kept,
+                "{set} of {}",
+                status.display()
+            );
+        }
+        assert_eq!(capabilities(status, "CapAmb"), 0);
     }
-    assert_eq!(capabilities(daemon.pid(), "CapAmb"), 0);
     // It still bans with what it kept.
     daemon.ok(&["ban", "web", "192.0.2.1"]);
     assert_eq!(daemon.banned("web"), ["192.0.2.1"]);
