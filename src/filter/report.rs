@@ -74,25 +74,23 @@ impl Report {
             "Lines: {} in all: {} matched, {} ignored, {} missed\n",
             self.lines, self.matched, self.ignored, self.missed
         );
-        out.push_str(&format!("\nFailregex: {} matched\n", self.matched));
-        for (i, (p, n)) in filter
-            .patterns()
-            .iter()
-            .zip(&self.per_failregex)
-            .enumerate()
-        {
-            out.push_str(&format!("  {:>2}) [{n}] {}\n", i + 1, p.source()));
-        }
-        if !self.per_ignoreregex.is_empty() {
-            out.push_str(&format!("\nIgnoreregex: {} ignored\n", self.ignored));
-            for (i, (p, n)) in filter
-                .ignore_patterns()
-                .iter()
-                .zip(&self.per_ignoreregex)
-                .enumerate()
-            {
+        let mut section = |title: String, patterns: &[super::Pattern], hits: &[usize]| {
+            out.push_str(&title);
+            for (i, (p, n)) in patterns.iter().zip(hits).enumerate() {
                 out.push_str(&format!("  {:>2}) [{n}] {}\n", i + 1, p.source()));
             }
+        };
+        section(
+            format!("\nFailregex: {} matched\n", self.matched),
+            filter.patterns(),
+            &self.per_failregex,
+        );
+        if !self.per_ignoreregex.is_empty() {
+            section(
+                format!("\nIgnoreregex: {} ignored\n", self.ignored),
+                filter.ignore_patterns(),
+                &self.per_ignoreregex,
+            );
         }
         out.push_str(&format!(
             "\nAddresses: {} distinct\n",

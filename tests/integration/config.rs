@@ -15,11 +15,7 @@ fn example() -> Config {
 #[test]
 fn example_config_passes_check_config() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/banctl.toml");
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = crate::daemon::check_config(&path);
     assert!(
         out.status.success(),
         "{}",

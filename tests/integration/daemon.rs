@@ -158,6 +158,15 @@ fn spawn_with(config: &Path, env: &[(&str, &str)]) -> Child {
         .expect("start banctl daemon")
 }
 
+/// `banctl check-config PATH`.
+pub fn check_config(path: &Path) -> Output {
+    Command::new(BIN)
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .expect("run banctl check-config")
+}
+
 /// Appends lines in one write, as a logging daemon would.
 pub fn append(path: &Path, lines: &[String]) {
     let mut text = lines.join("\n");

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::daemon::{BIN, Scratch};
+use crate::daemon::{Scratch, check_config};
 
 fn workspace() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -147,11 +147,7 @@ fn every_toml_example_in_the_readme_passes_check_config() {
     let scratch = Scratch::new("readme");
     for (line, text) in &blocks {
         let path = scratch.write(&format!("readme-line-{line}.toml"), text);
-        let out = Command::new(BIN)
-            .arg("check-config")
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = check_config(&path);
         assert!(
             out.status.success(),
             "README.md line {line}: the example fails check-config:\n{}\n{text}",
