@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use tokio::signal;
@@ -343,29 +343,37 @@ fn watch_ruleset(mut monitor: Monitor, tx: mpsc::Sender<RemovedBy>) -> Result<()
     let spawned = std::thread::Builder::new()
         .name("banctl-ruleset-watch".into())
         .spawn(move || {
+            // Whether the transaction being announced removed something of ours.
             let mut touched = false;
             loop {
-                let report = match monitor.next(Duration::from_secs(1)) {
-                    Ok(notes) => notes.into_iter().find_map(|n| {
-                        if n.kind == crate::firewall::NFT_MSG_NEWGEN {
-                            let theirs = n.pid.is_some_and(|pid| !ours(pid));
-                            std::mem::take(&mut touched)
-                                .then_some(n.pid)
-                                .filter(|_| theirs)
-                        } else {
-                            touched |= n.is_removal()
-                                && n.family == libc::NFPROTO_INET as u8
-                                && n.table.as_deref() == Some(crate::firewall::layout::TABLE);
-                            None
+                // Every notification is looked at (a datagram may hold several transactions);
+                // one report per datagram is enough, since a repair checks everything.
+                let mut report = None;
+                match monitor.next(Duration::from_secs(1)) {
+                    Ok(notes) => {
+                        for n in notes {
+                            if n.kind == crate::firewall::NFT_MSG_NEWGEN {
+                                let theirs = n.pid.is_some_and(|pid| !ours(pid));
+                                if std::mem::take(&mut touched) && theirs {
+                                    report = Some(n.pid);
+                                }
+                            } else {
+                                touched |= n.is_removal()
+                                    && n.family == libc::NFPROTO_INET as u8
+                                    && n.table.as_deref() == Some(crate::firewall::layout::TABLE);
+                            }
                         }
-                    }),
+                    }
                     // The socket overflowed: what happened is unknown, so check everything.
-                    Err(e) if e.errno() == Some(libc::ENOBUFS) => Some(None),
+                    Err(e) if e.errno() == Some(libc::ENOBUFS) => {
+                        touched = false;
+                        report = Some(None);
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "ruleset watch stopped");
                         return;
                     }
-                };
+                }
                 if let Some(by) = report {
                     if tx.blocking_send(by).is_err() {
                         return;
@@ -434,7 +442,7 @@ impl Daemon {
     /// Escalates, writes (one batch) and records bans, then any recidive bans they cause.
     fn enforce(&mut self, mut bans: Vec<(Ban, String)>, now: SystemTime) {
         // Addresses rotating inside one prefix all ask for the same ban: keep the first.
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         bans.retain(|(b, _)| seen.insert((b.jail.clone(), b.net)));
         let stored = self.escalate(bans, now);
         if let Err(e) = self.commit(&stored) {
@@ -515,7 +523,7 @@ impl Daemon {
             let c = jail.config();
             let since = now.checked_sub(c.findtime).unwrap_or(std::time::UNIX_EPOCH);
             for b in new.iter().filter(|b| others.contains(&b.jail.as_str())) {
-                let active = self.store.ban_count(&c.name, &b.net);
+                let active = self.store.ban_count(&c.name, &b.net, now);
                 let bans = self.store.previous_bans(&b.net, &others, since);
                 match (active, bans) {
                     (Ok(None), Ok(n)) if n >= c.maxretry && !jail.ignores(&b.net) => {
@@ -550,14 +558,16 @@ impl Daemon {
         self.store.purge(now, self.history, &names)?;
         let stored = self.store.active(now)?;
         let kernel = self.firewall.snapshot(&names)?;
-        let in_kernel = |jail: &str, net: &IpNet| {
-            kernel
-                .get(jail)
-                .is_some_and(|elems| elems.iter().any(|e| e.net == *net))
-        };
+        // Sets, not scans: after a restart both sides may hold 100,000 bans.
+        let in_kernel: HashSet<(&str, IpNet)> = kernel
+            .iter()
+            .flat_map(|(jail, elems)| elems.iter().map(move |e| (jail.as_str(), e.net)))
+            .collect();
+        let in_store: HashSet<(&str, IpNet)> =
+            stored.iter().map(|b| (b.jail.as_str(), b.net)).collect();
         let restore: Vec<Restore> = stored
             .iter()
-            .filter(|b| !in_kernel(&b.jail, &b.net))
+            .filter(|b| !in_kernel.contains(&(b.jail.as_str(), b.net)))
             .filter_map(|b| {
                 b.remaining(now).map(|left| Restore {
                     ban: b.to_ban(),
@@ -568,7 +578,7 @@ impl Daemon {
         let adopt: Vec<StoredBan> = kernel
             .iter()
             .flat_map(|(jail, elems)| elems.iter().map(move |e| (jail, e)))
-            .filter(|(jail, e)| !stored.iter().any(|b| &b.jail == *jail && b.net == e.net))
+            .filter(|(jail, e)| !in_store.contains(&(jail.as_str(), e.net)))
             .map(|(jail, e)| adopted(jail, e, now))
             .collect();
         let rules: Vec<_> = self.jails.iter().map(|j| j.config().rules()).collect();
@@ -766,14 +776,18 @@ impl Daemon {
     fn bans_of(&mut self, j: usize) -> Result<Vec<BanInfo>, Response> {
         let jail = self.jails[j].name().to_owned();
         let elements = self.firewall.list(&jail).map_err(Self::firewall_error)?;
+        let now = SystemTime::now();
         Ok(elements
             .into_iter()
             .map(|e| {
                 let mut info = ban_info(&jail, &e);
-                info.ban_count = self.store.ban_count(&jail, &e.net).unwrap_or_else(|err| {
-                    tracing::error!(error = %err, "reading the state store");
-                    None
-                });
+                info.ban_count = self
+                    .store
+                    .ban_count(&jail, &e.net, now)
+                    .unwrap_or_else(|err| {
+                        tracing::error!(error = %err, "reading the state store");
+                        None
+                    });
                 info
             })
             .collect())
@@ -812,7 +826,6 @@ impl Daemon {
                 ),
             });
         }
-        let explicit = time.is_some();
         let ban = Ban {
             jail: jail.to_owned(),
             net: target,
@@ -820,9 +833,9 @@ impl Daemon {
         };
         let now = SystemTime::now();
         let mut stored = self.escalate(vec![(ban, "manual ban".to_owned())], now);
-        if let (true, Some(b)) = (explicit, stored.first_mut()) {
+        if let (Some(time), Some(b)) = (time, stored.first_mut()) {
             // An explicit --time is taken as given, never escalated.
-            b.time = time.unwrap_or(b.time);
+            b.time = time;
         }
         self.commit(&stored).map_err(Self::firewall_error)?;
         self.jails[j].forget(&target);

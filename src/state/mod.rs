@@ -284,12 +284,19 @@ impl Store {
             .map_err(|e| self.sql(e))
     }
 
-    /// The ban number of `net`'s active ban in `jail`, if it has one.
-    pub fn ban_count(&self, jail: &str, net: &IpNet) -> Result<Option<u32>, StateError> {
+    /// The ban number of `net`'s ban in `jail` if one is in force at `now` (an expired row
+    /// waiting for the hourly purge does not count).
+    pub fn ban_count(
+        &self,
+        jail: &str,
+        net: &IpNet,
+        now: SystemTime,
+    ) -> Result<Option<u32>, StateError> {
         self.conn
             .query_row(
-                "SELECT count FROM bans WHERE jail = ?1 AND net = ?2",
-                params![jail, net.to_string()],
+                "SELECT count FROM bans WHERE jail = ?1 AND net = ?2
+                 AND (bantime IS NULL OR banned_at + bantime > ?3)",
+                params![jail, net.to_string(), ms(now)],
                 |r| r.get(0),
             )
             .optional()
@@ -432,6 +439,13 @@ mod tests {
             Some(Some(Duration::from_secs(10)))
         );
         assert_eq!(active[1].remaining(at(99_999)), Some(None));
+        let web = "192.0.2.1".parse().unwrap();
+        assert_eq!(store.ban_count("web", &web, at(1005)).unwrap(), Some(1));
+        assert_eq!(
+            store.ban_count("web", &web, at(1010)).unwrap(),
+            None,
+            "expired"
+        );
         assert_eq!(
             store
                 .previous_bans(&"192.0.2.1".parse().unwrap(), &["ssh"], at(0))
