@@ -141,6 +141,7 @@ pub fn spawn(
     // Validate on this thread; the follower opens its own handle (handles are not Send).
     drop(open(&spec)?);
     let name = format!("banctl-journal-{source}");
+    let key = spec.key();
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
@@ -149,8 +150,8 @@ pub fn spawn(
             }
         })
         .map_err(|e| SourceError::Journal {
-            source_key: String::new(),
-            message: e.to_string(),
+            source_key: key,
+            message: format!("cannot start its thread: {e}"),
         })
 }
 
