@@ -143,11 +143,11 @@ fn write_all(path: &Path, text: &str) {
         .unwrap();
 }
 
+/// `n` failure lines of `addr`, dated now.
 fn failures(addr: IpAddr, n: usize, out: &mut String) {
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ");
     for _ in 0..n {
-        out.push_str(&format!(
-            "2026-11-21T10:00:00Z app: auth failure from {addr}\n"
-        ));
+        out.push_str(&format!("{now} app: auth failure from {addr}\n"));
     }
 }
 

@@ -26,8 +26,8 @@ use crate::jail::{Jail, Outcome};
 use crate::notify::Notifier;
 use crate::privilege;
 use crate::source::journal::{self, JournalSpec, Start};
-use crate::source::{self, FileFollower, LineBatch};
-use crate::state::{StateError, Store, StoredBan};
+use crate::source::{self, FileFollower, FilePosition, LineBatch, Resume, Timing};
+use crate::state::{StateError, Store, StoredBan, Window};
 
 /// Batches of lines waiting for the main loop; sources wait when it is full.
 const LINE_QUEUE: usize = 1024;
@@ -78,22 +78,30 @@ pub struct Daemon {
 
 /// The running log sources: files (one task for all logpath patterns) and journals (a thread
 /// each). A source's index is its position in `routing.sources()`.
+///
+/// Each generation of sources has its own channel: when a reload replaces them, the batches
+/// the old ones had queued go with the old channel, unprocessed and so not counted as read;
+/// the new sources read those lines again from the saved positions, routed the new way.
 struct Sources {
     routing: Routing,
+    /// Whether sources without a saved position read back their existing lines.
+    readback: bool,
     task: JoinHandle<Result<(), source::SourceError>>,
     journals: Vec<std::thread::JoinHandle<()>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     tx: mpsc::Sender<LineBatch>,
+    lines: mpsc::Receiver<LineBatch>,
 }
 
 impl Sources {
     fn start(
         routing: Routing,
-        tx: mpsc::Sender<LineBatch>,
+        readback: bool,
         store: &Store,
         jails: &[crate::config::JailConfig],
     ) -> Result<Sources, DaemonError> {
-        let follower = FileFollower::new(&routing.files)?;
+        let follower = FileFollower::new(&routing.files, &file_resume(store, readback))?;
+        let (tx, lines) = mpsc::channel(LINE_QUEUE);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut journals = Vec::new();
         for (k, spec) in routing.journals.iter().enumerate() {
@@ -110,6 +118,7 @@ impl Sources {
                         .iter()
                         .map(|&j| jails[j].findtime)
                         .max()
+                        .filter(|_| readback)
                         .unwrap_or_default();
                     Start::Since(
                         SystemTime::now()
@@ -130,10 +139,12 @@ impl Sources {
         let task = tokio::spawn(source::run_files(follower, tx.clone()));
         Ok(Sources {
             routing,
+            readback,
             task,
             journals,
             stop,
             tx,
+            lines,
         })
     }
 }
@@ -221,6 +232,45 @@ fn routing(jails: &[crate::config::JailConfig]) -> Routing {
     }
 }
 
+/// Where files resume: their positions saved in `store`.
+fn file_resume(store: &Store, readback: bool) -> Resume {
+    let saved = match store.positions("file:") {
+        Ok(saved) => saved,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the saved file positions: files start at their end");
+            Vec::new()
+        }
+    };
+    let saved = saved
+        .into_iter()
+        .filter_map(|(key, text)| match FilePosition::decode(&text) {
+            Some(position) => Some((key, position)),
+            None => {
+                tracing::warn!(source = key, position = text, "unreadable saved position");
+                None
+            }
+        })
+        .collect();
+    Resume { saved, readback }
+}
+
+/// When a failure on `line` of `batch` happened, or `None` when it never counts: older than
+/// findtime, or read back without a timestamp. A failure dated in the future (a skewed clock)
+/// counts as now.
+fn failure_time(
+    config: &crate::config::JailConfig,
+    batch: &LineBatch,
+    line: &str,
+    now: SystemTime,
+) -> Option<SystemTime> {
+    let at = match batch.timing {
+        Timing::Live | Timing::Stamped => batch.read_at,
+        Timing::CatchUp => config.dates.find(line, now).map_or(batch.read_at, |f| f.at),
+        Timing::ReadBack => config.dates.find(line, now)?.at,
+    };
+    (at + config.findtime >= now).then(|| at.min(now))
+}
+
 /// Runs the daemon until `shutdown` completes. The table and its bans stay in the kernel.
 /// SIGHUP (or `banctl reload`) reads `config_path` again.
 pub async fn run(
@@ -243,8 +293,12 @@ pub async fn run(
 
     let routing = routing(&config.jails);
     let routes = routing.routes.clone();
-    let (line_tx, mut lines) = mpsc::channel(LINE_QUEUE);
-    let sources = Sources::start(routing, line_tx, &store, &config.jails)?;
+    let sources = Sources::start(
+        routing,
+        config.daemon.readback,
+        &store,
+        &config.jails,
+    )?;
 
     let own: Arc<[IpNet]> = own_addresses().into();
     tracing::debug!(
@@ -266,6 +320,7 @@ pub async fn run(
         store,
         history: config.daemon.history,
     };
+    daemon.restore_failures(SystemTime::now());
     // Table, rules and every unexpired ban of the store, in one batch, before anything else.
     let (restored, adopted) = daemon.reconcile(SystemTime::now())?;
     tracing::info!(restored, adopted, "ruleset in place");
@@ -291,10 +346,10 @@ pub async fn run(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            Some(batch) = lines.recv() => {
+            Some(batch) = daemon.sources.lines.recv() => {
                 let mut round = vec![batch];
                 while round.len() < BATCHES_PER_ROUND {
-                    match lines.try_recv() {
+                    match daemon.sources.lines.try_recv() {
                         Ok(more) => round.push(more),
                         Err(_) => break,
                     }
@@ -393,28 +448,28 @@ impl Daemon {
     pub fn on_lines(&mut self, batches: &[LineBatch]) {
         let now = SystemTime::now();
         let mut bans = Vec::new();
+        // The failure windows this round changed: saved with the positions, after the bans.
+        let mut touched: HashSet<(usize, IpAddr)> = HashSet::new();
         for batch in batches {
             for &source in &batch.sources {
                 for &j in self.routes.get(source).into_iter().flatten() {
                     let jail = &mut self.jails[j];
-                    // Older than findtime (a read-back, a late journal entry): never counts.
-                    // Dated in the future (a skewed clock): counts as now.
-                    if batch.read_at + jail.config().findtime < now {
-                        continue;
-                    }
-                    let at = batch.read_at.min(now);
                     for line in &batch.lines {
-                        match jail.on_line(line, at) {
-                            Some(Outcome::Ban(ban)) => bans.push((ban, reason(line))),
-                            Some(Outcome::Ignored) => {
-                                tracing::debug!(
-                                    jail = jail.name(),
-                                    line = line.as_str(),
-                                    "ignored address"
-                                )
+                        let Some(hit) = jail.config().filter.find(line) else {
+                            continue;
+                        };
+                        let Some(at) = failure_time(jail.config(), batch, line, now) else {
+                            continue;
+                        };
+                        match jail.record(hit.addr, at) {
+                            Outcome::Ban(ban) => bans.push((ban, reason(line))),
+                            Outcome::Counted { .. } => {}
+                            Outcome::Ignored => {
+                                tracing::debug!(jail = jail.name(), line, "ignored address");
+                                continue;
                             }
-                            Some(Outcome::Counted { .. }) | None => {}
                         }
+                        touched.insert((j, jail.key_of(hit.addr)));
                     }
                 }
             }
@@ -423,20 +478,70 @@ impl Daemon {
             self.enforce(bans, now);
         }
         // Only once their lines are processed, so a crash re-reads rather than skips.
-        self.save_positions(batches);
+        self.save_round(batches, &touched);
     }
 
-    /// Saves where each source of `batches` resumes (the last position per source).
-    fn save_positions(&mut self, batches: &[LineBatch]) {
+    /// Saves, in one transaction, where each source of `batches` resumes (its last position)
+    /// and the failure windows its lines changed.
+    fn save_round(&mut self, batches: &[LineBatch], touched: &HashSet<(usize, IpAddr)>) {
         let mut last: HashMap<&str, &str> = HashMap::new();
         for (key, position) in batches.iter().filter_map(|b| b.resume.as_ref()) {
             last.insert(key, position);
         }
-        for (key, position) in last {
-            if let Err(e) = self.store.save_position(key, position) {
-                tracing::error!(error = %e, source = key, "saving the source position");
+        let positions: Vec<(&str, &str)> = last.into_iter().collect();
+        let windows: Vec<Window> = touched
+            .iter()
+            .map(|&(j, addr)| Window {
+                jail: self.jails[j].name(),
+                addr,
+                times: self.jails[j].window(addr),
+            })
+            .collect();
+        if positions.is_empty() && windows.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.save_round(&positions, &windows) {
+            tracing::error!(error = %e, "saving source positions and failures");
+        }
+    }
+
+    /// Deletes the saved failures of addresses the jails forgot (after a ban or unban).
+    fn forget_saved(&mut self, forgotten: &[(usize, Vec<IpAddr>)]) {
+        let windows: Vec<Window> = forgotten
+            .iter()
+            .flat_map(|(j, addrs)| {
+                addrs.iter().map(|&addr| Window {
+                    jail: self.jails[*j].name(),
+                    addr,
+                    times: &[],
+                })
+            })
+            .collect();
+        if windows.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.save_round(&[], &windows) {
+            tracing::error!(error = %e, "forgetting saved failures");
+        }
+    }
+
+    /// Gives the jails back the failures saved before a restart.
+    fn restore_failures(&mut self, now: SystemTime) {
+        let saved = match self.store.failures() {
+            Ok(saved) => saved,
+            Err(e) => {
+                tracing::error!(error = %e, "reading saved failures: counting starts from zero");
+                return;
+            }
+        };
+        let mut restored = 0;
+        for (name, addr, times) in saved {
+            if let Some(jail) = self.jails.iter_mut().find(|j| j.name() == name) {
+                jail.restore(addr, times, now);
+                restored += 1;
             }
         }
+        tracing::info!(addresses = restored, "failure windows restored");
     }
 
     /// Escalates, writes (one batch) and records bans, then any recidive bans they cause.
@@ -617,6 +722,15 @@ impl Daemon {
             Ok(n) => tracing::debug!(rows = n, "state store purged"),
             Err(e) => tracing::error!(error = %e, "purging the state store"),
         }
+        let windows: Vec<(&str, u32)> = self
+            .jails
+            .iter()
+            .map(|j| (j.name(), j.window_start_at(now)))
+            .collect();
+        match self.store.purge_failures(&windows) {
+            Ok(n) => tracing::debug!(rows = n, "expired failures purged"),
+            Err(e) => tracing::error!(error = %e, "purging saved failures"),
+        }
     }
 
     /// Writes bans; if the kernel lost our table or sets, restores the layout and retries once.
@@ -651,7 +765,8 @@ impl Daemon {
         }
         if self.sources.task.is_finished() {
             tracing::error!("log file sources stopped; restarting them");
-            match FileFollower::new(&self.sources.routing.files) {
+            let resume = file_resume(&self.store, self.sources.readback);
+            match FileFollower::new(&self.sources.routing.files, &resume) {
                 Ok(follower) => {
                     let tx = self.sources.tx.clone();
                     self.sources.task = tokio::spawn(source::run_files(follower, tx));
@@ -685,7 +800,12 @@ impl Daemon {
             self.sources.routing.routes = routes.clone();
             None
         } else {
-            match Sources::start(routing, self.sources.tx.clone(), &self.store, &config.jails) {
+            match Sources::start(
+                routing,
+                config.daemon.readback,
+                &self.store,
+                &config.jails,
+            ) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     return Response::Error {
@@ -838,7 +958,8 @@ impl Daemon {
             b.time = time;
         }
         self.commit(&stored).map_err(Self::firewall_error)?;
-        self.jails[j].forget(&target);
+        let forgotten = self.jails[j].forget(&target);
+        self.forget_saved(&[(j, forgotten)]);
         let time = stored.first().map_or(BanTime::Permanent, |b| b.time);
         tracing::info!(jail, address = %target, bantime = %time, "manual ban");
         Ok(Response::Banned {
@@ -891,12 +1012,14 @@ impl Daemon {
         if let Err(e) = self.store.remove(&items) {
             tracing::error!(error = %e, "removing unbanned addresses from the state store");
         }
+        let mut forgotten = Vec::new();
         for b in bans {
-            for jail in &mut self.jails {
-                jail.forget(&b.address);
+            for (j, jail) in self.jails.iter_mut().enumerate() {
+                forgotten.push((j, jail.forget(&b.address)));
             }
             tracing::info!(jail = b.jail.as_str(), address = %b.address, "unban");
         }
+        self.forget_saved(&forgotten);
         Ok(())
     }
 

@@ -18,6 +18,7 @@ use crate::addr::IpNet;
 use crate::duration::{BanTime, parse_duration};
 use crate::filter::{Builtin, Filter, Pattern};
 use crate::firewall::{JailRules, PortRange, Protocol};
+use crate::filter::date::Dates;
 use crate::source::journal::JournalSpec;
 use raw::{DurationValue, PortValue, RawConfig, RawEscalation, RawJail, RawPrefixLens};
 
@@ -86,6 +87,9 @@ pub struct DaemonConfig {
     pub read_group: Option<Group>,
     /// How long the ban history is kept.
     pub history: Duration,
+    /// On the first start, read the existing lines of each source back to its jails' findtime
+    /// (dated lines only), so that an attack in progress is counted.
+    pub readback: bool,
 }
 
 /// Longer bans for addresses banned before (fail2ban's `bantime.increment`).
@@ -161,6 +165,9 @@ pub struct JailConfig {
     /// A recidive jail reads no log: its failures are the bans of the other jails, counted from
     /// the ban history, and its ban covers every port unless `ports` says otherwise.
     pub recidive: bool,
+    /// Reads the timestamps of this jail's log lines (`logtimezone`: the zone of dates that
+    /// carry none; the system's by default).
+    pub dates: Dates,
 }
 
 impl JailConfig {
@@ -313,6 +320,7 @@ impl Context<'_> {
             admin_group: None,
             read_group: None,
             history: DEFAULT_HISTORY,
+            readback: raw.daemon.readback.as_ref().is_none_or(|v| *v.get_ref()),
         };
         let mut daemon = daemon;
         daemon.admin_group = self.group(&raw.daemon.admin_group, "daemon.admin_group");
@@ -551,6 +559,23 @@ impl Context<'_> {
             Some((v, k)) => self.escalation(v, &k),
             None => None,
         };
+        let dates = match pick!(logtimezone) {
+            Some((v, k)) => match Dates::zone(v.get_ref()) {
+                Some(tz) => Dates::new(tz),
+                None => {
+                    self.error(
+                        v.span(),
+                        k,
+                        format!(
+                            "{:?} is not a time zone (an IANA name such as \"Europe/Berlin\", \"UTC\" or an offset such as \"+01:00\")",
+                            v.get_ref()
+                        ),
+                    );
+                    Dates::default()
+                }
+            },
+            None => Dates::default(),
+        };
         Some(JailConfig {
             name: name.to_owned(),
             filter_name,
@@ -572,6 +597,7 @@ impl Context<'_> {
             count_by_prefix,
             escalation,
             recidive,
+            dates,
         })
     }
 

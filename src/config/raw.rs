@@ -26,6 +26,7 @@ pub struct RawDaemon {
     pub admin_group: Option<Spanned<String>>,
     pub read_group: Option<Spanned<String>>,
     pub history: Option<Spanned<DurationValue>>,
+    pub readback: Option<Spanned<bool>>,
 }
 
 /// A jail, or the `[defaults]` every jail inherits from.
@@ -52,6 +53,7 @@ pub struct RawJail {
     pub recidive: Option<Spanned<bool>>,
     pub journal: Option<Spanned<RawJournal>>,
     pub source: Option<Spanned<String>>,
+    pub logtimezone: Option<Spanned<String>>,
 }
 
 /// `journal = { matches = ["_SYSTEMD_UNIT=ssh.service"], directory = "/path" }`.

@@ -4,6 +4,7 @@
 //! with `<HOST>` (or `<ADDR>`), plus `ignoreregex` patterns that veto a match.
 //! **Invariant:** this module does no I/O and never panics on any input line.
 
+pub mod date;
 mod builtin;
 mod file;
 mod report;

@@ -106,11 +106,7 @@ impl Jail {
         if self.ignores(&IpNet::host(addr)) {
             return Outcome::Ignored;
         }
-        let key = if self.config.count_by_prefix {
-            self.ban_net(addr).addr()
-        } else {
-            IpNet::host(addr).addr()
-        };
+        let key = self.key_of(addr);
         let now = unix_secs(at);
         let window_start = self.window_start(now);
         let times = self.failures.entry(key).or_default();
@@ -129,6 +125,37 @@ impl Jail {
             self.evict(now);
         }
         Outcome::Counted { count }
+    }
+
+    /// The address `addr`'s failures are counted under: itself, or with `count_by_prefix` the
+    /// first address of its ban prefix.
+    pub fn key_of(&self, addr: IpAddr) -> IpAddr {
+        if self.config.count_by_prefix {
+            self.ban_net(addr).addr()
+        } else {
+            addr
+        }
+    }
+
+    /// The failure times (Unix seconds, oldest first) counted under `key`.
+    pub fn window(&self, key: IpAddr) -> &[u32] {
+        self.failures.get(&key).map_or(&[], Vec::as_slice)
+    }
+
+    /// Puts back failures saved before a restart; those outside the window at `now` are gone.
+    pub fn restore(&mut self, key: IpAddr, mut times: Vec<u32>, now: SystemTime) {
+        let window_start = self.window_start(unix_secs(now));
+        times.retain(|t| *t > window_start);
+        times.sort_unstable();
+        if !times.is_empty() {
+            self.failures.insert(key, times);
+        }
+    }
+
+    /// Where the window of a jail starts at `now` (Unix seconds; failures at or before it are
+    /// out).
+    pub fn window_start_at(&self, now: SystemTime) -> u32 {
+        self.window_start(unix_secs(now))
     }
 
     fn window_start(&self, now: u32) -> u32 {
@@ -162,8 +189,18 @@ impl Jail {
     }
 
     /// Forgets the failures of addresses inside `net` (after a manual ban or unban).
-    pub fn forget(&mut self, net: &IpNet) {
-        self.failures.retain(|addr, _| !net.contains(*addr));
+    /// Returns the addresses forgotten.
+    pub fn forget(&mut self, net: &IpNet) -> Vec<IpAddr> {
+        let gone: Vec<IpAddr> = self
+            .failures
+            .keys()
+            .filter(|addr| net.contains(**addr))
+            .copied()
+            .collect();
+        for addr in &gone {
+            self.failures.remove(addr);
+        }
+        gone
     }
 
     /// Drops windows whose every failure is older than `findtime`.

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use systemd::journal::{Journal, OpenDirectoryOptions, OpenOptions};
 use tokio::sync::mpsc;
 
-use super::{LineBatch, SourceError};
+use super::{LineBatch, SourceError, Timing};
 
 /// Entries handed over at most per batch.
 const BATCH: usize = 512;
@@ -190,6 +190,7 @@ fn follow(
                 sources: vec![source],
                 lines: Vec::new(),
                 read_at: at,
+                timing: Timing::Stamped,
                 resume: None,
             });
             b.lines.push(text);

@@ -1,19 +1,27 @@
-//! Sources: where log lines come from. Today: files followed with inotify.
+//! Sources: where log lines come from: files followed with inotify, and the journal.
 //!
-//! A followed file is read from its end when the daemon starts (a file that appears later is
-//! read from its start). Rename rotation is survived: the old file is read to its end when the
-//! new one appears at the path, so no line is lost between the two. A line is only emitted
-//! once its newline arrived; invalid UTF-8 is replaced, never dropped; an over-long line is cut.
+//! A followed file resumes where the daemon left it: its position (device, inode, offset and
+//! a hash of its first line) is saved in the state store once its lines were processed, so
+//! after a restart no line is read twice and none is skipped, even when the file was rotated
+//! meanwhile (the old file is found by its inode and read to its end first) or truncated. On
+//! the very first start a file is read back from at most its last [`READBACK_LIMIT`] bytes
+//! (only dated lines inside findtime count); without read-back it is read from its end. A file
+//! that appears later is read from its start.
+//!
+//! Rename rotation is survived live too: the old file is read to its end when the new one
+//! appears at the path. Copytruncate is noticed by the size shrinking or the first line
+//! changing. A line is only emitted once its newline arrived; invalid UTF-8 is replaced, never
+//! dropped; an over-long line is cut. A missing file or directory is waited for.
 
 pub mod journal;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask, Watches};
@@ -21,6 +29,29 @@ use tokio::sync::mpsc;
 
 /// Longest line passed on; the rest of a longer line is dropped with a warning.
 pub const MAX_LINE: usize = 64 * 1024;
+/// Most bytes read from one file in one go (bounds memory while catching up).
+const MAX_READ: u64 = 1024 * 1024;
+/// How much of an existing file the first start reads back.
+pub const READBACK_LIMIT: u64 = 16 * 1024 * 1024;
+/// How much of a file's first line identifies it.
+const HEAD: usize = 256;
+/// How often missing directories and files are looked for again (inotify reports new files
+/// in watched directories at once; this finds directories that appear later).
+const RESCAN_EVERY: Duration = Duration::from_secs(5);
+
+/// How a batch's lines are dated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timing {
+    /// Read as they were written: `read_at` is their time.
+    Live,
+    /// Written while the daemon was not reading them (after a restart, or a file that
+    /// appeared with content): a line's own timestamp if it has one, else `read_at`.
+    CatchUp,
+    /// Existing lines read back on the first start: only lines with a timestamp count.
+    ReadBack,
+    /// `read_at` is the lines' own time (journal entries).
+    Stamped,
+}
 
 /// Lines read in one go from one file, for the sources (logpath patterns) it matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +59,9 @@ pub struct LineBatch {
     /// Indexes of the sources (logpath patterns, then journals) these lines come from.
     pub sources: Vec<usize>,
     pub lines: Vec<String>,
-    /// When the lines were written: read time for files, the entries' time for the journal.
+    /// When the lines were read (files) or written (journal entries).
     pub read_at: SystemTime,
+    pub timing: Timing,
     /// Where to resume after these lines (a source key and its position), saved once they
     /// have been processed.
     pub resume: Option<(String, String)>,
@@ -46,18 +78,210 @@ pub enum SourceError {
     Journal { source_key: String, message: String },
 }
 
+/// The state-store key of the position of the file at `path`.
+pub fn position_key(path: &Path) -> String {
+    format!("file:{}", path.display())
+}
+
+/// Which file a saved position belongs to, and where reading goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilePosition {
+    pub dev: u64,
+    pub ino: u64,
+    /// The next unread byte.
+    pub offset: u64,
+    pub head: Head,
+}
+
+impl FilePosition {
+    /// `dev:ino:offset:head_len:head_hash`, as kept in the state store.
+    pub fn encode(&self) -> String {
+        format!(
+            "{}:{}:{}:{}:{:016x}",
+            self.dev, self.ino, self.offset, self.head.len, self.head.hash
+        )
+    }
+
+    pub fn decode(text: &str) -> Option<FilePosition> {
+        let mut parts = text.split(':');
+        let mut next = || parts.next();
+        let position = FilePosition {
+            dev: next()?.parse().ok()?,
+            ino: next()?.parse().ok()?,
+            offset: next()?.parse().ok()?,
+            head: Head {
+                len: next()?.parse().ok()?,
+                hash: u64::from_str_radix(next()?, 16).ok()?,
+            },
+        };
+        next().is_none().then_some(position)
+    }
+}
+
+/// The length and FNV-1a hash of a file's first line (at most [`HEAD`] bytes of it): what
+/// tells a file truncated and rewritten from the same file grown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Head {
+    pub len: u32,
+    pub hash: u64,
+}
+
+impl Head {
+    fn of(file: &File) -> io::Result<Head> {
+        let mut buf = [0u8; HEAD];
+        let n = read_full_at(file, &mut buf)?;
+        let bytes = &buf[..n];
+        let bytes = match bytes.iter().position(|b| *b == b'\n') {
+            Some(nl) => &bytes[..=nl],
+            None => bytes,
+        };
+        Ok(Head {
+            len: u32::try_from(bytes.len()).unwrap_or(0),
+            hash: fnv1a(bytes),
+        })
+    }
+
+    /// Whether `file` still starts with these bytes.
+    fn matches(&self, file: &File) -> io::Result<bool> {
+        let mut buf = [0u8; HEAD];
+        let len = usize::try_from(self.len).unwrap_or(HEAD).min(HEAD);
+        let n = read_full_at(file, &mut buf[..len])?;
+        Ok(n == len && fnv1a(&buf[..n]) == self.hash)
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Reads from offset 0 until `buf` is full or the file ends; returns the bytes read.
+fn read_full_at(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Where following starts on this run.
+#[derive(Debug, Default, Clone)]
+pub struct Resume {
+    /// Saved positions, by [`position_key`].
+    pub saved: HashMap<String, FilePosition>,
+    /// A file without a saved position is read back (true) or read from its end (false).
+    pub readback: bool,
+}
+
 struct Spec {
     pattern: glob::Pattern,
     dir: PathBuf,
 }
 
-/// One open file being followed.
+/// One open file being followed (or a rotated one being finished).
 struct Followed {
+    /// The name it is followed under (its position key), even once rotated away.
     path: PathBuf,
     file: File,
+    dev: u64,
+    ino: u64,
     pos: u64,
+    head: Head,
+    /// Lines before this offset were not read live.
+    catch_up_to: u64,
+    early: Timing,
     sources: Vec<usize>,
     splitter: LineSplitter,
+}
+
+impl Followed {
+    fn open(path: &Path, file: File, sources: Vec<usize>) -> io::Result<Followed> {
+        let meta = file.metadata()?;
+        Ok(Followed {
+            path: path.to_owned(),
+            head: Head::of(&file)?,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            pos: 0,
+            catch_up_to: meta.size(),
+            early: Timing::CatchUp,
+            file,
+            sources,
+            splitter: LineSplitter::default(),
+        })
+    }
+
+    fn position(&self) -> FilePosition {
+        FilePosition {
+            dev: self.dev,
+            ino: self.ino,
+            offset: self.pos,
+            head: self.head,
+        }
+    }
+
+    /// Reads at most [`MAX_READ`] appended bytes; `Ok(None)` when nothing new was there.
+    fn read(&mut self) -> io::Result<Option<LineBatch>> {
+        let size = self.file.metadata()?.size();
+        if size < self.pos || !self.head.matches(&self.file)? {
+            tracing::warn!(path = %self.path.display(), "log file was truncated: reading from its start");
+            self.pos = 0;
+            self.catch_up_to = 0;
+            self.splitter = LineSplitter::default();
+        }
+        if (self.head.len as usize) < HEAD {
+            self.head = Head::of(&self.file)?;
+        }
+        let mut end = size.min(self.pos + MAX_READ);
+        let timing = if self.pos < self.catch_up_to {
+            end = end.min(self.catch_up_to);
+            self.early
+        } else {
+            Timing::Live
+        };
+        if end <= self.pos {
+            return Ok(None);
+        }
+        let mut chunk = vec![0u8; usize::try_from(end - self.pos).unwrap_or(0)];
+        let mut n = 0;
+        while n < chunk.len() {
+            match self.file.read_at(&mut chunk[n..], self.pos + n as u64) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.pos += n as u64;
+        let mut lines = Vec::new();
+        self.splitter.feed(&chunk[..n], &mut lines);
+        if lines.is_empty() {
+            return Ok(None);
+        }
+        // The position saved is that of the last complete line: a partial one is read again.
+        let mut position = self.position();
+        position.offset -= self.splitter.pending() as u64;
+        Ok(Some(LineBatch {
+            sources: self.sources.clone(),
+            lines,
+            read_at: SystemTime::now(),
+            timing,
+            resume: Some((position_key(&self.path), position.encode())),
+        }))
+    }
+
+    /// Whether bytes are waiting to be read (after a read bounded by [`MAX_READ`]).
+    fn behind(&self) -> bool {
+        self.file
+            .metadata()
+            .is_ok_and(|m| m.size() > self.pos)
+    }
 }
 
 /// Splits bytes into lines, holding a partial last line until its newline arrives.
@@ -99,6 +323,19 @@ impl LineSplitter {
             self.discarding = true;
         }
     }
+
+    /// Bytes of a line still waiting for its newline.
+    pub fn pending(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// Starts in the middle of a line: skip to its end.
+    fn skipping() -> LineSplitter {
+        LineSplitter {
+            partial: Vec::new(),
+            discarding: true,
+        }
+    }
 }
 
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
@@ -117,6 +354,11 @@ pub struct FileFollower {
     specs: Vec<Spec>,
     dirs: HashMap<WatchDescriptor, PathBuf>,
     files: HashMap<WatchDescriptor, Followed>,
+    /// Files rotated away (or deleted) that are read to their end before anything else.
+    finishing: VecDeque<Followed>,
+    /// Followed files with bytes left after a bounded read.
+    behind: VecDeque<WatchDescriptor>,
+    rescan: tokio::time::Interval,
 }
 
 const DIR_MASK: WatchMask = WatchMask::CREATE.union(WatchMask::MOVED_TO);
@@ -125,19 +367,26 @@ const FILE_MASK: WatchMask = WatchMask::MODIFY
     .union(WatchMask::DELETE_SELF);
 
 impl FileFollower {
-    /// Starts following: existing files are positioned at their end. Needs a tokio runtime.
-    pub fn new(patterns: &[String]) -> Result<FileFollower, SourceError> {
+    /// Starts following, each existing file from its saved position, read back or from its
+    /// end (see [`Resume`]). Needs a tokio runtime.
+    pub fn new(patterns: &[String], resume: &Resume) -> Result<FileFollower, SourceError> {
         let inotify = Inotify::init().map_err(SourceError::Inotify)?;
         let watches = inotify.watches();
         let events = inotify
             .into_event_stream(vec![0u8; 16 * 1024])
             .map_err(SourceError::Inotify)?;
+        let mut rescan =
+            tokio::time::interval_at(tokio::time::Instant::now() + RESCAN_EVERY, RESCAN_EVERY);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut follower = FileFollower {
             events,
             watches,
             specs: Vec::new(),
             dirs: HashMap::new(),
             files: HashMap::new(),
+            finishing: VecDeque::new(),
+            behind: VecDeque::new(),
+            rescan,
         };
         for pattern in patterns {
             let path = Path::new(pattern);
@@ -154,23 +403,47 @@ impl FileFollower {
                 dir: dir.to_owned(),
             });
         }
-        let dirs: Vec<PathBuf> = follower.specs.iter().map(|s| s.dir.clone()).collect();
-        for dir in dirs {
-            match follower.watches.add(&dir, DIR_MASK) {
-                Ok(wd) => {
-                    follower.dirs.insert(wd, dir);
-                }
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch log directory")
-                }
-            }
-        }
-        for pattern in patterns {
-            for path in glob::glob(pattern).into_iter().flatten().flatten() {
-                follower.open(&path, true);
+        follower.watch_dirs();
+        for path in follower.matching_files() {
+            if let Err(e) = follower.start(&path, resume) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot follow log file");
             }
         }
         Ok(follower)
+    }
+
+    /// Watches the directories of the patterns that are not watched yet.
+    fn watch_dirs(&mut self) {
+        let missing: Vec<PathBuf> = self
+            .specs
+            .iter()
+            .map(|s| s.dir.clone())
+            .filter(|d| !self.dirs.values().any(|w| w == d))
+            .collect();
+        for dir in missing {
+            match self.watches.add(&dir, DIR_MASK) {
+                Ok(wd) => {
+                    self.dirs.insert(wd, dir);
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch log directory (yet)")
+                }
+            }
+        }
+    }
+
+    fn matching_files(&self) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = self
+            .specs
+            .iter()
+            .filter_map(|s| glob::glob(s.pattern.as_str()).ok())
+            .flatten()
+            .flatten()
+            .filter(|p| p.is_file())
+            .collect();
+        paths.sort();
+        paths.dedup();
+        paths
     }
 
     fn sources_of(&self, path: &Path) -> Vec<usize> {
@@ -182,77 +455,171 @@ impl FileFollower {
             .collect()
     }
 
-    fn open(&mut self, path: &Path, at_end: bool) -> Option<LineBatch> {
+    /// Follows a file present at start.
+    fn start(&mut self, path: &Path, resume: &Resume) -> io::Result<()> {
         let sources = self.sources_of(path);
-        if sources.is_empty() || !path.is_file() {
+        let mut f = Followed::open(path, File::open(path)?, sources)?;
+        let size = f.catch_up_to;
+        match resume.saved.get(&position_key(path)) {
+            Some(saved) => self.resume_from(&mut f, saved),
+            None if resume.readback => {
+                f.early = Timing::ReadBack;
+                if size > READBACK_LIMIT {
+                    f.pos = size - READBACK_LIMIT;
+                    let mut before = [0u8; 1];
+                    f.file.read_exact_at(&mut before, f.pos - 1)?;
+                    if before[0] != b'\n' {
+                        f.splitter = LineSplitter::skipping();
+                    }
+                }
+            }
+            None => f.pos = size,
+        }
+        tracing::info!(path = %path.display(), offset = f.pos, "following");
+        self.watch(f);
+        Ok(())
+    }
+
+    /// Positions a file present at start after what was read of it before the restart.
+    fn resume_from(&mut self, f: &mut Followed, saved: &FilePosition) {
+        let grown_from = |f: &Followed| {
+            f.catch_up_to >= saved.offset && saved.head.matches(&f.file).unwrap_or(false)
+        };
+        if (f.dev, f.ino) == (saved.dev, saved.ino) {
+            if grown_from(f) {
+                f.pos = saved.offset;
+            } else {
+                tracing::warn!(path = %f.path.display(), "log file was truncated while stopped: reading it from its start");
+            }
+        } else if let Some(old) = self.find_rotated(f, saved) {
+            tracing::info!(path = %f.path.display(), "log file was rotated while stopped: reading the old file to its end first");
+            self.finishing.push_back(old);
+        } else if grown_from(f) {
+            // The same content under a new inode (copied back, restored): go on.
+            f.pos = saved.offset;
+        } else {
+            tracing::warn!(path = %f.path.display(), "log file was replaced while stopped and the old one is gone: reading the new one from its start");
+        }
+    }
+
+    /// The file `saved` points at, renamed in the same directory (`auth.log.1`).
+    fn find_rotated(&self, f: &Followed, saved: &FilePosition) -> Option<Followed> {
+        let dir = f.path.parent().filter(|d| !d.as_os_str().is_empty())?;
+        let entry = std::fs::read_dir(dir).ok()?.flatten().find(|e| {
+            e.metadata()
+                .is_ok_and(|m| m.is_file() && (m.dev(), m.ino()) == (saved.dev, saved.ino))
+        })?;
+        let mut old = Followed::open(&f.path, File::open(entry.path()).ok()?, f.sources.clone())
+            .ok()?;
+        if old.catch_up_to < saved.offset || !saved.head.matches(&old.file).ok()? {
             return None;
         }
-        let mut file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot open log file");
-                return None;
-            }
-        };
-        let pos = if at_end {
-            file.seek(SeekFrom::End(0)).unwrap_or(0)
-        } else {
-            0
-        };
-        let wd = match self.watches.add(path, FILE_MASK) {
+        old.pos = saved.offset;
+        Some(old)
+    }
+
+    /// Watches a file and queues it for reading.
+    fn watch(&mut self, f: Followed) {
+        let wd = match self.watches.add(&f.path, FILE_MASK) {
             Ok(wd) => wd,
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot watch log file");
-                return None;
+                tracing::warn!(path = %f.path.display(), error = %e, "cannot watch log file");
+                return;
             }
         };
-        tracing::info!(path = %path.display(), from = if at_end { "end" } else { "start" }, "following");
-        let followed = Followed {
-            path: path.to_owned(),
-            file,
-            pos,
-            sources,
-            splitter: LineSplitter::default(),
-        };
-        if let Some(mut old) = self.files.insert(wd.clone(), followed) {
-            // Same inode under a new name: keep the old position.
-            if let Some(new) = self.files.get_mut(&wd) {
-                new.pos = old.pos;
-                new.splitter = std::mem::take(&mut old.splitter);
-            }
+        if let Some(old) = self.files.get(&wd) {
+            // The same inode under a second name: it is followed already.
+            tracing::debug!(path = %f.path.display(), already = %old.path.display(), "same file");
+            return;
         }
-        self.read(&wd)
+        self.files.insert(wd.clone(), f);
+        self.behind.push_back(wd);
     }
 
-    /// Reads what was appended to a followed file since the last read.
+    /// Follows a file that appeared after start, from its start.
+    fn appeared(&mut self, path: &Path) {
+        let sources = self.sources_of(path);
+        if sources.is_empty() || !path.is_file() {
+            return;
+        }
+        match File::open(path).and_then(|file| Followed::open(path, file, sources)) {
+            Ok(f) => {
+                tracing::info!(path = %path.display(), "following new log file from its start");
+                self.watch(f);
+            }
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot open log file"),
+        }
+    }
+
+    /// Reads the next chunk of a followed file.
     fn read(&mut self, wd: &WatchDescriptor) -> Option<LineBatch> {
         let f = self.files.get_mut(wd)?;
-        let mut lines = Vec::new();
-        if let Err(e) = read_appended(f, &mut lines) {
-            tracing::warn!(path = %f.path.display(), error = %e, "reading log file failed");
+        let batch = match f.read() {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(path = %f.path.display(), error = %e, "reading log file failed");
+                None
+            }
+        };
+        if f.behind() && !self.behind.contains(wd) {
+            self.behind.push_back(wd.clone());
         }
-        (!lines.is_empty()).then(|| LineBatch {
-            sources: f.sources.clone(),
-            lines,
-            read_at: SystemTime::now(),
-            resume: None,
-        })
+        batch
     }
 
-    /// Waits for the next change and returns the lines it brought.
+    /// Waits for the next lines.
     pub async fn next(&mut self) -> Result<Vec<LineBatch>, SourceError> {
         loop {
-            let event = match self.events.next().await {
-                Some(event) => event.map_err(SourceError::Inotify)?,
-                None => {
-                    return Err(SourceError::Inotify(io::Error::other(
-                        "inotify stream ended",
-                    )));
+            if let Some(old) = self.finishing.front_mut() {
+                match old.read() {
+                    Ok(Some(batch)) => return Ok(vec![batch]),
+                    Ok(None) if old.behind() => {}
+                    Ok(None) => {
+                        tracing::info!(path = %old.path.display(), "rotated file read to its end");
+                        self.finishing.pop_front();
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %old.path.display(), error = %e, "reading a rotated file failed");
+                        self.finishing.pop_front();
+                    }
+                }
+                continue;
+            }
+            if let Some(wd) = self.behind.pop_front() {
+                if let Some(batch) = self.read(&wd) {
+                    return Ok(vec![batch]);
+                }
+                continue;
+            }
+            let out = tokio::select! {
+                event = self.events.next() => {
+                    let event = match event {
+                        Some(event) => event.map_err(SourceError::Inotify)?,
+                        None => {
+                            return Err(SourceError::Inotify(io::Error::other(
+                                "inotify stream ended",
+                            )));
+                        }
+                    };
+                    self.handle(event.wd, event.mask, event.name)
+                }
+                _ = self.rescan.tick() => {
+                    self.rescan();
+                    Vec::new()
                 }
             };
-            let out = self.handle(event.wd, event.mask, event.name);
             if !out.is_empty() {
                 return Ok(out);
+            }
+        }
+    }
+
+    /// Looks again for directories that could not be watched and files not followed yet.
+    fn rescan(&mut self) {
+        self.watch_dirs();
+        for path in self.matching_files() {
+            if !self.files.values().any(|f| f.path == path) {
+                self.appeared(&path);
             }
         }
     }
@@ -263,14 +630,19 @@ impl FileFollower {
         mask: EventMask,
         name: Option<OsString>,
     ) -> Vec<LineBatch> {
+        if mask.contains(EventMask::Q_OVERFLOW) {
+            tracing::warn!("inotify queue overflowed: reading every file");
+            self.behind.extend(self.files.keys().cloned());
+            self.rescan();
+            return Vec::new();
+        }
         if let Some(dir) = self.dirs.get(&wd) {
             let Some(name) = name else { return Vec::new() };
             let path = dir.join(name);
             if !mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
                 return Vec::new();
             }
-            // A new file at a followed path: finish the old one (rotation), then read the new.
-            let mut out = Vec::new();
+            // A new file at a followed path: the old one is finished first (rotation).
             let old: Vec<WatchDescriptor> = self
                 .files
                 .iter()
@@ -278,49 +650,30 @@ impl FileFollower {
                 .map(|(wd, _)| wd.clone())
                 .collect();
             for old_wd in old {
-                out.extend(self.read(&old_wd));
-                self.forget(old_wd);
+                self.finish(old_wd);
             }
-            out.extend(self.open(&path, false));
-            return out;
+            self.appeared(&path);
+            return Vec::new();
         }
         let mut out = Vec::new();
-        if mask.contains(EventMask::MODIFY) || mask.contains(EventMask::MOVE_SELF) {
+        if mask.intersects(EventMask::MODIFY | EventMask::MOVE_SELF) {
             out.extend(self.read(&wd));
         }
         if mask.intersects(EventMask::DELETE_SELF | EventMask::IGNORED) {
-            out.extend(self.read(&wd));
-            self.files.remove(&wd);
+            self.finish(wd);
         }
         out
     }
 
-    fn forget(&mut self, wd: WatchDescriptor) {
+    /// Stops watching a file and reads it to its end.
+    fn finish(&mut self, wd: WatchDescriptor) {
+        self.behind.retain(|w| *w != wd);
         if let Some(f) = self.files.remove(&wd) {
-            tracing::info!(path = %f.path.display(), "rotated file read to its end");
+            self.finishing.push_back(f);
             if let Err(e) = self.watches.remove(wd) {
-                tracing::debug!(error = %e, "removing watch of a rotated file");
+                tracing::debug!(error = %e, "removing the watch of a finished file");
             }
         }
-    }
-}
-
-fn read_appended(f: &mut Followed, lines: &mut Vec<String>) -> io::Result<()> {
-    let meta = f.file.metadata()?;
-    if meta.size() < f.pos {
-        tracing::warn!(path = %f.path.display(), "log file was truncated: reading from its start");
-        f.pos = 0;
-        f.splitter = LineSplitter::default();
-    }
-    f.file.seek(SeekFrom::Start(f.pos))?;
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.file.read(&mut chunk)?;
-        if n == 0 {
-            return Ok(());
-        }
-        f.pos += n as u64;
-        f.splitter.feed(&chunk[..n], lines);
     }
 }
 

@@ -9,6 +9,7 @@
 //! transaction, never the file. History rows older than `[daemon] history` are purged, so the
 //! file stays bounded.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -76,6 +77,15 @@ impl StoredBan {
 }
 
 /// The SQLite state store.
+/// The failures of one address in one jail's window, as saved.
+#[derive(Debug, Clone, Copy)]
+pub struct Window<'a> {
+    pub jail: &'a str,
+    pub addr: IpAddr,
+    /// Unix seconds, oldest first; empty when the address has no failures left.
+    pub times: &'a [u32],
+}
+
 pub struct Store {
     conn: Connection,
     path: PathBuf,
@@ -170,6 +180,14 @@ impl Store {
                      source TEXT PRIMARY KEY,
                      position TEXT NOT NULL
                  ) WITHOUT ROWID;
+                 -- Failures inside a jail's window (below maxretry), saved with the positions
+                 -- of the lines they came from, so that a restart neither loses nor doubles them.
+                 CREATE TABLE IF NOT EXISTS failures (
+                     jail TEXT NOT NULL,
+                     addr TEXT NOT NULL,
+                     at INTEGER NOT NULL          -- s since the epoch
+                 );
+                 CREATE INDEX IF NOT EXISTS failures_by_addr ON failures (jail, addr);
                  PRAGMA user_version = {SCHEMA_VERSION};"
             ))
             .map_err(|e| self.sql(e))
@@ -375,14 +393,102 @@ impl Store {
             .map_err(|e| self.sql(e))
     }
 
+    /// Every saved position whose source key starts with `prefix`.
+    pub fn positions(&self, prefix: &str) -> Result<Vec<(String, String)>, StateError> {
+        let query = || -> rusqlite::Result<Vec<(String, String)>> {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT source, position FROM positions WHERE substr(source, 1, ?2) = ?1")?;
+            let rows = stmt.query_map(
+                params![prefix, i64::try_from(prefix.len()).unwrap_or(i64::MAX)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            rows.collect()
+        };
+        query().map_err(|e| self.sql(e))
+    }
+
     pub fn save_position(&mut self, source: &str, position: &str) -> Result<(), StateError> {
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO positions (source, position) VALUES (?1, ?2)",
-                [source, position],
-            )
-            .map(drop)
-            .map_err(|e| self.sql(e))
+        self.save_round(&[(source, position)], &[])
+    }
+
+    /// Saves, in one transaction, where sources resume and the failure windows that the lines
+    /// before those positions changed (an empty window deletes the address's failures).
+    pub fn save_round(
+        &mut self,
+        positions: &[(&str, &str)],
+        windows: &[Window<'_>],
+    ) -> Result<(), StateError> {
+        let save = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            {
+                let mut position = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO positions (source, position) VALUES (?1, ?2)",
+                )?;
+                for (source, at) in positions {
+                    position.execute([source, at])?;
+                }
+                let mut clear =
+                    tx.prepare_cached("DELETE FROM failures WHERE jail = ?1 AND addr = ?2")?;
+                let mut add =
+                    tx.prepare_cached("INSERT INTO failures (jail, addr, at) VALUES (?1, ?2, ?3)")?;
+                for window in windows {
+                    let addr = window.addr.to_string();
+                    clear.execute(params![window.jail, addr])?;
+                    for at in window.times {
+                        add.execute(params![window.jail, addr, at])?;
+                    }
+                }
+            }
+            tx.commit()
+        };
+        save(&mut self.conn).map_err(|e| self.sql(e))
+    }
+
+    /// The saved failure windows: (jail, address, failure times in Unix seconds, oldest first).
+    pub fn failures(&self) -> Result<Vec<(String, IpAddr, Vec<u32>)>, StateError> {
+        let query = || -> rusqlite::Result<Vec<(String, String, u32)>> {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT jail, addr, at FROM failures ORDER BY jail, addr, at")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect()
+        };
+        let mut out: Vec<(String, IpAddr, Vec<u32>)> = Vec::new();
+        for (jail, addr, at) in query().map_err(|e| self.sql(e))? {
+            let Ok(addr) = addr.parse::<IpAddr>() else {
+                continue;
+            };
+            match out.last_mut() {
+                Some((j, a, times)) if *j == jail && *a == addr => times.push(at),
+                _ => out.push((jail, addr, vec![at])),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops failures older than their jail's window start, and those of jails not listed.
+    pub fn purge_failures(&mut self, windows: &[(&str, u32)]) -> Result<usize, StateError> {
+        let purge = |conn: &mut Connection| -> rusqlite::Result<usize> {
+            let tx = conn.transaction()?;
+            let mut n = 0;
+            let jails: Vec<String> = tx
+                .prepare("SELECT DISTINCT jail FROM failures")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for jail in jails {
+                n += match windows.iter().find(|(j, _)| *j == jail) {
+                    Some((_, start)) => tx.execute(
+                        "DELETE FROM failures WHERE jail = ?1 AND at <= ?2",
+                        params![jail, start],
+                    )?,
+                    None => tx.execute("DELETE FROM failures WHERE jail = ?1", [jail])?,
+                };
+            }
+            tx.commit()?;
+            Ok(n)
+        };
+        purge(&mut self.conn).map_err(|e| self.sql(e))
     }
 }
 

@@ -179,11 +179,11 @@ pub fn append(path: &Path, lines: &[String]) {
     f.write_all(text.as_bytes()).unwrap();
 }
 
+/// `n` failure lines of `addr`, dated now (as a logger writes them).
 pub fn failures(addr: &str, n: usize) -> Vec<String> {
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ");
     (0..n)
-        .map(|i| {
-            format!("2026-11-21T10:00:0{i}Z app: login failed for admin from {addr} port 4{i}")
-        })
+        .map(|i| format!("{now} app: login failed for admin from {addr} port 4{i}"))
         .collect()
 }
 

@@ -376,3 +376,89 @@ fn sd_notify_ready_only_once_bans_are_restored_then_watchdog_pings() {
         last = notification(&sock);
     }
 }
+
+fn tracked(daemon: &Daemon) -> u64 {
+    let s: serde_json::Value =
+        serde_json::from_str(&daemon.ok(&["status", "web", "--json"])).unwrap();
+    s[0]["tracked"].as_u64().unwrap()
+}
+
+/// Counting goes on across restarts exactly as in an uninterrupted run: the ban comes with the
+/// 5th failure, not earlier (lines read twice) and not later (failures or lines lost).
+#[test]
+fn restart_resumes_counting_without_rereading_or_losing() {
+    let Some(()) = netns::enter("restart_resumes_counting_without_rereading_or_losing") else {
+        return;
+    };
+    let target = netns::listen("127.0.0.1:0");
+    let mut daemon = Daemon::start("resume", &config(target.port(), "maxretry = 5"));
+    std::fs::write(daemon.scratch.path("web.log"), "").unwrap();
+    let attacker = "127.0.0.2";
+    daemon.append("web.log", &failures(attacker, 2));
+    assert!(netns::eventually(Duration::from_secs(5), || tracked(&daemon) == 1));
+
+    // Killed; one failure is written while it is down: 3 so far.
+    daemon.stop();
+    daemon.append("web.log", &failures(attacker, 1));
+    daemon.restart();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(daemon.banned("web").is_empty(), "banned after 3 failures");
+    assert_eq!(tracked(&daemon), 1);
+    assert!(netns::connects(attacker, target));
+
+    // The 4th while running, killed again, nothing new while down: still 4.
+    daemon.append("web.log", &failures(attacker, 1));
+    std::thread::sleep(Duration::from_millis(300));
+    daemon.stop();
+    daemon.restart();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(daemon.banned("web").is_empty(), "banned after 4 failures");
+
+    // The 5th bans.
+    daemon.append("web.log", &failures(attacker, 1));
+    assert!(
+        netns::eventually(Duration::from_secs(5), || daemon
+            .banned("web")
+            .contains(&attacker.to_owned())),
+        "not banned after the 5th failure: counts were lost across the restarts"
+    );
+    assert!(!netns::connects(attacker, target));
+}
+
+/// The first start reads back the existing log: recent dated failures count, older than
+/// findtime or undated ones do not.
+#[test]
+fn first_start_reads_back_recent_dated_failures_only() {
+    let Some(()) = netns::enter("first_start_reads_back_recent_dated_failures_only") else {
+        return;
+    };
+    let target = netns::listen("127.0.0.1:0");
+    let dir = crate::daemon::Scratch::new("readback-log");
+    let two_hours_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(2);
+    let old = two_hours_ago.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let mut log = Vec::new();
+    for i in 0..3 {
+        log.push(format!(
+            "{old} app: login failed for admin from 127.0.0.3 port 5{i}"
+        ));
+        log.push(format!("app: login failed for admin from 127.0.0.3 port 6{i}"));
+    }
+    log.extend(failures("127.0.0.2", 2));
+    log.extend(failures("127.0.0.3", 1));
+    let path = dir.path("web.log");
+    crate::daemon::append(&path, &log);
+    let config = config(target.port(), "").replace("{dir}/web.log", &path.display().to_string());
+    let daemon = Daemon::start("readback", &config);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        daemon.banned("web").is_empty(),
+        "old or undated failures counted: {:?}",
+        daemon.banned("web")
+    );
+    assert_eq!(tracked(&daemon), 2);
+    crate::daemon::append(&path, &failures("127.0.0.2", 1));
+    assert!(netns::eventually(Duration::from_secs(5), || daemon
+        .banned("web")
+        .contains(&"127.0.0.2".to_owned())));
+    assert!(netns::connects("127.0.0.3", target));
+}

@@ -1,0 +1,607 @@
+//! Timestamps in log lines, in the formats loggers write, found at the start of a line.
+//!
+//! Only the line's prefix is searched: the logger writes its timestamp before any
+//! attacker-controlled text, so a date hidden in a user name or URL is never taken for the
+//! line's time. Apache and nginx access logs are the exception the formats allow for: their
+//! date follows the client address, the identity and the user, `[21/Nov/2026:10:00:00 +0100]`.
+//!
+//! A date without a zone is read in the log's time zone (the system's unless configured); a
+//! date without a year (BSD syslog) takes the year that puts it at most a day after "now", so
+//! `Dec 31 23:59:59` read on the 1st of January belongs to the year before.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use jiff::Timestamp;
+use jiff::civil::DateTime;
+use jiff::tz::{Offset, TimeZone};
+
+/// How far into a JSON line the logger's timestamp key is looked for.
+const JSON_SCAN: usize = 256;
+/// How far into an access log line its bracketed date is looked for.
+const CLF_SCAN: usize = 512;
+
+/// The date formats recognised automatically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Format {
+    /// `2026-11-21T10:00:00.123+01:00`, `2026-11-21 10:00:00`, RFC 3339, RFC 5424, journal.
+    Iso8601,
+    /// `2026/11/21 10:00:00` (nginx error log).
+    Slashed,
+    /// `Nov 21 10:00:00`, year inferred; also with a weekday and a trailing year (ctime).
+    Syslog,
+    /// `[21/Nov/2026:10:00:00 +0100]` (Apache and nginx access logs).
+    Clf,
+    /// Unix seconds, optionally with a fraction: `1763719200.123`.
+    Epoch,
+    /// Unix milliseconds: `1763719200123`.
+    EpochMillis,
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Iso8601 => "ISO 8601 (YYYY-MM-DD hh:mm:ss)",
+            Format::Slashed => "YYYY/MM/DD hh:mm:ss",
+            Format::Syslog => "syslog (Mon DD hh:mm:ss)",
+            Format::Clf => "access log ([DD/Mon/YYYY:hh:mm:ss zone])",
+            Format::Epoch => "Unix seconds",
+            Format::EpochMillis => "Unix milliseconds",
+        })
+    }
+}
+
+/// A timestamp found in a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub at: SystemTime,
+    pub format: Format,
+}
+
+/// Finds and reads the timestamps of lines.
+#[derive(Debug, Clone)]
+pub struct Dates {
+    /// The zone of dates that carry none.
+    tz: TimeZone,
+}
+
+impl Default for Dates {
+    fn default() -> Self {
+        Dates::new(TimeZone::system())
+    }
+}
+
+impl Dates {
+    /// Reads zoneless dates in `tz`.
+    pub fn new(tz: TimeZone) -> Dates {
+        Dates { tz }
+    }
+
+    /// The time zone named `name` (IANA name such as `Europe/Berlin`, or `UTC`), or an offset
+    /// such as `+01:00`.
+    pub fn zone(name: &str) -> Option<TimeZone> {
+        if let Some(offset) = offset(&mut Cursor::new(name.as_bytes()))
+            .filter(|_| !name.is_empty() && !name.eq_ignore_ascii_case("z"))
+        {
+            return Some(TimeZone::fixed(offset));
+        }
+        TimeZone::get(name).ok()
+    }
+
+    /// The logger's timestamp of `line`, with `now` deciding the year of yearless dates.
+    pub fn find(&self, line: &str, now: SystemTime) -> Option<Found> {
+        let bytes = line.as_bytes();
+        if bytes.first() == Some(&b'{') {
+            return self.json(bytes, now);
+        }
+        self.parse_at(bytes, lead(bytes), now)
+            .or_else(|| self.clf(bytes))
+    }
+
+    /// A JSON log line: the value of its `ts`, `time`, `timestamp` or `@timestamp` key. Keys
+    /// inside string values are escaped (`\"ts\":`), so only the logger's own keys match.
+    fn json(&self, bytes: &[u8], now: SystemTime) -> Option<Found> {
+        const KEYS: [&[u8]; 4] = [b"\"ts\":", b"\"time\":", b"\"timestamp\":", b"\"@timestamp\":"];
+        let head = &bytes[..bytes.len().min(JSON_SCAN)];
+        KEYS.iter().find_map(|key| {
+            let at = head.windows(key.len()).position(|w| w == *key)?;
+            if at > 0 && head[at - 1] == b'\\' {
+                return None;
+            }
+            let mut start = at + key.len();
+            while matches!(bytes.get(start), Some(b' ' | b'"')) {
+                start += 1;
+            }
+            self.parse_at(bytes, start, now)
+        })
+    }
+
+    fn parse_at(&self, bytes: &[u8], start: usize, now: SystemTime) -> Option<Found> {
+        let first = *bytes.get(start)?;
+        let mut c = Cursor { b: bytes, i: start };
+        let (at, format) = if first.is_ascii_digit() {
+            if let Some(at) = self.numeric(&mut c) {
+                at
+            } else {
+                c.i = start;
+                epoch(&mut c)?
+            }
+        } else if first.is_ascii_uppercase() {
+            (self.syslog(&mut c, now)?, Format::Syslog)
+        } else {
+            return None;
+        };
+        // A timestamp ends at a word boundary: `2026-11-21 10:00:00x` is not one.
+        if c.peek().is_some_and(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        Some(Found {
+            at: SystemTime::from(at),
+            format,
+        })
+    }
+
+    /// `YYYY-MM-DD[T ]hh:mm:ss[.frac][zone]` or `YYYY/MM/DD hh:mm:ss`.
+    fn numeric(&self, c: &mut Cursor) -> Option<(Timestamp, Format)> {
+        let year = c.digits(4)?;
+        let sep = c.next()?;
+        let format = match sep {
+            b'-' => Format::Iso8601,
+            b'/' => Format::Slashed,
+            _ => return None,
+        };
+        let month = c.digits(2)?;
+        c.expect(sep)?;
+        let day = c.digits(2)?;
+        if !matches!(c.next()?, b'T' | b' ') {
+            return None;
+        }
+        let (hour, minute, second, nanos) = clock(c)?;
+        let dt = civil(year, month, day, hour, minute, second, nanos)?;
+        let zone = if c.peek() == Some(b' ') && c.rest().starts_with(b" UTC") {
+            c.i += 4;
+            Some(Offset::UTC)
+        } else {
+            offset(c)
+        };
+        Some((self.resolve(dt, zone)?, format))
+    }
+
+    /// `[Www ]Mon [D]D hh:mm:ss[ YYYY]`.
+    fn syslog(&self, c: &mut Cursor, now: SystemTime) -> Option<Timestamp> {
+        let mut month = c.month()?;
+        if month == 0 {
+            // A weekday came first (ctime): the month follows.
+            c.expect(b' ')?;
+            month = c.month().filter(|m| *m > 0)?;
+        }
+        c.expect(b' ')?;
+        if c.peek() == Some(b' ') {
+            c.i += 1;
+        }
+        let day = c.up_to_digits(2)?;
+        c.expect(b' ')?;
+        let (hour, minute, second, nanos) = clock(c)?;
+        let save = c.i;
+        if c.next() == Some(b' ')
+            && let Some(year) = c.digits(4)
+        {
+            return self.resolve(civil(year, month, day, hour, minute, second, nanos)?, None);
+        }
+        c.i = save;
+        // No year: the latest one that does not put the date more than a day ahead of now.
+        let now = Timestamp::try_from(now).ok()?;
+        let this_year = self.tz.to_datetime(now).year();
+        let limit = now.as_second() + 86_400;
+        // Back far enough for a 29th of February.
+        (this_year - 8..=this_year + 1)
+            .rev()
+            .filter_map(|y| {
+                let dt = civil(u32::try_from(y).ok()?, month, day, hour, minute, second, nanos)?;
+                self.resolve(dt, None)
+            })
+            .find(|t| t.as_second() <= limit)
+    }
+
+    /// `[DD/Mon/YYYY:hh:mm:ss ±zzzz] "`: the access log date, followed by the quoted request.
+    /// The fields before it (the user name among them) cannot hold a `"` (Apache and nginx
+    /// escape it), so a date planted in them is never followed by one.
+    fn clf(&self, bytes: &[u8]) -> Option<Found> {
+        let head = &bytes[..bytes.len().min(CLF_SCAN)];
+        head.iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'[')
+            .find_map(|(i, _)| self.clf_at(&mut Cursor { b: bytes, i: i + 1 }))
+    }
+
+    fn clf_at(&self, c: &mut Cursor) -> Option<Found> {
+        let day = c.digits(2)?;
+        c.expect(b'/')?;
+        let month = c.month().filter(|m| *m > 0)?;
+        c.expect(b'/')?;
+        let year = c.digits(4)?;
+        c.expect(b':')?;
+        let (hour, minute, second, nanos) = clock(c)?;
+        let zone = offset(c)?;
+        if !c.rest().starts_with(b"] \"") {
+            return None;
+        }
+        let at = self.resolve(civil(year, month, day, hour, minute, second, nanos)?, Some(zone))?;
+        Some(Found {
+            at: SystemTime::from(at),
+            format: Format::Clf,
+        })
+    }
+
+    fn resolve(&self, dt: DateTime, zone: Option<Offset>) -> Option<Timestamp> {
+        match zone {
+            Some(offset) => offset.to_timestamp(dt).ok(),
+            None => self.tz.to_timestamp(dt).ok(),
+        }
+    }
+}
+
+/// Where the logger's timestamp starts: after an RFC 5424 or RFC 3164 priority (`<34>1 `,
+/// `<34>`) and any opening brackets or blanks.
+fn lead(bytes: &[u8]) -> usize {
+    let mut i = 0;
+    if bytes.first() == Some(&b'<')
+        && let Some(close) = bytes.iter().take(5).position(|b| *b == b'>')
+    {
+        i = close + 1;
+        if bytes.get(i).is_some_and(u8::is_ascii_digit) && bytes.get(i + 1) == Some(&b' ') {
+            i += 2;
+        }
+    }
+    while matches!(bytes.get(i), Some(b'[' | b'(' | b' ')) {
+        i += 1;
+    }
+    i
+}
+
+/// Unix seconds (10 digits, optional fraction) or milliseconds (13 digits) from 2001 to 2286.
+fn epoch(c: &mut Cursor) -> Option<(Timestamp, Format)> {
+    let start = c.i;
+    while c.peek().is_some_and(|b| b.is_ascii_digit()) {
+        c.i += 1;
+    }
+    let digits = std::str::from_utf8(&c.b[start..c.i]).ok()?;
+    match digits.len() {
+        10 => {
+            let secs: i64 = digits.parse().ok()?;
+            let mut nanos = 0;
+            if c.peek() == Some(b'.') {
+                c.i += 1;
+                nanos = c.fraction()?;
+            }
+            Some((
+                Timestamp::new(secs, i32::try_from(nanos).ok()?).ok()?,
+                Format::Epoch,
+            ))
+        }
+        13 => Some((
+            Timestamp::from_millisecond(digits.parse().ok()?).ok()?,
+            Format::EpochMillis,
+        )),
+        _ => None,
+    }
+}
+
+/// `hh:mm:ss[.frac|,frac]`.
+fn clock(c: &mut Cursor) -> Option<(u32, u32, u32, u32)> {
+    let hour = c.digits(2)?;
+    c.expect(b':')?;
+    let minute = c.digits(2)?;
+    c.expect(b':')?;
+    let second = c.digits(2)?;
+    let nanos = if matches!(c.peek(), Some(b'.' | b',')) {
+        c.i += 1;
+        c.fraction()?
+    } else {
+        0
+    };
+    Some((hour, minute, second, nanos))
+}
+
+/// `Z`, `±hh:mm`, `±hhmm` or `±hh`, optionally after one space.
+fn offset(c: &mut Cursor) -> Option<Offset> {
+    let save = c.i;
+    if c.peek() == Some(b' ') {
+        c.i += 1;
+    }
+    let found = (|| match c.next()? {
+        b'Z' => Some(Offset::UTC),
+        sign @ (b'+' | b'-') => {
+            let hours = c.digits(2)?;
+            if c.peek() == Some(b':') {
+                c.i += 1;
+            }
+            let minutes = c.digits(2).unwrap_or(0);
+            let secs = i32::try_from(hours * 3600 + minutes * 60).ok()?;
+            Offset::from_seconds(if sign == b'-' { -secs } else { secs }).ok()
+        }
+        _ => None,
+    })();
+    if found.is_none() {
+        c.i = save;
+    }
+    found
+}
+
+fn civil(
+    year: u32,
+    month: u32,
+    day: u32,
+    hour: u32,
+    minute: u32,
+    second: u32,
+    nanos: u32,
+) -> Option<DateTime> {
+    // A leap second (`:60`) is read as the last second of its minute.
+    let second = second.min(59);
+    DateTime::new(
+        i16::try_from(year).ok()?,
+        i8::try_from(month).ok()?,
+        i8::try_from(day).ok()?,
+        i8::try_from(hour).ok()?,
+        i8::try_from(minute).ok()?,
+        i8::try_from(second).ok()?,
+        i32::try_from(nanos).ok()?,
+    )
+    .ok()
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(b: &'a [u8]) -> Cursor<'a> {
+        Cursor { b, i: 0 }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.i += 1;
+        Some(b)
+    }
+
+    fn rest(&self) -> &'a [u8] {
+        self.b.get(self.i..).unwrap_or_default()
+    }
+
+    fn expect(&mut self, want: u8) -> Option<()> {
+        (self.next()? == want).then_some(())
+    }
+
+    /// Exactly `n` ASCII digits.
+    fn digits(&mut self, n: usize) -> Option<u32> {
+        let field = self.b.get(self.i..self.i + n)?;
+        let mut value = 0;
+        for b in field {
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            value = value * 10 + u32::from(b - b'0');
+        }
+        self.i += n;
+        Some(value)
+    }
+
+    /// One to `n` ASCII digits.
+    fn up_to_digits(&mut self, n: usize) -> Option<u32> {
+        let len = self
+            .rest()
+            .iter()
+            .take(n)
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if len == 0 {
+            return None;
+        }
+        self.digits(len)
+    }
+
+    /// Digits after a decimal point, as nanoseconds (extra precision is dropped).
+    fn fraction(&mut self) -> Option<u32> {
+        let len = self.rest().iter().take_while(|b| b.is_ascii_digit()).count();
+        if len == 0 {
+            return None;
+        }
+        let kept = len.min(9);
+        let value = self.digits(kept)? * 10u32.pow(u32::try_from(9 - kept).ok()?);
+        self.i += len - kept;
+        Some(value)
+    }
+
+    /// An English month (1–12) or weekday (0) abbreviation.
+    fn month(&mut self) -> Option<u32> {
+        const MONTHS: [&[u8; 3]; 12] = [
+            b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct",
+            b"Nov", b"Dec",
+        ];
+        const DAYS: [&[u8; 3]; 7] = [b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"];
+        let word = self.b.get(self.i..self.i + 3)?;
+        let value = if let Some(m) = MONTHS.iter().position(|m| m.as_slice() == word) {
+            u32::try_from(m + 1).ok()?
+        } else if DAYS.iter().any(|d| d.as_slice() == word) {
+            0
+        } else {
+            return None;
+        };
+        self.i += 3;
+        Some(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn at(rfc3339: &str) -> SystemTime {
+        SystemTime::from(rfc3339.parse::<Timestamp>().unwrap())
+    }
+
+    fn find(tz: &str, line: &str, now: &str) -> Option<(String, Format)> {
+        let dates = Dates::new(Dates::zone(tz).unwrap());
+        dates.find(line, at(now)).map(|f| {
+            let ts = Timestamp::try_from(f.at).unwrap();
+            (ts.to_string(), f.format)
+        })
+    }
+
+    const NOW: &str = "2026-11-21T12:00:00Z";
+
+    #[test]
+    fn common_formats() {
+        let cases = [
+            (
+                "2026-11-21T10:00:00.250+01:00 host sshd[1]: x",
+                "2026-11-21T09:00:00.25Z",
+                Format::Iso8601,
+            ),
+            (
+                "2026-11-21 10:00:00,5 WARN x",
+                "2026-11-21T10:00:00.5Z",
+                Format::Iso8601,
+            ),
+            (
+                "<34>1 2026-11-21T10:00:00Z host app - - - x",
+                "2026-11-21T10:00:00Z",
+                Format::Iso8601,
+            ),
+            (
+                "2026/11/21 10:00:00 [error] 12#12: x",
+                "2026-11-21T10:00:00Z",
+                Format::Slashed,
+            ),
+            (
+                "Nov 21 10:00:00 host sshd[1]: x",
+                "2026-11-21T10:00:00Z",
+                Format::Syslog,
+            ),
+            (
+                "Nov  1 10:00:00 host sshd[1]: x",
+                "2026-11-01T10:00:00Z",
+                Format::Syslog,
+            ),
+            (
+                "Sat Nov 21 10:00:00 2026 us=1 x",
+                "2026-11-21T10:00:00Z",
+                Format::Syslog,
+            ),
+            (
+                "198.51.100.7 - bob [21/Nov/2026:10:00:00 +0100] \"GET / HTTP/1.1\" 401",
+                "2026-11-21T09:00:00Z",
+                Format::Clf,
+            ),
+            (
+                "1763719200.5 x",
+                "2025-11-21T10:00:00.5Z",
+                Format::Epoch,
+            ),
+            (
+                "[1763719200123] x",
+                "2025-11-21T10:00:00.123Z",
+                Format::EpochMillis,
+            ),
+            (
+                r#"{"level":"error","ts":"2026-11-21T10:00:00Z","msg":"x"}"#,
+                "2026-11-21T10:00:00Z",
+                Format::Iso8601,
+            ),
+            (
+                "[Sat Nov 21 10:00:00.123456 2026] [auth_basic:error] [client 1.2.3.4:5] x",
+                "2026-11-21T10:00:00.123456Z",
+                Format::Syslog,
+            ),
+            (
+                "<38>Nov 21 10:00:00 host sshd[1]: x",
+                "2026-11-21T10:00:00Z",
+                Format::Syslog,
+            ),
+            (
+                "2026-11-21 10:00:00.123 UTC [7] FATAL: x",
+                "2026-11-21T10:00:00.123Z",
+                Format::Iso8601,
+            ),
+        ];
+        for (line, want, format) in cases {
+            assert_eq!(
+                find("UTC", line, NOW),
+                Some((want.to_string(), format)),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn zoneless_dates_are_read_in_the_log_zone() {
+        let got = find("Europe/Berlin", "Nov 21 10:00:00 host x", NOW).unwrap();
+        assert_eq!(got.0, "2026-11-21T09:00:00Z");
+        let got = find("+05:30", "2026-11-21 10:00:00 x", NOW).unwrap();
+        assert_eq!(got.0, "2026-11-21T04:30:00Z");
+        // A date with its own zone ignores the log zone.
+        let got = find("Europe/Berlin", "2026-11-21T10:00:00Z x", NOW).unwrap();
+        assert_eq!(got.0, "2026-11-21T10:00:00Z");
+    }
+
+    #[test]
+    fn syslog_year_across_new_year() {
+        let got = find("UTC", "Dec 31 23:59:59 host x", "2027-01-01T00:00:30Z").unwrap();
+        assert_eq!(got.0, "2026-12-31T23:59:59Z");
+        let got = find("UTC", "Jan  1 00:00:10 host x", "2026-12-31T23:59:50Z").unwrap();
+        assert_eq!(got.0, "2027-01-01T00:00:10Z", "a clock slightly ahead");
+        let got = find("UTC", "Feb 29 10:00:00 host x", "2026-03-01T00:00:00Z");
+        assert_eq!(got.unwrap().0, "2024-02-29T10:00:00Z", "the last leap year");
+    }
+
+    #[test]
+    fn attacker_text_is_never_the_date() {
+        // No timestamp at the start: a date inside the message is not the line's date.
+        for line in [
+            "sshd[1]: Invalid user 2001-01-01T00:00:00Z from 198.51.100.9",
+            "Failed password for Jan 01 00:00:00 from 198.51.100.9 port 22",
+            "x 946684800 y",
+            "sshd[1]: Invalid user 1000000000 from 198.51.100.9",
+        ] {
+            assert_eq!(find("UTC", line, NOW), None, "{line}");
+        }
+        // An access log user carrying a date: the real one is the one before the request.
+        let line = "198.51.100.7 - a [01/Jan/2001:00:00:00 +0000] [21/Nov/2026:10:00:00 +0000] \"GET /\"";
+        assert_eq!(find("UTC", line, NOW).unwrap().0, "2026-11-21T10:00:00Z");
+        // JSON: a key inside a value is escaped.
+        let line = r#"{"level":"info","msg":"user \"ts\":946684800","ts":1763719200.5}"#;
+        assert_eq!(find("UTC", line, NOW).unwrap().0, "2025-11-21T10:00:00.5Z");
+    }
+
+    #[test]
+    fn malformed_dates_are_not_dates() {
+        for line in [
+            "2026-13-01 10:00:00 x",
+            "2026-11-21 25:00:00 x",
+            "2026-11-21 10:00:00x",
+            "Foo 21 10:00:00 x",
+            "12345678901 x",
+            "",
+            "Nov",
+            "2026-11-",
+            "[21/Nov/2026:10:00:00",
+        ] {
+            assert_eq!(find("UTC", line, NOW), None, "{line:?}");
+        }
+        // Any bytes at all: no panic.
+        let dates = Dates::default();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
+        for line in ["<", "<1>1", "[", "{\"ts\":", "Sat", "Sat Nov", "9999-12-31T23:59:59-23:59"] {
+            let _ = dates.find(line, now);
+        }
+    }
+}
