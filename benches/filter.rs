@@ -109,6 +109,10 @@ fn source_latency(dir: &std::path::Path) -> Figure {
         unit: "ms p50",
         target: "<= 0.5",
         met: Some(p(0.5) <= 0.5),
-        note: format!("(p90 {:.3} ms, max {:.3} ms, {SAMPLES} samples)", p(0.9), p(1.0)),
+        note: format!(
+            "(p90 {:.3} ms, max {:.3} ms, {SAMPLES} samples)",
+            p(0.9),
+            p(1.0)
+        ),
     }
 }

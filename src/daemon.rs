@@ -293,12 +293,7 @@ pub async fn run(
 
     let routing = routing(&config.jails);
     let routes = routing.routes.clone();
-    let sources = Sources::start(
-        routing,
-        config.daemon.readback,
-        &store,
-        &config.jails,
-    )?;
+    let sources = Sources::start(routing, config.daemon.readback, &store, &config.jails)?;
 
     let own: Arc<[IpNet]> = own_addresses().into();
     tracing::debug!(
@@ -800,12 +795,7 @@ impl Daemon {
             self.sources.routing.routes = routes.clone();
             None
         } else {
-            match Sources::start(
-                routing,
-                config.daemon.readback,
-                &self.store,
-                &config.jails,
-            ) {
+            match Sources::start(routing, config.daemon.readback, &self.store, &config.jails) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     return Response::Error {

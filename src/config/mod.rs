@@ -16,9 +16,9 @@ use toml::de::{DeTable, DeValue};
 
 use crate::addr::IpNet;
 use crate::duration::{BanTime, parse_duration};
+use crate::filter::date::Dates;
 use crate::filter::{Builtin, Filter, Pattern};
 use crate::firewall::{JailRules, PortRange, Protocol};
-use crate::filter::date::Dates;
 use crate::source::journal::JournalSpec;
 use raw::{DurationValue, PortValue, RawConfig, RawEscalation, RawJail, RawPrefixLens};
 
@@ -1014,6 +1014,26 @@ colour = "blue"
             errors[0].starts_with("t.toml:4: jails.a.maxretry: "),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn logtimezone_is_a_known_zone() {
+        let errors = parse(
+            "[jails.a]\nfilter = \"sshd\"\nlogpath = \"/x\"\nlogtimezone = \"Mars/Olympus\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            errors[0]
+                .starts_with("t.toml:4: jails.a.logtimezone: \"Mars/Olympus\" is not a time zone"),
+            "{errors:?}"
+        );
+        for zone in ["Europe/Berlin", "UTC", "+05:30"] {
+            let text = format!(
+                "[daemon]\nreadback = false\n[jails.a]\nfilter = \"sshd\"\nlogpath = \"/x\"\nlogtimezone = \"{zone}\"\n"
+            );
+            let config = parse(&text).unwrap();
+            assert!(!config.daemon.readback);
+        }
     }
 
     #[test]

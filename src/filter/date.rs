@@ -101,7 +101,12 @@ impl Dates {
     /// A JSON log line: the value of its `ts`, `time`, `timestamp` or `@timestamp` key. Keys
     /// inside string values are escaped (`\"ts\":`), so only the logger's own keys match.
     fn json(&self, bytes: &[u8], now: SystemTime) -> Option<Found> {
-        const KEYS: [&[u8]; 4] = [b"\"ts\":", b"\"time\":", b"\"timestamp\":", b"\"@timestamp\":"];
+        const KEYS: [&[u8]; 4] = [
+            b"\"ts\":",
+            b"\"time\":",
+            b"\"timestamp\":",
+            b"\"@timestamp\":",
+        ];
         let head = &bytes[..bytes.len().min(JSON_SCAN)];
         KEYS.iter().find_map(|key| {
             let at = head.windows(key.len()).position(|w| w == *key)?;
@@ -197,7 +202,15 @@ impl Dates {
         (this_year - 8..=this_year + 1)
             .rev()
             .filter_map(|y| {
-                let dt = civil(u32::try_from(y).ok()?, month, day, hour, minute, second, nanos)?;
+                let dt = civil(
+                    u32::try_from(y).ok()?,
+                    month,
+                    day,
+                    hour,
+                    minute,
+                    second,
+                    nanos,
+                )?;
                 self.resolve(dt, None)
             })
             .find(|t| t.as_second() <= limit)
@@ -226,7 +239,10 @@ impl Dates {
         if !c.rest().starts_with(b"] \"") {
             return None;
         }
-        let at = self.resolve(civil(year, month, day, hour, minute, second, nanos)?, Some(zone))?;
+        let at = self.resolve(
+            civil(year, month, day, hour, minute, second, nanos)?,
+            Some(zone),
+        )?;
         Some(Found {
             at: SystemTime::from(at),
             format: Format::Clf,
@@ -409,7 +425,11 @@ impl<'a> Cursor<'a> {
 
     /// Digits after a decimal point, as nanoseconds (extra precision is dropped).
     fn fraction(&mut self) -> Option<u32> {
-        let len = self.rest().iter().take_while(|b| b.is_ascii_digit()).count();
+        let len = self
+            .rest()
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
         if len == 0 {
             return None;
         }
@@ -422,8 +442,8 @@ impl<'a> Cursor<'a> {
     /// An English month (1–12) or weekday (0) abbreviation.
     fn month(&mut self) -> Option<u32> {
         const MONTHS: [&[u8; 3]; 12] = [
-            b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct",
-            b"Nov", b"Dec",
+            b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+            b"Dec",
         ];
         const DAYS: [&[u8; 3]; 7] = [b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"];
         let word = self.b.get(self.i..self.i + 3)?;
@@ -502,11 +522,7 @@ mod tests {
                 "2026-11-21T09:00:00Z",
                 Format::Clf,
             ),
-            (
-                "1763719200.5 x",
-                "2025-11-21T10:00:00.5Z",
-                Format::Epoch,
-            ),
+            ("1763719200.5 x", "2025-11-21T10:00:00.5Z", Format::Epoch),
             (
                 "[1763719200123] x",
                 "2025-11-21T10:00:00.123Z",
@@ -575,7 +591,8 @@ mod tests {
             assert_eq!(find("UTC", line, NOW), None, "{line}");
         }
         // An access log user carrying a date: the real one is the one before the request.
-        let line = "198.51.100.7 - a [01/Jan/2001:00:00:00 +0000] [21/Nov/2026:10:00:00 +0000] \"GET /\"";
+        let line =
+            "198.51.100.7 - a [01/Jan/2001:00:00:00 +0000] [21/Nov/2026:10:00:00 +0000] \"GET /\"";
         assert_eq!(find("UTC", line, NOW).unwrap().0, "2026-11-21T10:00:00Z");
         // JSON: a key inside a value is escaped.
         let line = r#"{"level":"info","msg":"user \"ts\":946684800","ts":1763719200.5}"#;
@@ -600,7 +617,15 @@ mod tests {
         // Any bytes at all: no panic.
         let dates = Dates::default();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
-        for line in ["<", "<1>1", "[", "{\"ts\":", "Sat", "Sat Nov", "9999-12-31T23:59:59-23:59"] {
+        for line in [
+            "<",
+            "<1>1",
+            "[",
+            "{\"ts\":",
+            "Sat",
+            "Sat Nov",
+            "9999-12-31T23:59:59-23:59",
+        ] {
             let _ = dates.find(line, now);
         }
     }

@@ -4,8 +4,8 @@
 //! with `<HOST>` (or `<ADDR>`), plus `ignoreregex` patterns that veto a match.
 //! **Invariant:** this module does no I/O and never panics on any input line.
 
-pub mod date;
 mod builtin;
+pub mod date;
 mod file;
 mod report;
 

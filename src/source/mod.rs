@@ -278,9 +278,7 @@ impl Followed {
 
     /// Whether bytes are waiting to be read (after a read bounded by [`MAX_READ`]).
     fn behind(&self) -> bool {
-        self.file
-            .metadata()
-            .is_ok_and(|m| m.size() > self.pos)
+        self.file.metadata().is_ok_and(|m| m.size() > self.pos)
     }
 }
 
@@ -509,8 +507,8 @@ impl FileFollower {
             e.metadata()
                 .is_ok_and(|m| m.is_file() && (m.dev(), m.ino()) == (saved.dev, saved.ino))
         })?;
-        let mut old = Followed::open(&f.path, File::open(entry.path()).ok()?, f.sources.clone())
-            .ok()?;
+        let mut old =
+            Followed::open(&f.path, File::open(entry.path()).ok()?, f.sources.clone()).ok()?;
         if old.catch_up_to < saved.offset || !saved.head.matches(&old.file).ok()? {
             return None;
         }

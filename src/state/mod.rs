@@ -396,9 +396,9 @@ impl Store {
     /// Every saved position whose source key starts with `prefix`.
     pub fn positions(&self, prefix: &str) -> Result<Vec<(String, String)>, StateError> {
         let query = || -> rusqlite::Result<Vec<(String, String)>> {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT source, position FROM positions WHERE substr(source, 1, ?2) = ?1")?;
+            let mut stmt = self.conn.prepare(
+                "SELECT source, position FROM positions WHERE substr(source, 1, ?2) = ?1",
+            )?;
             let rows = stmt.query_map(
                 params![prefix, i64::try_from(prefix.len()).unwrap_or(i64::MAX)],
                 |r| Ok((r.get(0)?, r.get(1)?)),

@@ -395,7 +395,9 @@ fn restart_resumes_counting_without_rereading_or_losing() {
     std::fs::write(daemon.scratch.path("web.log"), "").unwrap();
     let attacker = "127.0.0.2";
     daemon.append("web.log", &failures(attacker, 2));
-    assert!(netns::eventually(Duration::from_secs(5), || tracked(&daemon) == 1));
+    assert!(netns::eventually(Duration::from_secs(5), || tracked(
+        &daemon
+    ) == 1));
 
     // Killed; one failure is written while it is down: 3 so far.
     daemon.stop();
@@ -441,7 +443,9 @@ fn first_start_reads_back_recent_dated_failures_only() {
         log.push(format!(
             "{old} app: login failed for admin from 127.0.0.3 port 5{i}"
         ));
-        log.push(format!("app: login failed for admin from 127.0.0.3 port 6{i}"));
+        log.push(format!(
+            "app: login failed for admin from 127.0.0.3 port 6{i}"
+        ));
     }
     log.extend(failures("127.0.0.2", 2));
     log.extend(failures("127.0.0.3", 1));

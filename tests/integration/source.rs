@@ -130,11 +130,13 @@ async fn partial_long_and_invalid_lines_keep_their_framing() {
     let dir = Scratch::new("framing");
     let log = dir.path("app.log");
     std::fs::write(&log, "").unwrap();
-    let mut follower =
-        FileFollower::new(&[log.display().to_string()], &Resume::default()).unwrap();
+    let mut follower = FileFollower::new(&[log.display().to_string()], &Resume::default()).unwrap();
 
     write_bytes(&log, b"a partial ");
-    assert_eq!(quiet(&mut follower, Duration::from_millis(300)).await, Vec::<String>::new());
+    assert_eq!(
+        quiet(&mut follower, Duration::from_millis(300)).await,
+        Vec::<String>::new()
+    );
     write_bytes(&log, b"line\n");
     assert_eq!(collect(&mut follower, 1).await, ["a partial line"]);
 
@@ -181,8 +183,7 @@ async fn delete_and_recreate_reads_both_files() {
     let dir = Scratch::new("recreate");
     let log = dir.path("app.log");
     std::fs::write(&log, "").unwrap();
-    let mut follower =
-        FileFollower::new(&[log.display().to_string()], &Resume::default()).unwrap();
+    let mut follower = FileFollower::new(&[log.display().to_string()], &Resume::default()).unwrap();
     append(&log, &lines(&["one"]));
     assert_eq!(collect(&mut follower, 1).await, ["one"]);
     append(&log, &lines(&["two, just before the delete"]));
@@ -201,7 +202,10 @@ async fn restart_resumes_exactly_across_rotation_and_truncation() {
     let dir = Scratch::new("resume");
     let log = dir.path("app.log");
     let pattern = [log.display().to_string()];
-    append(&log, &lines(&["before the first start 1", "before the first start 2"]));
+    append(
+        &log,
+        &lines(&["before the first start 1", "before the first start 2"]),
+    );
 
     // First start without read-back: from the end.
     let mut f = FileFollower::new(&pattern, &Resume::default()).unwrap();
@@ -218,7 +222,10 @@ async fn restart_resumes_exactly_across_rotation_and_truncation() {
     let got = batches(&mut f, 2, Duration::from_secs(5)).await;
     assert_eq!(texts(&got), ["b1", "b2"]);
     assert!(got.iter().all(|b| b.timing == Timing::CatchUp));
-    assert_eq!(quiet(&mut f, Duration::from_millis(300)).await, Vec::<String>::new());
+    assert_eq!(
+        quiet(&mut f, Duration::from_millis(300)).await,
+        Vec::<String>::new()
+    );
     drop(f);
 
     // The partial line completed and the file rotated while stopped: the old file is found by
@@ -254,7 +261,14 @@ async fn restart_resumes_exactly_across_rotation_and_truncation() {
     drop(f);
 
     // First start with read-back: the existing lines, marked as read back.
-    let mut f = FileFollower::new(&pattern, &Resume { readback: true, ..Resume::default() }).unwrap();
+    let mut f = FileFollower::new(
+        &pattern,
+        &Resume {
+            readback: true,
+            ..Resume::default()
+        },
+    )
+    .unwrap();
     let got = batches(&mut f, 2, Duration::from_secs(5)).await;
     assert_eq!(
         texts(&got),
