@@ -104,7 +104,9 @@ pub enum Command {
     Test {
         /// A log file, or a single log line.
         input: String,
-        /// A built-in filter name or a filter file.
+        /// A built-in filter name, a banctl filter file (.toml), or a fail2ban filter file
+        /// (.conf, read with its includes and .local); options as in fail2ban:
+        /// `/etc/fail2ban/filter.d/sshd.conf[mode=aggressive]`.
         filter: String,
         /// Print every line that matched.
         #[arg(long)]
@@ -115,6 +117,13 @@ pub enum Command {
         /// Print one JSON object per matching line instead of the summary.
         #[arg(long)]
         json: bool,
+        /// Time zone of dates without one (IANA name, UTC, or an offset like +01:00); the
+        /// system's by default.
+        #[arg(long)]
+        tz: Option<String>,
+        /// "Now", in Unix seconds, for dates without a year (default: the current time).
+        #[arg(long)]
+        now: Option<i64>,
     },
     /// Validate a configuration file and print every error.
     CheckConfig {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod duration;
+pub mod fail2ban;
 pub mod filter;
 pub mod firewall;
 pub mod jail;

@@ -81,7 +81,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
             print_matched,
             print_missed,
             json,
-        } => test_filter(&input, &filter, print_matched, print_missed, json),
+            tz,
+            now,
+        } => test_filter(
+            &input,
+            &filter,
+            &TestOptions {
+                print_matched,
+                print_missed,
+                json,
+                tz,
+                now,
+            },
+        ),
         Command::Version => {
             println!("banctl {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -247,7 +259,12 @@ fn list_from_kernel(jail: Option<&str>) -> Result<Vec<banctl::control::BanInfo>,
 }
 
 /// A built-in filter by name, or a filter file; with a label saying which.
-fn load_filter(name: &str) -> Result<(banctl::filter::Filter, String), Failure> {
+fn load_filter(spec: &str) -> Result<(banctl::filter::Filter, String), Failure> {
+    let config_error = |error: anyhow::Error| Failure {
+        code: exit::CONFIG,
+        error,
+    };
+    let (name, options) = banctl::fail2ban::split_options(spec);
     if let Some(b) = banctl::filter::Builtin::by_name(name) {
         return Ok((
             b.compile(),
@@ -257,19 +274,26 @@ fn load_filter(name: &str) -> Result<(banctl::filter::Filter, String), Failure> 
     let path = Path::new(name);
     if !path.exists() {
         let known: Vec<&str> = banctl::filter::BUILTIN.iter().map(|b| b.name).collect();
-        return Err(Failure {
-            code: exit::CONFIG,
-            error: anyhow::anyhow!(
-                "{name:?} is neither a built-in filter ({}) nor a file",
-                known.join(", ")
-            ),
-        });
+        return Err(config_error(anyhow::anyhow!(
+            "{name:?} is neither a built-in filter ({}) nor a file",
+            known.join(", ")
+        )));
+    }
+    if path
+        .extension()
+        .is_some_and(|e| e == "conf" || e == "local")
+    {
+        let read =
+            banctl::fail2ban::read_filter(path, &options).map_err(|e| config_error(e.into()))?;
+        let mut label = format!("{spec} (fail2ban filter)");
+        for note in &read.notes {
+            label.push_str(&format!("\n        note: {note}"));
+        }
+        return Ok((read.filter, label));
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {name}"))?;
-    let file = banctl::filter::parse_filter_file(name, &text).map_err(|e| Failure {
-        code: exit::CONFIG,
-        error: e.into(),
-    })?;
+    let file =
+        banctl::filter::parse_filter_file(name, &text).map_err(|e| config_error(e.into()))?;
     let label = match file.description {
         Some(d) => format!("{name} ({d})"),
         None => name.to_owned(),
@@ -277,18 +301,35 @@ fn load_filter(name: &str) -> Result<(banctl::filter::Filter, String), Failure> 
     Ok((file.filter, label))
 }
 
-/// `banctl test`: every line of `input` (a file, or one line) through the filter.
-fn test_filter(
-    input: &str,
-    filter: &str,
+struct TestOptions {
     print_matched: bool,
     print_missed: bool,
     json: bool,
-) -> Result<(), Failure> {
+    tz: Option<String>,
+    now: Option<i64>,
+}
+
+/// `banctl test`: every line of `input` (a file, or one line) through the filter.
+fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), Failure> {
+    use banctl::filter::date::Dates;
     use banctl::filter::{Report, Verdict};
+    use std::collections::BTreeMap;
     use std::io::{BufRead, Write};
 
     let (filter, label) = load_filter(filter)?;
+    let dates = match &options.tz {
+        Some(name) => Dates::new(Dates::zone(name).ok_or_else(|| Failure {
+            code: exit::USAGE,
+            error: anyhow::anyhow!("--tz {name:?} is not a time zone"),
+        })?),
+        None => Dates::default(),
+    };
+    let now = match options.now {
+        Some(secs) => {
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0).unsigned_abs())
+        }
+        None => std::time::SystemTime::now(),
+    };
     let path = Path::new(input);
     let reader: Box<dyn BufRead> = if path.is_file() {
         let file = std::fs::File::open(path).with_context(|| format!("opening {input}"))?;
@@ -297,6 +338,7 @@ fn test_filter(
         Box::new(std::io::Cursor::new(input.as_bytes().to_vec()))
     };
     let mut report = Report::new(&filter);
+    let mut formats: BTreeMap<String, usize> = BTreeMap::new();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut buf = Vec::new();
@@ -316,28 +358,43 @@ fn test_filter(
         let text = String::from_utf8_lossy(&buf);
         let line = text.trim_end_matches(['\n', '\r']);
         let verdict = report.add(&filter, line);
+        let date = dates.find(line, now);
+        *formats
+            .entry(date.map_or("(no date)".to_owned(), |d| d.format.to_string()))
+            .or_default() += 1;
         let shown = match verdict {
-            Verdict::Matched(hit) if json => {
-                let value = serde_json::json!({
+            Verdict::Matched(hit) if options.json => {
+                let mut value = serde_json::json!({
                     "line": number,
                     "match": true,
                     "host": hit.addr.to_string(),
                     "pattern": hit.pattern + 1,
                 });
+                if let Some(d) = date {
+                    let secs =
+                        d.at.duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0.0, |t| t.as_secs_f64());
+                    value["time"] = serde_json::json!(secs);
+                }
+                for (name, field) in filter.fields(line, hit.pattern) {
+                    if value.get(&name).is_none() {
+                        value[name] = serde_json::json!(field);
+                    }
+                }
                 writeln!(out, "{value}")
             }
-            Verdict::Matched(hit) if print_matched => {
+            Verdict::Matched(hit) if options.print_matched => {
                 writeln!(out, "matched {:>6}: {}  [{}]", number, line, hit.addr)
             }
-            Verdict::Missed if print_missed && !json => {
+            Verdict::Missed if options.print_missed && !options.json => {
                 writeln!(out, "missed  {number:>6}: {line}")
             }
             _ => Ok(()),
         };
         shown.context("writing the output")?;
     }
-    if !json {
-        if print_matched || print_missed {
+    if !options.json {
+        if options.print_matched || options.print_missed {
             writeln!(out).context("writing the output")?;
         }
         let source = if path.is_file() { input } else { "(one line)" };
@@ -347,6 +404,10 @@ fn test_filter(
             report.render(&filter)
         )
         .context("writing the output")?;
+        writeln!(out, "\nDates:").context("writing the output")?;
+        for (format, n) in &formats {
+            writeln!(out, "  [{n}] {format}").context("writing the output")?;
+        }
     }
     out.flush().context("writing the output")?;
     Ok(())

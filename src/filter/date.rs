@@ -56,6 +56,15 @@ impl fmt::Display for Format {
 pub struct Found {
     pub at: SystemTime,
     pub format: Format,
+    /// Where the timestamp is in the line (byte offsets).
+    pub span: (usize, usize),
+}
+
+/// Where the logger's timestamp is in `line` (what fail2ban filters cut out before matching).
+pub fn span(line: &str) -> Option<(usize, usize)> {
+    static UTC: std::sync::OnceLock<Dates> = std::sync::OnceLock::new();
+    let dates = UTC.get_or_init(|| Dates::new(TimeZone::UTC));
+    dates.find(line, SystemTime::now()).map(|f| f.span)
 }
 
 /// Finds and reads the timestamps of lines.
@@ -143,6 +152,7 @@ impl Dates {
         Some(Found {
             at: SystemTime::from(at),
             format,
+            span: (start, c.i),
         })
     }
 
@@ -224,10 +234,10 @@ impl Dates {
         head.iter()
             .enumerate()
             .filter(|(_, b)| **b == b'[')
-            .find_map(|(i, _)| self.clf_at(&mut Cursor { b: bytes, i: i + 1 }))
+            .find_map(|(i, _)| self.clf_at(&mut Cursor { b: bytes, i: i + 1 }, i + 1))
     }
 
-    fn clf_at(&self, c: &mut Cursor) -> Option<Found> {
+    fn clf_at(&self, c: &mut Cursor, start: usize) -> Option<Found> {
         let day = c.digits(2)?;
         c.expect(b'/')?;
         let month = c.month().filter(|m| *m > 0)?;
@@ -246,6 +256,7 @@ impl Dates {
         Some(Found {
             at: SystemTime::from(at),
             format: Format::Clf,
+            span: (start, c.i),
         })
     }
 

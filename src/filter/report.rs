@@ -6,10 +6,14 @@ use std::net::IpAddr;
 use super::{Filter, Hit};
 
 /// What a filter makes of one line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// No failregex found an address.
+    /// No failregex matched.
     Missed,
+    /// Failregex `pattern` matched a host name only: reported, never resolved nor banned.
+    Name { pattern: usize, name: String },
+    /// Failregex `pattern` matched without a failure (`<F-NOFAIL>`, or no host).
+    NoFailure { pattern: usize },
     /// A failure, discarded by ignoreregex number `by`.
     Ignored { hit: Hit, by: usize },
     /// A failure: the daemon would count it.
@@ -23,6 +27,8 @@ pub struct Report {
     pub matched: usize,
     pub ignored: usize,
     pub missed: usize,
+    /// Lines that matched with a host name only (never banned).
+    pub names: usize,
     /// Lines matched per failregex.
     pub per_failregex: Vec<usize>,
     /// Lines discarded per ignoreregex.
@@ -44,11 +50,15 @@ impl Report {
     pub fn add(&mut self, filter: &Filter, line: &str) -> Verdict {
         let verdict = filter.examine(line);
         self.lines += 1;
-        match verdict {
-            Verdict::Missed => self.missed += 1,
+        match &verdict {
+            Verdict::Missed | Verdict::NoFailure { .. } => self.missed += 1,
+            Verdict::Name { pattern, .. } => {
+                self.names += 1;
+                self.per_failregex[*pattern] += 1;
+            }
             Verdict::Ignored { by, .. } => {
                 self.ignored += 1;
-                self.per_ignoreregex[by] += 1;
+                self.per_ignoreregex[*by] += 1;
             }
             Verdict::Matched(hit) => {
                 self.matched += 1;
@@ -74,6 +84,12 @@ impl Report {
             "Lines: {} in all: {} matched, {} ignored, {} missed\n",
             self.lines, self.matched, self.ignored, self.missed
         );
+        if self.names > 0 {
+            out.push_str(&format!(
+                "       {} matched a host name only: never resolved, never banned\n",
+                self.names
+            ));
+        }
         let mut section = |title: String, patterns: &[super::Pattern], hits: &[usize]| {
             out.push_str(&title);
             for (i, (p, n)) in patterns.iter().zip(hits).enumerate() {

@@ -89,10 +89,14 @@ fn test() -> Result<()> {
     }
     // The package test lists what `dist` built.
     dist::dist()?;
-    // Namespace tests must run here: a skip is a failure; so must the package test.
+    let fail2ban = sys::fail2ban_root()?;
+    // Namespace tests must run here: a skip is a failure; so must the package test and the
+    // fail2ban compatibility tests.
     run(Command::new(env!("CARGO"))
         .args(["test", "--workspace"])
         .env("BANCTL_REQUIRE_NETNS", "1")
         .env("BANCTL_REQUIRE_DIST", "1")
+        .env("BANCTL_REQUIRE_FAIL2BAN", "1")
+        .env("BANCTL_FAIL2BAN_ROOT", &fail2ban)
         .current_dir(sys::workspace_root()))
 }

@@ -14,6 +14,8 @@ const PACKAGES: &[&str] = &[
     "pkg-config",
     "nftables",
     "iproute2",
+    // fail2ban-regex runs on Python; the fail2ban package itself is only unpacked.
+    "python3",
 ];
 
 pub fn workspace_root() -> PathBuf {
@@ -32,6 +34,33 @@ fn installed(package: &str) -> bool {
         .args(["-W", "-f=${Status}", package])
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Where the compatibility tests find fail2ban (its filters and `fail2ban-regex`): `/` when
+/// the package is installed, else Debian's package unpacked under `target/fail2ban` (never
+/// installed: a fail2ban service would start banning on the developer's machine).
+pub fn fail2ban_root() -> Result<PathBuf> {
+    if installed("fail2ban") {
+        return Ok(PathBuf::from("/"));
+    }
+    let root = workspace_root().join("target/fail2ban");
+    if root.join("usr/bin/fail2ban-regex").is_file() {
+        return Ok(root);
+    }
+    let download = workspace_root().join("target/fail2ban-deb");
+    std::fs::create_dir_all(&download)?;
+    crate::run(
+        Command::new("apt-get")
+            .args(["download", "-qq", "fail2ban"])
+            .current_dir(&download),
+    )?;
+    let deb = std::fs::read_dir(&download)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .ok_or_else(|| anyhow::anyhow!("apt-get download fail2ban left no .deb"))?;
+    crate::run(Command::new("dpkg").arg("-x").arg(&deb).arg(&root))?;
+    Ok(root)
 }
 
 /// Installs the Debian packages the build and the tests need, if any is missing.
