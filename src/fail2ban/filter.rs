@@ -328,7 +328,6 @@ pub fn python_to_rust(re: &str) -> String {
                     out.push('\\');
                     out.push(n);
                 }
-                Some(&n) if n == ' ' => out.push(' '),
                 Some(&n) => out.push(n),
             }
             i += 2;
