@@ -729,50 +729,74 @@ impl Context<'_> {
         let key = |k: &str| format!("jails.{name}.{k}");
         let mut fail = Vec::new();
         let mut ignore = Vec::new();
+        let mut prefix = None;
         let mut ok = true;
         let filter = jail.filter.as_ref().or(defaults.filter.as_ref());
-        let filter_name = match filter {
-            // A path: a banctl filter file.
-            Some(f) if f.get_ref().contains('/') => {
-                let path = f.get_ref();
-                let parsed = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read filter file {path}: {e}"))
-                    .and_then(|text| {
-                        crate::filter::parse_filter_file(path, &text).map_err(|e| e.to_string())
-                    });
-                match parsed {
-                    Ok(file) => {
-                        let (f, i) = file.filter.into_parts();
-                        fail.extend(f);
-                        ignore.extend(i);
-                    }
-                    Err(e) => {
-                        self.error(f.span(), key("filter"), e);
-                        ok = false;
-                    }
-                }
-                path.clone()
-            }
-            Some(f) => match Builtin::by_name(f.get_ref()) {
-                Some(b) => {
-                    let (f, i) = b.compile().into_parts();
+        let fail2ban_file = filter.and_then(|f| {
+            let (path, options) = crate::fail2ban::split_options(f.get_ref());
+            (path.ends_with(".conf") || path.ends_with(".local"))
+                .then(|| (f, path.to_owned(), options))
+        });
+        // A fail2ban filter file, with its options: `/etc/fail2ban/filter.d/sshd.conf[mode=aggressive]`.
+        let filter_name = if let Some((f, path, options)) = fail2ban_file {
+            match crate::fail2ban::read_filter(std::path::Path::new(&path), &options) {
+                Ok(read) => {
+                    prefix = read.filter.prefix().cloned();
+                    let (f, i) = read.filter.into_parts();
                     fail.extend(f);
                     ignore.extend(i);
-                    b.name.to_owned()
                 }
-                None => {
-                    let known: Vec<&str> = crate::filter::BUILTIN.iter().map(|b| b.name).collect();
-                    let msg = format!(
-                        "no built-in filter {:?} (known: {})",
-                        f.get_ref(),
-                        known.join(", ")
-                    );
-                    self.error(f.span(), key("filter"), msg);
+                Err(e) => {
+                    self.error(f.span(), key("filter"), e.to_string());
                     ok = false;
-                    f.get_ref().clone()
                 }
-            },
-            None => "inline".to_owned(),
+            }
+            f.get_ref().clone()
+        } else {
+            match filter {
+                // A path: a banctl filter file.
+                Some(f) if f.get_ref().contains('/') => {
+                    let path = f.get_ref();
+                    let parsed = std::fs::read_to_string(path)
+                        .map_err(|e| format!("cannot read filter file {path}: {e}"))
+                        .and_then(|text| {
+                            crate::filter::parse_filter_file(path, &text).map_err(|e| e.to_string())
+                        });
+                    match parsed {
+                        Ok(file) => {
+                            let (f, i) = file.filter.into_parts();
+                            fail.extend(f);
+                            ignore.extend(i);
+                        }
+                        Err(e) => {
+                            self.error(f.span(), key("filter"), e);
+                            ok = false;
+                        }
+                    }
+                    path.clone()
+                }
+                Some(f) => match Builtin::by_name(f.get_ref()) {
+                    Some(b) => {
+                        let (f, i) = b.compile().into_parts();
+                        fail.extend(f);
+                        ignore.extend(i);
+                        b.name.to_owned()
+                    }
+                    None => {
+                        let known: Vec<&str> =
+                            crate::filter::BUILTIN.iter().map(|b| b.name).collect();
+                        let msg = format!(
+                            "no built-in filter {:?} (known: {})",
+                            f.get_ref(),
+                            known.join(", ")
+                        );
+                        self.error(f.span(), key("filter"), msg);
+                        ok = false;
+                        f.get_ref().clone()
+                    }
+                },
+                None => "inline".to_owned(),
+            }
         };
         for (list, k, compile, out) in [
             (
@@ -807,7 +831,14 @@ impl Context<'_> {
             );
             ok = false;
         }
-        (filter_name, ok.then(|| Filter::new(fail, ignore)))
+        let filter = ok.then(|| {
+            let filter = Filter::new(fail, ignore);
+            match prefix {
+                Some(prefix) => filter.with_prefix(prefix),
+                None => filter,
+            }
+        });
+        (filter_name, filter)
     }
 }
 

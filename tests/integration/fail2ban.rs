@@ -158,3 +158,57 @@ fn stock_filters_report_what_fail2ban_regex_reports() {
         println!("{name}: {} failures, same hosts and times", ours.len());
     }
 }
+
+/// A jail using Debian's stock sshd filter file, as written: the daemon bans with it.
+#[test]
+fn a_jail_with_a_stock_filter_file_bans() {
+    use std::time::Duration;
+
+    use crate::daemon::Daemon;
+    use crate::netns;
+
+    let Some(root) = fail2ban_root("a_jail_with_a_stock_filter_file_bans") else {
+        return;
+    };
+    let Some(()) = netns::enter("a_jail_with_a_stock_filter_file_bans") else {
+        return;
+    };
+    let target = netns::listen("127.0.0.1:0");
+    let filter = root.join("etc/fail2ban/filter.d/sshd.conf");
+    let config = format!(
+        r#"
+[jails.sshd]
+filter = "{}[mode=aggressive]"
+logpath = "{{dir}}/auth.log"
+ports = [{}]
+maxretry = 3
+ignoreself = false
+"#,
+        filter.display(),
+        target.port()
+    );
+    let daemon = Daemon::start("f2b-filter", &config);
+    std::fs::write(daemon.scratch.path("auth.log"), "").unwrap();
+    let now = jiff::Timestamp::now().strftime("%b %e %H:%M:%S").to_string();
+    let lines: Vec<String> = [
+        "sshd[10]: Failed password for root from 127.0.0.2 port 40000 ssh2",
+        "sshd[11]: Invalid user admin from 127.0.0.2 port 40001",
+        // Injection: the real peer is 127.0.0.3, which fails once only.
+        "sshd[12]: Failed password for invalid user x from 127.0.0.4 port 1 ssh2 from 127.0.0.3 port 40002 ssh2",
+        "sshd[13]: banner exchange: Connection from 127.0.0.2 port 40003: invalid format",
+    ]
+    .iter()
+    .map(|l| format!("{now} host {l}"))
+    .collect();
+    daemon.append("auth.log", &lines);
+    assert!(
+        netns::eventually(Duration::from_secs(5), || daemon
+            .banned("sshd")
+            .contains(&"127.0.0.2".to_owned())),
+        "not banned: {:?}",
+        daemon.banned("sshd")
+    );
+    assert!(!netns::connects("127.0.0.2", target));
+    assert_eq!(daemon.banned("sshd"), ["127.0.0.2"]);
+    assert!(netns::connects("127.0.0.4", target));
+}
