@@ -120,3 +120,47 @@ pub fn auth_log(lines: usize, seed: u64) -> String {
     }
     out
 }
+
+/// A mixed nginx combined access log: mostly ordinary requests, some scanners probing for
+/// admin and exploit paths.
+pub fn access_log(lines: usize, seed: u64) -> String {
+    const PAGES: [&str; 6] = [
+        "/",
+        "/index.html",
+        "/blog/2026/11/rust-and-nftables",
+        "/static/app.3f2a9c.js",
+        "/static/style.css",
+        "/api/v1/items?page=2",
+    ];
+    const PROBES: [&str; 6] = [
+        "/wp-login.php",
+        "/.env",
+        "/xmlrpc.php",
+        "/phpmyadmin/index.php",
+        "/.git/config",
+        "/vendor/phpunit/phpunit/src/Util/PHP/eval-stdin.php",
+    ];
+    let mut rng = Rng::new(seed);
+    let mut out = String::with_capacity(lines * 160);
+    for i in 0..lines {
+        let (h, m, s) = ((i / 3600) % 24, (i / 60) % 60, i % 60);
+        let ip = format!(
+            "{}.{}.{}.{}",
+            1 + rng.below(222),
+            rng.below(256),
+            rng.below(256),
+            1 + rng.below(254)
+        );
+        let bytes = rng.below(90_000);
+        let (path, status) = match rng.below(100) {
+            0..=9 => (PROBES[rng.below(6) as usize], 404),
+            10..=14 => (PAGES[rng.below(6) as usize], 404),
+            15..=17 => (PAGES[rng.below(6) as usize], 304),
+            _ => (PAGES[rng.below(6) as usize], 200),
+        };
+        out.push_str(&format!(
+            "{ip} - - [21/Nov/2026:{h:02}:{m:02}:{s:02} +0000] \"GET {path} HTTP/1.1\" {status} {bytes} \"https://example.com/\" \"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\"\n"
+        ));
+    }
+    out
+}

@@ -189,7 +189,9 @@ ignoreself = false
     );
     let daemon = Daemon::start("f2b-filter", &config);
     std::fs::write(daemon.scratch.path("auth.log"), "").unwrap();
-    let now = jiff::Timestamp::now().strftime("%b %e %H:%M:%S").to_string();
+    let now = jiff::Timestamp::now()
+        .strftime("%b %e %H:%M:%S")
+        .to_string();
     let lines: Vec<String> = [
         "sshd[10]: Failed password for root from 127.0.0.2 port 40000 ssh2",
         "sshd[11]: Invalid user admin from 127.0.0.2 port 40001",

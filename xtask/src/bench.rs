@@ -40,56 +40,68 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// fail2ban-regex with Debian's stock sshd filter on the same log (a slice), and the ratio.
+/// fail2ban-regex with Debian's stock filters on the same logs (a slice), and the ratios.
 fn fail2ban(dir: &Path, figures: &[Value]) -> Result<Option<Vec<Value>>> {
-    let filter = Path::new("/etc/fail2ban/filter.d/sshd.conf");
     let available = Command::new("fail2ban-regex")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !available || !filter.exists() {
+    if !available {
         println!("fail2ban-regex is not installed (apt-get install fail2ban): comparison skipped");
         return Ok(None);
     }
-    let log = std::fs::read_to_string(dir.join("auth-1M.log"))
-        .context("reading the generated auth log")?;
-    let slice: String = log
-        .lines()
-        .take(FAIL2BAN_SLICE)
-        .flat_map(|l| [l, "\n"])
-        .collect();
-    let path = dir.join("auth-100k.log");
-    std::fs::write(&path, slice)?;
-    let start = Instant::now();
-    let out = Command::new("fail2ban-regex")
-        .arg(&path)
-        .arg(filter)
-        .output()?;
-    let secs = start.elapsed().as_secs_f64();
-    let summary = String::from_utf8_lossy(&out.stdout);
-    let matched = summary
-        .lines()
-        .find(|l| l.starts_with("Lines:"))
-        .unwrap_or("")
-        .trim()
-        .to_owned();
-    let rate = FAIL2BAN_SLICE as f64 / secs / 1e6;
-    let ours = figures
-        .iter()
-        .find(|f| {
-            f["name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("filter: sshd"))
-        })
-        .and_then(|f| f["value"].as_f64())
-        .unwrap_or(0.0);
-    Ok(Some(vec![
-        json!({"name": "fail2ban-regex: stock sshd.conf, same log", "value": rate, "unit": "M lines/s",
-               "target": "-", "met": null,
-               "note": format!("{FAIL2BAN_SLICE} lines in {secs:.2} s incl. start-up; {matched}")}),
-        json!({"name": "banctl / fail2ban filter throughput", "value": ours / rate, "unit": "x",
-               "target": "-", "met": null, "note": ""}),
-    ]))
+    let mut out = Vec::new();
+    for (ours, log, conf) in [
+        ("filter: sshd", "auth-1M.log", "sshd.conf"),
+        (
+            "filter: nginx-botsearch",
+            "access-1M.log",
+            "nginx-botsearch.conf",
+        ),
+    ] {
+        let filter = Path::new("/etc/fail2ban/filter.d").join(conf);
+        if !filter.exists() {
+            continue;
+        }
+        let text = std::fs::read_to_string(dir.join(log))
+            .with_context(|| format!("reading the generated {log}"))?;
+        let slice: String = text
+            .lines()
+            .take(FAIL2BAN_SLICE)
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        let path = dir.join(format!("slice-{log}"));
+        std::fs::write(&path, slice)?;
+        let start = Instant::now();
+        let run = Command::new("fail2ban-regex")
+            .arg(&path)
+            .arg(&filter)
+            .output()?;
+        let secs = start.elapsed().as_secs_f64();
+        let summary = String::from_utf8_lossy(&run.stdout);
+        let matched = summary
+            .lines()
+            .find(|l| l.starts_with("Lines:"))
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        let rate = FAIL2BAN_SLICE as f64 / secs / 1e6;
+        let banctl = figures
+            .iter()
+            .find(|f| f["name"].as_str().is_some_and(|n| n.starts_with(ours)))
+            .and_then(|f| f["value"].as_f64())
+            .unwrap_or(0.0);
+        out.push(
+            json!({"name": format!("fail2ban-regex: stock {conf}, same log"), "value": rate,
+            "unit": "M lines/s", "target": "-", "met": null,
+            "note": format!("{FAIL2BAN_SLICE} lines in {secs:.2} s incl. start-up; {matched}")}),
+        );
+        out.push(
+            json!({"name": format!("banctl / fail2ban, {conf}"), "value": banctl / rate,
+            "unit": "x", "target": "-", "met": null, "note": ""}),
+        );
+    }
+    Ok(Some(out))
 }
 
 fn markdown(figures: &[Value]) -> String {
