@@ -125,6 +125,18 @@ pub enum Command {
         #[arg(long)]
         now: Option<i64>,
     },
+    /// Turn a fail2ban configuration into a banctl one: the enabled jails, their filters
+    /// (referenced as fail2ban filter files), ports, times, ignoreip, escalation. What cannot
+    /// be carried over is listed with the reason, in the output and on stderr.
+    #[command(name = "import-fail2ban")]
+    ImportFail2ban {
+        /// fail2ban's configuration directory.
+        #[arg(long, default_value = "/etc/fail2ban")]
+        dir: PathBuf,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Validate a configuration file and print every error.
     CheckConfig {
         #[arg(default_value = DEFAULT_CONFIG)]

@@ -66,6 +66,26 @@ fn init_logging() {
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Daemon { config } => run_daemon(&config),
+        Command::ImportFail2ban { dir, output } => {
+            let imported = banctl::fail2ban::import(&dir).map_err(|e| Failure {
+                code: exit::CONFIG,
+                error: e.into(),
+            })?;
+            match &output {
+                Some(path) => std::fs::write(path, &imported.toml)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{}", imported.toml),
+            }
+            eprintln!(
+                "imported {} enabled jail(s): {}",
+                imported.jails.len(),
+                imported.jails.join(", ")
+            );
+            for s in &imported.skipped {
+                eprintln!("not carried over: {s}");
+            }
+            Ok(())
+        }
         Command::CheckConfig { path } => {
             let config = Config::load(&path)?;
             println!(

@@ -223,6 +223,10 @@ impl Ini {
             section: section.to_owned(),
             name: name.to_owned(),
         };
+        // Python's configparser: the section's own name.
+        if name == "__name__" {
+            return Ok(section.to_owned());
+        }
         let (scope, key) = match name.split_once('/') {
             Some((scope, key)) => (Some(scope), key),
             None => (None, name),

@@ -3,11 +3,13 @@
 //! they wrote.
 
 mod filter;
+mod import;
 pub mod ini;
 
 use std::path::PathBuf;
 
 pub use filter::{Fail2banFilter, python_to_rust, read_filter, split_options, translate};
+pub use import::{Import, import};
 pub use ini::Ini;
 
 #[derive(Debug, thiserror::Error)]

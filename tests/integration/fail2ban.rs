@@ -214,3 +214,108 @@ ignoreself = false
     assert_eq!(daemon.banned("sshd"), ["127.0.0.2"]);
     assert!(netns::connects("127.0.0.4", target));
 }
+
+/// Copies fail2ban's stock configuration (from `root`) into `dir`, so that a test can add its
+/// own `jail.local` and filters.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// `banctl import-fail2ban` on Debian's stock configuration plus a jail.local: sshd (ports by
+/// service name, ignoreip, DEFAULT bantime), Jellyfin (two ports, a custom filter), recidive
+/// and bantime.increment. The output passes check-config, and the daemon bans with it.
+#[test]
+fn import_of_a_stock_configuration_runs_and_bans() {
+    use std::time::Duration;
+
+    use crate::daemon::{Daemon, Scratch};
+    use crate::netns;
+
+    let Some(root) = fail2ban_root("import_of_a_stock_configuration_runs_and_bans") else {
+        return;
+    };
+    let scratch = Scratch::new("import");
+    let etc = scratch.path("fail2ban");
+    copy_tree(&root.join("etc/fail2ban"), &etc);
+    let logs = scratch.path("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(
+        etc.join("filter.d/jellyfin.conf"),
+        "[Definition]\nfailregex = ^\\[\\] \\[INF\\] \\[\\d+\\] Jellyfin\\.Server\\.Implementations\\.Users\\.UserManager: Authentication request for \".*\" has been denied \\(IP: \"<ADDR>\"\\)\\.$\n",
+    )
+    .unwrap();
+    std::fs::write(
+        etc.join("jail.local"),
+        format!(
+            "[DEFAULT]\nbantime = 1h\nignoreip = 192.0.2.0/24 2001:db8:ffff::/48\n# loopback attacks in the test namespace\nignoreself = false\nbantime.increment = true\nbantime.maxtime = 1w\n\n[sshd]\nenabled = true\nport = ssh,sftp\nlogpath = {logs}/auth.log\nbackend = auto\naction = %(action_mwl)s\n\n[jellyfin]\nenabled = true\nport = 8096,8920\nfilter = jellyfin\nlogpath = {logs}/jellyfin.log\nmaxretry = 3\n\n[recidive]\nenabled = true\n\n[apache-auth]\nenabled = false\n",
+            logs = logs.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_banctl"))
+        .args(["import-fail2ban", "--dir"])
+        .arg(&etc)
+        .arg("--output")
+        .arg(scratch.path("imported.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("imported 3 enabled jail(s): "), "{stderr}");
+    for jail in ["sshd", "jellyfin", "recidive"] {
+        assert!(stderr.contains(jail), "{stderr}");
+    }
+    assert!(stderr.contains("sshd: action = %(action_mwl)s"), "{stderr}");
+    let toml = std::fs::read_to_string(scratch.path("imported.toml")).unwrap();
+    for want in [
+        "[jails.sshd]",
+        "filter.d/sshd.conf[mode=normal]\"",
+        "ports = [22",
+        "bantime = \"1h\"",
+        "ignoreip = [\"192.0.2.0/24\", \"2001:db8:ffff::/48\"]",
+        "escalation = { factor = 2, max = \"1w\" }",
+        "[jails.jellyfin]",
+        "ports = [8096, 8920]",
+        "maxretry = 3",
+        "[jails.recidive]\nrecidive = true",
+    ] {
+        assert!(toml.contains(want), "missing {want:?} in:\n{toml}");
+    }
+    assert!(!toml.contains("apache"), "{toml}");
+    let check = crate::daemon::check_config(&scratch.path("imported.toml"));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // The imported configuration, run by the daemon in a namespace: Jellyfin's port closes.
+    let Some(()) = netns::enter("import_of_a_stock_configuration_runs_and_bans") else {
+        return;
+    };
+    let jellyfin = netns::listen("127.0.0.1:8096");
+    let daemon = Daemon::start("imported", &toml);
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M:%S%.3f +00:00");
+    let lines: Vec<String> = (0..3)
+        .map(|i| format!("[{now}] [INF] [4{i}] Jellyfin.Server.Implementations.Users.UserManager: Authentication request for \"admin\" has been denied (IP: \"127.0.0.2\")."))
+        .collect();
+    crate::daemon::append(&logs.join("jellyfin.log"), &lines);
+    assert!(
+        netns::eventually(Duration::from_secs(5), || daemon
+            .banned("jellyfin")
+            .contains(&"127.0.0.2".to_owned())),
+        "not banned: {:?}",
+        daemon.banned("jellyfin")
+    );
+    assert!(!netns::connects("127.0.0.2", jellyfin));
+    assert!(netns::connects("127.0.0.3", jellyfin));
+}

@@ -1,0 +1,349 @@
+//! `banctl import-fail2ban`: a fail2ban jail configuration turned into a banctl configuration.
+//!
+//! Read in fail2ban's order: `jail.conf` (with its includes, `paths-*.conf`), `jail.d/*.conf`,
+//! `jail.local`, `jail.d/*.local`. Only enabled jails are written. Filters are referenced by
+//! their `.conf` path (banctl reads them as they are). What has no banctl equivalent is listed
+//! with the reason and the closest banctl feature, never dropped silently.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use super::Fail2banError;
+use super::filter::{read_filter, split_options};
+use super::ini::Ini;
+
+/// Sections of `jail.conf` that are not jails.
+const NOT_JAILS: [&str; 3] = ["DEFAULT", "INCLUDES", "Init"];
+
+/// The result of an import: the banctl configuration and what could not be carried over.
+#[derive(Debug, Clone, Default)]
+pub struct Import {
+    pub toml: String,
+    pub jails: Vec<String>,
+    /// `jail: what — why; closest banctl feature`.
+    pub skipped: Vec<String>,
+}
+
+/// Reads the fail2ban configuration in `dir` (usually `/etc/fail2ban`).
+pub fn import(dir: &Path) -> Result<Import, Fail2banError> {
+    let ini = read_jails(dir)?;
+    let services = Services::read(Path::new("/etc/services"));
+    let mut out = Import::default();
+    let mut body = String::new();
+    let mut jails: Vec<&str> = ini.sections().filter(|s| !NOT_JAILS.contains(s)).collect();
+    jails.dedup();
+    for name in jails {
+        let get = |key: &str| -> Option<String> {
+            match ini.get(name, key) {
+                Ok(v) => v.map(|v| v.trim().to_owned()),
+                Err(e) => {
+                    tracing::debug!(jail = name, key, error = %e, "not interpolated");
+                    None
+                }
+            }
+        };
+        if !get("enabled").is_some_and(|e| truthy(&e)) {
+            continue;
+        }
+        let mut skip = |what: &str| out.skipped.push(format!("{name}: {what}"));
+        let jail_name: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(32)
+            .collect();
+        let _ = writeln!(body, "[jails.{jail_name}]");
+        if jail_name != name {
+            let _ = writeln!(body, "# fail2ban jail [{name}]");
+        }
+        let filter_spec = get("filter").unwrap_or_else(|| name.to_owned());
+        let (filter_name, options) = split_options(&filter_spec);
+        let recidive = filter_name == "recidive";
+        let filter_path = dir.join("filter.d").join(format!("{filter_name}.conf"));
+        let mut journalmatch = None;
+        if recidive {
+            let _ = writeln!(
+                body,
+                "recidive = true   # counts this daemon's own bans instead of parsing fail2ban.log"
+            );
+        } else {
+            match read_filter(&filter_path, &options) {
+                Ok(f) => journalmatch = f.journalmatch,
+                Err(e) => skip(&format!("filter {filter_spec}: {e}")),
+            }
+            let options: Vec<String> = options
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let spec = if options.is_empty() {
+                filter_path.display().to_string()
+            } else {
+                format!("{}[{}]", filter_path.display(), options.join(", "))
+            };
+            let _ = writeln!(body, "filter = {}", quote(&spec));
+        }
+        let backend = get("backend").unwrap_or_else(|| "auto".into());
+        if !recidive {
+            if backend.starts_with("systemd") {
+                match &journalmatch {
+                    Some(m) => {
+                        let matches: Vec<String> = m.split_whitespace().map(quote).collect();
+                        let _ = writeln!(
+                            body,
+                            "journal = {{ matches = [{}] }}\nsource = \"journal\"",
+                            matches.join(", ")
+                        );
+                    }
+                    None => skip(
+                        "backend = systemd without a journalmatch in the filter — add `journal = { matches = [...] }`",
+                    ),
+                }
+            } else {
+                let paths: Vec<String> = get("logpath")
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(quote)
+                    .collect();
+                if paths.is_empty() {
+                    skip("no logpath");
+                } else {
+                    let _ = writeln!(body, "logpath = [{}]", paths.join(", "));
+                }
+            }
+        }
+        match get("port").as_deref() {
+            None | Some("0:65535") | Some("") => {}
+            Some(list) => {
+                let mut ports = Vec::new();
+                for item in list.split([',', ' ']).filter(|p| !p.is_empty()) {
+                    let port = match (item, services.port(item)) {
+                        ("sftp", Some(p)) => {
+                            skip(
+                                "port sftp is 115 in /etc/services (Simple File Transfer Protocol), as iptables reads it too; SFTP over SSH uses the ssh port",
+                            );
+                            Some(p)
+                        }
+                        // Not a service here: what users mean by it, SFTP over SSH.
+                        ("sftp", None) => services.port("ssh"),
+                        (_, port) => port,
+                    };
+                    match port {
+                        Some(p) if ports.contains(&p) => {}
+                        Some(p) => ports.push(p),
+                        None => skip(&format!(
+                            "port {item:?} — not a port, range or service in /etc/services; the jail covers the other ports"
+                        )),
+                    }
+                }
+                if !ports.is_empty() {
+                    let _ = writeln!(body, "ports = [{}]", ports.join(", "));
+                }
+            }
+        }
+        if let Some(p) = get("protocol").filter(|p| p != "tcp") {
+            let _ = writeln!(body, "protocol = {}", quote(&p));
+        }
+        for key in ["bantime", "findtime"] {
+            if let Some(v) = get(key) {
+                let value = v.split_whitespace().collect::<String>();
+                match (key, value.as_str()) {
+                    ("bantime", "-1") => {
+                        let _ = writeln!(body, "bantime = \"permanent\"");
+                    }
+                    _ => {
+                        let _ = writeln!(body, "{key} = {}", quote(&value));
+                    }
+                }
+            }
+        }
+        if let Some(v) = get("maxretry") {
+            let _ = writeln!(body, "maxretry = {}", v.trim());
+        }
+        if get("ignoreself").is_some_and(|v| !truthy(&v)) {
+            let _ = writeln!(body, "ignoreself = false");
+        }
+        if let Some(list) = get("ignoreip") {
+            let entries: Vec<String> = list
+                .split([',', ' ', '\n'])
+                .filter(|e| !e.is_empty())
+                .filter(|e| {
+                    let ok = e.parse::<crate::addr::IpNet>().is_ok();
+                    if !ok {
+                        out.skipped.push(format!(
+                            "{name}: ignoreip {e:?} — host names are never resolved; use its addresses"
+                        ));
+                    }
+                    ok
+                })
+                .map(quote)
+                .collect();
+            if !entries.is_empty() {
+                let _ = writeln!(body, "ignoreip = [{}]", entries.join(", "));
+            }
+        }
+        let mut skip = |what: &str| out.skipped.push(format!("{name}: {what}"));
+        if get("bantime.increment").is_some_and(|v| truthy(&v)) {
+            let mut parts = Vec::new();
+            if let Some(m) = get("bantime.multipliers").filter(|m| !m.is_empty()) {
+                let list: Vec<&str> = m.split_whitespace().collect();
+                parts.push(format!("multipliers = [{}]", list.join(", ")));
+            } else {
+                parts.push("factor = 2".into());
+            }
+            if let Some(max) = get("bantime.maxtime").filter(|m| !m.is_empty()) {
+                parts.push(format!(
+                    "max = {}",
+                    quote(&max.split_whitespace().collect::<String>())
+                ));
+            }
+            if get("bantime.overalljails").is_some_and(|v| truthy(&v)) {
+                parts.push("across_jails = true".into());
+            }
+            if get("bantime.formula").is_some() {
+                skip(
+                    "bantime.formula — a Python expression; banctl escalates by factor or multipliers",
+                );
+            }
+            if get("bantime.factor").is_some_and(|f| f != "1") {
+                skip(
+                    "bantime.factor — banctl's factor is the growth per ban (2 = doubling); adjust `escalation.factor`",
+                );
+            }
+            let _ = writeln!(body, "escalation = {{ {} }}", parts.join(", "));
+        }
+        if let Some(action) = ini.raw(name, "action").map(str::trim)
+            && action != "%(action_)s"
+        {
+            skip(&format!(
+                "action = {action} — banctl bans with nftables sets itself; mail and reporting actions are not carried over (closest: notifications, not yet available)"
+            ));
+        }
+        if get("ignorecommand").is_some_and(|c| !c.is_empty()) {
+            skip("ignorecommand — banctl runs no command to decide; use ignoreip");
+        }
+        body.push('\n');
+        out.jails.push(jail_name);
+    }
+    let mut toml = format!(
+        "# Imported from fail2ban ({}) by banctl import-fail2ban.\n# Check it with: banctl check-config FILE\n",
+        dir.display()
+    );
+    if !out.skipped.is_empty() {
+        toml.push_str("#\n# Not carried over:\n");
+        for s in &out.skipped {
+            let _ = writeln!(toml, "#   {s}");
+        }
+    }
+    toml.push('\n');
+    toml.push_str(&body);
+    out.toml = toml;
+    Ok(out)
+}
+
+/// jail.conf, jail.d/*.conf, jail.local, jail.d/*.local, as fail2ban reads them.
+fn read_jails(dir: &Path) -> Result<Ini, Fail2banError> {
+    let mut ini = Ini::default();
+    ini.read_more(&dir.join("jail.conf"))?;
+    let listed = |ext: &str| -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("jail.d"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .collect();
+        files.sort();
+        files
+    };
+    for file in listed("conf") {
+        ini.read_more(&file)?;
+    }
+    let local = dir.join("jail.local");
+    if local.is_file() {
+        ini.read_more(&local)?;
+    }
+    for file in listed("local") {
+        ini.read_more(&file)?;
+    }
+    Ok(ini)
+}
+
+fn truthy(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "true" | "yes" | "1" | "on"
+    )
+}
+
+/// A TOML basic string.
+fn quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Service names to ports, from /etc/services (TCP entries).
+struct Services(BTreeMap<String, u16>);
+
+impl Services {
+    fn read(path: &Path) -> Services {
+        let mut map = BTreeMap::new();
+        for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+            let line = line.split('#').next().unwrap_or("");
+            let mut fields = line.split_whitespace();
+            let (Some(name), Some(port)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            let Some((number, proto)) = port.split_once('/') else {
+                continue;
+            };
+            let Ok(number) = number.parse::<u16>() else {
+                continue;
+            };
+            if proto != "tcp" && map.contains_key(name) {
+                continue;
+            }
+            map.insert(name.to_owned(), number);
+            for alias in fields {
+                map.entry(alias.to_owned()).or_insert(number);
+            }
+        }
+        // fail2ban's jail.conf uses these; a minimal system may lack /etc/services.
+        for (name, port) in [("ssh", 22), ("http", 80), ("https", 443), ("smtp", 25)] {
+            map.entry(name.to_owned()).or_insert(port);
+        }
+        Services(map)
+    }
+
+    /// `22`, `ssh`, `8000:8100` (fail2ban's range) or `8000-8100` → banctl's spelling.
+    fn port(&self, item: &str) -> Option<String> {
+        if let Some((a, b)) = item.split_once([':', '-']) {
+            let (a, b) = (self.number(a)?, self.number(b)?);
+            return Some(format!("\"{a}-{b}\""));
+        }
+        self.number(item).map(|p| p.to_string())
+    }
+
+    fn number(&self, item: &str) -> Option<u16> {
+        item.parse().ok().or_else(|| self.0.get(item).copied())
+    }
+}
