@@ -22,6 +22,17 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+
+    /// A public-looking IPv4 address.
+    pub fn ipv4(&mut self) -> String {
+        format!(
+            "{}.{}.{}.{}",
+            1 + self.below(222),
+            self.below(256),
+            self.below(256),
+            1 + self.below(254)
+        )
+    }
 }
 
 /// A measured figure, printed and saved as JSON for `cargo xtask bench`.
@@ -75,13 +86,7 @@ pub fn auth_log(lines: usize, seed: u64) -> String {
     for i in 0..lines {
         let (h, m, s) = ((i / 3600) % 24, (i / 60) % 60, i % 60);
         let ts = format!("Nov 21 {h:02}:{m:02}:{s:02} web");
-        let ip = format!(
-            "{}.{}.{}.{}",
-            1 + rng.below(222),
-            rng.below(256),
-            rng.below(256),
-            1 + rng.below(254)
-        );
+        let ip = rng.ipv4();
         let pid = 1000 + rng.below(60000);
         let port = 1024 + rng.below(64000);
         let line = match rng.below(100) {
@@ -144,13 +149,7 @@ pub fn access_log(lines: usize, seed: u64) -> String {
     let mut out = String::with_capacity(lines * 160);
     for i in 0..lines {
         let (h, m, s) = ((i / 3600) % 24, (i / 60) % 60, i % 60);
-        let ip = format!(
-            "{}.{}.{}.{}",
-            1 + rng.below(222),
-            rng.below(256),
-            rng.below(256),
-            1 + rng.below(254)
-        );
+        let ip = rng.ipv4();
         let bytes = rng.below(90_000);
         let (path, status) = match rng.below(100) {
             0..=9 => (PROBES[rng.below(6) as usize], 404),

@@ -6,12 +6,19 @@
 //! with the reason and the closest banctl feature, never dropped silently.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::Fail2banError;
 use super::filter::{read_filter, split_options};
 use super::ini::Ini;
+
+/// Appends one formatted line to a `String`.
+macro_rules! emit {
+    ($out:expr, $($arg:tt)*) => {{
+        $out.push_str(&format!($($arg)*));
+        $out.push('\n');
+    }};
+}
 
 /// Sections of `jail.conf` that are not jails.
 const NOT_JAILS: [&str; 3] = ["DEFAULT", "INCLUDES", "Init"];
@@ -58,9 +65,9 @@ pub fn import(dir: &Path) -> Result<Import, Fail2banError> {
             })
             .take(32)
             .collect();
-        let _ = writeln!(body, "[jails.{jail_name}]");
+        emit!(body, "[jails.{jail_name}]");
         if jail_name != name {
-            let _ = writeln!(body, "# fail2ban jail [{name}]");
+            emit!(body, "# fail2ban jail [{name}]");
         }
         let filter_spec = get("filter").unwrap_or_else(|| name.to_owned());
         let (filter_name, options) = split_options(&filter_spec);
@@ -68,7 +75,7 @@ pub fn import(dir: &Path) -> Result<Import, Fail2banError> {
         let filter_path = dir.join("filter.d").join(format!("{filter_name}.conf"));
         let mut journalmatch = None;
         if recidive {
-            let _ = writeln!(
+            emit!(
                 body,
                 "recidive = true   # counts this daemon's own bans instead of parsing fail2ban.log"
             );
@@ -87,7 +94,7 @@ pub fn import(dir: &Path) -> Result<Import, Fail2banError> {
             } else {
                 format!("{}[{}]", filter_path.display(), options.join(", "))
             };
-            let _ = writeln!(body, "filter = {}", quote(&spec));
+            emit!(body, "filter = {}", quote(&spec));
         }
         let backend = get("backend").unwrap_or_else(|| "auto".into());
         if !recidive {
@@ -95,7 +102,7 @@ pub fn import(dir: &Path) -> Result<Import, Fail2banError> {
                 match &journalmatch {
                     Some(m) => {
                         let matches: Vec<String> = m.split_whitespace().map(quote).collect();
-                        let _ = writeln!(
+                        emit!(
                             body,
                             "journal = {{ matches = [{}] }}\nsource = \"journal\"",
                             matches.join(", ")
@@ -114,7 +121,7 @@ pub fn import(dir: &Path) -> Result<Import, Fail2banError> {
                 if paths.is_empty() {
                     skip("no logpath");
                 } else {
-                    let _ = writeln!(body, "logpath = [{}]", paths.join(", "));
+                    emit!(body, "logpath = [{}]", paths.join(", "));
                 }
             }
         }
@@ -143,31 +150,31 @@ pub fn import(dir: &Path) -> Result<Import, Fail2banError> {
                     }
                 }
                 if !ports.is_empty() {
-                    let _ = writeln!(body, "ports = [{}]", ports.join(", "));
+                    emit!(body, "ports = [{}]", ports.join(", "));
                 }
             }
         }
         if let Some(p) = get("protocol").filter(|p| p != "tcp") {
-            let _ = writeln!(body, "protocol = {}", quote(&p));
+            emit!(body, "protocol = {}", quote(&p));
         }
         for key in ["bantime", "findtime"] {
             if let Some(v) = get(key) {
                 let value = v.split_whitespace().collect::<String>();
                 match (key, value.as_str()) {
                     ("bantime", "-1") => {
-                        let _ = writeln!(body, "bantime = \"permanent\"");
+                        emit!(body, "bantime = \"permanent\"");
                     }
                     _ => {
-                        let _ = writeln!(body, "{key} = {}", quote(&value));
+                        emit!(body, "{key} = {}", quote(&value));
                     }
                 }
             }
         }
         if let Some(v) = get("maxretry") {
-            let _ = writeln!(body, "maxretry = {}", v.trim());
+            emit!(body, "maxretry = {}", v.trim());
         }
         if get("ignoreself").is_some_and(|v| !truthy(&v)) {
-            let _ = writeln!(body, "ignoreself = false");
+            emit!(body, "ignoreself = false");
         }
         if let Some(list) = get("ignoreip") {
             let entries: Vec<String> = list
@@ -185,7 +192,7 @@ pub fn import(dir: &Path) -> Result<Import, Fail2banError> {
                 .map(quote)
                 .collect();
             if !entries.is_empty() {
-                let _ = writeln!(body, "ignoreip = [{}]", entries.join(", "));
+                emit!(body, "ignoreip = [{}]", entries.join(", "));
             }
         }
         let mut skip = |what: &str| out.skipped.push(format!("{name}: {what}"));
@@ -216,7 +223,7 @@ pub fn import(dir: &Path) -> Result<Import, Fail2banError> {
                     "bantime.factor — banctl's factor is the growth per ban (2 = doubling); adjust `escalation.factor`",
                 );
             }
-            let _ = writeln!(body, "escalation = {{ {} }}", parts.join(", "));
+            emit!(body, "escalation = {{ {} }}", parts.join(", "));
         }
         if let Some(action) = ini.raw(name, "action").map(str::trim)
             && action != "%(action_)s"
@@ -238,7 +245,7 @@ pub fn import(dir: &Path) -> Result<Import, Fail2banError> {
     if !out.skipped.is_empty() {
         toml.push_str("#\n# Not carried over:\n");
         for s in &out.skipped {
-            let _ = writeln!(toml, "#   {s}");
+            emit!(toml, "#   {s}");
         }
     }
     toml.push('\n');
@@ -292,7 +299,7 @@ fn quote(text: &str) -> String {
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
             c if c.is_control() => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+                out.push_str(&format!("\\u{:04x}", c as u32));
             }
             c => out.push(c),
         }

@@ -77,51 +77,50 @@ fn every_stock_filter_compiles() {
 /// (host, whole seconds) of every failure, in order.
 type Failures = Vec<(String, i64)>;
 
-fn fail2ban_regex(root: &Path, log: &Path, filter: &Path) -> Failures {
-    let out = fail2ban_regex_command(root)
-        .args(["-r", "-o", "row"])
-        .arg(log)
-        .arg(filter)
-        .output()
-        .expect("running fail2ban-regex");
+/// Runs `cmd`, which must succeed; its standard output.
+fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("running a command");
     assert!(
         out.status.success(),
-        "{}",
+        "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|row| {
-            // ['198.51.100.7',\t1795255200.0,\t{...}],
-            let row = row.strip_prefix("['")?;
-            let (host, rest) = row.split_once("',")?;
-            let time: f64 = rest.trim().split(',').next()?.trim().parse().ok()?;
-            Some((host.to_owned(), time.floor() as i64))
-        })
-        .collect()
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fail2ban_regex(root: &Path, log: &Path, filter: &Path) -> Failures {
+    stdout_of(
+        fail2ban_regex_command(root)
+            .args(["-r", "-o", "row"])
+            .arg(log)
+            .arg(filter),
+    )
+    .lines()
+    .filter_map(|row| {
+        // ['198.51.100.7',\t1795255200.0,\t{...}],
+        let row = row.strip_prefix("['")?;
+        let (host, rest) = row.split_once("',")?;
+        let time: f64 = rest.trim().split(',').next()?.trim().parse().ok()?;
+        Some((host.to_owned(), time.floor() as i64))
+    })
+    .collect()
 }
 
 fn banctl_test(log: &Path, filter: &Path) -> Failures {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_banctl"))
-        .arg("test")
-        .arg(log)
-        .arg(filter)
-        .arg("--json")
-        .output()
-        .expect("running banctl test");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let time = v["time"].as_f64().expect("a time");
-            (v["host"].as_str().unwrap().to_owned(), time.floor() as i64)
-        })
-        .collect()
+    stdout_of(
+        Command::new(env!("CARGO_BIN_EXE_banctl"))
+            .arg("test")
+            .arg(log)
+            .arg(filter)
+            .arg("--json"),
+    )
+    .lines()
+    .map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let time = v["time"].as_f64().expect("a time");
+        (v["host"].as_str().unwrap().to_owned(), time.floor() as i64)
+    })
+    .collect()
 }
 
 /// On this team's sample logs (hits, near-misses, benign lines and injection attempts),
