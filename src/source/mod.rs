@@ -127,18 +127,21 @@ pub struct Head {
 }
 
 impl Head {
-    fn of(file: &File) -> io::Result<Head> {
+    /// The head of `file`, and whether it is final (its first line is complete, or [`HEAD`]
+    /// bytes long): a head that is not grows with the file.
+    fn of(file: &File) -> io::Result<(Head, bool)> {
         let mut buf = [0u8; HEAD];
         let n = read_full_at(file, &mut buf)?;
         let bytes = &buf[..n];
-        let bytes = match bytes.iter().position(|b| *b == b'\n') {
-            Some(nl) => &bytes[..=nl],
-            None => bytes,
+        let (bytes, complete) = match bytes.iter().position(|b| *b == b'\n') {
+            Some(nl) => (&bytes[..=nl], true),
+            None => (bytes, n == HEAD),
         };
-        Ok(Head {
+        let head = Head {
             len: u32::try_from(bytes.len()).unwrap_or(0),
             hash: fnv1a(bytes),
-        })
+        };
+        Ok((head, complete))
     }
 
     /// Whether `file` still starts with these bytes.
@@ -192,7 +195,11 @@ struct Followed {
     dev: u64,
     ino: u64,
     pos: u64,
+    /// The size seen by the last read.
+    size: u64,
     head: Head,
+    /// The head will not change until the file is truncated.
+    head_complete: bool,
     /// Lines before this offset were not read live.
     catch_up_to: u64,
     early: Timing,
@@ -203,12 +210,15 @@ struct Followed {
 impl Followed {
     fn open(path: &Path, file: File, sources: Vec<usize>) -> io::Result<Followed> {
         let meta = file.metadata()?;
+        let (head, head_complete) = Head::of(&file)?;
         Ok(Followed {
             path: path.to_owned(),
-            head: Head::of(&file)?,
+            head,
+            head_complete,
             dev: meta.dev(),
             ino: meta.ino(),
             pos: 0,
+            size: meta.size(),
             catch_up_to: meta.size(),
             early: Timing::CatchUp,
             file,
@@ -229,14 +239,16 @@ impl Followed {
     /// Reads at most [`MAX_READ`] appended bytes; `Ok(None)` when nothing new was there.
     fn read(&mut self) -> io::Result<Option<LineBatch>> {
         let size = self.file.metadata()?.size();
+        self.size = size;
         if size < self.pos || !self.head.matches(&self.file)? {
             tracing::warn!(path = %self.path.display(), "log file was truncated: reading from its start");
             self.pos = 0;
             self.catch_up_to = 0;
             self.splitter = LineSplitter::default();
+            self.head_complete = false;
         }
-        if (self.head.len as usize) < HEAD {
-            self.head = Head::of(&self.file)?;
+        if !self.head_complete {
+            (self.head, self.head_complete) = Head::of(&self.file)?;
         }
         let mut end = size.min(self.pos + MAX_READ);
         let timing = if self.pos < self.catch_up_to {
@@ -278,7 +290,7 @@ impl Followed {
 
     /// Whether bytes are waiting to be read (after a read bounded by [`MAX_READ`]).
     fn behind(&self) -> bool {
-        self.file.metadata().is_ok_and(|m| m.size() > self.pos)
+        self.size > self.pos
     }
 }
 

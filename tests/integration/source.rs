@@ -276,3 +276,24 @@ async fn restart_resumes_exactly_across_rotation_and_truncation() {
     );
     assert!(got.iter().all(|b| b.timing == Timing::ReadBack));
 }
+
+/// A file whose first line is longer than the identifying head, truncated live: read from its
+/// start once, then followed (not re-read from the start at every append).
+#[tokio::test]
+async fn truncation_of_a_file_with_a_long_first_line_reads_it_once() {
+    let dir = Scratch::new("longhead");
+    let log = dir.path("app.log");
+    std::fs::write(&log, format!("{}\n", "h".repeat(300))).unwrap();
+    let mut follower = FileFollower::new(&[log.display().to_string()], &Resume::default()).unwrap();
+    append(&log, &lines(&["before"]));
+    assert_eq!(collect(&mut follower, 1).await, ["before"]);
+    std::fs::write(&log, "").unwrap();
+    append(&log, &lines(&["after truncation"]));
+    assert_eq!(collect(&mut follower, 1).await, ["after truncation"]);
+    append(&log, &lines(&["next"]));
+    assert_eq!(collect(&mut follower, 1).await, ["next"]);
+    assert_eq!(
+        quiet(&mut follower, Duration::from_millis(300)).await,
+        Vec::<String>::new()
+    );
+}
