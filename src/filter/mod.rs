@@ -239,7 +239,11 @@ impl Pattern {
 
     /// What this pattern finds in `text`, if it matches.
     fn found(&self, text: &str) -> Option<Found> {
-        let groups = self.engine.captures(text)?;
+        self.found_in(&self.engine.captures(text)?)
+    }
+
+    /// What the groups of one match of this pattern found.
+    fn found_in(&self, groups: &Groups) -> Option<Found> {
         if self.nofail
             && (groups.name(NOFAIL_GROUP).is_some() || groups.name(GAINED_GROUP).is_some())
         {
@@ -391,11 +395,9 @@ impl Filter {
         let Some(pre) = &prefix.prefregex else {
             return Some(View { text, host: None });
         };
-        let host = pre.found(&text)?;
-        let content = pre
-            .engine
-            .captures(&text)
-            .and_then(|g| g.name(CONTENT_GROUP).map(str::to_owned));
+        let groups = pre.engine.captures(&text)?;
+        let host = pre.found_in(&groups)?;
+        let content = groups.name(CONTENT_GROUP).map(str::to_owned);
         Some(View {
             text: content.map_or(text, Cow::Owned),
             host: Some(host),
