@@ -7,7 +7,8 @@
 //!
 //! Patterns run on the `regex` crate; one that needs look-around, back-references or
 //! conditionals (fail2ban's sshd filter does) is compiled with `fancy-regex` instead.
-//! **Invariant:** this module does no I/O and never panics on any input line.
+//! **Invariant:** matching does no I/O and never panics on any input line (a time zone is
+//! loaded once, when a configuration is validated).
 
 mod builtin;
 pub mod date;
