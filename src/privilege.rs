@@ -1,8 +1,11 @@
 //! Least privilege: the daemon keeps only the capabilities it needs.
 //!
-//! **Invariant:** once the control socket is bound, the daemon holds `CAP_NET_ADMIN` (nftables)
-//! and `CAP_DAC_READ_SEARCH` (reading root-only logs) and nothing else, also when started by
-//! hand as root.
+//! **Invariants:** once the control socket is bound, the daemon holds `CAP_NET_ADMIN`
+//! (nftables) and `CAP_DAC_READ_SEARCH` (reading root-only logs) and nothing else, also when
+//! started by hand as root. The programs it runs (`exec` notifiers) get no capability: its
+//! ambient set is empty, and so is its bounding set when it may empty it (`CAP_SETPCAP`, held
+//! when started by hand as root); under systemd, whose unit leaves no `CAP_SETPCAP`, the unit's
+//! `SecureBits=noroot` keeps a root child from gaining any at exec.
 
 use caps::{CapSet, Capability, CapsHashSet};
 
@@ -30,19 +33,21 @@ pub fn require_net_admin() -> Result<(), PrivilegeError> {
     }
 }
 
-/// Drops every capability but [`KEPT`] from this thread's sets (the daemon runs on one
-/// thread), and from the bounding set when allowed to (`CAP_SETPCAP`, dropped last).
+/// Drops every capability but [`KEPT`] from this thread's sets (threads started later inherit
+/// them), and empties the bounding set when allowed to (`CAP_SETPCAP`, dropped last): the
+/// bounding set only limits what a program gains at exec, and nothing the daemon runs needs
+/// any capability.
 pub fn drop_all_but_kept() -> Result<(), PrivilegeError> {
     let keep: CapsHashSet = KEPT.into_iter().collect();
     if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)? {
         for cap in caps::read(None, CapSet::Bounding)? {
-            if !keep.contains(&cap) {
-                caps::drop(None, CapSet::Bounding, cap)?;
-            }
+            caps::drop(None, CapSet::Bounding, cap)?;
         }
     }
+    // Nothing is handed on to programs run later.
     caps::clear(None, CapSet::Ambient)?;
-    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+    caps::clear(None, CapSet::Inheritable)?;
+    for set in [CapSet::Effective, CapSet::Permitted] {
         let kept: CapsHashSet = caps::read(None, set)?
             .intersection(&keep)
             .copied()

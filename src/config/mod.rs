@@ -19,8 +19,9 @@ use crate::duration::{BanTime, parse_duration};
 use crate::filter::date::Dates;
 use crate::filter::{Builtin, Filter, Pattern};
 use crate::firewall::{JailRules, PortRange, Protocol};
+use crate::notify::{NotifyConfig, Target, exec, webhook};
 use crate::source::journal::JournalSpec;
-use raw::{DurationValue, PortValue, RawConfig, RawEscalation, RawJail, RawPrefixLens};
+use raw::{DurationValue, PortValue, RawConfig, RawEscalation, RawJail, RawNotify, RawPrefixLens};
 
 pub const DEFAULT_CONFIG: &str = "/etc/banctl/banctl.toml";
 pub const DEFAULT_SOCKET: &str = "/run/banctl/banctl.sock";
@@ -36,6 +37,9 @@ const MAX_JAIL_NAME: usize = 32;
 /// How long the ban history is kept (escalation and recidive look this far back).
 pub const DEFAULT_HISTORY: Duration = Duration::from_secs(30 * 24 * 3600);
 const DEFAULT_ESCALATION_FACTOR: f64 = 2.0;
+/// How long one notification attempt may take, and how often a webhook is retried.
+const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_WEBHOOK_RETRIES: u32 = 3;
 
 /// A prefix length per address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +79,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// Enabled jails only, sorted by name.
     pub jails: Vec<JailConfig>,
+    /// `[[notify]]` entries, in the order written.
+    pub notify: Vec<NotifyConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +96,8 @@ pub struct DaemonConfig {
     /// On the first start, read the existing lines of each source back to its jails' findtime
     /// (dated lines only), so that an attack in progress is counted.
     pub readback: bool,
+    /// Where the Prometheus metrics are served (a loopback address), if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Longer bans for addresses banned before (fail2ban's `bantime.increment`).
@@ -321,6 +329,7 @@ impl Context<'_> {
             read_group: None,
             history: DEFAULT_HISTORY,
             readback: raw.daemon.readback.as_ref().is_none_or(|v| *v.get_ref()),
+            metrics: None,
         };
         let mut daemon = daemon;
         daemon.admin_group = self.group(&raw.daemon.admin_group, "daemon.admin_group");
@@ -338,6 +347,22 @@ impl Context<'_> {
                 self.error(v.span(), key, "must be an absolute path");
             }
         }
+        if let Some(v) = &raw.daemon.metrics {
+            match v.get_ref().parse::<std::net::SocketAddr>() {
+                Ok(addr) if addr.ip().is_loopback() => daemon.metrics = Some(addr),
+                Ok(_) => self.error(
+                    v.span(),
+                    "daemon.metrics",
+                    "metrics are served on a loopback address only (127.0.0.1:9617, [::1]:9617); \
+                     scrape through a proxy from elsewhere",
+                ),
+                Err(_) => self.error(
+                    v.span(),
+                    "daemon.metrics",
+                    format!("{:?} is not an address:port", v.get_ref()),
+                ),
+            }
+        }
         if let Some(v) = &raw.defaults.recidive {
             self.error(
                 v.span(),
@@ -351,10 +376,142 @@ impl Context<'_> {
                 jails.push(jail);
             }
         }
+        let names: Vec<&str> = raw.jails.keys().map(String::as_str).collect();
+        let notify = raw
+            .notify
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| self.notifier(i, n, &names))
+            .collect();
         Some(Config {
             path: self.file.clone(),
             daemon,
             jails,
+            notify,
+        })
+    }
+
+    /// One `[[notify]]` entry: exactly one of `url` (webhook) and `command` (exec).
+    fn notifier(
+        &mut self,
+        i: usize,
+        spanned: &Spanned<RawNotify>,
+        jail_names: &[&str],
+    ) -> Option<NotifyConfig> {
+        let raw = spanned.get_ref();
+        let key = |k: &str| format!("notify[{i}].{k}");
+        let errors = self.errors.len();
+        let target = match (&raw.url, &raw.command) {
+            (Some(url), None) => {
+                let headers: Vec<(String, String)> = raw
+                    .headers
+                    .as_ref()
+                    .map(|h| h.get_ref().clone().into_iter().collect())
+                    .unwrap_or_default();
+                if let Some(h) = &raw.headers {
+                    for (name, value) in h.get_ref() {
+                        if let Err(e) = webhook::valid_header(name, value) {
+                            self.error(h.span(), key("headers"), e);
+                        }
+                    }
+                }
+                let retries = raw.retries.as_ref().map_or(DEFAULT_WEBHOOK_RETRIES, |r| {
+                    u32::try_from(*r.get_ref())
+                        .ok()
+                        .filter(|n| *n <= 10)
+                        .unwrap_or_else(|| {
+                            self.error(r.span(), key("retries"), "retries is 0 to 10");
+                            0
+                        })
+                });
+                match url.get_ref().parse() {
+                    Ok(url) => Some(Target::Webhook {
+                        url,
+                        headers,
+                        retries,
+                    }),
+                    Err(e) => {
+                        self.error(url.span(), key("url"), e);
+                        None
+                    }
+                }
+            }
+            (None, Some(command)) => {
+                let misplaced = [
+                    ("headers", raw.headers.as_ref().map(Spanned::span)),
+                    ("retries", raw.retries.as_ref().map(Spanned::span)),
+                ];
+                for (k, span) in misplaced {
+                    if let Some(span) = span {
+                        self.error(
+                            span,
+                            key(k),
+                            "only for a webhook: a program runs once per event (it may not be \
+                             idempotent)",
+                        );
+                    }
+                }
+                match exec::validate(command.get_ref()) {
+                    Ok(()) => Some(Target::Exec {
+                        argv: command.get_ref().clone(),
+                    }),
+                    Err(e) => {
+                        self.error(command.span(), key("command"), e);
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.error(
+                    spanned.span(),
+                    format!("notify[{i}]"),
+                    "a notifier has either `url` (a webhook) or `command` (a program)",
+                );
+                None
+            }
+        };
+        let (mut on_ban, mut on_unban) = (true, false);
+        if let Some(on) = &raw.on {
+            (on_ban, on_unban) = (false, false);
+            for event in on.get_ref() {
+                match event.get_ref().as_str() {
+                    "ban" => on_ban = true,
+                    "unban" => on_unban = true,
+                    other => self.error(
+                        event.span(),
+                        key("on"),
+                        format!("{other:?} is not an event (ban, unban)"),
+                    ),
+                }
+            }
+        }
+        let jails = raw.jails.as_ref().map(|list| {
+            let mut jails = Vec::new();
+            for jail in list.get_ref() {
+                if !jail_names.contains(&jail.get_ref().as_str()) {
+                    self.error(
+                        jail.span(),
+                        key("jails"),
+                        format!("no jail {:?} in this file", jail.get_ref()),
+                    );
+                }
+                jails.push(jail.get_ref().clone());
+            }
+            jails
+        });
+        let timeout = raw.timeout.as_ref().map_or(DEFAULT_NOTIFY_TIMEOUT, |t| {
+            self.duration(t, key("timeout"))
+                .unwrap_or(DEFAULT_NOTIFY_TIMEOUT)
+        });
+        if self.errors.len() > errors {
+            return None;
+        }
+        Some(NotifyConfig {
+            target: target?,
+            on_ban,
+            on_unban,
+            jails,
+            timeout,
         })
     }
 
@@ -413,7 +570,7 @@ impl Context<'_> {
                 Some(Filter::new(Vec::new(), Vec::new())),
             )
         } else {
-            self.filter(name, jail, defaults)
+            self.filter(name, jail, defaults, spanned.span())
         };
         let journal = pick!(journal).and_then(|(v, k)| {
             let raw = v.get_ref();
@@ -725,6 +882,7 @@ impl Context<'_> {
         name: &str,
         jail: &RawJail,
         defaults: &RawJail,
+        jail_span: Range<usize>,
     ) -> (String, Option<Filter>) {
         let key = |k: &str| format!("jails.{name}.{k}");
         let mut fail = Vec::new();
@@ -798,19 +956,17 @@ impl Context<'_> {
                 None => "inline".to_owned(),
             }
         };
+        // Like `filter`, inline patterns may come from [defaults].
+        let failregex = jail.failregex.as_ref().or(defaults.failregex.as_ref());
+        let ignoreregex = jail.ignoreregex.as_ref().or(defaults.ignoreregex.as_ref());
         for (list, k, compile, out) in [
             (
-                &jail.failregex,
+                failregex,
                 "failregex",
                 Pattern::fail as fn(&str) -> _,
                 &mut fail,
             ),
-            (
-                &jail.ignoreregex,
-                "ignoreregex",
-                Pattern::ignore,
-                &mut ignore,
-            ),
+            (ignoreregex, "ignoreregex", Pattern::ignore, &mut ignore),
         ] {
             for (i, p) in list.iter().flat_map(|l| l.get_ref().iter()).enumerate() {
                 match compile(p.get_ref()) {
@@ -823,7 +979,7 @@ impl Context<'_> {
             }
         }
         if ok && fail.is_empty() {
-            let span = jail.failregex.as_ref().map_or(0..0, |f| f.span());
+            let span = failregex.map_or(jail_span, |f| f.span());
             self.error(
                 span,
                 key("filter"),
@@ -1032,6 +1188,75 @@ colour = "blue"
                 "t.toml:5: jails.web.ignoreip[0]: prefix length 33 is out of range for IPv4 (max 32)",
                 "t.toml:6: jails.web.colour: unknown key",
             ]
+        );
+    }
+
+    #[test]
+    fn notifiers_and_metrics_are_checked() {
+        let errors = parse(
+            r#"[daemon]
+metrics = "0.0.0.0:9617"
+
+[jails.web]
+filter = "sshd"
+logpath = "/x"
+
+[[notify]]
+url = "https://hooks.example.com/x"
+
+[[notify]]
+command = ["notify-send", "{address}"]
+retries = 2
+
+[[notify]]
+url = "http://127.0.0.1:8080/"
+command = ["/bin/true"]
+
+[[notify]]
+url = "http://127.0.0.1:8080/"
+headers = { "X-Bad" = "a\r\nInjected: 1" }
+on = ["ban", "expiry"]
+jails = ["web", "nope"]
+"#,
+        )
+        .unwrap_err();
+        let expected = [
+            "t.toml:2: daemon.metrics: metrics are served on a loopback address only",
+            "t.toml:9: notify[0].url: https is not built in",
+            "t.toml:12: notify[1].command: \"notify-send\": the program is named by its absolute path",
+            "t.toml:13: notify[1].retries: only for a webhook",
+            "t.toml:15: notify[2]: a notifier has either `url` (a webhook) or `command`",
+            "t.toml:21: notify[3].headers: the value of X-Bad holds a control character",
+            "t.toml:22: notify[3].on: \"expiry\" is not an event (ban, unban)",
+            "t.toml:23: notify[3].jails: no jail \"nope\" in this file",
+        ];
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        for (error, start) in errors.iter().zip(expected) {
+            assert!(
+                error.starts_with(start),
+                "{error}\n  should start with\n{start}"
+            );
+        }
+
+        let config = Config::parse(
+            Path::new("t.toml"),
+            r#"[daemon]
+metrics = "[::1]:9617"
+[jails.web]
+filter = "sshd"
+logpath = "/x"
+[[notify]]
+command = ["/bin/true", "{jail}"]
+on = ["unban"]
+timeout = "3s"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.daemon.metrics, Some("[::1]:9617".parse().unwrap()));
+        let n = &config.notify[0];
+        assert_eq!(
+            (n.on_ban, n.on_unban, n.timeout),
+            (false, true, Duration::from_secs(3))
         );
     }
 

@@ -17,6 +17,20 @@ pub struct RawConfig {
     pub defaults: RawJail,
     #[serde(default)]
     pub jails: BTreeMap<String, Spanned<RawJail>>,
+    #[serde(default)]
+    pub notify: Vec<Spanned<RawNotify>>,
+}
+
+/// `[[notify]]`: a webhook (`url`) or a program (`command`), on ban and/or unban.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawNotify {
+    pub url: Option<Spanned<String>>,
+    pub headers: Option<Spanned<BTreeMap<String, String>>>,
+    pub retries: Option<Spanned<i64>>,
+    pub command: Option<Spanned<Vec<String>>>,
+    pub on: Option<Spanned<Vec<Spanned<String>>>>,
+    pub jails: Option<Spanned<Vec<Spanned<String>>>>,
+    pub timeout: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -27,6 +41,7 @@ pub struct RawDaemon {
     pub read_group: Option<Spanned<String>>,
     pub history: Option<Spanned<DurationValue>>,
     pub readback: Option<Spanned<bool>>,
+    pub metrics: Option<Spanned<String>>,
 }
 
 /// A jail, or the `[defaults]` every jail inherits from.

@@ -1129,7 +1129,12 @@ impl Monitor {
         // SAFETY: one valid pollfd for a live socket.
         let ready = unsafe { libc::poll(&raw mut pollfd, 1, ms) };
         if ready < 0 {
-            return Err(NetlinkError::Recv(io::Error::last_os_error()));
+            let e = io::Error::last_os_error();
+            // A signal (SIGCHLD of a notifier program) cut the wait short: nothing arrived.
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(Vec::new());
+            }
+            return Err(NetlinkError::Recv(e));
         }
         if ready == 0 {
             return Ok(Vec::new());
@@ -1208,13 +1213,19 @@ impl Notification {
 /// `NFT_MSG_NEWGEN`: the kernel sends it once a transaction has committed.
 pub const NFT_MSG_NEWGEN: u16 = libc::NFT_MSG_NEWGEN as u16;
 
-/// Receives one datagram into an 8-byte aligned buffer; returns its length.
+/// Receives one datagram into an 8-byte aligned buffer; returns its length. A signal that
+/// interrupts the wait is not an error.
 fn recv_into(sock: &mnl::Socket, words: &mut [u64]) -> Result<usize, NetlinkError> {
     // SAFETY: the byte view covers exactly the u64 buffer, which is nlmsghdr-aligned, and lives
     // only for this call.
     let bytes =
         unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) };
-    sock.recv_raw(bytes).map_err(NetlinkError::Recv)
+    loop {
+        match sock.recv_raw(bytes) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other.map_err(NetlinkError::Recv),
+        }
+    }
 }
 
 /// The first `n` bytes of the receive buffer.

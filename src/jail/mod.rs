@@ -3,7 +3,7 @@
 //! **Invariant:** a jail never decides to ban an address its config ignores (`ignoreip`,
 //! loopback with `ignoreself`), and it does no I/O: the daemon writes the bans it returns.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -36,6 +36,24 @@ pub struct Jail {
     failures: HashMap<IpAddr, Vec<u32>>,
     /// The host's own addresses: never banned with `ignoreself`, nor covered by a prefix ban.
     own: Arc<[IpNet]>,
+    /// The lines behind each window (at most `keep_lines`, newest last), kept only when a
+    /// notifier wants them: [`Jail::take_matched`] hands them over with a ban.
+    lines: HashMap<IpAddr, VecDeque<Box<str>>>,
+    keep_lines: usize,
+    counters: Counters,
+}
+
+/// What a jail saw since the daemon started (kept across reloads), for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Lines given to the jail's filter.
+    pub lines: u64,
+    /// Lines its filter found a failure in.
+    pub matched: u64,
+    /// Failures counted (inside `findtime`, address not ignored).
+    pub failures: u64,
+    pub bans: u64,
+    pub unbans: u64,
 }
 
 fn unix_secs(t: SystemTime) -> u32 {
@@ -51,7 +69,26 @@ impl Jail {
             config,
             failures: HashMap::new(),
             own: Arc::from([]),
+            lines: HashMap::new(),
+            keep_lines: 0,
+            counters: Counters::default(),
         }
+    }
+
+    /// Keeps up to `n` matched lines per address, for [`Jail::take_matched`] (0: none).
+    pub fn keep_matched(&mut self, n: usize) {
+        self.keep_lines = n;
+        if n == 0 {
+            self.lines = HashMap::new();
+        }
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn counters_mut(&mut self) -> &mut Counters {
+        &mut self.counters
     }
 
     /// The same jail under a new configuration: failure windows are kept.
@@ -101,11 +138,34 @@ impl Jail {
         Some(self.record(addr, at))
     }
 
+    /// Records one failure of `addr` at time `at`, found in `line` (kept for notifications when
+    /// the jail keeps matched lines).
+    pub fn record_line(&mut self, addr: IpAddr, at: SystemTime, line: &str) -> Outcome {
+        let outcome = self.record(addr, at);
+        if self.keep_lines > 0 && outcome != Outcome::Ignored {
+            let lines = self.lines.entry(self.key_of(addr)).or_default();
+            while lines.len() >= self.keep_lines {
+                lines.pop_front();
+            }
+            lines.push_back(crate::notify::clip(line).into());
+        }
+        outcome
+    }
+
+    /// The lines that led to the ban of `addr` (oldest first), forgotten by the jail.
+    pub fn take_matched(&mut self, addr: IpAddr) -> Vec<String> {
+        self.lines
+            .remove(&self.key_of(addr))
+            .map(|lines| lines.into_iter().map(String::from).collect())
+            .unwrap_or_default()
+    }
+
     /// Records one failure of `addr` at time `at`.
     pub fn record(&mut self, addr: IpAddr, at: SystemTime) -> Outcome {
         if self.ignores(&IpNet::host(addr)) {
             return Outcome::Ignored;
         }
+        self.counters.failures += 1;
         let key = self.key_of(addr);
         let now = unix_secs(at);
         let window_start = self.window_start(now);
@@ -199,6 +259,7 @@ impl Jail {
             .collect();
         for addr in &gone {
             self.failures.remove(addr);
+            self.lines.remove(addr);
         }
         gone
     }
@@ -212,6 +273,10 @@ impl Jail {
         let window_start = self.window_start(now);
         self.failures
             .retain(|_, times| times.last().is_some_and(|t| *t > window_start));
+        if !self.lines.is_empty() {
+            let failures = &self.failures;
+            self.lines.retain(|addr, _| failures.contains_key(addr));
+        }
     }
 
     /// Addresses with at least one failure in the window.
@@ -351,6 +416,32 @@ mod tests {
             j.record("2001:db8:4::1".parse().unwrap(), at(3)),
             Outcome::Ignored
         );
+    }
+
+    #[test]
+    fn matched_lines_are_kept_for_notifications_only_when_asked() {
+        let addr: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut j = jail("");
+        j.record_line(addr, at(0), "first");
+        assert!(j.take_matched(addr).is_empty(), "kept without being asked");
+        j.keep_matched(2);
+        j.record_line(addr, at(1), "a");
+        assert!(matches!(j.record_line(addr, at(2), "b"), Outcome::Ban(_)));
+        // The lines since it was asked, oldest first; handed over once.
+        assert_eq!(j.take_matched(addr), ["a", "b"]);
+        assert!(j.take_matched(addr).is_empty());
+        assert_eq!(j.counters().failures, 3);
+        // At most `keep` lines: the newest.
+        for (t, line) in [(3, "x"), (4, "y")] {
+            j.record_line(addr, at(t), line);
+        }
+        j.keep_matched(1);
+        j.record_line(addr, at(5), "z");
+        assert_eq!(j.take_matched(addr), ["z"]);
+        // Lines of windows that run out go with them.
+        j.record_line("192.0.2.9".parse().unwrap(), at(10), "d");
+        j.sweep(at(10_000));
+        assert!(j.take_matched("192.0.2.9".parse().unwrap()).is_empty());
     }
 
     #[test]

@@ -204,8 +204,12 @@ fn follow(
         if tx.is_closed() || stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        journal
-            .wait(Some(Duration::from_millis(500)))
-            .map_err(|e| error(spec, e))?;
+        match journal.wait(Some(Duration::from_millis(500))) {
+            // A signal (SIGCHLD of a notifier program) cut the wait short.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            other => {
+                other.map_err(|e| error(spec, e))?;
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@
 //! transaction, never the file. History rows older than `[daemon] history` are purged, so the
 //! file stays bounded.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -251,13 +252,46 @@ impl Store {
 
     /// Every ban still in force at `now`, by jail and address.
     pub fn active(&self, now: SystemTime) -> Result<Vec<StoredBan>, StateError> {
-        let now = ms(now);
-        let read = || -> rusqlite::Result<Vec<StoredBan>> {
+        self.bans(
+            "SELECT jail, net, banned_at, bantime, count, reason FROM bans
+             WHERE bantime IS NULL OR banned_at + bantime > ?1 ORDER BY jail, net",
+            &[ms(now)],
+        )
+    }
+
+    /// The bans that ran out after `since`, up to `until` (and are not purged yet), oldest
+    /// first.
+    pub fn expired(
+        &self,
+        since: SystemTime,
+        until: SystemTime,
+    ) -> Result<Vec<StoredBan>, StateError> {
+        self.bans(
+            "SELECT jail, net, banned_at, bantime, count, reason FROM bans
+             WHERE bantime IS NOT NULL AND banned_at + bantime > ?1 AND banned_at + bantime <= ?2
+             ORDER BY banned_at + bantime",
+            &[ms(since), ms(until)],
+        )
+    }
+
+    /// How many bans each jail has in force at `now`.
+    pub fn active_by_jail(&self, now: SystemTime) -> Result<HashMap<String, u64>, StateError> {
+        let read = || -> rusqlite::Result<HashMap<String, u64>> {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT jail, net, banned_at, bantime, count, reason FROM bans
-                 WHERE bantime IS NULL OR banned_at + bantime > ?1 ORDER BY jail, net",
+                "SELECT jail, count(*) FROM bans
+                 WHERE bantime IS NULL OR banned_at + bantime > ?1 GROUP BY jail",
             )?;
-            let rows = stmt.query_map([now], |r| {
+            stmt.query_map([ms(now)], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        };
+        read().map_err(|e| self.sql(e))
+    }
+
+    /// The bans a query of `jail, net, banned_at, bantime, count, reason` rows selects.
+    fn bans(&self, sql: &str, params: &[i64]) -> Result<Vec<StoredBan>, StateError> {
+        let read = || -> rusqlite::Result<Vec<StoredBan>> {
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,

@@ -49,6 +49,11 @@ pub struct Daemon {
 impl Daemon {
     /// Writes `config` (with `{dir}` replaced by the scratch directory) and starts the daemon.
     pub fn start(test: &str, config: &str) -> Daemon {
+        Daemon::start_under(test, config, &[])
+    }
+
+    /// Like [`Daemon::start`], the daemon started by `wrapper` (`setpriv …`) when not empty.
+    pub fn start_under(test: &str, config: &str, wrapper: &[&str]) -> Daemon {
         let scratch = Scratch::new(test);
         let dir = scratch.0.display().to_string();
         let socket = scratch.path("banctl.sock");
@@ -59,7 +64,7 @@ impl Daemon {
         );
         let path = scratch.write("banctl.toml", &config);
         let mut daemon = Daemon {
-            child: spawn(&path),
+            child: spawn_under(&path, &[], wrapper),
             socket,
             scratch,
         };
@@ -142,12 +147,20 @@ impl Drop for Daemon {
     }
 }
 
-fn spawn(config: &Path) -> Child {
-    spawn_with(config, &[])
+fn spawn_with(config: &Path, env: &[(&str, &str)]) -> Child {
+    spawn_under(config, env, &[])
 }
 
-fn spawn_with(config: &Path, env: &[(&str, &str)]) -> Child {
-    Command::new(BIN)
+fn spawn_under(config: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> Child {
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    command
         .args(["daemon", "--config"])
         .arg(config)
         .env("BANCTL_LOG", "debug")

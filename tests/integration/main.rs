@@ -11,6 +11,7 @@ mod firewall;
 mod journal;
 mod lifecycle;
 mod netns;
+mod notify;
 mod packaging;
 mod permissions;
 mod reload;

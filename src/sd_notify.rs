@@ -10,14 +10,14 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
 /// Where notifications go, and how often the watchdog wants a ping.
-pub struct Notifier {
+pub struct ServiceManager {
     target: Option<(UnixDatagram, SocketAddr)>,
     watchdog: Option<Duration>,
 }
 
-impl Notifier {
+impl ServiceManager {
     /// Reads `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID` from the environment.
-    pub fn from_env() -> Notifier {
+    pub fn from_env() -> ServiceManager {
         let target = std::env::var_os("NOTIFY_SOCKET").and_then(|name| {
             let bytes = name.as_encoded_bytes();
             let addr = match bytes.strip_prefix(b"@") {
@@ -39,7 +39,7 @@ impl Notifier {
             .and_then(|usec| usec.trim().parse::<u64>().ok())
             .filter(|usec| *usec > 0 && for_us)
             .map(Duration::from_micros);
-        Notifier { target, watchdog }
+        ServiceManager { target, watchdog }
     }
 
     /// How often to ping: half the watchdog timeout, as systemd advises.

@@ -23,11 +23,16 @@ use crate::control::{self, BanInfo, ErrorKind, Incoming, JailStatus, Request, Re
 use crate::duration::BanTime;
 use crate::firewall::{Ban, Element, Firewall, FirewallError, Monitor, Restore};
 use crate::jail::{Jail, Outcome};
-use crate::notify::Notifier;
+use crate::metrics::{self, Scrape};
+use crate::notify::{Notifications, Stats};
 use crate::privilege;
+use crate::sd_notify::ServiceManager;
 use crate::source::journal::{self, JournalSpec, Start};
 use crate::source::{self, FileFollower, FilePosition, LineBatch, Resume, Timing};
 use crate::state::{StateError, Store, StoredBan, Window};
+
+mod events;
+use events::Wanted;
 
 /// Batches of lines waiting for the main loop; sources wait when it is full.
 const LINE_QUEUE: usize = 1024;
@@ -37,6 +42,8 @@ const BATCHES_PER_ROUND: usize = 64;
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// How often expired bans and old history leave the state store.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
+/// How often bans that expired in the kernel are announced to notifiers wanting unbans.
+const EXPIRY_EVERY: Duration = Duration::from_secs(5);
 /// The longest matched line kept as a ban's reason.
 const MAX_REASON: usize = 1024;
 
@@ -57,6 +64,8 @@ pub enum DaemonError {
     State(#[from] StateError),
     #[error("cannot watch the ruleset: {0}")]
     Monitor(String),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
 }
 
 /// The state the main loop owns.
@@ -74,6 +83,14 @@ pub struct Daemon {
     store: Store,
     /// How far back the ban history goes.
     history: Duration,
+    /// The `[[notify]]` entries' delivery tasks (replaced on reload), and their counts.
+    notifications: Notifications,
+    notify_stats: Arc<Stats>,
+    /// Up to when expired bans were announced to the notifiers that want unbans.
+    expiry_checked: SystemTime,
+    /// For metrics: netlink requests that failed, and repairs of our table.
+    netlink_errors: u64,
+    repairs: u64,
 }
 
 /// The running log sources: files (one task for all logpath patterns) and journals (a thread
@@ -287,6 +304,10 @@ pub async fn run(
         read_group: config.daemon.read_group.clone(),
     };
     let listener = control::bind(&config.daemon.socket, &access)?;
+    let metrics_listener = match config.daemon.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     // Giving the socket its group was the last step needing more than KEPT. Capabilities are
     // per thread: every thread (journal readers, the ruleset watcher) starts after this drop.
     privilege::drop_all_but_kept()?;
@@ -305,6 +326,7 @@ pub async fn run(
         .iter()
         .cloned()
         .map(|c| Jail::new(c).with_own_addresses(own.clone()));
+    let notify_stats = Arc::new(Stats::default());
     let mut daemon = Daemon {
         jails: jails.collect(),
         routes,
@@ -314,7 +336,13 @@ pub async fn run(
         config_path,
         store,
         history: config.daemon.history,
+        notifications: Notifications::start(&config.notify, notify_stats.clone()),
+        notify_stats,
+        expiry_checked: SystemTime::now(),
+        netlink_errors: 0,
+        repairs: 0,
     };
+    daemon.keep_matched_lines();
     daemon.restore_failures(SystemTime::now());
     // Table, rules and every unexpired ban of the store, in one batch, before anything else.
     let (restored, adopted) = daemon.reconcile(SystemTime::now())?;
@@ -323,20 +351,26 @@ pub async fn run(
     watch_ruleset(monitor, repair_tx)?;
     let (ctl_tx, mut requests) = mpsc::channel(64);
     let server = tokio::spawn(control::serve(listener, ctl_tx, access));
+    let (scrape_tx, mut scrapes) = mpsc::channel::<Scrape>(8);
+    let metrics_server = metrics_listener.map(|l| {
+        tracing::info!(address = ?config.daemon.metrics, "serving metrics");
+        tokio::spawn(metrics::serve(l, scrape_tx))
+    });
+    let mut expiry = tokio::time::interval(EXPIRY_EVERY);
     let mut hangup = signal::unix::signal(signal::unix::SignalKind::hangup())
         .map_err(|e| DaemonError::Signal(e.to_string()))?;
 
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut purge = tokio::time::interval(PURGE_EVERY);
-    let notifier = Notifier::from_env();
+    let manager = ServiceManager::from_env();
     // Without a watchdog the branch below never fires.
     let mut watchdog = tokio::time::interval(
-        notifier
+        manager
             .watchdog_interval()
             .unwrap_or(Duration::from_secs(3600)),
     );
     tracing::info!(jails = daemon.jails.len(), socket = %config.daemon.socket.display(), "banctl daemon ready");
-    notifier.ready(&format!("{}; {restored} bans restored", daemon.summary()));
+    manager.ready(&format!("{}; {restored} bans restored", daemon.summary()));
 
     tokio::pin!(shutdown);
     loop {
@@ -358,23 +392,32 @@ pub async fn run(
                 }
             }
             Some(by) = repairs.recv() => daemon.repair(by),
+            Some(reply) = scrapes.recv() => {
+                if reply.send(daemon.snapshot()).is_err() {
+                    tracing::debug!("metrics client left before the answer");
+                }
+            }
+            _ = expiry.tick() => daemon.announce_expired(SystemTime::now()),
             Some(()) = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", daemon.config_path.display());
-                notifier.reloading();
+                manager.reloading();
                 daemon.reload();
-                notifier.ready(&daemon.summary());
+                manager.ready(&daemon.summary());
             }
-            _ = watchdog.tick(), if notifier.watchdog_interval().is_some() => {
-                notifier.ping();
-                notifier.status(&daemon.summary());
+            _ = watchdog.tick(), if manager.watchdog_interval().is_some() => {
+                manager.ping();
+                manager.status(&daemon.summary());
             }
             _ = sweep.tick() => daemon.sweep(SystemTime::now()),
             _ = purge.tick() => daemon.purge(SystemTime::now()),
             () = &mut shutdown => break,
         }
     }
-    notifier.stopping();
+    manager.stopping();
     server.abort();
+    if let Some(metrics) = metrics_server {
+        metrics.abort();
+    }
     if let Err(e) = std::fs::remove_file(&config.daemon.socket) {
         tracing::debug!(error = %e, "removing control socket");
     }
@@ -449,15 +492,22 @@ impl Daemon {
             for &source in &batch.sources {
                 for &j in self.routes.get(source).into_iter().flatten() {
                     let jail = &mut self.jails[j];
+                    jail.counters_mut().lines += batch.lines.len() as u64;
                     for line in &batch.lines {
                         let Some(hit) = jail.config().filter.find(line) else {
                             continue;
                         };
+                        jail.counters_mut().matched += 1;
                         let Some(at) = failure_time(jail.config(), batch, line, now) else {
                             continue;
                         };
-                        match jail.record(hit.addr, at) {
-                            Outcome::Ban(ban) => bans.push((ban, reason(line))),
+                        match jail.record_line(hit.addr, at, line) {
+                            Outcome::Ban(ban) => bans.push(Wanted {
+                                ban,
+                                address: hit.addr,
+                                reason: reason(line),
+                                matched: jail.take_matched(hit.addr),
+                            }),
                             Outcome::Counted { .. } => {}
                             Outcome::Ignored => {
                                 tracing::debug!(jail = jail.name(), line, "ignored address");
@@ -539,22 +589,34 @@ impl Daemon {
         tracing::info!(addresses = restored, "failure windows restored");
     }
 
-    /// Escalates, writes (one batch) and records bans, then any recidive bans they cause.
-    fn enforce(&mut self, mut bans: Vec<(Ban, String)>, now: SystemTime) {
+    /// Escalates, writes (one batch), records and announces bans, then any recidive bans they
+    /// cause.
+    fn enforce(&mut self, mut bans: Vec<Wanted>, now: SystemTime) {
         // Addresses rotating inside one prefix all ask for the same ban: keep the first.
         let mut seen = HashSet::new();
-        bans.retain(|(b, _)| seen.insert((b.jail.clone(), b.net)));
+        bans.retain(|w| seen.insert((w.ban.jail.clone(), w.ban.net)));
+        let mut why = Vec::with_capacity(bans.len());
+        let bans = bans
+            .into_iter()
+            .map(|w| {
+                why.push((w.address, w.matched));
+                (w.ban, w.reason)
+            })
+            .collect();
         let stored = self.escalate(bans, now);
         if let Err(e) = self.commit(&stored) {
             tracing::error!(error = %e, count = stored.len(), "writing bans failed");
             return;
         }
+        self.announce_bans(&stored, why, "failures");
         let recidive = self.recidive(&stored, now);
         if !recidive.is_empty() {
             let stored = self.escalate(recidive, now);
             if let Err(e) = self.commit(&stored) {
                 tracing::error!(error = %e, count = stored.len(), "writing recidive bans failed");
+                return;
             }
+            self.announce_bans(&stored, Vec::new(), "recidive");
         }
     }
 
@@ -598,9 +660,16 @@ impl Daemon {
 
     /// Writes bans to the kernel (one batch), then to the store.
     fn commit(&mut self, stored: &[StoredBan]) -> Result<(), FirewallError> {
-        self.write_bans(&stored.iter().map(StoredBan::to_ban).collect::<Vec<_>>())?;
+        let bans: Vec<Ban> = stored.iter().map(StoredBan::to_ban).collect();
+        if let Err(e) = self.write_bans(&bans) {
+            self.netlink_errors += 1;
+            return Err(e);
+        }
         for b in stored {
             tracing::info!(jail = b.jail.as_str(), address = %b.net, bantime = %b.time, ban = b.count, "ban");
+            if let Some(jail) = self.jails.iter_mut().find(|j| j.name() == b.jail) {
+                jail.counters_mut().bans += 1;
+            }
         }
         // The kernel enforces the bans already; a store failure only loses their memory.
         if let Err(e) = self.store.record_bans(stored) {
@@ -654,6 +723,8 @@ impl Daemon {
     /// plus every unexpired ban of the store that the kernel lacks, with its remaining time.
     /// Bans found in the kernel but not in the store are adopted. Returns (restored, adopted).
     fn reconcile(&mut self, now: SystemTime) -> Result<(usize, usize), DaemonError> {
+        // Before the purge below forgets them.
+        self.announce_expired(now);
         let names: Vec<&str> = self.jails.iter().map(Jail::name).collect();
         self.store.purge(now, self.history, &names)?;
         let stored = self.store.active(now)?;
@@ -691,14 +762,20 @@ impl Daemon {
     pub fn repair(&mut self, by: RemovedBy) {
         match self.reconcile(SystemTime::now()) {
             Ok((restored, _)) => match by {
-                Some(pid) => tracing::warn!(
-                    pid,
-                    restored,
-                    "another process removed parts of table inet banctl: layout and bans repaired"
-                ),
+                Some(pid) => {
+                    self.repairs += 1;
+                    tracing::warn!(
+                        pid,
+                        restored,
+                        "another process removed parts of table inet banctl: layout and bans repaired"
+                    )
+                }
                 None => tracing::info!(restored, "ruleset checked after lost notifications"),
             },
-            Err(e) => tracing::error!(error = %e, "repairing the ruleset failed"),
+            Err(e) => {
+                self.netlink_errors += 1;
+                tracing::error!(error = %e, "repairing the ruleset failed");
+            }
         }
     }
 
@@ -712,6 +789,8 @@ impl Daemon {
     }
 
     fn purge(&mut self, now: SystemTime) {
+        // Before the purge forgets them.
+        self.announce_expired(now);
         let names: Vec<&str> = self.jails.iter().map(Jail::name).collect();
         match self.store.purge(now, self.history, &names) {
             Ok(n) => tracing::debug!(rows = n, "state store purged"),
@@ -808,7 +887,7 @@ impl Daemon {
         let rules: Vec<_> = config.jails.iter().map(|j| j.rules()).collect();
         if let Err(e) = self.firewall.apply_layout(&rules, &[]) {
             tracing::error!(error = %e, "reload refused by the kernel, the running configuration stays");
-            return Self::firewall_error(e);
+            return self.firewall_failed(e);
         }
         if let Some(sources) = new_sources {
             self.sources = sources;
@@ -829,6 +908,9 @@ impl Daemon {
             .collect();
         self.routes = routes;
         self.history = config.daemon.history;
+        // The old notifiers finish what they queued, then stop.
+        self.notifications = Notifications::start(&config.notify, self.notify_stats.clone());
+        self.keep_matched_lines();
         let jails: Vec<String> = self.jails.iter().map(|j| j.name().to_owned()).collect();
         let added: Vec<String> = jails
             .iter()
@@ -876,6 +958,12 @@ impl Daemon {
         result.unwrap_or_else(|response| response)
     }
 
+    /// A failed netlink request as a control response, counted in the metrics.
+    fn firewall_failed(&mut self, e: FirewallError) -> Response {
+        self.netlink_errors += 1;
+        Self::firewall_error(e)
+    }
+
     fn firewall_error(e: FirewallError) -> Response {
         Response::Error {
             kind: ErrorKind::Firewall,
@@ -885,7 +973,10 @@ impl Daemon {
 
     fn bans_of(&mut self, j: usize) -> Result<Vec<BanInfo>, Response> {
         let jail = self.jails[j].name().to_owned();
-        let elements = self.firewall.list(&jail).map_err(Self::firewall_error)?;
+        let elements = self
+            .firewall
+            .list(&jail)
+            .map_err(|e| self.firewall_failed(e))?;
         let now = SystemTime::now();
         Ok(elements
             .into_iter()
@@ -947,7 +1038,9 @@ impl Daemon {
             // An explicit --time is taken as given, never escalated.
             b.time = time;
         }
+        // `commit` counted the netlink error.
         self.commit(&stored).map_err(Self::firewall_error)?;
+        self.announce_bans(&stored, Vec::new(), "manual");
         let forgotten = self.jails[j].forget(&target);
         self.forget_saved(&[(j, forgotten)]);
         let time = stored.first().map_or(BanTime::Permanent, |b| b.time);
@@ -997,7 +1090,9 @@ impl Daemon {
         }
         let items: Vec<(String, IpNet)> =
             bans.iter().map(|b| (b.jail.clone(), b.address)).collect();
-        self.firewall.unban(&items).map_err(Self::firewall_error)?;
+        self.firewall
+            .unban(&items)
+            .map_err(|e| self.firewall_failed(e))?;
         // Gone from the store too, so that no repair or restart puts them back.
         if let Err(e) = self.store.remove(&items) {
             tracing::error!(error = %e, "removing unbanned addresses from the state store");
@@ -1010,6 +1105,7 @@ impl Daemon {
             tracing::info!(jail = b.jail.as_str(), address = %b.address, "unban");
         }
         self.forget_saved(&forgotten);
+        self.announce_unbans(bans);
         Ok(())
     }
 
@@ -1028,11 +1124,12 @@ impl Daemon {
         let mut jails = Vec::new();
         for j in self.selected(jail)? {
             let active_bans = self.bans_of(j)?.len();
-            let jail = &self.jails[j];
+            let name = self.jails[j].name().to_owned();
             let dropped = self
                 .firewall
-                .dropped(jail.name())
-                .map_err(Self::firewall_error)?;
+                .dropped(&name)
+                .map_err(|e| self.firewall_failed(e))?;
+            let jail = &self.jails[j];
             let c = jail.config();
             jails.push(JailStatus {
                 name: c.name.clone(),

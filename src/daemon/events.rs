@@ -1,0 +1,154 @@
+//! What the daemon tells the outside: ban and unban events for the notifiers, and the
+//! figures a metrics scrape reports.
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use super::Daemon;
+use crate::control::BanInfo;
+use crate::duration::BanTime;
+use crate::firewall::Ban;
+use crate::metrics::{JailFigures, Snapshot};
+use crate::notify::{Event, EventKind, MAX_MATCHED};
+use crate::state::StoredBan;
+
+/// A ban a round of lines asks for: what to write, the address whose failures led to it, the
+/// reason the store keeps and the lines the notifiers get.
+pub(super) struct Wanted {
+    pub ban: Ban,
+    pub address: IpAddr,
+    pub reason: String,
+    pub matched: Vec<String>,
+}
+
+impl Daemon {
+    /// Jails whose bans a notifier hears of keep their matched lines (up to `maxretry`).
+    pub(super) fn keep_matched_lines(&mut self) {
+        for jail in &mut self.jails {
+            let keep = if self.notifications.wants(EventKind::Ban, jail.name()) {
+                (jail.config().maxretry as usize).min(MAX_MATCHED)
+            } else {
+                0
+            };
+            jail.keep_matched(keep);
+        }
+    }
+
+    /// Hands written bans to the notifiers; `why` pairs with `stored` (the address behind each
+    /// ban and its lines) or is empty.
+    pub(super) fn announce_bans(
+        &self,
+        stored: &[StoredBan],
+        why: Vec<(IpAddr, Vec<String>)>,
+        reason: &'static str,
+    ) {
+        let mut why = why.into_iter();
+        for b in stored {
+            let (address, matched) = why.next().unwrap_or((b.net.addr(), Vec::new()));
+            self.notifications.send(Event::new(
+                EventKind::Ban,
+                &b.jail,
+                address,
+                b.net,
+                Some(b.time),
+                Some(b.count),
+                reason,
+                matched,
+            ));
+        }
+    }
+
+    /// Counts and announces bans lifted by an unban request.
+    pub(super) fn announce_unbans(&mut self, lifted: &[BanInfo]) {
+        for b in lifted {
+            self.count_unban(&b.jail);
+            let time = b
+                .bantime_s
+                .map(|s| BanTime::Finite(std::time::Duration::from_secs(s)));
+            self.notifications.send(Event::new(
+                EventKind::Unban,
+                &b.jail,
+                b.address.addr(),
+                b.address,
+                Some(time.unwrap_or(BanTime::Permanent)),
+                b.ban_count,
+                "manual",
+                Vec::new(),
+            ));
+        }
+    }
+
+    /// Counts and announces the bans that expired since the last look (the kernel lifted them
+    /// on its own); the store still holds them until its next purge.
+    pub(super) fn announce_expired(&mut self, now: SystemTime) {
+        let since = std::mem::replace(&mut self.expiry_checked, now);
+        let expired = match self.store.expired(since, now) {
+            Ok(expired) => expired,
+            Err(e) => {
+                tracing::error!(error = %e, "reading expired bans");
+                return;
+            }
+        };
+        for b in expired {
+            tracing::info!(jail = b.jail.as_str(), address = %b.net, "ban expired");
+            self.count_unban(&b.jail);
+            self.notifications.send(Event::new(
+                EventKind::Unban,
+                &b.jail,
+                b.net.addr(),
+                b.net,
+                Some(b.time),
+                Some(b.count),
+                "expired",
+                Vec::new(),
+            ));
+        }
+    }
+
+    fn count_unban(&mut self, jail: &str) {
+        if let Some(jail) = self.jails.iter_mut().find(|j| j.name() == jail) {
+            jail.counters_mut().unbans += 1;
+        }
+    }
+
+    /// The figures of one metrics scrape.
+    pub(super) fn snapshot(&mut self) -> Snapshot {
+        let active = self
+            .store
+            .active_by_jail(SystemTime::now())
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "metrics: reading active bans");
+                Default::default()
+            });
+        let mut jails = Vec::with_capacity(self.jails.len());
+        for j in 0..self.jails.len() {
+            let name = self.jails[j].name().to_owned();
+            let dropped = match self.firewall.dropped(&name) {
+                Ok(c) => Some((c.packets, c.bytes)),
+                Err(e) => {
+                    self.netlink_errors += 1;
+                    tracing::warn!(error = %e, jail = name, "metrics: reading the drop counter");
+                    None
+                }
+            };
+            let jail = &self.jails[j];
+            jails.push(JailFigures {
+                active_bans: active.get(&name).copied().unwrap_or(0),
+                name,
+                counters: *jail.counters(),
+                tracked: jail.tracked(),
+                dropped,
+            });
+        }
+        let stats = &self.notify_stats;
+        Snapshot {
+            jails,
+            netlink_errors: self.netlink_errors,
+            repairs: self.repairs,
+            notifications_sent: stats.sent.load(Ordering::Relaxed),
+            notifications_failed: stats.failed.load(Ordering::Relaxed),
+            notifications_dropped: stats.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
