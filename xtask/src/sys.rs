@@ -16,6 +16,10 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     // fail2ban-regex runs on Python; the fail2ban package itself is only unpacked.
     "python3",
+    // The README's https notifier example runs curl (`check-config` checks the program).
+    "curl",
+    // The exec-notifier test starts the daemon the way its systemd unit does.
+    "util-linux",
 ];
 
 pub fn workspace_root() -> PathBuf {
