@@ -136,6 +136,10 @@ pub enum Command {
         /// Write here instead of standard output.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Write each filter into the configuration (interpolated, as a `fail2ban_filter`
+        /// table) instead of referring to its file in the fail2ban directory.
+        #[arg(long)]
+        inline: bool,
     },
     /// Validate a configuration file and print every error.
     CheckConfig {

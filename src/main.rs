@@ -66,8 +66,12 @@ fn init_logging() {
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Daemon { config } => run_daemon(&config),
-        Command::ImportFail2ban { dir, output } => {
-            let imported = banctl::fail2ban::import(&dir).map_err(|e| Failure {
+        Command::ImportFail2ban {
+            dir,
+            output,
+            inline,
+        } => {
+            let imported = banctl::fail2ban::import(&dir, inline).map_err(|e| Failure {
                 code: exit::CONFIG,
                 error: e.into(),
             })?;

@@ -890,6 +890,33 @@ impl Context<'_> {
         let mut prefix = None;
         let mut ok = true;
         let filter = jail.filter.as_ref().or(defaults.filter.as_ref());
+        if let Some(inline) = &jail.fail2ban_filter {
+            let raw = inline.get_ref();
+            if jail.filter.is_some() || jail.failregex.is_some() {
+                self.error(
+                    inline.span(),
+                    key("fail2ban_filter"),
+                    "a jail has either `fail2ban_filter` or `filter`/`failregex`",
+                );
+                return ("fail2ban (inline)".to_owned(), None);
+            }
+            let definition = crate::fail2ban::Definition {
+                failregex: raw.failregex.clone(),
+                ignoreregex: raw.ignoreregex.clone(),
+                prefregex: raw.prefregex.clone(),
+                maxlines: 1,
+                journalmatch: None,
+                datepattern: None,
+            };
+            let origin = std::path::PathBuf::from(key("fail2ban_filter"));
+            return match definition.compile(&origin) {
+                Ok(read) => ("fail2ban (inline)".to_owned(), Some(read.filter)),
+                Err(e) => {
+                    self.error(inline.span(), key("fail2ban_filter"), e);
+                    ("fail2ban (inline)".to_owned(), None)
+                }
+            };
+        }
         let fail2ban_file = filter.and_then(|f| {
             let (path, options) = crate::fail2ban::split_options(f.get_ref());
             (path.ends_with(".conf") || path.ends_with(".local"))

@@ -69,6 +69,18 @@ pub struct RawJail {
     pub journal: Option<Spanned<RawJournal>>,
     pub source: Option<Spanned<String>>,
     pub logtimezone: Option<Spanned<String>>,
+    pub fail2ban_filter: Option<Spanned<RawFail2banFilter>>,
+}
+
+/// `[jails.NAME.fail2ban_filter]`: a fail2ban filter written into the configuration (what
+/// `import-fail2ban --inline` writes): patterns in fail2ban's dialect, matched on the line
+/// with its date cut out, as fail2ban does.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawFail2banFilter {
+    pub failregex: Vec<String>,
+    #[serde(default)]
+    pub ignoreregex: Vec<String>,
+    pub prefregex: Option<String>,
 }
 
 /// `journal = { matches = ["_SYSTEMD_UNIT=ssh.service"], directory = "/path" }`.

@@ -41,12 +41,33 @@ pub struct Fail2banFilter {
     pub notes: Vec<String>,
 }
 
+/// A fail2ban filter's definition once read: every `%(…)s` and tag substitution done, the
+/// patterns still in fail2ban's dialect (Python regexes with `<HOST>`, `<F-USER>` …). What
+/// `import-fail2ban --inline` writes into a banctl configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Definition {
+    pub failregex: Vec<String>,
+    pub ignoreregex: Vec<String>,
+    pub prefregex: Option<String>,
+    pub maxlines: usize,
+    pub journalmatch: Option<String>,
+    pub datepattern: Option<String>,
+}
+
 /// Reads the fail2ban filter at `path` (with its includes and `.local`), with `options`
 /// (`name=value`, from `filter = name[options]`) overriding its values.
 pub fn read_filter(
     path: &Path,
     options: &[(String, String)],
 ) -> Result<Fail2banFilter, Fail2banError> {
+    read_definition(path, options)?.compile(path)
+}
+
+/// Reads and interpolates the fail2ban filter at `path`, without compiling it.
+pub fn read_definition(
+    path: &Path,
+    options: &[(String, String)],
+) -> Result<Definition, Fail2banError> {
     let mut ini = Ini::read(path)?;
     for (key, value) in options {
         ini.set("Definition", key, value);
@@ -66,57 +87,70 @@ pub fn read_filter(
             .map(str::to_owned)
             .collect()
     };
-    let failregex = lines(value("failregex")?);
-    let ignoreregex = lines(value("ignoreregex")?);
-    let prefregex = value("prefregex")?.filter(|p| !p.trim().is_empty());
-    let maxlines = value("maxlines")?
-        .and_then(|m| m.trim().parse().ok())
-        .unwrap_or(1);
-    let mut notes = Vec::new();
-    let compile = |source: &str, notes: &mut Vec<String>| -> Result<Pattern, Fail2banError> {
-        let (expanded, multiline) = translate(source);
-        if multiline {
-            notes.push(format!(
-                "{source}: <SKIPLINES> spans lines; banctl matches it within one line"
-            ));
-        }
-        Pattern::translated(source, &expanded).map_err(|e| Fail2banError::Pattern {
-            path: path.to_owned(),
-            pattern: source.to_owned(),
-            message: e.to_string(),
-        })
-    };
-    let mut fail = Vec::new();
-    for source in &failregex {
-        fail.push(compile(source, &mut notes)?);
-    }
-    let mut ignore = Vec::new();
-    for source in &ignoreregex {
-        ignore.push(compile(source, &mut notes)?);
-    }
-    let prefregex = match &prefregex {
-        Some(p) => Some(compile(p.trim(), &mut notes)?),
-        None => None,
-    };
-    if maxlines > 1 {
-        notes.push(format!(
-            "maxlines = {maxlines}: fail2ban joins lines; banctl matches one line at a time"
-        ));
-    }
-    if fail.is_empty() {
-        return Err(Fail2banError::NoFailregex(path.to_owned()));
-    }
-    let filter = Filter::new(fail, ignore).with_prefix(Prefix {
-        strip_date: true,
-        prefregex,
-    });
-    Ok(Fail2banFilter {
-        filter,
-        maxlines,
+    Ok(Definition {
+        failregex: lines(value("failregex")?),
+        ignoreregex: lines(value("ignoreregex")?),
+        prefregex: value("prefregex")?
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty()),
+        maxlines: value("maxlines")?
+            .and_then(|m| m.trim().parse().ok())
+            .unwrap_or(1),
         journalmatch: value("journalmatch")?.filter(|j| !j.trim().is_empty()),
         datepattern: ini.get("Definition", "datepattern")?,
-        notes,
     })
+}
+
+impl Definition {
+    /// Compiles the patterns; `origin` names the filter in errors.
+    pub fn compile(self, origin: &Path) -> Result<Fail2banFilter, Fail2banError> {
+        let mut notes = Vec::new();
+        let compile = |source: &str, notes: &mut Vec<String>| -> Result<Pattern, Fail2banError> {
+            let (expanded, multiline) = translate(source);
+            if multiline {
+                notes.push(format!(
+                    "{source}: <SKIPLINES> spans lines; banctl matches it within one line"
+                ));
+            }
+            Pattern::translated(source, &expanded).map_err(|e| Fail2banError::Pattern {
+                path: origin.to_owned(),
+                pattern: source.to_owned(),
+                message: e.to_string(),
+            })
+        };
+        let mut fail = Vec::new();
+        for source in &self.failregex {
+            fail.push(compile(source, &mut notes)?);
+        }
+        let mut ignore = Vec::new();
+        for source in &self.ignoreregex {
+            ignore.push(compile(source, &mut notes)?);
+        }
+        let prefregex = match &self.prefregex {
+            Some(p) => Some(compile(p, &mut notes)?),
+            None => None,
+        };
+        if self.maxlines > 1 {
+            notes.push(format!(
+                "maxlines = {}: fail2ban joins lines; banctl matches one line at a time",
+                self.maxlines
+            ));
+        }
+        if fail.is_empty() {
+            return Err(Fail2banError::NoFailregex(origin.to_owned()));
+        }
+        let filter = Filter::new(fail, ignore).with_prefix(Prefix {
+            strip_date: true,
+            prefregex,
+        });
+        Ok(Fail2banFilter {
+            filter,
+            maxlines: self.maxlines,
+            journalmatch: self.journalmatch,
+            datepattern: self.datepattern,
+            notes,
+        })
+    }
 }
 
 /// `sshd[mode=aggressive, publickey=any]` → (`sshd`, [(mode, aggressive), (publickey, any)]).

@@ -2,14 +2,16 @@
 //!
 //! Read in fail2ban's order: `jail.conf` (with its includes, `paths-*.conf`), `jail.d/*.conf`,
 //! `jail.local`, `jail.d/*.local`. Only enabled jails are written. Filters are referenced by
-//! their `.conf` path (banctl reads them as they are). What has no banctl equivalent is listed
-//! with the reason and the closest banctl feature, never dropped silently.
+//! their `.conf` path (banctl reads them as they are) or, inline, written into the jail as a
+//! `fail2ban_filter` table (interpolated, so it no longer needs `/etc/fail2ban`). What has no
+//! banctl equivalent is listed with the reason and the closest banctl feature, never dropped
+//! silently.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::Fail2banError;
-use super::filter::{read_filter, split_options};
+use super::filter::{Definition, read_definition, split_options};
 use super::ini::Ini;
 
 /// Appends one formatted line to a `String`.
@@ -32,8 +34,9 @@ pub struct Import {
     pub skipped: Vec<String>,
 }
 
-/// Reads the fail2ban configuration in `dir` (usually `/etc/fail2ban`).
-pub fn import(dir: &Path) -> Result<Import, Fail2banError> {
+/// Reads the fail2ban configuration in `dir` (usually `/etc/fail2ban`); with `inline`, each
+/// jail's filter is written into the output instead of referenced by its path.
+pub fn import(dir: &Path, inline: bool) -> Result<Import, Fail2banError> {
     let ini = read_jails(dir)?;
     let services = Services::read(Path::new("/etc/services"));
     let mut out = Import::default();
@@ -74,14 +77,32 @@ pub fn import(dir: &Path) -> Result<Import, Fail2banError> {
         let recidive = filter_name == "recidive";
         let filter_path = dir.join("filter.d").join(format!("{filter_name}.conf"));
         let mut journalmatch = None;
+        let mut definition = None;
         if recidive {
             emit!(
                 body,
                 "recidive = true   # counts this daemon's own bans instead of parsing fail2ban.log"
             );
         } else {
-            match read_filter(&filter_path, &options) {
-                Ok(f) => journalmatch = f.journalmatch,
+            let read = read_definition(&filter_path, &options)
+                .and_then(|d| d.clone().compile(&filter_path).map(|_| d));
+            match read {
+                Ok(d) => {
+                    journalmatch = d.journalmatch.clone();
+                    if d.maxlines > 1 {
+                        skip(&format!(
+                            "filter {filter_spec}: maxlines = {} — banctl matches one line at a time; patterns spanning lines do not match",
+                            d.maxlines
+                        ));
+                    }
+                    if let Some(p) = d.datepattern.as_deref().filter(|p| !p.trim().is_empty()) {
+                        skip(&format!(
+                            "filter {filter_spec}: datepattern = {} — banctl detects the date formats loggers write by itself",
+                            p.trim()
+                        ));
+                    }
+                    definition = Some(d);
+                }
                 Err(e) => skip(&format!("filter {filter_spec}: {e}")),
             }
             let options: Vec<String> = options
@@ -94,7 +115,12 @@ pub fn import(dir: &Path) -> Result<Import, Fail2banError> {
             } else {
                 format!("{}[{}]", filter_path.display(), options.join(", "))
             };
-            emit!(body, "filter = {}", quote(&spec));
+            if inline && definition.is_some() {
+                emit!(body, "# filter {spec}: written below as fail2ban_filter");
+            } else {
+                emit!(body, "filter = {}", quote(&spec));
+                definition = None;
+            }
         }
         let backend = get("backend").unwrap_or_else(|| "auto".into());
         if !recidive {
@@ -229,11 +255,16 @@ pub fn import(dir: &Path) -> Result<Import, Fail2banError> {
             && action != "%(action_)s"
         {
             skip(&format!(
-                "action = {action} — banctl bans with nftables sets itself; mail and reporting actions are not carried over (closest: notifications, not yet available)"
+                "action = {action} — banctl bans with nftables sets itself; mail and reporting actions are not carried over (closest: a [[notify]] webhook or program, see the README)"
             ));
         }
         if get("ignorecommand").is_some_and(|c| !c.is_empty()) {
             skip("ignorecommand — banctl runs no command to decide; use ignoreip");
+        }
+        // A table: after every key of the jail.
+        if let Some(d) = &definition {
+            emit!(body, "\n[jails.{jail_name}.fail2ban_filter]");
+            body.push_str(&inline_filter(d));
         }
         body.push('\n');
         out.jails.push(jail_name);
@@ -287,6 +318,36 @@ fn truthy(value: &str) -> bool {
         value.trim().to_ascii_lowercase().as_str(),
         "true" | "yes" | "1" | "on"
     )
+}
+
+/// A filter's definition as the keys of a `fail2ban_filter` table.
+fn inline_filter(d: &Definition) -> String {
+    let list = |patterns: &[String]| -> String {
+        if patterns.is_empty() {
+            return "[]".into();
+        }
+        let items: Vec<String> = patterns
+            .iter()
+            .map(|p| format!("  {},\n", pattern_string(p)))
+            .collect();
+        format!("[\n{}]", items.concat())
+    };
+    let mut out = String::new();
+    if let Some(p) = &d.prefregex {
+        emit!(out, "prefregex = {}", pattern_string(p));
+    }
+    emit!(out, "failregex = {}", list(&d.failregex));
+    emit!(out, "ignoreregex = {}", list(&d.ignoreregex));
+    out
+}
+
+/// A regex as a TOML string: a literal string (no escapes to read) when it can be one.
+fn pattern_string(pattern: &str) -> String {
+    if pattern.contains('\'') || pattern.chars().any(char::is_control) {
+        quote(pattern)
+    } else {
+        format!("'{pattern}'")
+    }
 }
 
 /// A TOML basic string.

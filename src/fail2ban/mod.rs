@@ -8,7 +8,10 @@ pub mod ini;
 
 use std::path::PathBuf;
 
-pub use filter::{Fail2banFilter, python_to_rust, read_filter, split_options, translate};
+pub use filter::{
+    Definition, Fail2banFilter, python_to_rust, read_definition, read_filter, split_options,
+    translate,
+};
 pub use import::{Import, import};
 pub use ini::Ini;
 

@@ -231,7 +231,8 @@ fn copy_tree(from: &Path, to: &Path) {
 
 /// `banctl import-fail2ban` on Debian's stock configuration plus a jail.local: sshd (ports by
 /// service name, ignoreip, DEFAULT bantime), Jellyfin (two ports, a custom filter), recidive
-/// and bantime.increment. The output passes check-config, and the daemon bans with it.
+/// and bantime.increment. The output passes check-config; so does the `--inline` output once
+/// the fail2ban directory is gone, and the daemon bans with it.
 #[test]
 fn import_of_a_stock_configuration_runs_and_bans() {
     use std::time::Duration;
@@ -297,7 +298,40 @@ fn import_of_a_stock_configuration_runs_and_bans() {
         String::from_utf8_lossy(&check.stderr)
     );
 
-    // The imported configuration, run by the daemon in a namespace: Jellyfin's port closes.
+    // --inline: the filters written into the file, which then needs no /etc/fail2ban.
+    let out = Command::new(env!("CARGO_BIN_EXE_banctl"))
+        .args(["import-fail2ban", "--inline", "--dir"])
+        .arg(&etc)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let toml = String::from_utf8(out.stdout).unwrap();
+    for want in [
+        "[jails.sshd.fail2ban_filter]",
+        "[jails.jellyfin.fail2ban_filter]",
+        "failregex = [\n  '^\\[\\] \\[INF\\] \\[\\d+\\] Jellyfin",
+        "ports = [8096, 8920]",
+    ] {
+        assert!(toml.contains(want), "missing {want:?} in:\n{toml}");
+    }
+    assert!(
+        !toml.contains("filter = \""),
+        "a filter file is referenced:\n{toml}"
+    );
+    std::fs::remove_dir_all(&etc).unwrap();
+    let inline = scratch.write("inline.toml", &toml);
+    let check = crate::daemon::check_config(&inline);
+    assert!(
+        check.status.success(),
+        "{}\n{toml}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // The inline configuration, run by the daemon in a namespace: Jellyfin's port closes.
     let Some(()) = netns::enter("import_of_a_stock_configuration_runs_and_bans") else {
         return;
     };
