@@ -908,8 +908,7 @@ impl Context<'_> {
                 journalmatch: None,
                 datepattern: None,
             };
-            let origin = std::path::PathBuf::from(key("fail2ban_filter"));
-            return match definition.compile(&origin) {
+            return match definition.compile(Path::new("inline filter")) {
                 Ok(read) => ("fail2ban (inline)".to_owned(), Some(read.filter)),
                 Err(e) => {
                     self.error(inline.span(), key("fail2ban_filter"), e);
@@ -1284,6 +1283,55 @@ timeout = "3s"
         assert_eq!(
             (n.on_ban, n.on_unban, n.timeout),
             (false, true, Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn an_inline_fail2ban_filter_matches_as_fail2ban_would() {
+        let config = Config::parse(
+            Path::new("t.toml"),
+            r#"[jails.vnc]
+logpath = "/x"
+[jails.vnc.fail2ban_filter]
+prefregex = '^\s*\S+ vncserver: <F-CONTENT>.+</F-CONTENT>$'
+failregex = ['^authentication failed for <F-USER>\S+</F-USER> from <HOST>$']
+ignoreregex = ['for trusted ']
+"#,
+        )
+        .unwrap();
+        let filter = &config.jails[0].filter;
+        // The date is cut out first, as fail2ban does.
+        let hit = filter
+            .find(
+                "2026-11-21T10:00:00Z host vncserver: authentication failed for bob from 192.0.2.7",
+            )
+            .unwrap();
+        assert_eq!(hit.addr.to_string(), "192.0.2.7");
+        assert!(
+            filter
+                .find("2026-11-21T10:00:00Z host vncserver: authentication failed for trusted from 192.0.2.7")
+                .is_none()
+        );
+
+        let errors = parse(
+            r#"[jails.vnc]
+filter = "sshd"
+logpath = "/x"
+[jails.vnc.fail2ban_filter]
+failregex = ['^failed from <HOST>$']
+[jails.bad]
+logpath = "/x"
+[jails.bad.fail2ban_filter]
+failregex = ['^(unclosed <HOST>']
+"#,
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(errors[0].starts_with("t.toml:4: jails.vnc.fail2ban_filter: a jail has either"));
+        assert!(
+            errors[1].starts_with("t.toml:8: jails.bad.fail2ban_filter: inline filter: pattern"),
+            "{}",
+            errors[1]
         );
     }
 
