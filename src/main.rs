@@ -179,7 +179,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Filters => {
             for b in banctl::filter::BUILTIN {
-                println!("{:<16} {}", b.name, b.description);
+                let modes = b.modes();
+                let modes = if modes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [mode={}]", modes.join("|"))
+                };
+                println!("{:<18} {}{modes}", b.name, b.description());
             }
             Ok(())
         }
@@ -290,10 +296,10 @@ fn load_filter(spec: &str) -> Result<(banctl::filter::Filter, String), Failure> 
     };
     let (name, options) = banctl::fail2ban::split_options(spec);
     if let Some(b) = banctl::filter::Builtin::by_name(name) {
-        return Ok((
-            b.compile(),
-            format!("{} (built-in: {})", b.name, b.description),
-        ));
+        let filter = b
+            .compile_with(&options)
+            .map_err(|e| config_error(anyhow::anyhow!(e)))?;
+        return Ok((filter, format!("{spec} (built-in: {})", b.description())));
     }
     let path = Path::new(name);
     if !path.exists() {
@@ -315,12 +321,11 @@ fn load_filter(spec: &str) -> Result<(banctl::filter::Filter, String), Failure> 
         }
         return Ok((read.filter, label));
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {name}"))?;
-    let file =
-        banctl::filter::parse_filter_file(name, &text).map_err(|e| config_error(e.into()))?;
+    let file = banctl::filter::read_filter_file(name, &options)
+        .map_err(|e| config_error(anyhow::anyhow!(e)))?;
     let label = match file.description {
-        Some(d) => format!("{name} ({d})"),
-        None => name.to_owned(),
+        Some(d) => format!("{spec} ({d})"),
+        None => spec.to_owned(),
     };
     Ok((file.filter, label))
 }

@@ -938,15 +938,10 @@ impl Context<'_> {
             f.get_ref().clone()
         } else {
             match filter {
-                // A path: a banctl filter file.
+                // A path: a banctl filter file, with its mode.
                 Some(f) if f.get_ref().contains('/') => {
-                    let path = f.get_ref();
-                    let parsed = std::fs::read_to_string(path)
-                        .map_err(|e| format!("cannot read filter file {path}: {e}"))
-                        .and_then(|text| {
-                            crate::filter::parse_filter_file(path, &text).map_err(|e| e.to_string())
-                        });
-                    match parsed {
+                    let (path, options) = crate::fail2ban::split_options(f.get_ref());
+                    match crate::filter::read_filter_file(path, &options) {
                         Ok(file) => {
                             let (f, i) = file.filter.into_parts();
                             fail.extend(f);
@@ -957,14 +952,23 @@ impl Context<'_> {
                             ok = false;
                         }
                     }
-                    path.clone()
+                    f.get_ref().clone()
                 }
-                Some(f) => match Builtin::by_name(f.get_ref()) {
+                Some(f) => match Builtin::by_name(crate::fail2ban::split_options(f.get_ref()).0) {
                     Some(b) => {
-                        let (f, i) = b.compile().into_parts();
-                        fail.extend(f);
-                        ignore.extend(i);
-                        b.name.to_owned()
+                        let (_, options) = crate::fail2ban::split_options(f.get_ref());
+                        match b.compile_with(&options) {
+                            Ok(filter) => {
+                                let (f, i) = filter.into_parts();
+                                fail.extend(f);
+                                ignore.extend(i);
+                            }
+                            Err(e) => {
+                                self.error(f.span(), key("filter"), e);
+                                ok = false;
+                            }
+                        }
+                        f.get_ref().clone()
                     }
                     None => {
                         let known: Vec<&str> =
@@ -1332,6 +1336,30 @@ failregex = ['^(unclosed <HOST>']
             errors[1].starts_with("t.toml:8: jails.bad.fail2ban_filter: inline filter: pattern"),
             "{}",
             errors[1]
+        );
+    }
+
+    #[test]
+    fn builtin_filters_take_a_mode() {
+        let config = Config::parse(
+            Path::new("t.toml"),
+            "[jails.ssh]\nfilter = \"sshd[mode=aggressive]\"\nlogpath = \"/x\"\n",
+        )
+        .unwrap();
+        let filter = &config.jails[0].filter;
+        assert!(
+            filter
+                .find("sshd[1]: Connection closed by 192.0.2.7 port 4 [preauth]")
+                .is_some()
+        );
+        assert_eq!(config.jails[0].filter_name, "sshd[mode=aggressive]");
+        let errors =
+            parse("[jails.ssh]\nlogpath = \"/x\"\nfilter = \"sshd[mode=loud]\"\n").unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].starts_with("t.toml:3: jails.ssh.filter: ")
+                && errors[0].contains("no mode \"loud\""),
+            "{errors:?}"
         );
     }
 

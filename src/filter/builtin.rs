@@ -1,243 +1,270 @@
-//! Filters shipped with banctl, written from each service's real log format.
+//! Filters shipped with banctl, written by this project from each service's real log format:
+//! one banctl filter file each in `library/` (compiled into the binary), with a fixture of
+//! hits, near misses, benign and hostile lines in `tests/fixtures/filters/`.
 //!
-//! Every pattern is anchored at both ends, and text an attacker controls (a user
-//! name) is only ever matched *before* the fixed text that precedes the real peer
-//! address, so the greedy match always picks the address the service printed last.
+//! Every pattern is anchored at both ends, and where text an attacker controls (a user name,
+//! a URL) can stand on the line, the pattern picks the address from where only the service
+//! writes: before that text, or, when the address ends the line, the last occurrence. Each
+//! file says which, and each fixture has lines that plant an address to prove it.
 
-use super::{Filter, Pattern};
+use super::Filter;
+use super::file::{FilterFile, FilterFileError, mode_of, parse_filter_file_in_mode};
 
-/// A built-in filter: its name, a one-line description and its patterns.
+/// A built-in filter: its name and its filter file.
 #[derive(Debug)]
 pub struct Builtin {
     pub name: &'static str,
-    pub description: &'static str,
-    pub failregex: &'static [&'static str],
-    pub ignoreregex: &'static [&'static str],
+    text: &'static str,
 }
+
+macro_rules! library {
+    ($($name:literal),* $(,)?) => {
+        &[$(Builtin { name: $name, text: include_str!(concat!("library/", $name, ".toml")) }),*]
+    };
+}
+
+/// Sorted by name.
+pub static BUILTIN: &[Builtin] = library![
+    "apache-auth",
+    "apache-badbots",
+    "asterisk",
+    "caddy",
+    "courier",
+    "cyrus-imap",
+    "dovecot",
+    "dropbear",
+    "exim",
+    "forgejo",
+    "freeswitch",
+    "gitea",
+    "gitlab",
+    "grafana",
+    "haproxy-http-auth",
+    "home-assistant",
+    "jellyfin",
+    "mongodb-auth",
+    "monit",
+    "mysqld-auth",
+    "named-refused",
+    "nextcloud",
+    "nginx-bad-request",
+    "nginx-botsearch",
+    "nginx-http-auth",
+    "nginx-limit-req",
+    "openvpn",
+    "phpmyadmin",
+    "postfix",
+    "postgresql",
+    "proftpd",
+    "proxmox",
+    "pure-ftpd",
+    "roundcube",
+    "sogo",
+    "sshd",
+    "tightvnc",
+    "traefik-auth",
+    "vaultwarden",
+    "vsftpd",
+    "webmin",
+    "wordpress",
+    "xrdp",
+];
 
 impl Builtin {
     pub fn by_name(name: &str) -> Option<&'static Builtin> {
         BUILTIN.iter().find(|b| b.name == name)
     }
 
-    /// The compiled filter. Built-in patterns are tested to compile.
+    /// The filter file, in `mode` (`None`: the default). The built-in files are tested to
+    /// parse in every mode.
+    pub fn read(&self, mode: Option<&str>) -> Result<FilterFile, FilterFileError> {
+        parse_filter_file_in_mode(&format!("built-in {}", self.name), self.text, mode)
+    }
+
+    /// The compiled filter with its options (`mode=…`, the only one built-ins take).
+    pub fn compile_with(&self, options: &[(String, String)]) -> Result<Filter, String> {
+        let mode = mode_of(self.name, options)?;
+        self.read(mode).map(|f| f.filter).map_err(|e| e.to_string())
+    }
+
+    /// The compiled filter in its default mode.
     pub fn compile(&self) -> Filter {
-        Filter::new(
-            self.failregex
-                .iter()
-                .filter_map(|p| Pattern::fail(p).ok())
-                .collect(),
-            self.ignoreregex
-                .iter()
-                .filter_map(|p| Pattern::ignore(p).ok())
-                .collect(),
-        )
+        self.compile_with(&[])
+            .unwrap_or_else(|_| Filter::new(Vec::new(), Vec::new()))
+    }
+
+    pub fn description(&self) -> String {
+        self.read(None)
+            .ok()
+            .and_then(|f| f.description)
+            .unwrap_or_default()
+    }
+
+    /// The modes besides the default one.
+    pub fn modes(&self) -> Vec<String> {
+        self.read(None).map(|f| f.modes).unwrap_or_default()
     }
 }
-
-/// Syslog (`Nov 21 10:00:00 host`) or RFC 3339 (`2026-11-21T10:00:00.123+01:00 host`)
-/// prefix, then the sshd program name and pid, as in `/var/log/auth.log` and `/var/log/secure`.
-macro_rules! sshd_prefix {
-    () => {
-        r"^(?:(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?) \S+ )?sshd(?:-session)?\[\d+\]: "
-    };
-}
-
-pub static BUILTIN: &[Builtin] = &[
-    Builtin {
-        name: "sshd",
-        description: "OpenSSH server: failed passwords and keys, invalid users, pre-auth disconnects",
-        failregex: &[
-            concat!(
-                sshd_prefix!(),
-                r"Failed (?:password|publickey|keyboard-interactive/pam|none) for (?:invalid user )?.* from <HOST> port \d+(?: ssh2)?(?:: \S+ \S+)?$"
-            ),
-            concat!(
-                sshd_prefix!(),
-                r"Invalid user .* from <HOST>(?: port \d+)?$"
-            ),
-            concat!(
-                sshd_prefix!(),
-                r"(?:Connection closed|Disconnected) by (?:invalid|authenticating) user .* <HOST> port \d+ \[preauth\]$"
-            ),
-            concat!(
-                sshd_prefix!(),
-                r"error: maximum authentication attempts exceeded for (?:invalid user )?.* from <HOST> port \d+ ssh2 \[preauth\]$"
-            ),
-            concat!(
-                sshd_prefix!(),
-                r"pam_unix\(sshd:auth\): authentication failure; logname=\S* uid=\d+ euid=\d+ tty=\S* ruser=\S* rhost=<HOST>(?:\s+user=.*)?$"
-            ),
-        ],
-        ignoreregex: &[],
-    },
-    // nginx's combined access log: `$remote_addr - $remote_user [$time_local] "$request" $status
-    // $body_bytes_sent "$http_referer" "$http_user_agent"`. The client address comes first,
-    // before anything the client sends; nginx escapes `"` inside the quoted fields.
-    Builtin {
-        name: "nginx-botsearch",
-        description: "nginx access log: scanners probing for well-known admin and exploit paths (404/403)",
-        failregex: &[
-            r#"^<HOST> - \S+ \[[^\]]+\] "(?:GET|POST|HEAD|PUT) /+(?:wp-login\.php|wp-admin/|xmlrpc\.php|\.env|\.git/|\.aws/|phpmyadmin|pma/|myadmin/|cgi-bin/|boaform/|HNAP1|vendor/phpunit/|actuator/|solr/|owa/auth|\.well-known/security\.txt\.php)[^"]* HTTP/[0-9.]+" 40[34] \d+ "[^"]*" "[^"]*"$"#,
-        ],
-        ignoreregex: &[],
-    },
-    // nginx's error log for basic authentication: `2026/11/21 10:00:00 [error] 812#812: *1 user
-    // "admin": password mismatch, client: 203.0.113.5, server: …`. The user name is quoted and
-    // escaped by nginx; the real client follows it.
-    Builtin {
-        name: "nginx-http-auth",
-        description: "nginx error log: failed HTTP basic authentication (wrong password, unknown user, none given)",
-        failregex: &[
-            r#"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[error\] \d+#\d+: \*\d+ (?:user "(?:[^"\\]|\\.)*":? (?:password mismatch|was not found in "[^"]*")|no user/password was provided for basic authentication), client: <HOST>, server: \S*, request: "[^"]*"(?:, upstream: "[^"]*")?, host: "[^"]*"(?:, referrer: "[^"]*")?$"#,
-        ],
-        ignoreregex: &[],
-    },
-];
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
-    use crate::filter::Pattern;
 
-    /// The address `filter` reports for `line`. `compile` skips a pattern that does not
-    /// compile: `every_builtin_pattern_compiles` makes sure none is skipped.
-    fn found(filter: &str, line: &str) -> Option<String> {
-        let filter = Builtin::by_name(filter).unwrap().compile();
-        filter.find(line).map(|h| h.addr.to_string())
+    /// The planted address of hostile fixture lines.
+    const PLANTED: &str = "198.51.100.9";
+
+    /// One fixture line: the mode to run, the line, and the address expected (`None`: no
+    /// failure); `hostile` lines carry [`PLANTED`].
+    struct Case {
+        mode: Option<String>,
+        line: String,
+        expect: Option<String>,
+        hostile: bool,
+        at: usize,
     }
 
+    fn fixture(name: &str) -> Vec<Case> {
+        let path = format!(
+            "{}/tests/fixtures/filters/{name}.log",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let mut cases = Vec::new();
+        let mut pending: Option<(Option<String>, Option<String>, bool)> = None;
+        for (n, line) in text.lines().enumerate() {
+            if let Some(spec) = line.strip_prefix("# ") {
+                let mut words: Vec<&str> = spec.split_whitespace().collect();
+                let mode = match words.first().and_then(|w| w.strip_prefix("mode=")) {
+                    Some(m) => {
+                        let m = m.to_owned();
+                        words.remove(0);
+                        Some(m)
+                    }
+                    None => None,
+                };
+                pending = match words.as_slice() {
+                    ["hit", addr] => Some((mode, Some((*addr).to_owned()), false)),
+                    ["hostile", addr] => Some((mode, Some((*addr).to_owned()), true)),
+                    ["miss"] => Some((mode, None, false)),
+                    _ => None,
+                };
+                continue;
+            }
+            let Some((mode, expect, hostile)) = pending.take() else {
+                panic!("{path}:{}: a line without an expectation before it", n + 1);
+            };
+            cases.push(Case {
+                mode,
+                line: line.to_owned(),
+                expect,
+                hostile,
+                at: n + 1,
+            });
+        }
+        cases
+    }
+
+    /// Every built-in filter, in every mode its fixture uses: each hit reports its address,
+    /// each miss nothing, each hostile line the real peer and never the planted address.
+    /// Each fixture has hits, misses and hostile lines, and its hits use every pattern of
+    /// the default mode.
     #[test]
-    fn every_builtin_pattern_compiles() {
+    fn every_builtin_passes_its_fixture() {
+        let mut report = Vec::new();
+        // Every wrong line of every filter, reported together.
+        let mut wrong = Vec::new();
         for b in BUILTIN {
-            for p in b.failregex {
-                assert!(Pattern::fail(p).is_ok(), "{}: {p}", b.name);
+            let default = b.read(None).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                default
+                    .description
+                    .as_deref()
+                    .is_some_and(|d| !d.is_empty()),
+                "{}: no description",
+                b.name
+            );
+            for mode in &default.modes {
+                b.read(Some(mode)).unwrap_or_else(|e| panic!("{e}"));
             }
-            for p in b.ignoreregex {
-                assert!(Pattern::ignore(p).is_ok(), "{}: {p}", b.name);
+            let cases = fixture(b.name);
+            let mut used = BTreeSet::new();
+            let mut filters = std::collections::HashMap::new();
+            for case in &cases {
+                let filter = filters.entry(case.mode.clone()).or_insert_with(|| {
+                    let options: Vec<(String, String)> = case
+                        .mode
+                        .iter()
+                        .map(|m| ("mode".to_owned(), m.clone()))
+                        .collect();
+                    b.compile_with(&options).unwrap()
+                });
+                let hit = filter.find(&case.line);
+                let found = hit.map(|h| h.addr.to_string());
+                if found != case.expect {
+                    wrong.push(format!(
+                        "{} fixture line {} (mode {:?}): found {found:?}, expected {:?}\n  {}",
+                        b.name, case.at, case.mode, case.expect, case.line
+                    ));
+                }
+                if case.hostile {
+                    assert!(
+                        case.line.contains(PLANTED),
+                        "{} line {}: a hostile line plants {PLANTED}",
+                        b.name,
+                        case.at
+                    );
+                }
+                if let (None, Some(hit)) = (&case.mode, hit) {
+                    used.insert(hit.pattern);
+                }
             }
-        }
-    }
-
-    #[test]
-    fn nginx_botsearch() {
-        let hit = r#"203.0.113.5 - - [21/Nov/2026:10:00:00 +0000] "GET /wp-login.php HTTP/1.1" 404 153 "-" "Mozilla/5.0""#;
-        assert_eq!(
-            found("nginx-botsearch", hit).as_deref(),
-            Some("203.0.113.5")
-        );
-        let v6 = r#"2001:db8::5 - - [21/Nov/2026:10:00:00 +0000] "POST //xmlrpc.php HTTP/2.0" 403 0 "-" "x""#;
-        assert_eq!(found("nginx-botsearch", v6).as_deref(), Some("2001:db8::5"));
-        for benign in [
-            r#"203.0.113.5 - - [21/Nov/2026:10:00:00 +0000] "GET /wp-login.php HTTP/1.1" 200 153 "-" "Mozilla/5.0""#,
-            r#"203.0.113.5 - - [21/Nov/2026:10:00:00 +0000] "GET /index.html HTTP/1.1" 404 153 "-" "Mozilla/5.0""#,
-            r#"203.0.113.5 - - [21/Nov/2026:10:00:00 +0000] "GET /blog/.env-guide HTTP/1.1" 404 1 "-" "x""#,
-        ] {
-            assert_eq!(found("nginx-botsearch", benign), None, "{benign}");
-        }
-        // The URL, referrer and user agent are the client's: never the address.
-        for hostile in [
-            r#"203.0.113.5 - - [21/Nov/2026:10:00:00 +0000] "GET /.env?198.51.100.9 - - [x] HTTP/1.1" 404 1 "198.51.100.9" "198.51.100.9 - -""#,
-            r#"203.0.113.5 - 198.51.100.9 [21/Nov/2026:10:00:00 +0000] "GET /.git/config HTTP/1.1" 404 1 "-" "x""#,
-        ] {
-            assert_eq!(
-                found("nginx-botsearch", hostile).as_deref(),
-                Some("203.0.113.5"),
-                "{hostile}"
+            let count = |f: fn(&Case) -> bool| cases.iter().filter(|c| f(c)).count();
+            let (hits, misses, hostile) = (
+                count(|c| c.expect.is_some() && !c.hostile),
+                count(|c| c.expect.is_none()),
+                count(|c| c.hostile),
             );
-        }
-    }
-
-    #[test]
-    fn nginx_http_auth() {
-        let lines = [
-            r#"2026/11/21 10:00:00 [error] 812#812: *1 user "admin": password mismatch, client: 203.0.113.5, server: example.com, request: "GET /admin/ HTTP/1.1", host: "example.com""#,
-            r#"2026/11/21 10:00:00 [error] 812#812: *2 user "bob" was not found in "/etc/nginx/.htpasswd", client: 203.0.113.5, server: example.com, request: "GET / HTTP/1.1", host: "example.com""#,
-            r#"2026/11/21 10:00:00 [error] 812#812: *3 no user/password was provided for basic authentication, client: 203.0.113.5, server: example.com, request: "GET / HTTP/1.1", host: "example.com", referrer: "https://example.com/""#,
-            // Injection through the user name and the request.
-            r#"2026/11/21 10:00:00 [error] 812#812: *4 user "x\x22, client: 198.51.100.9, server: a": password mismatch, client: 203.0.113.5, server: example.com, request: "GET /?client: 198.51.100.9 HTTP/1.1", host: "example.com""#,
-        ];
-        for line in lines {
-            assert_eq!(
-                found("nginx-http-auth", line).as_deref(),
-                Some("203.0.113.5"),
-                "{line}"
+            assert!(
+                hits > 0 && misses > 0 && hostile > 0,
+                "{}: {hits} hits, {misses} misses, {hostile} hostile lines",
+                b.name
             );
-        }
-        // Were a quote ever unescaped, the line would not match: never the planted address.
-        let unescaped = r#"2026/11/21 10:00:00 [error] 812#812: *4 user "x", client: 198.51.100.9, server: a": password mismatch, client: 203.0.113.5, server: example.com, request: "GET / HTTP/1.1", host: "example.com""#;
-        assert_ne!(
-            found("nginx-http-auth", unescaped).as_deref(),
-            Some("198.51.100.9")
-        );
-        let benign = r#"2026/11/21 10:00:00 [error] 812#812: *4 open() "/usr/share/nginx/html/favicon.ico" failed (2: No such file or directory), client: 203.0.113.5, server: example.com, request: "GET /favicon.ico HTTP/1.1", host: "example.com""#;
-        assert_eq!(found("nginx-http-auth", benign), None);
-    }
-
-    #[test]
-    fn sshd_hits() {
-        let cases = [
-            (
-                "Nov 21 10:00:00 web sshd[812]: Failed password for root from 203.0.113.5 port 50122 ssh2",
-                "203.0.113.5",
-            ),
-            (
-                "2026-11-21T10:00:00.123456+01:00 web sshd[812]: Failed password for invalid user admin from 2001:db8::5 port 50122 ssh2",
-                "2001:db8::5",
-            ),
-            (
-                "Nov  1 10:00:00 web sshd-session[90]: Invalid user oracle from 203.0.113.6 port 40000",
-                "203.0.113.6",
-            ),
-            (
-                "Nov 21 10:00:00 web sshd[1]: Connection closed by invalid user test 203.0.113.7 port 4 [preauth]",
-                "203.0.113.7",
-            ),
-            (
-                "Nov 21 10:00:00 web sshd[1]: error: maximum authentication attempts exceeded for root from 203.0.113.8 port 22 ssh2 [preauth]",
-                "203.0.113.8",
-            ),
-            (
-                "Nov 21 10:00:00 web sshd[1]: pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=203.0.113.9  user=root",
-                "203.0.113.9",
-            ),
-            (
-                "sshd[812]: Failed publickey for git from 203.0.113.10 port 1 ssh2: RSA SHA256:abc",
-                "203.0.113.10",
-            ),
-        ];
-        for (line, want) in cases {
-            assert_eq!(found("sshd", line).as_deref(), Some(want), "{line}");
-        }
-    }
-
-    #[test]
-    fn sshd_benign() {
-        for line in [
-            "Nov 21 10:00:00 web sshd[812]: Accepted publickey for root from 203.0.113.5 port 50122 ssh2: ED25519 SHA256:x",
-            "Nov 21 10:00:00 web sshd[812]: Server listening on 0.0.0.0 port 22.",
-            "Nov 21 10:00:00 web cron[812]: Failed password for root from 203.0.113.5 port 50122 ssh2",
-        ] {
-            assert_eq!(found("sshd", line), None, "{line}");
-        }
-    }
-
-    /// A user name is attacker-controlled: it must never supply the banned address.
-    #[test]
-    fn sshd_user_name_cannot_inject_an_address() {
-        let lines = [
-            "Nov 21 10:00:00 web sshd[1]: Failed password for invalid user x from 198.51.100.9 from 203.0.113.5 port 22 ssh2",
-            "Nov 21 10:00:00 web sshd[1]: Failed password for invalid user x from 198.51.100.9 port 22 ssh2 from 203.0.113.5 port 22 ssh2",
-            "Nov 21 10:00:00 web sshd[1]: Invalid user x from 198.51.100.9 from 203.0.113.5 port 22",
-            "Nov 21 10:00:00 web sshd[1]: Connection closed by invalid user 198.51.100.9 port 1 [preauth] 203.0.113.5 port 4 [preauth]",
-            "Nov 21 10:00:00 web sshd[1]: pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=203.0.113.5  user=x rhost=198.51.100.9",
-        ];
-        for line in lines {
+            let patterns = default.filter.patterns().len();
             assert_eq!(
-                found("sshd", line).as_deref(),
-                Some("203.0.113.5"),
-                "{line}"
+                used.len(),
+                patterns,
+                "{}: the fixture's default-mode hits use patterns {used:?} of {patterns}",
+                b.name
             );
+            for mode in &default.modes {
+                assert!(
+                    cases
+                        .iter()
+                        .any(|c| c.mode.as_ref() == Some(mode) && c.expect.is_some()),
+                    "{}: no hit in mode {mode}",
+                    b.name
+                );
+            }
+            report.push(format!("{} ({} lines)", b.name, cases.len()));
         }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        println!("{} built-in filters: {}", BUILTIN.len(), report.join(", "));
+        assert!(BUILTIN.len() >= 40);
+    }
+
+    #[test]
+    fn the_library_is_sorted_and_options_are_checked() {
+        let names: Vec<&str> = BUILTIN.iter().map(|b| b.name).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted);
+        let sshd = Builtin::by_name("sshd").unwrap();
+        assert_eq!(sshd.modes(), ["aggressive", "ddos"]);
+        let option = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+        assert!(sshd.compile_with(&option("mode", "normal")).is_ok());
+        assert!(sshd.compile_with(&option("mode", "paranoid")).is_err());
+        assert!(sshd.compile_with(&option("port", "22")).is_err());
     }
 }

@@ -1,14 +1,29 @@
-//! banctl's own filter files: TOML with `failregex`, `ignoreregex` and a `description`.
+//! banctl's own filter files: TOML with `failregex`, `ignoreregex`, a `description`, an
+//! optional `prefix` and optional modes. The built-in filters are written the same way.
 //!
 //! ```toml
 //! description = "TightVNC: failed VNC authentication"
-//! failregex = ['^.* authentication failed from <HOST>$']
+//! prefix = '{syslog}Xtightvnc\[\d+\]: '     # put before every failregex
+//! failregex = ['authentication failed from <HOST>$']
 //! ignoreregex = []
+//!
+//! [modes.aggressive]          # filter = "x[mode=aggressive]": these patterns too
+//! failregex = ['connection dropped from <HOST>$']
+//! # base = false              # …or only these
 //! ```
+//!
+//! `{syslog}` in `prefix` is the start of a syslog line: `^`, then optionally a BSD
+//! (`Nov 21 10:00:00`) or RFC 3339 timestamp and the host name; journal lines (`app[812]: …`)
+//! have neither.
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
 use super::{Filter, Pattern};
+
+/// What `{syslog}` in a `prefix` stands for.
+pub const SYSLOG_START: &str = r"^(?:(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?) \S+ )?";
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}:{line}: {key}: {message}")]
@@ -24,6 +39,8 @@ pub struct FilterFileError {
 pub struct FilterFile {
     pub filter: Filter,
     pub description: Option<String>,
+    /// The modes the file offers besides the default one.
+    pub modes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -31,17 +48,65 @@ pub struct FilterFile {
 struct RawFilter {
     #[serde(default)]
     description: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
     failregex: toml::Spanned<Vec<toml::Spanned<String>>>,
     #[serde(default)]
     ignoreregex: Vec<toml::Spanned<String>>,
+    #[serde(default)]
+    modes: BTreeMap<String, RawMode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMode {
+    failregex: Vec<toml::Spanned<String>>,
+    /// Whether the file's own `failregex` still apply in this mode.
+    #[serde(default = "yes")]
+    base: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset).unwrap_or(text).matches('\n').count() + 1
 }
 
+/// The mode filter options (`name[mode=aggressive]`) ask for: `None` for the default one
+/// (also spelled `normal`). `mode` is the only option banctl filter files take.
+pub fn mode_of<'a>(name: &str, options: &'a [(String, String)]) -> Result<Option<&'a str>, String> {
+    let mut mode = None;
+    for (key, value) in options {
+        match key.as_str() {
+            "mode" if value == "normal" => mode = None,
+            "mode" => mode = Some(value.as_str()),
+            other => return Err(format!("filter {name}: no option {other:?} (only mode)")),
+        }
+    }
+    Ok(mode)
+}
+
+/// Reads the banctl filter file at `path`, in the mode `options` ask for.
+pub fn read_filter_file(path: &str, options: &[(String, String)]) -> Result<FilterFile, String> {
+    let mode = mode_of(path, options)?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read filter file {path}: {e}"))?;
+    parse_filter_file_in_mode(path, &text, mode).map_err(|e| e.to_string())
+}
+
 /// Parses a filter file's text; `file` only names it in errors. Reports the first error.
 pub fn parse_filter_file(file: &str, text: &str) -> Result<FilterFile, FilterFileError> {
+    parse_filter_file_in_mode(file, text, None)
+}
+
+/// Like [`parse_filter_file`], in one of the file's modes (`None`: the default one).
+pub fn parse_filter_file_in_mode(
+    file: &str,
+    text: &str,
+    mode: Option<&str>,
+) -> Result<FilterFile, FilterFileError> {
     let error = |span: std::ops::Range<usize>, key: &str, message: String| FilterFileError {
         file: file.to_owned(),
         line: line_of(text, span.start),
@@ -62,12 +127,41 @@ pub fn parse_filter_file(file: &str, text: &str) -> Result<FilterFile, FilterFil
             "at least one pattern is needed".into(),
         ));
     }
+    let modes: Vec<String> = raw.modes.keys().cloned().collect();
+    let chosen = match mode {
+        None => None,
+        Some(name) => Some(raw.modes.get(name).ok_or_else(|| {
+            error(
+                0..0,
+                "mode",
+                format!("no mode {name:?} (modes: {})", modes.join(", ")),
+            )
+        })?),
+    };
+    let prefix = raw
+        .prefix
+        .as_deref()
+        .map(|p| p.replace("{syslog}", SYSLOG_START))
+        .unwrap_or_default();
+    let base = chosen.is_none_or(|m| m.base);
+    let patterns = raw
+        .failregex
+        .get_ref()
+        .iter()
+        .filter(|_| base)
+        .enumerate()
+        .map(|(i, p)| (format!("failregex[{i}]"), p))
+        .chain(chosen.into_iter().flat_map(|m| {
+            m.failregex.iter().enumerate().map(|(i, p)| {
+                let name = mode.unwrap_or_default();
+                (format!("modes.{name}.failregex[{i}]"), p)
+            })
+        }));
     let mut fail = Vec::new();
-    for (i, p) in raw.failregex.get_ref().iter().enumerate() {
-        fail.push(
-            Pattern::fail(p.get_ref())
-                .map_err(|e| error(p.span(), &format!("failregex[{i}]"), e.to_string()))?,
-        );
+    for (key, p) in patterns {
+        let pattern = Pattern::fail(&format!("{prefix}{}", p.get_ref()))
+            .map_err(|e| error(p.span(), &key, e.to_string()))?;
+        fail.push(pattern);
     }
     let mut ignore = Vec::new();
     for (i, p) in raw.ignoreregex.iter().enumerate() {
@@ -79,6 +173,7 @@ pub fn parse_filter_file(file: &str, text: &str) -> Result<FilterFile, FilterFil
     Ok(FilterFile {
         filter: Filter::new(fail, ignore),
         description: raw.description,
+        modes,
     })
 }
 
@@ -100,5 +195,55 @@ mod tests {
         assert_eq!((e.line, e.key.as_str()), (2, "failregex[0]"), "{e}");
         let e = parse_filter_file("vnc.toml", "failregx = []\n").unwrap_err();
         assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn prefix_and_modes() {
+        let text = r"
+prefix = '{syslog}vnc\[\d+\]: '
+failregex = ['auth failed from <HOST>$']
+[modes.extra]
+failregex = ['dropped <HOST>$']
+[modes.only]
+base = false
+failregex = ['dropped <HOST>$']
+";
+        let line = |rest: &str| format!("Nov 21 10:00:00 host vnc[1]: {rest}");
+        let normal = parse_filter_file("f", text).unwrap();
+        assert_eq!(normal.modes, ["extra", "only"]);
+        assert!(
+            normal
+                .filter
+                .find(&line("auth failed from 192.0.2.4"))
+                .is_some()
+        );
+        assert!(
+            normal
+                .filter
+                .find("vnc[1]: auth failed from 192.0.2.4")
+                .is_some()
+        );
+        assert!(normal.filter.find(&line("dropped 192.0.2.4")).is_none());
+        // The prefix anchors: the program name must be where syslog puts it.
+        assert!(
+            normal
+                .filter
+                .find("x vnc[1]: auth failed from 192.0.2.4")
+                .is_none()
+        );
+        let extra = parse_filter_file_in_mode("f", text, Some("extra")).unwrap();
+        assert_eq!(extra.filter.patterns().len(), 2);
+        let only = parse_filter_file_in_mode("f", text, Some("only")).unwrap();
+        assert!(
+            only.filter
+                .find(&line("auth failed from 192.0.2.4"))
+                .is_none()
+        );
+        assert!(only.filter.find(&line("dropped 192.0.2.4")).is_some());
+        let e = parse_filter_file_in_mode("f", text, Some("ddos")).unwrap_err();
+        assert!(
+            e.message.contains("no mode \"ddos\" (modes: extra, only)"),
+            "{e}"
+        );
     }
 }

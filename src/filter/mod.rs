@@ -23,7 +23,10 @@ use regex::Regex;
 use regex_syntax::hir::{Hir, HirKind};
 
 pub use builtin::{BUILTIN, Builtin};
-pub use file::{FilterFile, FilterFileError, parse_filter_file};
+pub use file::{
+    FilterFile, FilterFileError, SYSLOG_START, parse_filter_file, parse_filter_file_in_mode,
+    read_filter_file,
+};
 pub use report::{Report, Verdict};
 
 use crate::addr::canonical;
