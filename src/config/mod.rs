@@ -916,75 +916,41 @@ impl Context<'_> {
                 }
             };
         }
-        let fail2ban_file = filter.and_then(|f| {
-            let (path, options) = crate::fail2ban::split_options(f.get_ref());
-            (path.ends_with(".conf") || path.ends_with(".local"))
-                .then(|| (f, path.to_owned(), options))
-        });
-        // A fail2ban filter file, with its options: `/etc/fail2ban/filter.d/sshd.conf[mode=aggressive]`.
-        let filter_name = if let Some((f, path, options)) = fail2ban_file {
-            match crate::fail2ban::read_filter(std::path::Path::new(&path), &options) {
-                Ok(read) => {
-                    prefix = read.filter.prefix().cloned();
-                    let (f, i) = read.filter.into_parts();
-                    fail.extend(f);
-                    ignore.extend(i);
-                }
-                Err(e) => {
-                    self.error(f.span(), key("filter"), e.to_string());
-                    ok = false;
-                }
-            }
-            f.get_ref().clone()
-        } else {
-            match filter {
-                // A path: a banctl filter file, with its mode.
-                Some(f) if f.get_ref().contains('/') => {
-                    let (path, options) = crate::fail2ban::split_options(f.get_ref());
-                    match crate::filter::read_filter_file(path, &options) {
-                        Ok(file) => {
-                            let (f, i) = file.filter.into_parts();
-                            fail.extend(f);
-                            ignore.extend(i);
-                        }
-                        Err(e) => {
-                            self.error(f.span(), key("filter"), e);
-                            ok = false;
-                        }
+        // `filter`: a fail2ban filter file (`…/sshd.conf[mode=aggressive]`), a banctl filter
+        // file (a path) or a built-in name, each with its options.
+        let filter_name = match filter {
+            Some(f) => {
+                let (name, options) = crate::fail2ban::split_options(f.get_ref());
+                let read = if name.ends_with(".conf") || name.ends_with(".local") {
+                    crate::fail2ban::read_filter(Path::new(name), &options)
+                        .map(|read| read.filter)
+                        .map_err(|e| e.to_string())
+                } else if name.contains('/') {
+                    crate::filter::read_filter_file(name, &options).map(|file| file.filter)
+                } else if let Some(b) = Builtin::by_name(name) {
+                    b.compile_with(&options)
+                } else {
+                    let known: Vec<&str> = crate::filter::BUILTIN.iter().map(|b| b.name).collect();
+                    Err(format!(
+                        "no built-in filter {name:?} (known: {})",
+                        known.join(", ")
+                    ))
+                };
+                match read {
+                    Ok(filter) => {
+                        prefix = filter.prefix().cloned();
+                        let (f, i) = filter.into_parts();
+                        fail.extend(f);
+                        ignore.extend(i);
                     }
-                    f.get_ref().clone()
-                }
-                Some(f) => match Builtin::by_name(crate::fail2ban::split_options(f.get_ref()).0) {
-                    Some(b) => {
-                        let (_, options) = crate::fail2ban::split_options(f.get_ref());
-                        match b.compile_with(&options) {
-                            Ok(filter) => {
-                                let (f, i) = filter.into_parts();
-                                fail.extend(f);
-                                ignore.extend(i);
-                            }
-                            Err(e) => {
-                                self.error(f.span(), key("filter"), e);
-                                ok = false;
-                            }
-                        }
-                        f.get_ref().clone()
-                    }
-                    None => {
-                        let known: Vec<&str> =
-                            crate::filter::BUILTIN.iter().map(|b| b.name).collect();
-                        let msg = format!(
-                            "no built-in filter {:?} (known: {})",
-                            f.get_ref(),
-                            known.join(", ")
-                        );
-                        self.error(f.span(), key("filter"), msg);
+                    Err(e) => {
+                        self.error(f.span(), key("filter"), e);
                         ok = false;
-                        f.get_ref().clone()
                     }
-                },
-                None => "inline".to_owned(),
+                }
+                f.get_ref().clone()
             }
+            None => "inline".to_owned(),
         };
         // Like `filter`, inline patterns may come from [defaults].
         let failregex = jail.failregex.as_ref().or(defaults.failregex.as_ref());

@@ -60,7 +60,21 @@ fn next(rx: &mpsc::Receiver<Received>, what: &str) -> Received {
         .unwrap_or_else(|_| panic!("no webhook request: {what}"))
 }
 
-const FAILREGEX: &str = r"failregex = ['^\S+ app: login failed for .* from <HOST> port \d+$']";
+/// A jail `web` guarding `port` (3 failures of `{dir}/web.log` ban), then `extra`.
+fn config(port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[defaults]
+maxretry = 3
+ports = [{port}]
+ignoreself = false
+failregex = ['^\S+ app: login failed for .* from <HOST> port \d+$']
+
+[jails.web]
+logpath = "{{dir}}/web.log"
+{extra}"#
+    )
+}
 
 #[test]
 fn webhook_gets_bans_and_unbans_as_json_and_never_delays_a_ban() {
@@ -72,17 +86,8 @@ fn webhook_gets_bans_and_unbans_as_json_and_never_delays_a_ban() {
     let (hook, requests) = receiver(1);
     // Accepts connections (the kernel does) but never answers: its notifier hangs 30 s.
     let hole = TcpListener::bind("127.0.0.1:0").unwrap();
-    let config = format!(
-        r#"
-[defaults]
-maxretry = 3
-ports = [{port}]
-ignoreself = false
-{FAILREGEX}
-
-[jails.web]
-logpath = "{{dir}}/web.log"
-bantime = "1h"
+    let extra = format!(
+        r#"bantime = "1h"
 
 [jails.short]
 logpath = "{{dir}}/short.log"
@@ -100,10 +105,9 @@ on = ["ban", "unban"]
 retries = 2
 timeout = "5s"
 "#,
-        port = target.port(),
         hole = hole.local_addr().unwrap(),
     );
-    let daemon = Daemon::start("webhook", &config);
+    let daemon = Daemon::start("webhook", &config(target.port(), &extra));
     // A user name built to break out of a JSON string or a shell command.
     let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ");
     let lines: Vec<String> = (0..3)
@@ -222,30 +226,18 @@ fn children(parent: i32) -> Vec<(i32, String)> {
 /// Runs the exec test with the daemon started by `wrapper` (empty: by hand as root).
 fn exec_notifiers(test: &str, wrapper: &[&str]) {
     let target = netns::listen("127.0.0.1:0");
-    let config = format!(
-        r#"
-[defaults]
-maxretry = 3
-ports = [{port}]
-ignoreself = false
-{FAILREGEX}
-
-[jails.web]
-logpath = "{{dir}}/web.log"
+    let notifiers = r#"
+[[notify]]
+command = ["/usr/bin/tee", "{dir}/{event}-{jail}-{address}.json"]
 
 [[notify]]
-command = ["/usr/bin/tee", "{{dir}}/{{event}}-{{jail}}-{{address}}.json"]
-
-[[notify]]
-command = ["/bin/cp", "/proc/self/status", "{{dir}}/caps-{{address}}"]
+command = ["/bin/cp", "/proc/self/status", "{dir}/caps-{address}"]
 
 [[notify]]
 command = ["/bin/sleep", "600"]
 timeout = "2s"
-"#,
-        port = target.port()
-    );
-    let daemon = Daemon::start_under(test, &config, wrapper);
+"#;
+    let daemon = Daemon::start_under(test, &config(target.port(), notifiers), wrapper);
     let dir = daemon.scratch.0.clone();
     let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ");
     let pwned = |n: usize| dir.join(format!("pwned{n}"));
@@ -384,21 +376,8 @@ fn metrics_scrape_counts_lines_failures_bans_drops_and_repairs() {
         .unwrap()
         .port();
     let metrics: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let config = format!(
-        r#"metrics = "{metrics}"
-
-[defaults]
-maxretry = 3
-ports = [{}]
-ignoreself = false
-{FAILREGEX}
-
-[jails.web]
-logpath = "{{dir}}/web.log"
-"#,
-        target.port()
-    );
-    let daemon = Daemon::start("metrics", &config);
+    let text = format!("metrics = \"{metrics}\"\n{}", config(target.port(), ""));
+    let daemon = Daemon::start("metrics", &text);
     let mut lines = failures("127.0.0.2", 3);
     lines.push("benign line".into());
     daemon.append("web.log", &lines);
