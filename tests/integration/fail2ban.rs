@@ -299,17 +299,11 @@ fn import_of_a_stock_configuration_runs_and_bans() {
     );
 
     // --inline: the filters written into the file, which then needs no /etc/fail2ban.
-    let out = Command::new(env!("CARGO_BIN_EXE_banctl"))
-        .args(["import-fail2ban", "--inline", "--dir"])
-        .arg(&etc)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let toml = stdout_of(
+        Command::new(env!("CARGO_BIN_EXE_banctl"))
+            .args(["import-fail2ban", "--inline", "--dir"])
+            .arg(&etc),
     );
-    let toml = String::from_utf8(out.stdout).unwrap();
     for want in [
         "[jails.sshd.fail2ban_filter]",
         "[jails.jellyfin.fail2ban_filter]",
