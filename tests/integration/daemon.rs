@@ -515,8 +515,12 @@ fn unban_all_and_filters() {
     let usage = daemon.cli(&["unban"]);
     assert_eq!(usage.status.code(), Some(banctl::cli::exit::USAGE));
     let filters = daemon.ok(&["filters"]);
+    assert!(filters.lines().count() >= 40, "{filters}");
     assert!(
-        filters.starts_with("sshd             OpenSSH server"),
+        filters
+            .lines()
+            .any(|l| l.starts_with("sshd               OpenSSH server")
+                && l.ends_with(" [mode=aggressive|ddos]")),
         "{filters}"
     );
 }
