@@ -179,13 +179,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Filters => {
             for b in banctl::filter::BUILTIN {
-                let modes = b.modes();
-                let modes = if modes.is_empty() {
+                let file = b.read(None).map_err(|e| anyhow::anyhow!(e))?;
+                let modes = if file.modes.is_empty() {
                     String::new()
                 } else {
-                    format!(" [mode={}]", modes.join("|"))
+                    format!(" [mode={}]", file.modes.join("|"))
                 };
-                println!("{:<18} {}{modes}", b.name, b.description());
+                let description = file.description.unwrap_or_default();
+                println!("{:<18} {description}{modes}", b.name);
             }
             Ok(())
         }
@@ -296,10 +297,11 @@ fn load_filter(spec: &str) -> Result<(banctl::filter::Filter, String), Failure> 
     };
     let (name, options) = banctl::fail2ban::split_options(spec);
     if let Some(b) = banctl::filter::Builtin::by_name(name) {
-        let filter = b
-            .compile_with(&options)
+        let file = b
+            .read_with(&options)
             .map_err(|e| config_error(anyhow::anyhow!(e)))?;
-        return Ok((filter, format!("{spec} (built-in: {})", b.description())));
+        let description = file.description.unwrap_or_default();
+        return Ok((file.filter, format!("{spec} (built-in: {description})")));
     }
     let path = Path::new(name);
     if !path.exists() {

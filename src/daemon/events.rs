@@ -71,7 +71,7 @@ impl Daemon {
                 &b.jail,
                 b.address.addr(),
                 b.address,
-                Some(time.unwrap_or(BanTime::Permanent)),
+                time,
                 b.ban_count,
                 "manual",
                 Vec::new(),
@@ -141,7 +141,7 @@ impl Daemon {
                 dropped,
             });
         }
-        let stats = &self.notify_stats;
+        let stats = self.notifications.stats();
         Snapshot {
             jails,
             netlink_errors: self.netlink_errors,

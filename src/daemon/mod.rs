@@ -24,7 +24,7 @@ use crate::duration::BanTime;
 use crate::firewall::{Ban, Element, Firewall, FirewallError, Monitor, Restore};
 use crate::jail::{Jail, Outcome};
 use crate::metrics::{self, Scrape};
-use crate::notify::{Notifications, Stats};
+use crate::notify::Notifications;
 use crate::privilege;
 use crate::sd_notify::ServiceManager;
 use crate::source::journal::{self, JournalSpec, Start};
@@ -83,9 +83,8 @@ pub struct Daemon {
     store: Store,
     /// How far back the ban history goes.
     history: Duration,
-    /// The `[[notify]]` entries' delivery tasks (replaced on reload), and their counts.
+    /// The `[[notify]]` entries' delivery tasks (replaced on reload, their counts kept).
     notifications: Notifications,
-    notify_stats: Arc<Stats>,
     /// Up to when expired bans were announced to the notifiers that want unbans.
     expiry_checked: SystemTime,
     /// For metrics: netlink requests that failed, and repairs of our table.
@@ -326,7 +325,6 @@ pub async fn run(
         .iter()
         .cloned()
         .map(|c| Jail::new(c).with_own_addresses(own.clone()));
-    let notify_stats = Arc::new(Stats::default());
     let mut daemon = Daemon {
         jails: jails.collect(),
         routes,
@@ -336,8 +334,7 @@ pub async fn run(
         config_path,
         store,
         history: config.daemon.history,
-        notifications: Notifications::start(&config.notify, notify_stats.clone()),
-        notify_stats,
+        notifications: Notifications::start(&config.notify, Arc::default()),
         expiry_checked: SystemTime::now(),
         netlink_errors: 0,
         repairs: 0,
@@ -909,7 +906,8 @@ impl Daemon {
         self.routes = routes;
         self.history = config.daemon.history;
         // The old notifiers finish what they queued, then stop.
-        self.notifications = Notifications::start(&config.notify, self.notify_stats.clone());
+        let stats = self.notifications.stats().clone();
+        self.notifications = Notifications::start(&config.notify, stats);
         self.keep_matched_lines();
         let jails: Vec<String> = self.jails.iter().map(|j| j.name().to_owned()).collect();
         let added: Vec<String> = jails

@@ -81,28 +81,15 @@ impl Builtin {
         parse_filter_file_in_mode(&format!("built-in {}", self.name), self.text, mode)
     }
 
-    /// The compiled filter with its options (`mode=…`, the only one built-ins take).
-    pub fn compile_with(&self, options: &[(String, String)]) -> Result<Filter, String> {
+    /// The filter file in the mode its options (`mode=…`, the only one built-ins take) ask for.
+    pub fn read_with(&self, options: &[(String, String)]) -> Result<FilterFile, String> {
         let mode = mode_of(self.name, options)?;
-        self.read(mode).map(|f| f.filter).map_err(|e| e.to_string())
+        self.read(mode).map_err(|e| e.to_string())
     }
 
-    /// The compiled filter in its default mode.
-    pub fn compile(&self) -> Filter {
-        self.compile_with(&[])
-            .unwrap_or_else(|_| Filter::new(Vec::new(), Vec::new()))
-    }
-
-    pub fn description(&self) -> String {
-        self.read(None)
-            .ok()
-            .and_then(|f| f.description)
-            .unwrap_or_default()
-    }
-
-    /// The modes besides the default one.
-    pub fn modes(&self) -> Vec<String> {
-        self.read(None).map(|f| f.modes).unwrap_or_default()
+    /// The compiled filter with its options.
+    pub fn compile_with(&self, options: &[(String, String)]) -> Result<Filter, String> {
+        self.read_with(options).map(|f| f.filter)
     }
 }
 
@@ -261,7 +248,7 @@ mod tests {
         sorted.sort_unstable();
         assert_eq!(names, sorted);
         let sshd = Builtin::by_name("sshd").unwrap();
-        assert_eq!(sshd.modes(), ["aggressive", "ddos"]);
+        assert_eq!(sshd.read(None).unwrap().modes, ["aggressive", "ddos"]);
         let option = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
         assert!(sshd.compile_with(&option("mode", "normal")).is_ok());
         assert!(sshd.compile_with(&option("mode", "paranoid")).is_err());

@@ -51,10 +51,10 @@ pub async fn run(
         .kill_on_drop(true)
         .spawn()?;
     let group = child.id();
-    let mut stdin = child.stdin.take();
-    let mut stderr = child.stderr.take();
+    let stdin = child.stdin.take();
+    let stderr = child.stderr.take();
     let exchange = async {
-        if let Some(mut pipe) = stdin.take() {
+        if let Some(mut pipe) = stdin {
             match pipe.write_all(body).await {
                 // A program that does not read its input is not a failure.
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
@@ -62,7 +62,7 @@ pub async fn run(
             }
         }
         let mut kept = Vec::new();
-        if let Some(pipe) = stderr.as_mut() {
+        if let Some(mut pipe) = stderr {
             let mut chunk = [0u8; 1024];
             loop {
                 let n = pipe.read(&mut chunk).await?;

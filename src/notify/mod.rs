@@ -239,12 +239,9 @@ impl Notifications {
         Notifications { notifiers, stats }
     }
 
-    /// No notifier at all.
-    pub fn none() -> Notifications {
-        Notifications {
-            notifiers: Vec::new(),
-            stats: Arc::new(Stats::default()),
-        }
+    /// The deliveries counted so far (shared with the notifiers that replace these on reload).
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
     }
 
     /// Whether some notifier wants `kind` events of `jail` (so the jail keeps matched lines,
