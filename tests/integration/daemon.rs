@@ -126,6 +126,18 @@ impl Daemon {
             .collect()
     }
 
+    /// Waits (up to 5 s) until `addr` is among `jail`'s bans.
+    pub fn wait_banned(&self, jail: &str, addr: &str) {
+        assert!(
+            netns::eventually(Duration::from_secs(5), || self
+                .banned(jail)
+                .iter()
+                .any(|b| b == addr)),
+            "{addr} not banned in {jail}: {:?}",
+            self.banned(jail)
+        );
+    }
+
     pub fn append(&self, log: &str, lines: &[String]) {
         append(&self.scratch.path(log), lines);
     }
@@ -200,26 +212,39 @@ pub fn failures(addr: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-fn config(port: u16) -> String {
+/// The failregex that matches [`failures`].
+pub const FAILREGEX: &str = r"^\S+ app: login failed for .* from <HOST> port \d+$";
+
+/// A jail `web` guarding `port`: 3 [`failures`] in `{dir}/web.log` within 10 minutes ban for an
+/// hour; `extra` follows (more keys of the jail, more jails, notifiers).
+pub fn web_jail(port: u16, extra: &str) -> String {
     format!(
         r#"
 [defaults]
 maxretry = 3
 findtime = "10m"
 ports = [{port}]
-ignoreself = false   # this test attacks from 127.0.0.2 inside its own namespace
-ban_prefix = {{ v4 = 32, v6 = 128 }}   # single addresses: the neighbours share the attacker's /64
+ignoreself = false   # these tests attack from 127.0.0.x inside their own namespace
 
 [jails.web]
-failregex = ['^\S+ app: login failed for .* from <HOST> port \d+$']
+failregex = ['{FAILREGEX}']
 logpath = ["{{dir}}/web.log"]
 bantime = "1h"
-
-[jails.short]
-failregex = ['^\S+ app: login failed for .* from <HOST> port \d+$']
-logpath = ["{{dir}}/short.log"]
-bantime = "2s"
+{extra}
 "#
+    )
+}
+
+/// [`web_jail`] plus a `short` jail whose bans last 2 s, both banning single addresses (the
+/// neighbours share the attacker's /64).
+fn config(port: u16) -> String {
+    let single = "ban_prefix = { v4 = 32, v6 = 128 }";
+    web_jail(
+        port,
+        &format!(
+            "{single}\n\n[jails.short]\nfailregex = ['{FAILREGEX}']\n\
+             logpath = [\"{{dir}}/short.log\"]\nbantime = \"2s\"\n{single}\n"
+        ),
     )
 }
 

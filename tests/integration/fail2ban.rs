@@ -161,8 +161,6 @@ fn stock_filters_report_what_fail2ban_regex_reports() {
 /// A jail using Debian's stock sshd filter file, as written: the daemon bans with it.
 #[test]
 fn a_jail_with_a_stock_filter_file_bans() {
-    use std::time::Duration;
-
     use crate::daemon::Daemon;
     use crate::netns;
 
@@ -202,13 +200,7 @@ ignoreself = false
     .map(|l| format!("{now} host {l}"))
     .collect();
     daemon.append("auth.log", &lines);
-    assert!(
-        netns::eventually(Duration::from_secs(5), || daemon
-            .banned("sshd")
-            .contains(&"127.0.0.2".to_owned())),
-        "not banned: {:?}",
-        daemon.banned("sshd")
-    );
+    daemon.wait_banned("sshd", "127.0.0.2");
     assert!(!netns::connects("127.0.0.2", target));
     assert_eq!(daemon.banned("sshd"), ["127.0.0.2"]);
     assert!(netns::connects("127.0.0.4", target));
@@ -235,8 +227,6 @@ fn copy_tree(from: &Path, to: &Path) {
 /// the fail2ban directory is gone, and the daemon bans with it.
 #[test]
 fn import_of_a_stock_configuration_runs_and_bans() {
-    use std::time::Duration;
-
     use crate::daemon::{Daemon, Scratch};
     use crate::netns;
 
@@ -336,13 +326,7 @@ fn import_of_a_stock_configuration_runs_and_bans() {
         .map(|i| format!("[{now}] [INF] [4{i}] Jellyfin.Server.Implementations.Users.UserManager: Authentication request for \"admin\" has been denied (IP: \"127.0.0.2\")."))
         .collect();
     crate::daemon::append(&logs.join("jellyfin.log"), &lines);
-    assert!(
-        netns::eventually(Duration::from_secs(5), || daemon
-            .banned("jellyfin")
-            .contains(&"127.0.0.2".to_owned())),
-        "not banned: {:?}",
-        daemon.banned("jellyfin")
-    );
+    daemon.wait_banned("jellyfin", "127.0.0.2");
     assert!(!netns::connects("127.0.0.2", jellyfin));
     assert!(netns::connects("127.0.0.3", jellyfin));
 }

@@ -8,28 +8,8 @@ use std::time::{Duration, Instant};
 
 use banctl::firewall::{Element, Firewall};
 
-use crate::daemon::{Daemon, failures};
+use crate::daemon::{Daemon, failures, web_jail};
 use crate::netns;
-
-const FAILREGEX: &str = r"^\S+ app: login failed for .* from <HOST> port \d+$";
-
-fn config(port: u16, extra: &str) -> String {
-    format!(
-        r#"
-[defaults]
-maxretry = 3
-findtime = "10m"
-ports = [{port}]
-ignoreself = false   # these tests attack from 127.0.0.x inside their own namespace
-
-[jails.web]
-failregex = ['{FAILREGEX}']
-logpath = ["{{dir}}/web.log"]
-bantime = "1h"
-{extra}
-"#
-    )
-}
 
 fn elements(jail: &str) -> Vec<Element> {
     Firewall::open().unwrap().list(jail).unwrap()
@@ -37,12 +17,7 @@ fn elements(jail: &str) -> Vec<Element> {
 
 fn ban_by_log(daemon: &Daemon, addr: &str) {
     daemon.append("web.log", &failures(addr, 3));
-    assert!(
-        netns::eventually(Duration::from_secs(5), || daemon
-            .banned("web")
-            .contains(&addr.to_owned())),
-        "{addr} not banned"
-    );
+    daemon.wait_banned("web", addr);
 }
 
 /// Connects from `source` to `target` in a loop on another thread; counts the successes.
@@ -95,7 +70,7 @@ fn kill_9_and_restart_leave_no_gap_and_no_duplicate() {
         return;
     };
     let target = netns::listen("127.0.0.1:0");
-    let mut daemon = Daemon::start("kill9", &config(target.port(), ""));
+    let mut daemon = Daemon::start("kill9", &web_jail(target.port(), ""));
     std::fs::write(daemon.scratch.path("web.log"), "").unwrap();
     ban_by_log(&daemon, "127.0.0.2");
     let before = elements("web");
@@ -138,7 +113,7 @@ fn removed_table_and_elements_are_repaired_within_a_second() {
         return;
     };
     let target = netns::listen("127.0.0.1:0");
-    let daemon = Daemon::start("repair", &config(target.port(), ""));
+    let daemon = Daemon::start("repair", &web_jail(target.port(), ""));
     std::fs::write(daemon.scratch.path("web.log"), "").unwrap();
     ban_by_log(&daemon, "127.0.0.2");
     daemon.ok(&["ban", "web", "127.0.0.4", "--time", "2h"]);
@@ -216,7 +191,7 @@ fn simulated_reboot_restores_bans_with_their_remaining_time() {
         return;
     };
     let target = netns::listen("127.0.0.1:0");
-    let mut daemon = Daemon::start("reboot", &config(target.port(), ""));
+    let mut daemon = Daemon::start("reboot", &web_jail(target.port(), ""));
     std::fs::write(daemon.scratch.path("web.log"), "").unwrap();
     daemon.ok(&["ban", "web", "127.0.0.2", "--time", "1h"]);
     let banned_at = Instant::now();
@@ -268,7 +243,7 @@ findtime = "1d"
 bantime = "1w"
 ports = []
 "#;
-    let mut daemon = Daemon::start("escalation", &config(target.port(), extra));
+    let mut daemon = Daemon::start("escalation", &web_jail(target.port(), extra));
     std::fs::write(daemon.scratch.path("web.log"), "").unwrap();
     let bantime = |daemon: &Daemon| -> (u64, u64) {
         let list: serde_json::Value =
@@ -329,7 +304,7 @@ fn sd_notify_ready_only_once_bans_are_restored_then_watchdog_pings() {
         return;
     };
     let target = netns::listen("127.0.0.1:0");
-    let mut daemon = Daemon::start("notify", &config(target.port(), ""));
+    let mut daemon = Daemon::start("notify", &web_jail(target.port(), ""));
     std::fs::write(daemon.scratch.path("web.log"), "").unwrap();
     daemon.ok(&["ban", "web", "127.0.0.2"]);
     daemon.stop();
@@ -391,7 +366,7 @@ fn restart_resumes_counting_without_rereading_or_losing() {
         return;
     };
     let target = netns::listen("127.0.0.1:0");
-    let mut daemon = Daemon::start("resume", &config(target.port(), "maxretry = 5"));
+    let mut daemon = Daemon::start("resume", &web_jail(target.port(), "maxretry = 5"));
     std::fs::write(daemon.scratch.path("web.log"), "").unwrap();
     let attacker = "127.0.0.2";
     daemon.append("web.log", &failures(attacker, 2));
@@ -451,7 +426,7 @@ fn first_start_reads_back_recent_dated_failures_only() {
     log.extend(failures("127.0.0.3", 1));
     let path = dir.path("web.log");
     crate::daemon::append(&path, &log);
-    let config = config(target.port(), "").replace("{dir}/web.log", &path.display().to_string());
+    let config = web_jail(target.port(), "").replace("{dir}/web.log", &path.display().to_string());
     let daemon = Daemon::start("readback", &config);
     std::thread::sleep(Duration::from_millis(800));
     assert!(
@@ -461,8 +436,6 @@ fn first_start_reads_back_recent_dated_failures_only() {
     );
     assert_eq!(tracked(&daemon), 2);
     crate::daemon::append(&path, &failures("127.0.0.2", 1));
-    assert!(netns::eventually(Duration::from_secs(5), || daemon
-        .banned("web")
-        .contains(&"127.0.0.2".to_owned())));
+    daemon.wait_banned("web", "127.0.0.2");
     assert!(netns::connects("127.0.0.3", target));
 }

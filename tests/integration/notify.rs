@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::daemon::{Daemon, failures};
+use crate::daemon::{Daemon, FAILREGEX, failures, web_jail};
 use crate::netns;
 
 /// One request a receiver got.
@@ -60,22 +60,6 @@ fn next(rx: &mpsc::Receiver<Received>, what: &str) -> Received {
         .unwrap_or_else(|_| panic!("no webhook request: {what}"))
 }
 
-/// A jail `web` guarding `port` (3 failures of `{dir}/web.log` ban), then `extra`.
-fn config(port: u16, extra: &str) -> String {
-    format!(
-        r#"
-[defaults]
-maxretry = 3
-ports = [{port}]
-ignoreself = false
-failregex = ['^\S+ app: login failed for .* from <HOST> port \d+$']
-
-[jails.web]
-logpath = "{{dir}}/web.log"
-{extra}"#
-    )
-}
-
 #[test]
 fn webhook_gets_bans_and_unbans_as_json_and_never_delays_a_ban() {
     let Some(()) = netns::enter("webhook_gets_bans_and_unbans_as_json_and_never_delays_a_ban")
@@ -87,9 +71,9 @@ fn webhook_gets_bans_and_unbans_as_json_and_never_delays_a_ban() {
     // Accepts connections (the kernel does) but never answers: its notifier hangs 30 s.
     let hole = TcpListener::bind("127.0.0.1:0").unwrap();
     let extra = format!(
-        r#"bantime = "1h"
-
+        r#"
 [jails.short]
+failregex = ['{FAILREGEX}']
 logpath = "{{dir}}/short.log"
 bantime = "2s"
 
@@ -107,7 +91,7 @@ timeout = "5s"
 "#,
         hole = hole.local_addr().unwrap(),
     );
-    let daemon = Daemon::start("webhook", &config(target.port(), &extra));
+    let daemon = Daemon::start("webhook", &web_jail(target.port(), &extra));
     // A user name built to break out of a JSON string or a shell command.
     let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ");
     let lines: Vec<String> = (0..3)
@@ -118,11 +102,8 @@ timeout = "5s"
         })
         .collect();
     daemon.append("web.log", &lines);
-    assert!(
-        netns::eventually(Duration::from_secs(5), || daemon.banned("web")
-            == ["127.0.0.2"]),
-        "127.0.0.2 not banned"
-    );
+    daemon.wait_banned("web", "127.0.0.2");
+    assert_eq!(daemon.banned("web"), ["127.0.0.2"]);
     assert!(
         !netns::connects("127.0.0.2", target),
         "banned 127.0.0.2 connected"
@@ -237,7 +218,7 @@ command = ["/bin/cp", "/proc/self/status", "{dir}/caps-{address}"]
 command = ["/bin/sleep", "600"]
 timeout = "2s"
 "#;
-    let daemon = Daemon::start_under(test, &config(target.port(), notifiers), wrapper);
+    let daemon = Daemon::start_under(test, &web_jail(target.port(), notifiers), wrapper);
     let dir = daemon.scratch.0.clone();
     let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ");
     let pwned = |n: usize| dir.join(format!("pwned{n}"));
@@ -253,11 +234,8 @@ timeout = "2s"
         .map(|i| format!("{now} app: login failed for {hostile} from 127.0.0.2 port 4{i}"))
         .collect();
     daemon.append("web.log", &lines);
-    assert!(
-        netns::eventually(Duration::from_secs(5), || daemon.banned("web")
-            == ["127.0.0.2"]),
-        "127.0.0.2 not banned"
-    );
+    daemon.wait_banned("web", "127.0.0.2");
+    assert_eq!(daemon.banned("web"), ["127.0.0.2"]);
     assert!(!netns::connects("127.0.0.2", target));
 
     let event = dir.join("ban-web-127.0.0.2.json");
@@ -376,7 +354,7 @@ fn metrics_scrape_counts_lines_failures_bans_drops_and_repairs() {
         .unwrap()
         .port();
     let metrics: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let text = format!("metrics = \"{metrics}\"\n{}", config(target.port(), ""));
+    let text = format!("metrics = \"{metrics}\"\n{}", web_jail(target.port(), ""));
     let daemon = Daemon::start("metrics", &text);
     let mut lines = failures("127.0.0.2", 3);
     lines.push("benign line".into());
