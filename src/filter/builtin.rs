@@ -188,6 +188,13 @@ mod tests {
                     b.compile_with(&options).unwrap()
                 });
                 let hit = filter.find(&case.line);
+                assert_eq!(
+                    hit,
+                    filter.clone().one_by_one().find(&case.line),
+                    "{} line {}: the automata and the engine disagree",
+                    b.name,
+                    case.at
+                );
                 let found = hit.map(|h| h.addr.to_string());
                 if found != case.expect {
                     wrong.push(format!(

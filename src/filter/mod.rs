@@ -6,7 +6,9 @@
 //! `prefregex` picks the text the failregexes see, as fail2ban does.
 //!
 //! Patterns run on the `regex` crate; one that needs look-around, back-references or
-//! conditionals (fail2ban's sshd filter does) is compiled with `fancy-regex` instead.
+//! conditionals (fail2ban's sshd filter does) is compiled with `fancy-regex` instead. The
+//! `regex` ones of a filter are also one automaton that tries them all in one pass, and the
+//! address is read from automata when only one reading is possible ([`scan`]).
 //! **Invariant:** matching does no I/O and never panics on any input line (a time zone is
 //! loaded once, when a configuration is validated).
 
@@ -14,13 +16,14 @@ mod builtin;
 pub mod date;
 mod file;
 mod report;
+mod scan;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::{Arc, LazyLock};
 
-use aho_corasick::AhoCorasick;
 use regex::Regex;
-use regex_syntax::hir::{Hir, HirKind};
+use regex_syntax::hir::Hir;
 
 pub use builtin::{BUILTIN, Builtin};
 pub use file::{
@@ -28,6 +31,7 @@ pub use file::{
     read_filter_file,
 };
 pub use report::{Report, Verdict};
+use scan::{HostSplit, Scanner};
 
 use crate::addr::canonical;
 
@@ -100,8 +104,9 @@ impl Engine {
 }
 
 /// IPv4 dotted quad. Captured text is always checked by `IpAddr::from_str`, so the patterns
-/// only need to delimit an address, not validate it (which keeps the automata small and fast).
-const IPV4: &str = r"\d{1,3}(?:\.\d{1,3}){3}";
+/// only need to delimit an address, not validate it (which keeps the automata small and fast:
+/// ASCII digits, where `\d` would bring every script's digits into the automaton).
+const IPV4: &str = r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}";
 /// IPv6 in any compressed form, with an optional embedded IPv4 tail: hex digits, colons and
 /// dots, with at least one colon.
 const IPV6: &str = r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]{1,44}";
@@ -130,10 +135,38 @@ pub(crate) fn address_tag(tag: &str) -> Option<String> {
         "IP6" => format!(r"(?:\[(?P<{HOST_BRACKETED_GROUP}>{IPV6})\]|(?P<{HOST_GROUP}>{IPV6}))"),
         "DNS" => format!("(?P<{DNS_GROUP}>{DNS})"),
         // The prefix length alone, as in fail2ban (`<ADDR>/<CIDR>`).
-        "CIDR" => r"(?P<cidr>\d+)".to_owned(),
-        "SUBNET" => format!(r"{ip}(?:/(?P<cidr>\d+))?"),
+        "CIDR" => r"(?P<cidr>[0-9]+)".to_owned(),
+        "SUBNET" => format!(r"{ip}(?:/(?P<cidr>[0-9]+))?"),
         _ => return None,
     })
+}
+
+/// The address tags whose place in a pattern [`HostSplit`] can find: each one's name, HIR and
+/// regex.
+static SPLIT_TAGS: LazyLock<Vec<(&str, Hir, String)>> = LazyLock::new(|| {
+    ["ADDR", "HOST", "IP4", "IP6", "DNS"]
+        .into_iter()
+        .filter_map(|tag| {
+            let source = address_tag(tag)?;
+            Some((tag, regex_syntax::parse(&source).ok()?, source))
+        })
+        .collect()
+});
+
+/// What address tag `tag` found when it took exactly `text`, read as its groups would say;
+/// `None` when only the regex can tell (a `<HOST>` that is no address: a name, or `999.1.1.1`).
+fn read_tag(tag: &str, text: &str) -> Option<Option<Found>> {
+    // Only the bracketed alternative starts with `[`, an address never has one inside.
+    let ip = match text.strip_prefix('[') {
+        Some(rest) => rest.strip_suffix(']')?,
+        None => text,
+    };
+    let addr = ip.parse().ok().map(|a| Found::Addr(canonical(a)));
+    match tag {
+        "DNS" => Some(Some(Found::Name(text.to_owned()))),
+        "HOST" if addr.is_none() => None,
+        _ => Some(addr),
+    }
 }
 
 /// One compiled `failregex`.
@@ -141,8 +174,12 @@ pub(crate) fn address_tag(tag: &str) -> Option<String> {
 pub struct Pattern {
     source: String,
     engine: Engine,
-    /// A literal every matching line contains (the longest one found), for the prefilter.
-    required: Option<Vec<u8>>,
+    /// The pattern anchored at the line start, for the filter's [`Scanner`]; `None` for a
+    /// `fancy-regex` pattern.
+    anchored: Option<Hir>,
+    /// Where the address is, from automata ([`HostSplit`]), and the tag it is; `None`: the
+    /// capturing engine.
+    split: Option<(Arc<HostSplit>, &'static str)>,
     /// Has an `<F-NOFAIL>` group.
     nofail: bool,
 }
@@ -158,24 +195,6 @@ pub enum Found {
     NoFailure,
     /// A match of a pattern without an address tag: the host is the prefregex's, if any.
     NoHost,
-}
-
-/// The longest literal that every match of `hir` must contain, looking through the top-level
-/// sequence (and groups in it); alternations and repetitions contribute nothing.
-fn required_literal(hir: &Hir) -> Option<Vec<u8>> {
-    fn walk(hir: &Hir, best: &mut Option<Vec<u8>>) {
-        match hir.kind() {
-            HirKind::Literal(lit) if best.as_ref().is_none_or(|b| lit.0.len() > b.len()) => {
-                *best = Some(lit.0.to_vec());
-            }
-            HirKind::Capture(cap) => walk(&cap.sub, best),
-            HirKind::Concat(items) => items.iter().for_each(|h| walk(h, best)),
-            _ => {}
-        }
-    }
-    let mut best = None;
-    walk(hir, &mut best);
-    best.filter(|b| b.len() >= 3)
 }
 
 impl Pattern {
@@ -205,19 +224,27 @@ impl Pattern {
 
     fn compile(source: &str, expanded: &str) -> Result<Pattern, PatternError> {
         let engine = Engine::new(expanded)?;
-        // A pattern regex-syntax cannot parse (a fancy one) only goes without the prefilter.
-        let required = regex_syntax::parse(expanded)
-            .ok()
-            .as_ref()
-            .and_then(required_literal);
+        let anchored = match engine {
+            Engine::Std(_) => regex_syntax::parse(expanded)
+                .ok()
+                .map(|hir| scan::anchored(&hir)),
+            Engine::Fancy(_) => None,
+        };
         let nofail = engine
             .names()
             .iter()
             .any(|n| n == NOFAIL_GROUP || n == GAINED_GROUP);
+        // A match without a failure is told by its groups: those patterns keep the engine.
+        let split = anchored.as_ref().filter(|_| !nofail).and_then(|hir| {
+            SPLIT_TAGS
+                .iter()
+                .find_map(|(name, tag, source)| Some((HostSplit::new(hir, tag, source)?, *name)))
+        });
         Ok(Pattern {
             source: source.to_owned(),
             engine,
-            required,
+            anchored,
+            split,
             nofail,
         })
     }
@@ -241,8 +268,20 @@ impl Pattern {
             .collect()
     }
 
-    /// What this pattern finds in `text`, if it matches.
-    fn found(&self, text: &str) -> Option<Found> {
+    /// What this pattern finds in `text`, if it matches; `end`, when known, is where the
+    /// match ends (from the filter's [`Scanner`]), which lets automata place the address.
+    fn found(&self, text: &str, end: Option<usize>) -> Option<Found> {
+        if let (Some((split, tag)), Some(end)) = (&self.split, end)
+            && let Some((s, e)) = split.span(text, end)
+        {
+            let text = &text[s..e];
+            if let Some(found) = read_tag(tag, text) {
+                return found;
+            }
+            if let Some(groups) = split.tag_captures(text) {
+                return self.found_in(&Groups::Std(groups));
+            }
+        }
         self.found_in(&self.engine.captures(text)?)
     }
 
@@ -271,11 +310,6 @@ impl Pattern {
     }
 }
 
-thread_local! {
-    /// Scratch space for prefilter candidates, so matching a line allocates nothing.
-    static CANDIDATES: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// A failure found in a line: the peer address and which pattern matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hit {
@@ -285,13 +319,13 @@ pub struct Hit {
 
 /// A jail's compiled filter.
 ///
-/// Speed: one Aho-Corasick pass over the line finds which failregexes can match at all (each
-/// needs its required literal); only those run. Most lines of a busy log run no regex.
+/// Speed: one pass of one automaton over the line says which failregex matches first; most
+/// lines of a busy log match none and cost nothing more.
 #[derive(Debug, Clone)]
 pub struct Filter {
     fail: Vec<Pattern>,
     ignore: Vec<Pattern>,
-    prefilter: Option<Prefilter>,
+    scanner: Option<Scanner>,
     prefix: Option<Prefix>,
 }
 
@@ -309,64 +343,18 @@ pub struct Prefix {
     pub prefregex: Option<Pattern>,
 }
 
-#[derive(Debug, Clone)]
-struct Prefilter {
-    literals: AhoCorasick,
-    /// For each literal of `literals`, the failregexes needing it.
-    owners: Vec<Vec<usize>>,
-    /// Failregexes without a required literal: always tried.
-    always: Vec<usize>,
-}
-
-impl Prefilter {
-    fn new(fail: &[Pattern]) -> Option<Prefilter> {
-        let mut literals: Vec<&[u8]> = Vec::new();
-        let mut owners: Vec<Vec<usize>> = Vec::new();
-        let mut always = Vec::new();
-        for (i, p) in fail.iter().enumerate() {
-            match &p.required {
-                Some(lit) => match literals.iter().position(|l| *l == lit.as_slice()) {
-                    Some(at) => owners[at].push(i),
-                    None => {
-                        literals.push(lit);
-                        owners.push(vec![i]);
-                    }
-                },
-                None => always.push(i),
-            }
-        }
-        // Without literals there is nothing to skip with.
-        let literals = AhoCorasick::new(&literals)
-            .ok()
-            .filter(|_| !owners.is_empty())?;
-        Some(Prefilter {
-            literals,
-            owners,
-            always,
-        })
-    }
-
-    /// Indexes of the failregexes that may match `line`, in pattern order.
-    fn candidates(&self, line: &str, out: &mut Vec<usize>) {
-        out.clear();
-        out.extend_from_slice(&self.always);
-        for m in self.literals.find_overlapping_iter(line) {
-            out.extend_from_slice(&self.owners[m.pattern().as_usize()]);
-        }
-        if out.len() > 1 {
-            out.sort_unstable();
-            out.dedup();
-        }
-    }
-}
-
 impl Filter {
     pub fn new(fail: Vec<Pattern>, ignore: Vec<Pattern>) -> Filter {
-        let prefilter = Prefilter::new(&fail);
+        let scanner = Scanner::new(
+            fail.iter()
+                .enumerate()
+                .filter_map(|(i, p)| Some((i, p.anchored.clone()?)))
+                .collect(),
+        );
         Filter {
             fail,
             ignore,
-            prefilter,
+            scanner,
             prefix: None,
         }
     }
@@ -410,22 +398,29 @@ impl Filter {
 
     /// The first failregex matching `view` (fail2ban's order: the first match decides), and
     /// what it found; a pattern without an address takes the prefregex's.
+    ///
+    /// The scanner names the first of its patterns that matches; `fancy-regex` patterns
+    /// before it are tried in turn. A winner whose address does not parse (`999.1.1.1`)
+    /// passes the line on to the patterns after it, as when each is tried in turn.
     fn first_match(&self, view: &View) -> Option<(usize, Found)> {
         let text: &str = &view.text;
-        let try_pattern = |i: usize| {
-            let found = match self.fail[i].found(text)? {
+        let try_pattern = |i: usize, end: Option<usize>| {
+            let found = match self.fail[i].found(text, end)? {
                 Found::NoHost => view.host.clone().unwrap_or(Found::NoHost),
                 found => found,
             };
             Some((i, found))
         };
-        match &self.prefilter {
-            Some(pre) => CANDIDATES.with_borrow_mut(|c| {
-                pre.candidates(text, c);
-                c.iter().find_map(|&i| try_pattern(i))
-            }),
-            None => (0..self.fail.len()).find_map(try_pattern),
-        }
+        let Some(scanner) = &self.scanner else {
+            return (0..self.fail.len()).find_map(|i| try_pattern(i, None));
+        };
+        let first = scanner.first(text);
+        (0..self.fail.len()).find_map(|i| match first {
+            Some((winner, end)) if i == winner => try_pattern(i, Some(end)),
+            Some((winner, _)) if i > winner => try_pattern(i, None),
+            _ if self.fail[i].anchored.is_none() => try_pattern(i, None),
+            _ => None,
+        })
     }
 
     /// The address of a failure on `line`: the first failregex that matches, if it found an
@@ -482,6 +477,14 @@ impl Filter {
         }
     }
 
+    /// The same filter trying each pattern in turn with its capturing engine: what the
+    /// automata must agree with.
+    #[cfg(test)]
+    pub(crate) fn one_by_one(mut self) -> Filter {
+        self.scanner = None;
+        self
+    }
+
     /// The failregex and ignoreregex patterns.
     pub fn into_parts(self) -> (Vec<Pattern>, Vec<Pattern>) {
         (self.fail, self.ignore)
@@ -535,20 +538,146 @@ mod tests {
     }
 
     #[test]
-    fn required_literals_feed_the_prefilter() {
-        let p = Pattern::fail(
-            r"^\S+ sshd\[\d+\]: Failed (?:password|none) for .* from <HOST> port \d+$",
-        )
-        .unwrap();
-        assert_eq!(p.required.as_deref(), Some(&b"]: Failed "[..]));
-        assert_eq!(Pattern::fail("(?i)^fail <HOST>$").unwrap().required, None);
-        // A pattern without a literal is still tried on every line.
-        let f = filter(&[r"^a+ <HOST>$", r"^login failed from <HOST>$"], &[]);
-        assert_eq!(host(&f, "aaa 192.0.2.1"), Some("192.0.2.1".into()));
-        assert_eq!(
-            host(&f, "login failed from 192.0.2.2"),
-            Some("192.0.2.2".into())
+    fn the_first_pattern_in_order_wins_whatever_its_engine() {
+        let f = filter(
+            &[
+                r"^(?P<u>\w+) rejected (?P=u) from <HOST>$",
+                r"^login failed from <HOST>",
+                r"failed again from <HOST>",
+                r"^(?:login|x) failed from \S+ via <HOST>$",
+            ],
+            &[],
         );
+        assert!(
+            f.fail[0].anchored.is_none(),
+            "a back-reference needs fancy-regex"
+        );
+        let hit = |line: &str| f.find(line).map(|h| (h.pattern, h.addr.to_string()));
+        assert_eq!(
+            hit("bob rejected bob from 192.0.2.1"),
+            Some((0, "192.0.2.1".into()))
+        );
+        assert_eq!(hit("bob rejected eve from 192.0.2.1"), None);
+        assert_eq!(
+            hit("login failed from 192.0.2.2 via 192.0.2.9"),
+            Some((1, "192.0.2.2".into()))
+        );
+        // Unanchored: found where it is, and before pattern 3 that also matches.
+        assert_eq!(
+            hit("x failed from a via 192.0.2.3 failed again from 192.0.2.4"),
+            Some((2, "192.0.2.4".into()))
+        );
+        // The first match has no valid address: the next pattern gets the line.
+        assert_eq!(
+            hit("login failed from 999.1.1.1 via 192.0.2.9"),
+            Some((3, "192.0.2.9".into()))
+        );
+    }
+
+    /// Every address the automata read equals the capturing engine's, and the automata answer
+    /// for ordinary lines; where two readings exist they leave it to the engine.
+    #[test]
+    fn automata_read_the_same_address_as_the_capturing_engine() {
+        let cases: &[(&str, &str, bool)] = &[
+            (
+                r"^\S+ sshd\[\d+\]: Failed password for .* from <HOST> port \d+( ssh2)?$",
+                "web sshd[1]: Failed password for root from 192.0.2.10 port 22 ssh2",
+                true,
+            ),
+            (
+                r"^\S+ sshd\[\d+\]: Failed password for .* from <HOST> port \d+( ssh2)?$",
+                "web sshd[1]: Failed password for x from 198.51.100.9 port 1 from 192.0.2.10 port 22",
+                true,
+            ),
+            (
+                r"^Invalid user .* from <HOST>(?: port \d+)?$",
+                "Invalid user a from [2001:db8::7] port 9",
+                true,
+            ),
+            (
+                r"^Invalid user .* from <HOST>(?: port \d+)?$",
+                "Invalid user a from 2001:db8::7",
+                true,
+            ),
+            (
+                r"^<HOST> - \S+ \[[^]]+\] .*$",
+                "203.0.113.5 - - [21/Nov/2026:10:00:00 +0000] GET / from 198.51.100.9",
+                true,
+            ),
+            (r"denied <HOST>\b", "x: denied 192.0.2.8 now", true),
+            (
+                r"^user .* from <HOST>.*$",
+                "user a from 198.51.100.9 from 192.0.2.11",
+                false,
+            ),
+        ];
+        for &(source, line, forced) in cases {
+            let p = Pattern::fail(source).unwrap();
+            let (split, _) = p.split.as_ref().expect(source);
+            let end = Scanner::new(vec![(0, p.anchored.clone().unwrap())])
+                .unwrap()
+                .first(line)
+                .expect(line)
+                .1;
+            assert_eq!(split.span(line, end).is_some(), forced, "{line}");
+            assert_eq!(p.found(line, Some(end)), p.found(line, None), "{line}");
+        }
+    }
+
+    /// Lines made of the words and addresses these patterns look for, in random order: the
+    /// automata find what trying each pattern with its capturing engine finds, line by line.
+    #[test]
+    fn automata_agree_with_the_engine_on_generated_lines() {
+        let sshd = Builtin::by_name("sshd")
+            .unwrap()
+            .compile_with(&[("mode".into(), "aggressive".into())])
+            .unwrap();
+        let mixed = filter(
+            &[
+                r"^(?P<u>\w+) rejected (?P=u) from <HOST>$",
+                r"^user .* from <HOST>.*$",
+                r"^<HOST> - \S+ .*$",
+                r"denied <HOST>\b",
+                r"^\[<HOST>\]:\d+ (?:bad|worse)$",
+            ],
+            &[],
+        );
+        const STARTS: [&str; 7] = [
+            "Nov 21 10:00:00 web sshd[1]: Failed password for ",
+            "sshd[2]: Invalid user ",
+            "2026-11-21T10:00:00+01:00 web sshd[3]: Connection closed by invalid user ",
+            "sshd[4]: Received disconnect from ",
+            "user ",
+            "bob rejected bob from ",
+            "",
+        ];
+        const WORDS: [&str; 16] = [
+            "from ", "port ", "22 ", "ssh2", " ", "192.0.2.1", "198.51.100.9 ", "2001:db8::1",
+            "[2001:db8::2]", "999.1.1.1 ", "invalid user ", "x", "[preauth]", "- ", "denied ",
+            "ü",
+        ];
+        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let (mut lines, mut hits) = (0, 0);
+        for f in [sshd, mixed] {
+            let slow = f.clone().one_by_one();
+            for _ in 0..20_000 {
+                let mut line = STARTS[next(STARTS.len())].to_owned();
+                for _ in 0..next(9) {
+                    line.push_str(WORDS[next(WORDS.len())]);
+                }
+                let hit = f.find(&line);
+                assert_eq!(hit, slow.find(&line), "{line}");
+                lines += 1;
+                hits += usize::from(hit.is_some());
+            }
+        }
+        assert!(hits > 500, "{hits} of {lines} lines matched: the words miss the patterns");
     }
 
     #[test]

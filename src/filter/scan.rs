@@ -1,0 +1,407 @@
+//! Matching without a capturing engine, where the answer is the same.
+//!
+//! A filter's patterns are one multi-pattern automaton ([`Scanner`]): one anchored pass of a
+//! lazy DFA over the line says which pattern matches first (fail2ban's order) and where its
+//! match ends. Most lines of a log match nothing and cost only that pass.
+//!
+//! For the line that matched, the address is read without a backtracker ([`HostSplit`]). The
+//! pattern is a sequence `A T B` where `T` is the address tag. Lazy DFAs that report every
+//! match end (`MatchKind::All`) give the positions where `T B` can start (scanning back from
+//! the match end), where `A` can end (scanning forward from the line start) and where `B` can
+//! start. Every parse of the match puts the tag at some `[s, e)` allowed by all three; when
+//! exactly one such `[s, e)` exists it is the span a capturing engine would report, whatever
+//! its preference order. Otherwise (a hostile line with two plausible addresses, a pattern
+//! the split cannot express) the caller runs the capturing engine: the fast path only ever
+//! answers when the answer is forced.
+
+use std::sync::Arc;
+
+use regex_automata::hybrid::LazyStateID;
+use regex_automata::hybrid::dfa::{Cache, DFA};
+use regex_automata::nfa::thompson::{self, WhichCaptures};
+use regex_automata::util::pool::Pool;
+use regex_automata::{Anchored, Input, MatchKind, meta};
+use regex_syntax::hir::{Hir, HirKind, Look};
+
+/// A pattern as the automata run it: anchored at the start of the line. An unanchored pattern
+/// gets a lazy `(?s:.)*?` in front, which finds its leftmost match as the unanchored search
+/// would.
+pub(super) fn anchored(hir: &Hir) -> Hir {
+    if hir.properties().look_set_prefix().contains(Look::Start) {
+        return hir.clone();
+    }
+    let any = regex_syntax::parse(r"(?s:.)*?").expect("a constant pattern parses");
+    Hir::concat(vec![any, hir.clone()])
+}
+
+/// All of a filter's patterns that the `regex` crate runs, as one automaton.
+#[derive(Debug, Clone)]
+pub(super) struct Scanner {
+    multi: meta::Regex,
+    /// The filter's index of each automaton pattern.
+    index: Vec<usize>,
+}
+
+impl Scanner {
+    /// `patterns`: (index in the filter, anchored HIR), in filter order. `None` when the
+    /// automaton cannot be built (size limits): the caller tries the patterns one by one.
+    pub(super) fn new(patterns: Vec<(usize, Hir)>) -> Option<Scanner> {
+        if patterns.is_empty() {
+            return None;
+        }
+        let (index, hirs): (Vec<usize>, Vec<Hir>) = patterns.into_iter().unzip();
+        // Only where a match ends is needed, not its groups.
+        let multi = meta::Builder::new()
+            .configure(meta::Config::new().which_captures(WhichCaptures::Implicit))
+            .build_many_from_hir(&hirs)
+            .ok()?;
+        Some(Scanner { multi, index })
+    }
+
+    /// The first pattern (in filter order) that matches `text`, and where its match ends.
+    /// Every pattern is anchored at the start, so leftmost-first picks the lowest index.
+    pub(super) fn first(&self, text: &str) -> Option<(usize, usize)> {
+        let found = self
+            .multi
+            .search(&Input::new(text).anchored(Anchored::Yes))?;
+        Some((self.index[found.pattern().as_usize()], found.end()))
+    }
+}
+
+/// The automata and literals that place a pattern's address tag, and their scratch space.
+pub(super) struct HostSplit {
+    /// `A`, forward.
+    before: DFA,
+    /// `T`, forward.
+    tag: DFA,
+    /// `T B`, reversed.
+    tag_and_after: DFA,
+    /// `B`, reversed.
+    after: DFA,
+    /// What `A` demands of the text just before the tag, cheaply checked.
+    before_edge: Option<Before>,
+    /// What `B` demands of the text just after it.
+    after_edge: Option<After>,
+    /// `^(?:T)$`, for the rare reading a caller cannot do from the text alone.
+    tag_regex: regex::Regex,
+    scratch: Pool<Scratch, Box<dyn Fn() -> Scratch + Send + Sync>>,
+}
+
+impl std::fmt::Debug for HostSplit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostSplit")
+            .field("tag", &self.tag_regex)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `A`'s last item: the tag starts at the line start, or right after a literal.
+enum Before {
+    LineStart,
+    Literal(Box<memchr::memmem::Finder<'static>>),
+}
+
+/// `B`'s first item: a literal follows the tag, or the line (or match) ends with it.
+enum After {
+    Literal(Vec<u8>),
+    LineEnd,
+    MatchEnd,
+}
+
+/// What one search needs: the automata's caches and room for positions, reused.
+struct Scratch {
+    before: Cache,
+    tag: Cache,
+    tag_and_after: Cache,
+    after: Cache,
+    starts: Vec<usize>,
+    ends: Vec<usize>,
+    tag_ends: Vec<usize>,
+}
+
+/// How hard to look for the tag's span: the literal edges are necessary conditions only (a
+/// unique survivor is forced), the automata give the exact sets.
+#[derive(Clone, Copy, PartialEq)]
+enum Effort {
+    Edges,
+    Automata,
+}
+
+/// Why the DFAs gave no answer: the caller runs the capturing engine.
+struct GiveUp;
+
+impl From<regex_automata::hybrid::CacheError> for GiveUp {
+    fn from(_: regex_automata::hybrid::CacheError) -> GiveUp {
+        GiveUp
+    }
+}
+
+impl From<regex_automata::MatchError> for GiveUp {
+    fn from(_: regex_automata::MatchError) -> GiveUp {
+        GiveUp
+    }
+}
+
+impl HostSplit {
+    /// The split of `pattern` (anchored) at the one item of its top-level sequence that is
+    /// `tag` (the address tag's HIR, from the regex `tag_source`). `None` when the tag is
+    /// not such an item (inside a group, changed by a case-insensitive flag) or an automaton
+    /// cannot be built: the pattern then always uses the capturing engine.
+    pub(super) fn new(pattern: &Hir, tag: &Hir, tag_source: &str) -> Option<Arc<HostSplit>> {
+        let HirKind::Concat(items) = pattern.kind() else {
+            return None;
+        };
+        let mut at = items.iter().enumerate().filter(|(_, item)| *item == tag);
+        let (k, _) = at.next()?;
+        if at.next().is_some() {
+            return None;
+        }
+        let (before, tag, after) = (&items[..k], &items[k], &items[k + 1..]);
+        let before_edge = match before {
+            [] | [_] if before.iter().all(|h| *h == Hir::look(Look::Start)) => {
+                Some(Before::LineStart)
+            }
+            [.., last] => match last.kind() {
+                HirKind::Literal(lit) => Some(Before::Literal(Box::new(
+                    memchr::memmem::Finder::new(&lit.0).into_owned(),
+                ))),
+                _ => None,
+            },
+            [] => None,
+        };
+        let after_edge = match after {
+            [] => Some(After::MatchEnd),
+            [end] if *end == Hir::look(Look::End) => Some(After::LineEnd),
+            [first, ..] => match first.kind() {
+                HirKind::Literal(lit) => Some(After::Literal(lit.0.to_vec())),
+                _ => None,
+            },
+        };
+        let dfa = |items: &[Hir], reverse: bool| -> Option<DFA> {
+            let nfa = thompson::Compiler::new()
+                .configure(
+                    thompson::Config::new()
+                        .reverse(reverse)
+                        .which_captures(WhichCaptures::None),
+                )
+                .build_from_hir(&Hir::concat(items.to_vec()))
+                .ok()?;
+            DFA::builder()
+                .configure(
+                    DFA::config()
+                        .match_kind(MatchKind::All)
+                        .unicode_word_boundary(true),
+                )
+                .build_from_nfa(nfa)
+                .ok()
+        };
+        let before = dfa(before, false)?;
+        let tag_and_after = dfa(&items[k..], true)?;
+        let after = dfa(after, true)?;
+        let tag = dfa(std::slice::from_ref(tag), false)?;
+        let tag_regex = regex::Regex::new(&format!("^(?:{tag_source})$")).ok()?;
+        let scratch = {
+            let dfas = [&before, &tag, &tag_and_after, &after].map(DFA::clone);
+            let create: Box<dyn Fn() -> Scratch + Send + Sync> = Box::new(move || Scratch {
+                before: dfas[0].create_cache(),
+                tag: dfas[1].create_cache(),
+                tag_and_after: dfas[2].create_cache(),
+                after: dfas[3].create_cache(),
+                starts: Vec::new(),
+                ends: Vec::new(),
+                tag_ends: Vec::new(),
+            });
+            Pool::new(create)
+        };
+        Some(Arc::new(HostSplit {
+            before,
+            tag,
+            tag_and_after,
+            after,
+            before_edge,
+            after_edge,
+            tag_regex,
+            scratch,
+        }))
+    }
+
+    /// The span of the address tag in the pattern's match `[0, end)` of `hay`, when only
+    /// one is possible; `None`: ask the capturing engine.
+    pub(super) fn span(&self, hay: &str, end: usize) -> Option<(usize, usize)> {
+        let mut scratch = self.scratch.get();
+        let first = self.pairs(hay.as_bytes(), end, &mut scratch, Effort::Edges);
+        match first {
+            Ok(Pairs::One(s, e)) => Some((s, e)),
+            Ok(Pairs::Several) => {
+                match self.pairs(hay.as_bytes(), end, &mut scratch, Effort::Automata) {
+                    Ok(Pairs::One(s, e)) => Some((s, e)),
+                    _ => None,
+                }
+            }
+            Ok(Pairs::None) | Err(GiveUp) => None,
+        }
+    }
+
+    /// The tag's groups on the text of its span (`^(?:T)$`).
+    pub(super) fn tag_captures<'t>(&self, text: &'t str) -> Option<regex::Captures<'t>> {
+        self.tag_regex.captures(text)
+    }
+
+    /// The `[s, e)` the tag may take: where `A` may end, `T` match and `B` may start.
+    fn pairs(
+        &self,
+        hay: &[u8],
+        end: usize,
+        scratch: &mut Scratch,
+        effort: Effort,
+    ) -> Result<Pairs, GiveUp> {
+        let Scratch {
+            before,
+            tag,
+            tag_and_after,
+            after,
+            starts,
+            ends,
+            tag_ends,
+        } = scratch;
+        let edges = effort == Effort::Edges;
+        match &self.before_edge {
+            Some(Before::LineStart) => {
+                starts.clear();
+                starts.push(0);
+            }
+            Some(Before::Literal(lit)) if edges => {
+                starts.clear();
+                starts.extend(lit.find_iter(&hay[..end]).map(|at| at + lit.needle().len()));
+            }
+            _ => {
+                // Where `T B` can start, of which those where `A` can end.
+                starts_reversed(&self.tag_and_after, tag_and_after, hay, end, 0, ends)?;
+                starts.clear();
+                if let Some(&last) = ends.last() {
+                    for_each_end_forward(&self.before, before, hay, 0, last, |at| {
+                        if ends.binary_search(&at).is_ok() {
+                            starts.push(at);
+                        }
+                    })?;
+                }
+            }
+        }
+        let Some(&first) = starts.first() else {
+            return Ok(Pairs::None);
+        };
+        let exact_after = match &self.after_edge {
+            Some(After::LineEnd | After::MatchEnd) => false,
+            Some(After::Literal(_)) => !edges,
+            None => true,
+        };
+        if exact_after {
+            starts_reversed(&self.after, after, hay, end, first + 1, ends)?;
+        }
+        let mut pairs = Pairs::None;
+        for &s in starts.iter() {
+            tag_ends.clear();
+            for_each_end_forward(&self.tag, tag, hay, s, end, |at| tag_ends.push(at))?;
+            for &e in tag_ends.iter() {
+                let fits = match &self.after_edge {
+                    _ if exact_after => ends.binary_search(&e).is_ok(),
+                    Some(After::Literal(lit)) => hay[e..end].starts_with(lit),
+                    Some(After::LineEnd) => e == hay.len(),
+                    _ => e == end,
+                };
+                if fits {
+                    pairs = match pairs {
+                        Pairs::None => Pairs::One(s, e),
+                        _ => return Ok(Pairs::Several),
+                    };
+                }
+            }
+        }
+        Ok(pairs)
+    }
+}
+
+/// How many spans the tag may take.
+enum Pairs {
+    None,
+    One(usize, usize),
+    Several,
+}
+
+/// Fills `found` with the positions `p >= floor` where the reversed automaton `dfa`, run
+/// back from `end`, matches `[p, end)`, in increasing order.
+fn starts_reversed(
+    dfa: &DFA,
+    cache: &mut Cache,
+    hay: &[u8],
+    end: usize,
+    floor: usize,
+    found: &mut Vec<usize>,
+) -> Result<(), GiveUp> {
+    found.clear();
+    let input = Input::new(hay).range(..end).anchored(Anchored::Yes);
+    let mut sid = dfa.start_state_reverse(cache, &input)?;
+    // A match state is seen one byte late: after the byte at `at - 1` it means `[at, end)`;
+    // a match at 0 shows at the end of input.
+    for at in (floor..=end).rev() {
+        sid = match at {
+            0 => dfa.next_eoi_state(cache, sid)?,
+            _ => dfa.next_state(cache, sid, hay[at - 1])?,
+        };
+        match step(sid)? {
+            Step::Match => found.push(at),
+            Step::Dead => break,
+            Step::Go => {}
+        }
+    }
+    found.reverse();
+    Ok(())
+}
+
+/// Calls `each(p)` for every `p <= last` where the forward automaton matches `[from, p)`.
+fn for_each_end_forward(
+    dfa: &DFA,
+    cache: &mut Cache,
+    hay: &[u8],
+    from: usize,
+    last: usize,
+    mut each: impl FnMut(usize),
+) -> Result<(), GiveUp> {
+    let input = Input::new(hay).range(from..).anchored(Anchored::Yes);
+    let mut sid = dfa.start_state_forward(cache, &input)?;
+    // Seen one byte late too: after the byte at `at`, a match state means `[from, at)`.
+    for at in from..=last {
+        sid = match hay.get(at) {
+            Some(&byte) => dfa.next_state(cache, sid, byte)?,
+            None => dfa.next_eoi_state(cache, sid)?,
+        };
+        match step(sid)? {
+            Step::Match => each(at),
+            Step::Dead => break,
+            Step::Go => {}
+        }
+    }
+    Ok(())
+}
+
+enum Step {
+    Go,
+    Match,
+    Dead,
+}
+
+fn step(sid: LazyStateID) -> Result<Step, GiveUp> {
+    if !sid.is_tagged() {
+        return Ok(Step::Go);
+    }
+    if sid.is_quit() || sid.is_unknown() {
+        return Err(GiveUp);
+    }
+    Ok(if sid.is_match() {
+        Step::Match
+    } else if sid.is_dead() {
+        Step::Dead
+    } else {
+        Step::Go
+    })
+}
