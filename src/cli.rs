@@ -124,6 +124,10 @@ pub enum Command {
         /// "Now", in Unix seconds, for dates without a year (default: the current time).
         #[arg(long)]
         now: Option<i64>,
+        /// Where the date is and how it reads, as fail2ban's `datepattern`
+        /// (`^%Y-%m-%d %H:%M:%S`, `{^LN-BEG}EPOCH` …); overrides the filter's.
+        #[arg(long, short = 'd')]
+        datepattern: Option<String>,
     },
     /// Turn a fail2ban configuration into a banctl one: the enabled jails, their filters
     /// (referenced as fail2ban filter files), ports, times, ignoreip, escalation. What cannot

@@ -107,6 +107,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             json,
             tz,
             now,
+            datepattern,
         } => test_filter(
             &input,
             &filter,
@@ -116,6 +117,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 json,
                 tz,
                 now,
+                datepattern,
             },
         ),
         Command::Version => {
@@ -338,22 +340,38 @@ struct TestOptions {
     json: bool,
     tz: Option<String>,
     now: Option<i64>,
+    datepattern: Option<String>,
 }
 
 /// `banctl test`: every line of `input` (a file, or one line) through the filter.
 fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), Failure> {
     use banctl::filter::date::Dates;
-    use banctl::filter::{Report, Verdict};
+    use banctl::filter::{DatePattern, Report, Verdict};
     use std::collections::BTreeMap;
     use std::io::{BufRead, Write};
 
     let (filter, label) = load_filter(filter)?;
+    let datepattern = match &options.datepattern {
+        Some(p) => Some(DatePattern::new(p).map_err(|e| Failure {
+            code: exit::USAGE,
+            error: anyhow::anyhow!("--datepattern: {e}"),
+        })?),
+        None => filter.datepattern().cloned(),
+    };
+    let filter = match &datepattern {
+        Some(p) => filter.with_datepattern(p.clone()),
+        None => filter,
+    };
     let dates = match &options.tz {
         Some(name) => Dates::new(Dates::zone(name).ok_or_else(|| Failure {
             code: exit::USAGE,
             error: anyhow::anyhow!("--tz {name:?} is not a time zone"),
         })?),
         None => Dates::default(),
+    };
+    let dates = match datepattern {
+        Some(p) => dates.with_pattern(p),
+        None => dates,
     };
     let now = match options.now {
         Some(secs) => {

@@ -17,7 +17,7 @@ use toml::de::{DeTable, DeValue};
 use crate::addr::IpNet;
 use crate::duration::{BanTime, parse_duration};
 use crate::filter::date::Dates;
-use crate::filter::{Builtin, Filter, Pattern};
+use crate::filter::{Builtin, DatePattern, Filter, Pattern};
 use crate::firewall::{JailRules, PortRange, Protocol};
 use crate::notify::{NotifyConfig, Target, exec, webhook};
 use crate::source::journal::JournalSpec;
@@ -733,6 +733,24 @@ impl Context<'_> {
             },
             None => Dates::default(),
         };
+        // The jail's `datepattern` over its filter's.
+        let datepattern = match pick!(datepattern) {
+            Some((v, k)) => match DatePattern::new(v.get_ref()) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    self.error(v.span(), k, e.to_string());
+                    None
+                }
+            },
+            None => filter.as_ref().and_then(|f| f.datepattern().cloned()),
+        };
+        let (dates, filter) = match datepattern {
+            Some(p) => (
+                dates.with_pattern(p.clone()),
+                filter.map(|f| f.with_datepattern(p)),
+            ),
+            None => (dates, filter),
+        };
         Some(JailConfig {
             name: name.to_owned(),
             filter_name,
@@ -906,7 +924,7 @@ impl Context<'_> {
                 prefregex: raw.prefregex.clone(),
                 maxlines: 1,
                 journalmatch: None,
-                datepattern: None,
+                datepattern: raw.datepattern.clone(),
             };
             return match definition.compile(Path::new("inline filter")) {
                 Ok(read) => ("fail2ban (inline)".to_owned(), Some(read.filter)),
@@ -1339,6 +1357,33 @@ failregex = ['^(unclosed <HOST>']
             errors[0].starts_with("t.toml:4: jails.a.maxretry: "),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn datepattern_reads_dates_and_a_bad_one_names_its_line() {
+        let errors =
+            parse("[jails.a]\nfilter = \"sshd\"\nlogpath = \"/x\"\ndatepattern = \"^%Y-%q\"\n")
+                .unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].starts_with("t.toml:4: jails.a.datepattern: unknown directive %q"),
+            "{errors:?}"
+        );
+        let config = Config::parse(
+            Path::new("t.toml"),
+            "[defaults]\ndatepattern = '^L %d/%m/%Y - %H:%M:%S'\n[jails.a]\nfailregex = ['^L \\S+ - \\S+: denied <HOST>$']\nlogpath = \"/x\"\nlogtimezone = \"UTC\"\n",
+        )
+        .unwrap();
+        let line = "L 21/11/2026 - 10:00:00: denied 192.0.2.1";
+        let found = config.jails[0]
+            .dates
+            .find(line, std::time::SystemTime::now())
+            .unwrap();
+        assert_eq!(
+            found.at,
+            std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_255_200)
+        );
+        assert!(config.jails[0].filter.find(line).is_some());
     }
 
     #[test]

@@ -69,6 +69,7 @@ pub struct RawJail {
     pub journal: Option<Spanned<RawJournal>>,
     pub source: Option<Spanned<String>>,
     pub logtimezone: Option<Spanned<String>>,
+    pub datepattern: Option<Spanned<String>>,
     pub fail2ban_filter: Option<Spanned<RawFail2banFilter>>,
 }
 
@@ -81,6 +82,7 @@ pub struct RawFail2banFilter {
     #[serde(default)]
     pub ignoreregex: Vec<String>,
     pub prefregex: Option<String>,
+    pub datepattern: Option<String>,
 }
 
 /// `journal = { matches = ["_SYSTEMD_UNIT=ssh.service"], directory = "/path" }`.

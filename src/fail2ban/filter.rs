@@ -14,7 +14,7 @@ use std::path::Path;
 
 use super::Fail2banError;
 use super::ini::Ini;
-use crate::filter::{Filter, Pattern, Prefix, address_tag};
+use crate::filter::{DatePattern, Filter, Pattern, Prefix, address_tag};
 
 /// The tags fail2ban itself gives a meaning: never looked up as values.
 fn reserved(tag: &str) -> bool {
@@ -97,7 +97,16 @@ pub fn read_definition(
             .and_then(|m| m.trim().parse().ok())
             .unwrap_or(1),
         journalmatch: value("journalmatch")?.filter(|j| !j.trim().is_empty()),
-        datepattern: ini.get("Definition", "datepattern")?,
+        // A filter may set it among its `[Init]` options (grafana's does).
+        datepattern: match value("datepattern")? {
+            Some(p) => Some(p),
+            None => match ini.get("Init", "datepattern")? {
+                Some(v) => Some(tags.substitute(&v)?),
+                None => None,
+            },
+        }
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty()),
     })
 }
 
@@ -139,8 +148,17 @@ impl Definition {
         if fail.is_empty() {
             return Err(Fail2banError::NoFailregex(origin.to_owned()));
         }
+        let datepattern = match &self.datepattern {
+            Some(p) => Some(DatePattern::new(p).map_err(|e| Fail2banError::Pattern {
+                path: origin.to_owned(),
+                pattern: p.clone(),
+                message: e.to_string(),
+            })?),
+            None => None,
+        };
         let filter = Filter::new(fail, ignore).with_prefix(Prefix {
             strip_date: true,
+            datepattern,
             prefregex,
         });
         Ok(Fail2banFilter {

@@ -95,12 +95,6 @@ pub fn import(dir: &Path, inline: bool) -> Result<Import, Fail2banError> {
                             d.maxlines
                         ));
                     }
-                    if let Some(p) = d.datepattern.as_deref().filter(|p| !p.trim().is_empty()) {
-                        skip(&format!(
-                            "filter {filter_spec}: datepattern = {} — banctl detects the date formats loggers write by itself",
-                            p.trim()
-                        ));
-                    }
                     definition = Some(d);
                 }
                 Err(e) => skip(&format!("filter {filter_spec}: {e}")),
@@ -338,6 +332,9 @@ fn inline_filter(d: &Definition) -> String {
     }
     emit!(out, "failregex = {}", list(&d.failregex));
     emit!(out, "ignoreregex = {}", list(&d.ignoreregex));
+    if let Some(p) = &d.datepattern {
+        emit!(out, "datepattern = {}", pattern_string(p));
+    }
     out
 }
 

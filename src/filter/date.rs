@@ -16,6 +16,8 @@ use jiff::Timestamp;
 use jiff::civil::DateTime;
 use jiff::tz::{Offset, TimeZone};
 
+use super::DatePattern;
+
 /// How far into a JSON line the logger's timestamp key is looked for.
 const JSON_SCAN: usize = 256;
 /// How far into an access log line its bracketed date is looked for.
@@ -36,6 +38,8 @@ pub enum Format {
     Epoch,
     /// Unix milliseconds: `1763719200123`.
     EpochMillis,
+    /// Where and how the filter's or jail's `datepattern` says.
+    DatePattern,
 }
 
 impl fmt::Display for Format {
@@ -47,6 +51,7 @@ impl fmt::Display for Format {
             Format::Clf => "access log ([DD/Mon/YYYY:hh:mm:ss zone])",
             Format::Epoch => "Unix seconds",
             Format::EpochMillis => "Unix milliseconds",
+            Format::DatePattern => "datepattern",
         })
     }
 }
@@ -72,6 +77,8 @@ pub fn span(line: &str) -> Option<(usize, usize)> {
 pub struct Dates {
     /// The zone of dates that carry none.
     tz: TimeZone,
+    /// Where the date is and how it reads, when the automatic formats are not the answer.
+    pattern: Option<DatePattern>,
 }
 
 impl Default for Dates {
@@ -83,7 +90,22 @@ impl Default for Dates {
 impl Dates {
     /// Reads zoneless dates in `tz`.
     pub fn new(tz: TimeZone) -> Dates {
-        Dates { tz }
+        Dates { tz, pattern: None }
+    }
+
+    /// The same, reading dates where and as `pattern` says.
+    pub fn with_pattern(mut self, pattern: DatePattern) -> Dates {
+        self.pattern = Some(pattern);
+        self
+    }
+
+    pub fn pattern(&self) -> Option<&DatePattern> {
+        self.pattern.as_ref()
+    }
+
+    /// The zone dates without one are read in.
+    pub(super) fn tz(&self) -> &TimeZone {
+        &self.tz
     }
 
     /// The time zone named `name` (IANA name such as `Europe/Berlin`, or `UTC`), or an offset
@@ -99,6 +121,14 @@ impl Dates {
 
     /// The logger's timestamp of `line`, with `now` deciding the year of yearless dates.
     pub fn find(&self, line: &str, now: SystemTime) -> Option<Found> {
+        match &self.pattern {
+            Some(pattern) => pattern.find(self, line, now),
+            None => self.find_auto(line, now),
+        }
+    }
+
+    /// The timestamp of `line` in one of the automatic formats.
+    pub(super) fn find_auto(&self, line: &str, now: SystemTime) -> Option<Found> {
         let bytes = line.as_bytes();
         if bytes.first() == Some(&b'{') {
             return self.json(bytes, now);
@@ -234,10 +264,21 @@ impl Dates {
         head.iter()
             .enumerate()
             .filter(|(_, b)| **b == b'[')
-            .find_map(|(i, _)| self.clf_at(&mut Cursor { b: bytes, i: i + 1 }, i + 1))
+            .find_map(|(i, _)| self.clf_at(&mut Cursor { b: bytes, i: i + 1 }, i + 1, true))
     }
 
-    fn clf_at(&self, c: &mut Cursor, start: usize) -> Option<Found> {
+    /// `text`, all of it, as a date in one of the automatic formats (`{DATE}`).
+    pub(super) fn read_token(&self, text: &str, now: SystemTime) -> Option<SystemTime> {
+        let bytes = text.as_bytes();
+        let whole = |f: Found| (f.span.1 == bytes.len()).then_some(f.at);
+        self.parse_at(bytes, 0, now).and_then(whole).or_else(|| {
+            self.clf_at(&mut Cursor::new(bytes), 0, false)
+                .and_then(whole)
+        })
+    }
+
+    /// The access log date at `c`; `quoted`: followed by `] "`, as in a whole line.
+    fn clf_at(&self, c: &mut Cursor, start: usize, quoted: bool) -> Option<Found> {
         let day = c.digits(2)?;
         c.expect(b'/')?;
         let month = c.month().filter(|m| *m > 0)?;
@@ -246,7 +287,7 @@ impl Dates {
         c.expect(b':')?;
         let (hour, minute, second, nanos) = clock(c)?;
         let zone = offset(c)?;
-        if !c.rest().starts_with(b"] \"") {
+        if quoted && !c.rest().starts_with(b"] \"") {
             return None;
         }
         let at = self.resolve(

@@ -14,6 +14,7 @@
 
 mod builtin;
 pub mod date;
+mod datepattern;
 mod file;
 mod report;
 mod scan;
@@ -26,6 +27,7 @@ use regex::Regex;
 use regex_syntax::hir::Hir;
 
 pub use builtin::{BUILTIN, Builtin};
+pub use datepattern::{DatePattern, DatePatternError};
 pub use file::{
     FilterFile, FilterFileError, SYSLOG_START, parse_filter_file, parse_filter_file_in_mode,
     read_filter_file,
@@ -68,6 +70,21 @@ impl<'t> Groups<'t> {
             Groups::Fancy(c) => c.name(name).map(|m| m.as_str()),
         }
     }
+
+    /// Where group `i` matched (0: the whole match).
+    fn span(&self, i: usize) -> Option<(usize, usize)> {
+        match self {
+            Groups::Std(c) => c.get(i).map(|m| (m.start(), m.end())),
+            Groups::Fancy(c) => c.get(i).map(|m| (m.start(), m.end())),
+        }
+    }
+
+    fn text(&self, i: usize) -> Option<&'t str> {
+        match self {
+            Groups::Std(c) => c.get(i).map(|m| m.as_str()),
+            Groups::Fancy(c) => c.get(i).map(|m| m.as_str()),
+        }
+    }
 }
 
 impl Engine {
@@ -93,6 +110,16 @@ impl Engine {
             Engine::Std(r) => r.captures(text).map(Groups::Std),
             Engine::Fancy(r) => r.captures(text).ok().flatten().map(Groups::Fancy),
         }
+    }
+
+    /// The index of the first group without a name.
+    fn first_unnamed_group(&self) -> Option<usize> {
+        let mut names: Box<dyn Iterator<Item = Option<&str>>> = match self {
+            Engine::Std(r) => Box::new(r.capture_names()),
+            Engine::Fancy(r) => Box::new(r.capture_names()),
+        };
+        names.by_ref().next();
+        names.position(|n| n.is_none()).map(|i| i + 1)
     }
 
     fn names(&self) -> Vec<String> {
@@ -340,6 +367,8 @@ struct View<'a> {
 #[derive(Debug, Clone)]
 pub struct Prefix {
     pub strip_date: bool,
+    /// Where the date is, when the filter says (`datepattern`); the automatic formats if not.
+    pub datepattern: Option<DatePattern>,
     pub prefregex: Option<Pattern>,
 }
 
@@ -369,6 +398,19 @@ impl Filter {
         self.prefix.as_ref()
     }
 
+    /// The same filter finding the date to cut out (fail2ban filters) with `pattern`.
+    pub fn with_datepattern(mut self, pattern: DatePattern) -> Filter {
+        if let Some(prefix) = &mut self.prefix {
+            prefix.datepattern = Some(pattern);
+        }
+        self
+    }
+
+    /// The filter's `datepattern`, if it has one.
+    pub fn datepattern(&self) -> Option<&DatePattern> {
+        self.prefix.as_ref()?.datepattern.as_ref()
+    }
+
     /// What the failregexes see: the line, or (fail2ban filters) the line without its date,
     /// cut to the prefregex's content; `None` when the prefregex does not match.
     fn view<'a>(&self, line: &'a str) -> Option<View<'a>> {
@@ -379,8 +421,12 @@ impl Filter {
             });
         };
         let mut text = Cow::Borrowed(line);
+        let span = match &prefix.datepattern {
+            Some(pattern) => pattern.span(line),
+            None => date::span(line),
+        };
         if prefix.strip_date
-            && let Some((start, end)) = date::span(line)
+            && let Some((start, end)) = span
         {
             text = Cow::Owned(format!("{}{}", &line[..start], &line[end..]));
         }
@@ -652,8 +698,21 @@ mod tests {
             "",
         ];
         const WORDS: [&str; 16] = [
-            "from ", "port ", "22 ", "ssh2", " ", "192.0.2.1", "198.51.100.9 ", "2001:db8::1",
-            "[2001:db8::2]", "999.1.1.1 ", "invalid user ", "x", "[preauth]", "- ", "denied ",
+            "from ",
+            "port ",
+            "22 ",
+            "ssh2",
+            " ",
+            "192.0.2.1",
+            "198.51.100.9 ",
+            "2001:db8::1",
+            "[2001:db8::2]",
+            "999.1.1.1 ",
+            "invalid user ",
+            "x",
+            "[preauth]",
+            "- ",
+            "denied ",
             "ü",
         ];
         let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
@@ -677,7 +736,10 @@ mod tests {
                 hits += usize::from(hit.is_some());
             }
         }
-        assert!(hits > 500, "{hits} of {lines} lines matched: the words miss the patterns");
+        assert!(
+            hits > 500,
+            "{hits} of {lines} lines matched: the words miss the patterns"
+        );
     }
 
     #[test]
