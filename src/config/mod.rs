@@ -922,7 +922,7 @@ impl Context<'_> {
                 failregex: raw.failregex.clone(),
                 ignoreregex: raw.ignoreregex.clone(),
                 prefregex: raw.prefregex.clone(),
-                maxlines: 1,
+                maxlines: raw.maxlines.unwrap_or(1),
                 journalmatch: None,
                 datepattern: raw.datepattern.clone(),
             };

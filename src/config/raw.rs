@@ -83,6 +83,7 @@ pub struct RawFail2banFilter {
     pub ignoreregex: Vec<String>,
     pub prefregex: Option<String>,
     pub datepattern: Option<String>,
+    pub maxlines: Option<usize>,
 }
 
 /// `journal = { matches = ["_SYSTEMD_UNIT=ssh.service"], directory = "/path" }`.

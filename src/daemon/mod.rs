@@ -491,7 +491,7 @@ impl Daemon {
                     let jail = &mut self.jails[j];
                     jail.counters_mut().lines += batch.lines.len() as u64;
                     for line in &batch.lines {
-                        let Some(hit) = jail.config().filter.find(line) else {
+                        let Some(hit) = jail.find(line) else {
                             continue;
                         };
                         jail.counters_mut().matched += 1;

@@ -79,6 +79,17 @@ pub fn read_definition(
             None => Ok(None),
         }
     };
+    // A filter may set these among its `[Init]` options (grafana's datepattern, mongodb-auth's
+    // maxlines do).
+    let init_or_definition = |key: &str| -> Result<Option<String>, Fail2banError> {
+        match value(key)? {
+            Some(v) => Ok(Some(v)),
+            None => match ini.get("Init", key)? {
+                Some(v) => tags.substitute(&v).map(Some),
+                None => Ok(None),
+            },
+        }
+    };
     let lines = |text: Option<String>| -> Vec<String> {
         text.unwrap_or_default()
             .lines()
@@ -93,20 +104,13 @@ pub fn read_definition(
         prefregex: value("prefregex")?
             .map(|p| p.trim().to_owned())
             .filter(|p| !p.is_empty()),
-        maxlines: value("maxlines")?
+        maxlines: init_or_definition("maxlines")?
             .and_then(|m| m.trim().parse().ok())
             .unwrap_or(1),
         journalmatch: value("journalmatch")?.filter(|j| !j.trim().is_empty()),
-        // A filter may set it among its `[Init]` options (grafana's does).
-        datepattern: match value("datepattern")? {
-            Some(p) => Some(p),
-            None => match ini.get("Init", "datepattern")? {
-                Some(v) => Some(tags.substitute(&v)?),
-                None => None,
-            },
-        }
-        .map(|p| p.trim().to_owned())
-        .filter(|p| !p.is_empty()),
+        datepattern: init_or_definition("datepattern")?
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty()),
     })
 }
 
@@ -116,11 +120,17 @@ impl Definition {
         let mut notes = Vec::new();
         let compile = |source: &str, notes: &mut Vec<String>| -> Result<Pattern, Fail2banError> {
             let (expanded, multiline) = translate(source);
-            if multiline {
+            if multiline && self.maxlines < 2 {
                 notes.push(format!(
-                    "{source}: <SKIPLINES> spans lines; banctl matches it within one line"
+                    "{source}: <SKIPLINES> with maxlines = {}: only one line is ever seen",
+                    self.maxlines
                 ));
             }
+            // Over several lines `^` and `$` are each line's ends, as in fail2ban.
+            let expanded = match self.maxlines {
+                0 | 1 => expanded,
+                _ => format!("(?m){expanded}"),
+            };
             Pattern::translated(source, &expanded).map_err(|e| Fail2banError::Pattern {
                 path: origin.to_owned(),
                 pattern: source.to_owned(),
@@ -139,12 +149,6 @@ impl Definition {
             Some(p) => Some(compile(p, &mut notes)?),
             None => None,
         };
-        if self.maxlines > 1 {
-            notes.push(format!(
-                "maxlines = {}: fail2ban joins lines; banctl matches one line at a time",
-                self.maxlines
-            ));
-        }
         if fail.is_empty() {
             return Err(Fail2banError::NoFailregex(origin.to_owned()));
         }
@@ -156,11 +160,13 @@ impl Definition {
             })?),
             None => None,
         };
-        let filter = Filter::new(fail, ignore).with_prefix(Prefix {
-            strip_date: true,
-            datepattern,
-            prefregex,
-        });
+        let filter = Filter::new(fail, ignore)
+            .with_prefix(Prefix {
+                strip_date: true,
+                datepattern,
+                prefregex,
+            })
+            .with_maxlines(self.maxlines);
         Ok(Fail2banFilter {
             filter,
             maxlines: self.maxlines,
@@ -328,6 +334,8 @@ pub fn translate(source: &str) -> (String, bool) {
         } else if tag.starts_with("/F-") {
             out.push(')');
         } else if tag == "SKIPLINES" {
+            // The end of this line, then any whole lines, fewest first.
+            out.push_str(r"\n(?:.*\n)*?");
             multiline = true;
         } else if let Some(regex) = address_tag(tag) {
             out.push_str(&regex);
@@ -474,6 +482,65 @@ mod tests {
         assert!(re.contains("(?P<dns>"), "{re}");
         let (re, _) = translate(r"(?P<x>a)<F-ALT_USER>b</F-ALT_USER><F-ID/>:<F-PORT/>");
         assert_eq!(re, r"(?P<x>a)(?P<alt_user>b)(?P<fid>\S+):(?P<fport>\w+)");
+    }
+
+    /// `maxlines` joins lines for `<SKIPLINES>`, and a match's lines are used up; `<F-MLFID>`
+    /// sessions lend their address to a failure that names none.
+    #[test]
+    fn lines_join_and_sessions_lend_their_address() {
+        let definition = |failregex: &[&str], prefregex: Option<&str>, maxlines| Definition {
+            failregex: failregex.iter().map(|s| s.to_string()).collect(),
+            ignoreregex: Vec::new(),
+            prefregex: prefregex.map(str::to_owned),
+            maxlines,
+            journalmatch: None,
+            datepattern: None,
+        };
+        let run = |d: Definition, lines: &[&str]| -> Vec<Option<String>> {
+            let filter = d.compile(Path::new("t.conf")).unwrap().filter;
+            assert!(filter.remembers());
+            let mut memory = crate::filter::Memory::default();
+            lines
+                .iter()
+                .map(|l| filter.find_in(l, &mut memory).map(|h| h.addr.to_string()))
+                .collect()
+        };
+        let joined = definition(
+            &[r"^login of (?P<u>\S+) from <HOST><SKIPLINES>denied (?P=u)$"],
+            None,
+            3,
+        );
+        let lines = [
+            "login of bob from 192.0.2.1",
+            "noise",
+            "denied bob",
+            "denied bob",
+            "login of eve from 192.0.2.2",
+            "denied bob",
+        ];
+        let one = Some("192.0.2.1".to_owned());
+        assert_eq!(run(joined, &lines), [None, None, one, None, None, None]);
+        let sessions = definition(
+            &[
+                r"^<F-NOFAIL>open</F-NOFAIL> from <HOST>$",
+                r"^too many failures$",
+                r"^<F-MLFFORGET>closed</F-MLFFORGET>$",
+            ],
+            Some(r"^<F-MLFID>conn\d+</F-MLFID> <F-CONTENT>.+</F-CONTENT>$"),
+            1,
+        );
+        let lines = [
+            "conn1 open from 192.0.2.7",
+            "conn2 too many failures",
+            "conn1 too many failures",
+            "conn1 closed",
+            "conn1 too many failures",
+        ];
+        let seven = Some("192.0.2.7".to_owned());
+        assert_eq!(
+            run(sessions, &lines),
+            [None, None, seven.clone(), seven, None]
+        );
     }
 
     #[test]

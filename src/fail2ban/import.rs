@@ -89,12 +89,6 @@ pub fn import(dir: &Path, inline: bool) -> Result<Import, Fail2banError> {
             match read {
                 Ok(d) => {
                     journalmatch = d.journalmatch.clone();
-                    if d.maxlines > 1 {
-                        skip(&format!(
-                            "filter {filter_spec}: maxlines = {} — banctl matches one line at a time; patterns spanning lines do not match",
-                            d.maxlines
-                        ));
-                    }
                     definition = Some(d);
                 }
                 Err(e) => skip(&format!("filter {filter_spec}: {e}")),
@@ -334,6 +328,9 @@ fn inline_filter(d: &Definition) -> String {
     emit!(out, "ignoreregex = {}", list(&d.ignoreregex));
     if let Some(p) = &d.datepattern {
         emit!(out, "datepattern = {}", pattern_string(p));
+    }
+    if d.maxlines > 1 {
+        emit!(out, "maxlines = {}", d.maxlines);
     }
     out
 }

@@ -159,12 +159,24 @@ impl DatePattern {
     }
 
     /// The date of `line`, read by `dates` (its zone, its year inference) where the pattern
-    /// leaves something open.
+    /// leaves something open. The first alternative that matches decides: one without
+    /// directives (guacamole's `^WARNING:()`) marks a line that has no date.
     pub(super) fn find(&self, dates: &Dates, line: &str, now: SystemTime) -> Option<date::Found> {
-        self.alternatives.iter().find_map(|alt| match alt {
-            Alternative::Auto => dates.find_auto(line, now),
-            Alternative::Regex(re) => re.find(dates, line, now),
-        })
+        for alt in self.alternatives.iter() {
+            match alt {
+                Alternative::Auto => {
+                    if let Some(found) = dates.find_auto(line, now) {
+                        return Some(found);
+                    }
+                }
+                Alternative::Regex(re) => {
+                    if let Some(groups) = re.engine.captures(line) {
+                        return re.read(dates, &groups, now);
+                    }
+                }
+            }
+        }
+        None
     }
 }
 
@@ -264,8 +276,11 @@ impl DateRegex {
         groups.span(self.group)
     }
 
-    fn find(&self, dates: &Dates, line: &str, now: SystemTime) -> Option<date::Found> {
-        let groups = self.engine.captures(line)?;
+    /// The date a match of this alternative says; `None` for one without directives.
+    fn read(&self, dates: &Dates, groups: &Groups, now: SystemTime) -> Option<date::Found> {
+        if self.whole.is_none() && self.fields.is_empty() {
+            return None;
+        }
         let span = groups.span(self.group)?;
         let at = match self.whole {
             Some(Whole::Auto) => {
@@ -282,7 +297,7 @@ impl DateRegex {
                     .trim_start_matches(|c: char| !c.is_ascii_digit()),
             )?,
             Some(Whole::Tai64n) => tai64n(groups.text(0)?)?,
-            None => self.fields(dates, &groups, now)?,
+            None => self.fields(dates, groups, now)?,
         };
         Some(date::Found {
             at,

@@ -16,6 +16,7 @@ mod builtin;
 pub mod date;
 mod datepattern;
 mod file;
+mod memory;
 mod report;
 mod scan;
 
@@ -32,6 +33,8 @@ pub use file::{
     FilterFile, FilterFileError, SYSLOG_START, parse_filter_file, parse_filter_file_in_mode,
     read_filter_file,
 };
+use memory::Marks;
+pub use memory::Memory;
 pub use report::{Report, Verdict};
 use scan::{HostSplit, Scanner};
 
@@ -151,6 +154,9 @@ const NOFAIL_GROUP: &str = "nofail";
 const GAINED_GROUP: &str = "mlfgained";
 /// fail2ban's `<F-CONTENT>` in a `prefregex`.
 const CONTENT_GROUP: &str = "content";
+/// fail2ban's multi-line failure id, and the mark that ends its session ([`Memory`]).
+const MLFID_GROUP: &str = "mlfid";
+const FORGET_GROUP: &str = "mlfforget";
 
 /// The regex for an address tag; `None` for a tag that is not one.
 pub(crate) fn address_tag(tag: &str) -> Option<String> {
@@ -167,6 +173,9 @@ pub(crate) fn address_tag(tag: &str) -> Option<String> {
         _ => return None,
     })
 }
+
+/// The most lines a multi-line filter joins (fail2ban's filters use up to 20).
+const MAX_LINES: usize = 100;
 
 /// The address tags whose place in a pattern [`HostSplit`] can find: each one's name, HIR and
 /// regex.
@@ -319,21 +328,34 @@ impl Pattern {
         {
             return Some(Found::NoFailure);
         }
+        match Pattern::address_in(groups) {
+            Some(found) => Some(found),
+            // An address group that took no address (`999.1.1.1`) is no match.
+            None if groups.name(HOST_GROUP).is_some() => None,
+            None if groups.name(HOST_BRACKETED_GROUP).is_some() => None,
+            None => Some(Found::NoHost),
+        }
+    }
+
+    /// The address or host name a match's groups took; `None` also for an address group
+    /// that took no address (delimited, not validated, by the pattern: `999.1.1.1`).
+    fn address_in(groups: &Groups) -> Option<Found> {
         let ip = groups
             .name(HOST_GROUP)
             .or_else(|| groups.name(HOST_BRACKETED_GROUP));
-        if let Some(ip) = ip {
-            // Delimited, not validated, by the pattern: `999.1.1.1` is no address.
-            return ip.parse().ok().map(|a| Found::Addr(canonical(a)));
-        }
-        match groups.name(DNS_GROUP) {
-            Some(name) => Some(Found::Name(name.to_owned())),
-            None => Some(Found::NoHost),
+        match ip {
+            Some(ip) => ip.parse().ok().map(|a| Found::Addr(canonical(a))),
+            None => groups.name(DNS_GROUP).map(|n| Found::Name(n.to_owned())),
         }
     }
 
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Has a `<F-MLFID>` group.
+    fn names_session(&self) -> bool {
+        self.engine.names().iter().any(|n| n == MLFID_GROUP)
     }
 }
 
@@ -354,12 +376,18 @@ pub struct Filter {
     ignore: Vec<Pattern>,
     scanner: Option<Scanner>,
     prefix: Option<Prefix>,
+    /// fail2ban's `maxlines`: the failregexes see this many lines joined ([`Memory`]).
+    maxlines: usize,
+    /// A pattern names a multi-line failure id (`<F-MLFID>`): lines share sessions.
+    sessions: bool,
 }
 
-/// The text the failregexes see, and the host the prefregex found in the line.
+/// The text the failregexes see, and the host and multi-line failure id the prefregex found
+/// in the line.
 struct View<'a> {
     text: Cow<'a, str>,
     host: Option<Found>,
+    mlfid: Option<String>,
 }
 
 /// How a fail2ban filter prepares a line: its date cut out, then its `prefregex` must match
@@ -380,18 +408,37 @@ impl Filter {
                 .filter_map(|(i, p)| Some((i, p.anchored.clone()?)))
                 .collect(),
         );
+        let sessions = fail.iter().any(Pattern::names_session);
         Filter {
             fail,
             ignore,
             scanner,
             prefix: None,
+            maxlines: 1,
+            sessions,
         }
     }
 
     /// The same filter preparing lines as a fail2ban filter does.
     pub fn with_prefix(mut self, prefix: Prefix) -> Filter {
+        self.sessions |= prefix
+            .prefregex
+            .as_ref()
+            .is_some_and(Pattern::names_session);
         self.prefix = Some(prefix);
         self
+    }
+
+    /// The same filter matching the last `maxlines` lines joined (fail2ban's `maxlines`).
+    pub fn with_maxlines(mut self, maxlines: usize) -> Filter {
+        self.maxlines = maxlines.clamp(1, MAX_LINES);
+        self
+    }
+
+    /// Whether lines depend on the lines before them (`maxlines`, `<F-MLFID>` sessions): then
+    /// [`Filter::find_in`] with one [`Memory`] per log is the way to match.
+    pub fn remembers(&self) -> bool {
+        self.maxlines > 1 || self.sessions
     }
 
     pub fn prefix(&self) -> Option<&Prefix> {
@@ -418,6 +465,7 @@ impl Filter {
             return Some(View {
                 text: Cow::Borrowed(line),
                 host: None,
+                mlfid: None,
             });
         };
         let mut text = Cow::Borrowed(line);
@@ -431,14 +479,20 @@ impl Filter {
             text = Cow::Owned(format!("{}{}", &line[..start], &line[end..]));
         }
         let Some(pre) = &prefix.prefregex else {
-            return Some(View { text, host: None });
+            return Some(View {
+                text,
+                host: None,
+                mlfid: None,
+            });
         };
         let groups = pre.engine.captures(&text)?;
         let host = pre.found_in(&groups)?;
         let content = groups.name(CONTENT_GROUP).map(str::to_owned);
+        let mlfid = groups.name(MLFID_GROUP).map(str::to_owned);
         Some(View {
             text: content.map_or(text, Cow::Owned),
             host: Some(host),
+            mlfid,
         })
     }
 
@@ -512,6 +566,81 @@ impl Filter {
         {
             Some(by) => Verdict::Ignored { hit, by },
             None => Verdict::Matched(hit),
+        }
+    }
+
+    /// [`Filter::find`] for a filter that [remembers](Filter::remembers): `memory` holds what
+    /// the lines before said (one per log).
+    pub fn find_in(&self, line: &str, memory: &mut Memory) -> Option<Hit> {
+        match self.examine_in(line, memory) {
+            Verdict::Matched(hit) => Some(hit),
+            _ => None,
+        }
+    }
+
+    /// [`Filter::examine`] with the lines before in `memory`: the line joins the last
+    /// `maxlines` lines, and a match of a session (`<F-MLFID>`) without an address takes the
+    /// session's ([`Memory`]). The first failregex that matches decides, as in fail2ban.
+    pub fn examine_in(&self, line: &str, memory: &mut Memory) -> Verdict {
+        if !self.remembers() {
+            return self.examine(line);
+        }
+        let Some(view) = self.view(line) else {
+            return Verdict::Missed;
+        };
+        let joined;
+        let text: &str = if self.maxlines > 1 {
+            joined = memory.push_line(&view.text, self.maxlines);
+            &joined
+        } else {
+            &view.text
+        };
+        let Some((pattern, groups)) = self
+            .fail
+            .iter()
+            .enumerate()
+            .find_map(|(i, p)| Some((i, p.engine.captures(text)?)))
+        else {
+            return Verdict::Missed;
+        };
+        if self.maxlines > 1
+            && let Some(span) = groups.span(0)
+        {
+            memory.consume(span);
+        }
+        // The address a match names, also when it is no failure (`Connection from <HOST>`
+        // opens a session).
+        let found = match Pattern::address_in(&groups) {
+            Some(found) => Some(found),
+            None => match &view.host {
+                Some(Found::Addr(a)) => Some(Found::Addr(*a)),
+                _ => None,
+            },
+        };
+        let host = match &found {
+            Some(Found::Addr(a)) => Some(*a),
+            _ => None,
+        };
+        let marks = Marks {
+            nofail: groups.name(NOFAIL_GROUP).is_some(),
+            gained: groups.name(GAINED_GROUP).is_some(),
+            forget: groups.name(FORGET_GROUP).is_some(),
+        };
+        let mlfid = groups.name(MLFID_GROUP).map(str::to_owned).or(view.mlfid);
+        let failure = match &mlfid {
+            Some(id) => memory.session(id, host, marks),
+            None => host.filter(|_| !marks.nofail && !marks.gained),
+        };
+        match (failure, found) {
+            (Some(addr), _) => {
+                let hit = Hit { addr, pattern };
+                match self.ignore.iter().position(|p| p.engine.is_match(text)) {
+                    Some(by) => Verdict::Ignored { hit, by },
+                    None => Verdict::Matched(hit),
+                }
+            }
+            (None, Some(Found::Name(name))) => Verdict::Name { pattern, name },
+            (None, _) => Verdict::NoFailure { pattern },
         }
     }
 

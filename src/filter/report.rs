@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use super::{Filter, Hit};
+use super::{Filter, Hit, Memory};
 
 /// What a filter makes of one line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,8 @@ pub struct Report {
     pub per_ignoreregex: Vec<usize>,
     /// Failures per address.
     pub per_address: HashMap<IpAddr, usize>,
+    /// What the filter remembers between the lines (multi-line filters).
+    memory: Memory,
 }
 
 impl Report {
@@ -48,7 +50,7 @@ impl Report {
 
     /// Examines one line, counts it, and returns its verdict.
     pub fn add(&mut self, filter: &Filter, line: &str) -> Verdict {
-        let verdict = filter.examine(line);
+        let verdict = filter.examine_in(line, &mut self.memory);
         self.lines += 1;
         match &verdict {
             Verdict::Missed | Verdict::NoFailure { .. } => self.missed += 1,

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use crate::addr::IpNet;
 use crate::config::JailConfig;
-use crate::filter::Hit;
+use crate::filter::{Hit, Memory};
 use crate::firewall::Ban;
 
 /// What a failure led to.
@@ -41,6 +41,8 @@ pub struct Jail {
     lines: HashMap<IpAddr, VecDeque<Box<str>>>,
     keep_lines: usize,
     counters: Counters,
+    /// What the filter remembers between this jail's lines (multi-line filters).
+    memory: Memory,
 }
 
 /// What a jail saw since the daemon started (kept across reloads), for metrics.
@@ -72,7 +74,13 @@ impl Jail {
             lines: HashMap::new(),
             keep_lines: 0,
             counters: Counters::default(),
+            memory: Memory::default(),
         }
+    }
+
+    /// The failure in `line`, if any, with what the lines before said (multi-line filters).
+    pub fn find(&mut self, line: &str) -> Option<Hit> {
+        self.config.filter.find_in(line, &mut self.memory)
     }
 
     /// Keeps up to `n` matched lines per address, for [`Jail::take_matched`] (0: none).
@@ -134,7 +142,7 @@ impl Jail {
 
     /// Runs the jail's filter on a line; a hit is recorded at `at`.
     pub fn on_line(&mut self, line: &str, at: SystemTime) -> Option<Outcome> {
-        let Hit { addr, .. } = self.config.filter.find(line)?;
+        let Hit { addr, .. } = self.find(line)?;
         Some(self.record(addr, at))
     }
 

@@ -142,6 +142,8 @@ fn stock_filters_report_what_fail2ban_regex_reports() {
         // Dates only their datepattern reads.
         "counter-strike",
         "grafana",
+        // Ten lines joined, <SKIPLINES>, a back-reference across lines.
+        "mongodb-auth",
     ] {
         let log = fixtures.join(format!("{name}.log"));
         let filter = root.join(format!("etc/fail2ban/filter.d/{name}.conf"));
@@ -159,6 +161,32 @@ fn stock_filters_report_what_fail2ban_regex_reports() {
         );
         println!("{name}: {} failures, same hosts and times", ours.len());
     }
+    // Two lines joined; the second has no date (fail2ban takes the time it reads the line,
+    // banctl reports none): the hosts agree.
+    let log = fixtures.join("guacamole.log");
+    let filter = root.join("etc/fail2ban/filter.d/guacamole.conf");
+    let theirs: Vec<String> = fail2ban_regex(&root, &log, &filter)
+        .into_iter()
+        .map(|(host, _)| host)
+        .collect();
+    let ours: Vec<String> = stdout_of(
+        Command::new(env!("CARGO_BIN_EXE_banctl"))
+            .arg("test")
+            .arg(&log)
+            .arg(&filter)
+            .arg("--json"),
+    )
+    .lines()
+    .map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        v["host"].as_str().unwrap().to_owned()
+    })
+    .collect();
+    assert_eq!(
+        ours, theirs,
+        "guacamole: banctl (left), fail2ban-regex (right)"
+    );
+    assert_eq!(ours.len(), 3, "{ours:?}");
 }
 
 /// A jail using Debian's stock sshd filter file, as written: the daemon bans with it.
