@@ -63,6 +63,19 @@ pub const DEFAULT_BAN_PREFIX: PrefixLens = PrefixLens { v4: 32, v6: 64 };
 /// Never ban anything broader than a /16 (IPv4) or /32 (IPv6).
 pub const DEFAULT_MIN_PREFIX: PrefixLens = PrefixLens { v4: 16, v6: 32 };
 
+/// What a jail does with a failure that names a host instead of an address (fail2ban's
+/// `usedns`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UseDns {
+    /// Nothing (the default): a name is never resolved nor banned.
+    #[default]
+    No,
+    /// Logged as a warning, never resolved.
+    Warn,
+    /// Resolved (forward lookup, 3 s timeout); each address it has now counts the failure.
+    Yes,
+}
+
 /// Which log source a jail reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceChoice {
@@ -176,6 +189,7 @@ pub struct JailConfig {
     /// Reads the timestamps of this jail's log lines (`logtimezone`: the zone of dates that
     /// carry none; the system's by default).
     pub dates: Dates,
+    pub usedns: UseDns,
 }
 
 impl JailConfig {
@@ -733,6 +747,22 @@ impl Context<'_> {
             },
             None => Dates::default(),
         };
+        let usedns = match pick!(usedns) {
+            Some((v, k)) => match v.get_ref().as_str() {
+                "no" => UseDns::No,
+                "warn" => UseDns::Warn,
+                "yes" => UseDns::Yes,
+                other => {
+                    self.error(
+                        v.span(),
+                        k,
+                        format!("{other:?} is not \"no\", \"warn\" or \"yes\""),
+                    );
+                    UseDns::No
+                }
+            },
+            None => UseDns::No,
+        };
         // The jail's `datepattern` over its filter's.
         let datepattern = match pick!(datepattern) {
             Some((v, k)) => match DatePattern::new(v.get_ref()) {
@@ -773,6 +803,7 @@ impl Context<'_> {
             escalation,
             recidive,
             dates,
+            usedns,
         })
     }
 
@@ -1384,6 +1415,16 @@ failregex = ['^(unclosed <HOST>']
             std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_255_200)
         );
         assert!(config.jails[0].filter.find(line).is_some());
+    }
+
+    #[test]
+    fn usedns_is_no_warn_or_yes() {
+        let errors = parse("[jails.a]\nfilter = \"sshd\"\nlogpath = \"/x\"\nusedns = \"maybe\"\n")
+            .unwrap_err();
+        assert_eq!(
+            errors,
+            ["t.toml:4: jails.a.usedns: \"maybe\" is not \"no\", \"warn\" or \"yes\""]
+        );
     }
 
     #[test]

@@ -69,6 +69,7 @@ pub struct RawJail {
     pub journal: Option<Spanned<RawJournal>>,
     pub source: Option<Spanned<String>>,
     pub logtimezone: Option<Spanned<String>>,
+    pub usedns: Option<Spanned<String>>,
     pub datepattern: Option<Spanned<String>>,
     pub fail2ban_filter: Option<Spanned<RawFail2banFilter>>,
 }

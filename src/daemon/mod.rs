@@ -18,9 +18,10 @@ use tokio::task::JoinHandle;
 
 use crate::addr::IpNet;
 use crate::config::Config;
-use crate::config::SourceChoice;
+use crate::config::{SourceChoice, UseDns};
 use crate::control::{self, BanInfo, ErrorKind, Incoming, JailStatus, Request, Response};
 use crate::duration::BanTime;
+use crate::filter::Verdict;
 use crate::firewall::{Ban, Element, Firewall, FirewallError, Monitor, Restore};
 use crate::jail::{Jail, Outcome};
 use crate::metrics::{self, Scrape};
@@ -32,7 +33,9 @@ use crate::source::{self, FileFollower, FilePosition, LineBatch, Resume, Timing}
 use crate::state::{StateError, Store, StoredBan, Window};
 
 mod events;
+mod resolve;
 use events::Wanted;
+use resolve::{Lookup, Resolved, Resolver};
 
 /// Batches of lines waiting for the main loop; sources wait when it is full.
 const LINE_QUEUE: usize = 1024;
@@ -90,6 +93,8 @@ pub struct Daemon {
     /// For metrics: netlink requests that failed, and repairs of our table.
     netlink_errors: u64,
     repairs: u64,
+    /// Host names of jails with `usedns = "yes"`, resolved off the loop.
+    resolver: Resolver,
 }
 
 /// The running log sources: files (one task for all logpath patterns) and journals (a thread
@@ -325,6 +330,7 @@ pub async fn run(
         .iter()
         .cloned()
         .map(|c| Jail::new(c).with_own_addresses(own.clone()));
+    let (resolver, mut resolved) = Resolver::start();
     let mut daemon = Daemon {
         jails: jails.collect(),
         routes,
@@ -338,6 +344,7 @@ pub async fn run(
         expiry_checked: SystemTime::now(),
         netlink_errors: 0,
         repairs: 0,
+        resolver,
     };
     daemon.keep_matched_lines();
     daemon.restore_failures(SystemTime::now());
@@ -389,6 +396,7 @@ pub async fn run(
                 }
             }
             Some(by) = repairs.recv() => daemon.repair(by),
+            Some(answer) = resolved.recv() => daemon.on_resolved(answer),
             Some(reply) = scrapes.recv() => {
                 if reply.send(daemon.snapshot()).is_err() {
                     tracing::debug!("metrics client left before the answer");
@@ -487,31 +495,24 @@ impl Daemon {
         let mut touched: HashSet<(usize, IpAddr)> = HashSet::new();
         for batch in batches {
             for &source in &batch.sources {
-                for &j in self.routes.get(source).into_iter().flatten() {
-                    let jail = &mut self.jails[j];
-                    jail.counters_mut().lines += batch.lines.len() as u64;
+                let routed: Vec<usize> = self.routes.get(source).cloned().unwrap_or_default();
+                for j in routed {
+                    self.jails[j].counters_mut().lines += batch.lines.len() as u64;
                     for line in &batch.lines {
-                        let Some(hit) = jail.find(line) else {
-                            continue;
+                        let jail = &mut self.jails[j];
+                        let addr = match jail.examine(line) {
+                            Verdict::Matched(hit) => hit.addr,
+                            Verdict::Name { name, .. } => {
+                                self.on_name(j, name, batch, line, now);
+                                continue;
+                            }
+                            _ => continue,
                         };
                         jail.counters_mut().matched += 1;
                         let Some(at) = failure_time(jail.config(), batch, line, now) else {
                             continue;
                         };
-                        match jail.record_line(hit.addr, at, line) {
-                            Outcome::Ban(ban) => bans.push(Wanted {
-                                ban,
-                                address: hit.addr,
-                                reason: reason(line),
-                                matched: jail.take_matched(hit.addr),
-                            }),
-                            Outcome::Counted { .. } => {}
-                            Outcome::Ignored => {
-                                tracing::debug!(jail = jail.name(), line, "ignored address");
-                                continue;
-                            }
-                        }
-                        touched.insert((j, jail.key_of(hit.addr)));
+                        self.count(j, addr, at, line, &mut bans, &mut touched);
                     }
                 }
             }
@@ -521,6 +522,92 @@ impl Daemon {
         }
         // Only once their lines are processed, so a crash re-reads rather than skips.
         self.save_round(batches, &touched);
+    }
+
+    /// Counts a failure of `addr` at `at` in jail `j`: a ban joins `bans`, a changed failure
+    /// window `touched`.
+    fn count(
+        &mut self,
+        j: usize,
+        addr: IpAddr,
+        at: SystemTime,
+        line: &str,
+        bans: &mut Vec<Wanted>,
+        touched: &mut HashSet<(usize, IpAddr)>,
+    ) {
+        let jail = &mut self.jails[j];
+        match jail.record_line(addr, at, line) {
+            Outcome::Ban(ban) => bans.push(Wanted {
+                ban,
+                address: addr,
+                reason: reason(line),
+                matched: jail.take_matched(addr),
+            }),
+            Outcome::Counted { .. } => {}
+            Outcome::Ignored => {
+                tracing::debug!(jail = jail.name(), line, "ignored address");
+                return;
+            }
+        }
+        touched.insert((j, jail.key_of(addr)));
+    }
+
+    /// A failure of jail `j` that names host `name`, not an address: per its `usedns`,
+    /// nothing, a warning, or a lookup whose answer [`Daemon::on_resolved`] counts.
+    fn on_name(&self, j: usize, name: String, batch: &LineBatch, line: &str, now: SystemTime) {
+        let jail = &self.jails[j];
+        match jail.config().usedns {
+            UseDns::No => {}
+            UseDns::Warn => tracing::warn!(
+                jail = jail.name(),
+                name,
+                "a failure of a host name, not an address: not resolved nor banned (usedns = \"warn\")"
+            ),
+            UseDns::Yes => {
+                if let Some(at) = failure_time(jail.config(), batch, line, now) {
+                    self.resolver.ask(Lookup {
+                        jail: jail.name().to_owned(),
+                        name,
+                        at,
+                        line: line.into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The addresses a failure's host name resolved to: each counts the failure.
+    pub fn on_resolved(&mut self, resolved: Resolved) {
+        let Resolved { lookup, addrs } = resolved;
+        // The jail may be gone (a reload) or its mind changed.
+        let Some(j) = self
+            .jails
+            .iter()
+            .position(|jail| jail.name() == lookup.jail && jail.config().usedns == UseDns::Yes)
+        else {
+            return;
+        };
+        let now = SystemTime::now();
+        if lookup.at + self.jails[j].config().findtime < now {
+            return;
+        }
+        let (mut bans, mut touched) = (Vec::new(), HashSet::new());
+        for addr in addrs {
+            tracing::info!(jail = lookup.jail, name = lookup.name, %addr, "failure of a host name counted for its address");
+            self.jails[j].counters_mut().matched += 1;
+            self.count(
+                j,
+                addr,
+                lookup.at.min(now),
+                &lookup.line,
+                &mut bans,
+                &mut touched,
+            );
+        }
+        if !bans.is_empty() {
+            self.enforce(bans, now);
+        }
+        self.save_round(&[], &touched);
     }
 
     /// Saves, in one transaction, where each source of `batches` resumes (its last position)

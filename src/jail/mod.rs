@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use crate::addr::IpNet;
 use crate::config::JailConfig;
-use crate::filter::{Hit, Memory};
+use crate::filter::{Hit, Memory, Verdict};
 use crate::firewall::Ban;
 
 /// What a failure led to.
@@ -81,6 +81,12 @@ impl Jail {
     /// The failure in `line`, if any, with what the lines before said (multi-line filters).
     pub fn find(&mut self, line: &str) -> Option<Hit> {
         self.config.filter.find_in(line, &mut self.memory)
+    }
+
+    /// What the filter makes of `line` (a failure, a host name, nothing …), with what the
+    /// lines before said.
+    pub fn examine(&mut self, line: &str) -> Verdict {
+        self.config.filter.examine_in(line, &mut self.memory)
     }
 
     /// Keeps up to `n` matched lines per address, for [`Jail::take_matched`] (0: none).

@@ -549,3 +549,39 @@ fn unban_all_and_filters() {
         "{filters}"
     );
 }
+
+/// A failure that names a host, not an address, is banned only in a jail with
+/// `usedns = "yes"`: the name is resolved off the loop and each address counts the failure.
+/// "localhost" resolves from /etc/hosts, without any network.
+#[test]
+fn host_names_are_banned_only_with_usedns_yes() {
+    let Some(()) = netns::enter("host_names_are_banned_only_with_usedns_yes") else {
+        return;
+    };
+    let target = netns::listen("127.0.0.1:0");
+    let jail = |name: &str, extra: &str| {
+        format!(
+            "[jails.{name}]\nlogpath = [\"{{dir}}/{name}.log\"]\n{extra}\n\
+             [jails.{name}.fail2ban_filter]\nfailregex = ['^auth failed from <HOST>$']\n"
+        )
+    };
+    let config = format!(
+        "[defaults]\nmaxretry = 2\nports = [{}]\nignoreself = false\n\
+         ban_prefix = {{ v4 = 32, v6 = 128 }}\n\n{}\n{}",
+        target.port(),
+        jail("named", "usedns = \"yes\""),
+        jail("quiet", "")
+    );
+    let daemon = Daemon::start("usedns", &config);
+    let lines = vec!["auth failed from localhost".to_owned(); 3];
+    daemon.append("quiet.log", &lines);
+    daemon.append("named.log", &lines[..2]);
+    daemon.wait_banned("named", "127.0.0.1");
+    assert!(!netns::connects("127.0.0.1", target), "127.0.0.1 is banned");
+    assert!(netns::connects("127.0.0.2", target), "127.0.0.2 is not");
+    assert!(
+        daemon.banned("quiet").is_empty(),
+        "{:?}",
+        daemon.banned("quiet")
+    );
+}
