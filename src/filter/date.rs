@@ -99,10 +99,6 @@ impl Dates {
         self
     }
 
-    pub fn pattern(&self) -> Option<&DatePattern> {
-        self.pattern.as_ref()
-    }
-
     /// The zone dates without one are read in.
     pub(super) fn tz(&self) -> &TimeZone {
         &self.tz

@@ -40,7 +40,6 @@ pub enum DatePatternError {
 /// A compiled `datepattern`.
 #[derive(Debug, Clone)]
 pub struct DatePattern {
-    source: String,
     alternatives: Arc<[Alternative]>,
 }
 
@@ -54,8 +53,8 @@ enum Alternative {
 #[derive(Debug)]
 struct DateRegex {
     engine: Engine,
-    /// The directives the regex captures, each as the group `_dp_<letter>`.
-    fields: Vec<Field>,
+    /// The directives' letters: each is captured as the group `_dp_<letter>`.
+    fields: Vec<char>,
     /// The group whose text is the date: the first unnamed one, else the whole match (0).
     group: usize,
     /// How the date reads when it is `{DATE}`, `EPOCH` … rather than directives.
@@ -68,12 +67,6 @@ enum Whole {
     Auto,
     Epoch,
     Tai64n,
-}
-
-/// A `strftime` directive: its letter and the regex it stands for.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Field {
-    letter: char,
 }
 
 /// Month and weekday names, English whatever the locale (as loggers write them).
@@ -141,13 +134,8 @@ impl DatePattern {
             return Err(DatePatternError::Empty);
         }
         Ok(DatePattern {
-            source: source.trim().to_owned(),
             alternatives: alternatives.into(),
         })
-    }
-
-    pub fn source(&self) -> &str {
-        &self.source
     }
 
     /// Where the date is in `line`.
@@ -224,9 +212,9 @@ fn alternative(line: &str) -> Result<Alternative, DatePatternError> {
 
 /// A pattern with directives as a regex with one named group per directive (`_dp_Y` …) and
 /// `{DATE}` as `(?P<_dp_date>…)`; whether `{DATE}` was in it.
-fn translate(pattern: &str, line: &str) -> Result<(String, Vec<Field>, bool), DatePatternError> {
+fn translate(pattern: &str, line: &str) -> Result<(String, Vec<char>, bool), DatePatternError> {
     let mut out = String::new();
-    let mut fields: Vec<Field> = Vec::new();
+    let mut fields: Vec<char> = Vec::new();
     let mut auto = false;
     let mut rest = pattern;
     while let Some(at) = rest.find(['%', '{']) {
@@ -259,10 +247,10 @@ fn translate(pattern: &str, line: &str) -> Result<(String, Vec<Field>, bool), Da
         let letter = spec.chars().next().unwrap_or('%');
         let regex = directive(letter, exact)
             .ok_or_else(|| DatePatternError::Directive(letter.into(), line.to_owned()))?;
-        if fields.iter().any(|f| f.letter == letter) {
+        if fields.contains(&letter) {
             return Err(DatePatternError::Twice(letter.into(), line.to_owned()));
         }
-        fields.push(Field { letter });
+        fields.push(letter);
         out.push_str(&format!("(?P<_dp_{letter}>{regex})"));
         rest = &spec[letter.len_utf8()..];
     }
@@ -310,8 +298,7 @@ impl DateRegex {
     fn fields(&self, dates: &Dates, groups: &Groups, now: SystemTime) -> Option<SystemTime> {
         let get = |letter: char| -> Option<&str> {
             self.fields
-                .iter()
-                .any(|f| f.letter == letter)
+                .contains(&letter)
                 .then(|| groups.name(&format!("_dp_{letter}")))
                 .flatten()
         };

@@ -544,8 +544,9 @@ impl Filter {
         &self.ignore
     }
 
-    /// Like [`Filter::find`], but says which ignoreregex discarded a failure (for
-    /// `banctl test`; the daemon uses `find`).
+    /// Like [`Filter::find`], but says what the line is when it is no failure (a host name,
+    /// a match without a failure) and which ignoreregex discarded a failure (for `banctl
+    /// test`, and for the daemon, which resolves host names with `usedns`).
     pub fn examine(&self, line: &str) -> Verdict {
         let Some(view) = self.view(line) else {
             return Verdict::Missed;
@@ -558,12 +559,12 @@ impl Filter {
             Found::Name(name) => return Verdict::Name { pattern, name },
             Found::NoFailure | Found::NoHost => return Verdict::NoFailure { pattern },
         };
-        let hit = Hit { addr, pattern };
-        match self
-            .ignore
-            .iter()
-            .position(|p| p.engine.is_match(&view.text))
-        {
+        self.unless_ignored(Hit { addr, pattern }, &view.text)
+    }
+
+    /// A failure found in `text`, or the first ignoreregex that discards it.
+    fn unless_ignored(&self, hit: Hit, text: &str) -> Verdict {
+        match self.ignore.iter().position(|p| p.engine.is_match(text)) {
             Some(by) => Verdict::Ignored { hit, by },
             None => Verdict::Matched(hit),
         }
@@ -632,13 +633,7 @@ impl Filter {
             None => host.filter(|_| !marks.nofail && !marks.gained),
         };
         match (failure, found) {
-            (Some(addr), _) => {
-                let hit = Hit { addr, pattern };
-                match self.ignore.iter().position(|p| p.engine.is_match(text)) {
-                    Some(by) => Verdict::Ignored { hit, by },
-                    None => Verdict::Matched(hit),
-                }
-            }
+            (Some(addr), _) => self.unless_ignored(Hit { addr, pattern }, text),
             (None, Some(Found::Name(name))) => Verdict::Name { pattern, name },
             (None, _) => Verdict::NoFailure { pattern },
         }
