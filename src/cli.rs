@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::addr::IpNet;
 use crate::config::{DEFAULT_CONFIG, DEFAULT_SOCKET};
@@ -108,26 +108,8 @@ pub enum Command {
         /// (.conf, read with its includes and .local); options as in fail2ban:
         /// `/etc/fail2ban/filter.d/sshd.conf[mode=aggressive]`.
         filter: String,
-        /// Print every line that matched.
-        #[arg(long)]
-        print_matched: bool,
-        /// Print every line that no failregex matched.
-        #[arg(long)]
-        print_missed: bool,
-        /// Print one JSON object per matching line instead of the summary.
-        #[arg(long)]
-        json: bool,
-        /// Time zone of dates without one (IANA name, UTC, or an offset like +01:00); the
-        /// system's by default.
-        #[arg(long)]
-        tz: Option<String>,
-        /// "Now", in Unix seconds, for dates without a year (default: the current time).
-        #[arg(long)]
-        now: Option<i64>,
-        /// Where the date is and how it reads, as fail2ban's `datepattern`
-        /// (`^%Y-%m-%d %H:%M:%S`, `{^LN-BEG}EPOCH` …); overrides the filter's.
-        #[arg(long, short = 'd')]
-        datepattern: Option<String>,
+        #[command(flatten)]
+        options: TestOptions,
     },
     /// Turn a fail2ban configuration into a banctl one: the enabled jails, their filters
     /// (referenced as fail2ban filter files), ports, times, ignoreip, escalation. What cannot
@@ -250,6 +232,31 @@ pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
     }
     page(root, "banctl".to_owned())?;
     Ok(written)
+}
+
+/// How `banctl test` reads and reports.
+#[derive(Debug, Args)]
+pub struct TestOptions {
+    /// Print every line that matched.
+    #[arg(long)]
+    pub print_matched: bool,
+    /// Print every line that no failregex matched.
+    #[arg(long)]
+    pub print_missed: bool,
+    /// Print one JSON object per matching line instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Time zone of dates without one (IANA name, UTC, or an offset like +01:00); the
+    /// system's by default.
+    #[arg(long)]
+    pub tz: Option<String>,
+    /// "Now", in Unix seconds, for dates without a year (default: the current time).
+    #[arg(long)]
+    pub now: Option<i64>,
+    /// Where the date is and how it reads, as fail2ban's `datepattern`
+    /// (`^%Y-%m-%d %H:%M:%S`, `{^LN-BEG}EPOCH` …); overrides the filter's.
+    #[arg(long, short = 'd')]
+    pub datepattern: Option<String>,
 }
 
 #[cfg(test)]

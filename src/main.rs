@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use banctl::cli::{Cli, Command, exit, render_bans, render_status};
+use banctl::cli::{Cli, Command, TestOptions, exit, render_bans, render_status};
 use banctl::config::{Config, ConfigError};
 use banctl::control::{self, ControlError, ErrorKind, Request, Response};
 use banctl::daemon;
@@ -102,24 +102,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Test {
             input,
             filter,
-            print_matched,
-            print_missed,
-            json,
-            tz,
-            now,
-            datepattern,
-        } => test_filter(
-            &input,
-            &filter,
-            &TestOptions {
-                print_matched,
-                print_missed,
-                json,
-                tz,
-                now,
-                datepattern,
-            },
-        ),
+            options,
+        } => test_filter(&input, &filter, &options),
         Command::Version => {
             println!("banctl {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -332,15 +316,6 @@ fn load_filter(spec: &str) -> Result<(banctl::filter::Filter, String), Failure> 
         None => spec.to_owned(),
     };
     Ok((file.filter, label))
-}
-
-struct TestOptions {
-    print_matched: bool,
-    print_missed: bool,
-    json: bool,
-    tz: Option<String>,
-    now: Option<i64>,
-    datepattern: Option<String>,
 }
 
 /// `banctl test`: every line of `input` (a file, or one line) through the filter.
