@@ -93,26 +93,23 @@ impl Builtin {
     }
 }
 
+/// The fixture files of the built-in filters (`tests/fixtures/filters/NAME.log`).
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-
-    use super::*;
-
+pub(super) mod fixtures {
     /// The planted address of hostile fixture lines.
-    const PLANTED: &str = "198.51.100.9";
+    pub const PLANTED: &str = "198.51.100.9";
 
     /// One fixture line: the mode to run, the line, and the address expected (`None`: no
     /// failure); `hostile` lines carry [`PLANTED`].
-    struct Case {
-        mode: Option<String>,
-        line: String,
-        expect: Option<String>,
-        hostile: bool,
-        at: usize,
+    pub struct Case {
+        pub mode: Option<String>,
+        pub line: String,
+        pub expect: Option<String>,
+        pub hostile: bool,
+        pub at: usize,
     }
 
-    fn fixture(name: &str) -> Vec<Case> {
+    pub fn fixture(name: &str) -> Vec<Case> {
         let path = format!(
             "{}/tests/fixtures/filters/{name}.log",
             env!("CARGO_MANIFEST_DIR")
@@ -152,6 +149,14 @@ mod tests {
         }
         cases
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use fixtures::{Case, PLANTED, fixture};
 
     /// Every built-in filter, in every mode its fixture uses: each hit reports its address,
     /// each miss nothing, each hostile line the real peer and never the planted address.

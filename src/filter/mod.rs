@@ -12,6 +12,8 @@
 //! **Invariant:** matching does no I/O and never panics on any input line (a time zone is
 //! loaded once, when a configuration is validated).
 
+#[cfg(test)]
+mod adversarial;
 mod builtin;
 pub mod date;
 mod datepattern;
@@ -653,6 +655,17 @@ impl Filter {
     pub(crate) fn one_by_one(mut self) -> Filter {
         self.scanner = None;
         self
+    }
+
+    /// The literals around the address tag of each pattern the automata place addresses
+    /// for (see [`HostSplit`]).
+    #[cfg(test)]
+    pub(crate) fn tag_literals(&self) -> Vec<(Option<String>, Option<String>)> {
+        self.fail
+            .iter()
+            .filter_map(|p| p.split.as_ref())
+            .map(|(split, _)| split.literals())
+            .collect()
     }
 
     /// The failregex and ignoreregex patterns.

@@ -227,19 +227,67 @@ impl HostSplit {
 
     /// The span of the address tag in the pattern's match `[0, end)` of `hay`, when only
     /// one is possible; `None`: ask the capturing engine.
+    ///
+    /// A span found from the literal edges alone is forced only if the edges listed every
+    /// candidate; it is checked against the exact automata before it is believed, so that a
+    /// mistake in listing candidates costs speed, never the address.
     pub(super) fn span(&self, hay: &str, end: usize) -> Option<(usize, usize)> {
+        let hay = hay.as_bytes();
         let mut scratch = self.scratch.get();
-        let first = self.pairs(hay.as_bytes(), end, &mut scratch, Effort::Edges);
-        match first {
-            Ok(Pairs::One(s, e)) => Some((s, e)),
-            Ok(Pairs::Several) => {
-                match self.pairs(hay.as_bytes(), end, &mut scratch, Effort::Automata) {
+        match self.pairs(hay, end, &mut scratch, Effort::Edges) {
+            Ok(Pairs::One(s, e)) if self.parses_with(hay, end, s, e, &mut scratch) => Some((s, e)),
+            Ok(Pairs::One(..) | Pairs::Several) => {
+                match self.pairs(hay, end, &mut scratch, Effort::Automata) {
                     Ok(Pairs::One(s, e)) => Some((s, e)),
                     _ => None,
                 }
             }
             Ok(Pairs::None) | Err(GiveUp) => None,
         }
+    }
+
+    /// Whether `[0, s)` matches `A`, `[s, e)` matches `T` and `[e, end)` matches `B`: one
+    /// parse of the whole match puts the tag at exactly `[s, e)`.
+    fn parses_with(
+        &self,
+        hay: &[u8],
+        end: usize,
+        s: usize,
+        e: usize,
+        scratch: &mut Scratch,
+    ) -> bool {
+        let ends_at = |dfa: &DFA, cache: &mut Cache, from: usize, to: usize| {
+            let mut hit = false;
+            for_each_end_forward(dfa, cache, hay, from, to, |at| hit |= at == to)
+                .is_ok_and(|()| hit)
+        };
+        let Scratch {
+            before,
+            tag,
+            after,
+            ends,
+            ..
+        } = scratch;
+        ends_at(&self.before, before, 0, s)
+            && ends_at(&self.tag, tag, s, e)
+            && starts_reversed(&self.after, after, hay, end, e, ends).is_ok()
+            && ends.first() == Some(&e)
+    }
+
+    /// The literals just before and just after the tag, where the pattern has them: what
+    /// an attacker copies to plant an address.
+    #[cfg(test)]
+    pub(super) fn literals(&self) -> (Option<String>, Option<String>) {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let before = match &self.before_edge {
+            Some(Before::Literal(lit)) => Some(text(lit.needle())),
+            _ => None,
+        };
+        let after = match &self.after_edge {
+            Some(After::Literal(lit)) => Some(text(lit)),
+            _ => None,
+        };
+        (before, after)
     }
 
     /// The tag's groups on the text of its span (`^(?:T)$`).
@@ -272,7 +320,7 @@ impl HostSplit {
             }
             Some(Before::Literal(lit)) if edges => {
                 starts.clear();
-                starts.extend(lit.find_iter(&hay[..end]).map(|at| at + lit.needle().len()));
+                starts.extend(overlapping(lit, &hay[..end]).map(|at| at + lit.needle().len()));
             }
             _ => {
                 // Where `T B` can start, of which those where `A` can end.
@@ -319,6 +367,20 @@ impl HostSplit {
         }
         Ok(pairs)
     }
+}
+
+/// Every occurrence of `lit` in `hay`, overlapping ones included (` from from ` holds
+/// ` from ` twice), as positions in increasing order.
+fn overlapping<'h>(
+    lit: &'h memchr::memmem::Finder<'static>,
+    hay: &'h [u8],
+) -> impl Iterator<Item = usize> + 'h {
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        let at = from + lit.find(hay.get(from..)?)?;
+        from = at + 1;
+        Some(at)
+    })
 }
 
 /// How many spans the tag may take.
