@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use proto::{BanInfo, ErrorKind, JailStatus, PROTOCOL_VERSION, Request, Response};
 
 use crate::config::Group;
-use proto::{MAX_MESSAGE, RequestEnvelope, ResponseEnvelope};
+use proto::{MAX_MESSAGE, MAX_REQUEST, RequestEnvelope, ResponseEnvelope};
 
 /// How long the CLI waits for the daemon.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -78,19 +78,39 @@ impl Access {
     }
 }
 
-/// The groups of `uid` (its primary `gid` and its supplementary groups).
-fn groups_of(uid: u32, gid: u32) -> Vec<u32> {
-    let mut groups = vec![gid];
-    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten();
-    if let Some(user) = user {
-        let name = std::ffi::CString::new(user.name).unwrap_or_default();
-        if let Ok(list) = nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid)) {
-            groups.extend(list.iter().map(|g| g.as_raw()));
-        }
+/// The groups the peer process holds now: its effective group and its supplementary groups,
+/// from `/proc/PID/status` of the pid the socket's credentials name (read at once, while the
+/// connection is open), never from `/etc/group`: a process that dropped its supplementary
+/// groups has none, one that was given a group has it. Only the process's own effective
+/// group when the status cannot be read or names another user.
+fn peer_groups(pid: Option<i32>, uid: u32, gid: u32) -> Vec<u32> {
+    let status = pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok());
+    match status.as_deref().and_then(|s| groups_in_status(s, uid)) {
+        Some(groups) => groups,
+        None => vec![gid],
     }
-    groups
+}
+
+/// The effective gid and the supplementary groups of a `/proc/PID/status` text, if its
+/// effective uid is `uid`.
+fn groups_in_status(status: &str, uid: u32) -> Option<Vec<u32>> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|n| n.parse::<u32>().ok())
+                    .collect::<Vec<_>>()
+            })
+    };
+    // Uid: real effective saved fs.
+    if field("Uid")?.get(1) != Some(&uid) {
+        return None;
+    }
+    let mut groups = vec![*field("Gid")?.get(1)?];
+    groups.extend(field("Groups")?);
+    Some(groups)
 }
 
 /// A request from a client, with the channel to answer on.
@@ -158,9 +178,18 @@ pub fn bind(path: &Path, access: &Access) -> Result<UnixListener, ControlError> 
     Ok(listener)
 }
 
+/// Connections from users other than root served at once; more are closed at once. Root's
+/// connections are never refused, so an admin always gets through.
+const MAX_CLIENTS: usize = 32;
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Accepts clients forever, forwarding each permitted request to the daemon's main task.
+/// Each request is bounded before it is read: [`MAX_REQUEST`] bytes, [`REQUEST_TIMEOUT`],
+/// and [`MAX_CLIENTS`] connections of other users than root at a time.
 pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Incoming>, access: Access) {
     let access = std::sync::Arc::new(access);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -170,40 +199,68 @@ pub async fn serve(listener: UnixListener, tx: mpsc::Sender<Incoming>, access: A
                 continue;
             }
         };
+        let Ok(cred) = stream.peer_cred() else {
+            continue;
+        };
+        let slot = match cred.uid() {
+            0 => None,
+            uid => match slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    tracing::warn!(
+                        uid,
+                        limit = MAX_CLIENTS,
+                        "too many control connections: one refused"
+                    );
+                    continue;
+                }
+            },
+        };
         let tx = tx.clone();
         let access = access.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, tx, &access).await {
+            if let Err(e) = handle(stream, cred, tx, &access).await {
                 tracing::debug!(error = %e, "control connection ended");
             }
+            drop(slot);
         });
     }
 }
 
 async fn handle(
     stream: tokio::net::UnixStream,
+    cred: tokio::net::unix::UCred,
     tx: mpsc::Sender<Incoming>,
     access: &Access,
 ) -> std::io::Result<()> {
-    let cred = stream.peer_cred()?;
-    let groups = groups_of(cred.uid(), cred.gid());
+    let groups = peer_groups(cred.pid(), cred.uid(), cred.gid());
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    let mut reader = tokio::io::BufReader::new(read.take(MAX_MESSAGE as u64));
-    let read = tokio::time::timeout(CLIENT_TIMEOUT, reader.read_line(&mut line)).await;
+    let mut line = Vec::new();
+    let mut reader = tokio::io::BufReader::new(read.take(MAX_REQUEST as u64 + 1));
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
     let response = match read {
         Err(_) => return Ok(()),
         Ok(result) => {
             result?;
-            dispatch(&line, &tx, |request| {
-                if access.allows(cred.uid(), &groups, request) {
-                    Ok(())
-                } else {
-                    tracing::warn!(uid = cred.uid(), ?request, "control request denied");
-                    Err(access.denial(request))
-                }
-            })
-            .await
+            let bad = |message: String| Response::Error {
+                kind: ErrorKind::BadRequest,
+                message,
+            };
+            if line.len() > MAX_REQUEST {
+                bad(format!("request longer than {MAX_REQUEST} bytes"))
+            } else if let Ok(line) = std::str::from_utf8(&line) {
+                dispatch(line, &tx, |request| {
+                    if access.allows(cred.uid(), &groups, request) {
+                        Ok(())
+                    } else {
+                        tracing::warn!(uid = cred.uid(), ?request, "control request denied");
+                        Err(access.denial(request))
+                    }
+                })
+                .await
+            } else {
+                bad("request is not valid UTF-8".to_owned())
+            }
         }
     };
     let envelope = ResponseEnvelope {
@@ -283,6 +340,10 @@ mod tests {
                 .denial(&change)
                 .contains("\"banctl-admin\" (admin_group)")
         );
+        let status =
+            "Name:\tx\nUid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\nGroups:\t4 900 \n";
+        assert_eq!(groups_in_status(status, 1000), Some(vec![100, 4, 900]));
+        assert_eq!(groups_in_status(status, 0), None);
         let none = Access::default();
         assert!(!none.allows(1000, &[1000], &read));
         assert_eq!(none.denial(&read), "permission denied: reading needs root");

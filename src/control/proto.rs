@@ -10,8 +10,11 @@ use crate::addr::IpNet;
 use crate::duration::BanTime;
 
 pub const PROTOCOL_VERSION: u32 = 1;
-/// Longest request or response line accepted.
+/// Longest response line the CLI accepts (a list of many bans).
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// Longest request line the daemon reads: requests are small, and whatever a client sends is
+/// bounded before it is looked at.
+pub const MAX_REQUEST: usize = 8 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestEnvelope {
@@ -69,6 +72,10 @@ pub enum Response {
         jail: String,
         target: IpNet,
         time: BanTime,
+        /// A wider ban in force that already covers the target: nothing new was written to
+        /// the kernel (the ban is kept, and enforced once the wider one ends).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        covered_by: Option<IpNet>,
     },
     Unbanned {
         removed: Vec<BanInfo>,
