@@ -156,9 +156,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 &cli.socket,
                 Request::Ban { jail, target, time },
             )?)? {
-                Response::Banned { jail, target, time } => {
-                    println!("banned {target} in jail {jail} for {time}")
-                }
+                Response::Banned {
+                    jail,
+                    target,
+                    time,
+                    covered_by: Some(wider),
+                } => println!(
+                    "{target} is already covered by the ban of {wider} in jail {jail}: recorded for {time}, nothing new to enforce"
+                ),
+                Response::Banned {
+                    jail, target, time, ..
+                } => println!("banned {target} in jail {jail} for {time}"),
                 other => return Err(unexpected(other)),
             }
             Ok(())

@@ -74,11 +74,16 @@ pub fn render(snapshot: &Snapshot) -> String {
             .collect()
     };
     type Get = fn(&Counters) -> u64;
-    let jail_counters: [(&str, &str, Get); 5] = [
+    let jail_counters: [(&str, &str, Get); 6] = [
         (
             "lines_read_total",
             "Log lines given to the jail's filter.",
             |c| c.lines,
+        ),
+        (
+            "lines_cut_total",
+            "Log lines longer than 64 KiB, dropped unread (never a failure).",
+            |c| c.cut,
         ),
         (
             "lines_matched_total",
@@ -247,6 +252,7 @@ mod tests {
                     name: "sshd".into(),
                     counters: Counters {
                         lines: 10,
+                        cut: 1,
                         matched: 4,
                         failures: 3,
                         bans: 1,
@@ -272,6 +278,7 @@ mod tests {
             "# TYPE banctl_lines_read_total counter",
             "banctl_lines_read_total{jail=\"sshd\"} 10",
             "banctl_lines_matched_total{jail=\"sshd\"} 4",
+            "banctl_lines_cut_total{jail=\"sshd\"} 1",
             "banctl_failures_total{jail=\"web\"} 0",
             "banctl_active_bans{jail=\"sshd\"} 1",
             "banctl_dropped_packets_total{jail=\"sshd\"} 7",

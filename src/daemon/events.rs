@@ -3,15 +3,19 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::Daemon;
+use crate::addr::IpNet;
 use crate::control::BanInfo;
 use crate::duration::BanTime;
-use crate::firewall::Ban;
+use crate::firewall::{Ban, Restore};
 use crate::metrics::{JailFigures, Snapshot};
 use crate::notify::{Event, EventKind, MAX_MATCHED};
 use crate::state::StoredBan;
+
+/// How far behind the clock expired bans are looked for (see [`Daemon::announce_expired`]).
+const EXPIRY_LAG: Duration = Duration::from_secs(1);
 
 /// A ban a round of lines asks for: what to write, the address whose failures led to it, the
 /// reason the store keeps and the lines the notifiers get.
@@ -81,7 +85,15 @@ impl Daemon {
 
     /// Counts and announces the bans that expired since the last look (the kernel lifted them
     /// on its own); the store still holds them until its next purge.
+    ///
+    /// Looks a second behind `now`: the kernel's timeout started a little after the store's
+    /// `banned_at`, and a wider ban must be gone from the kernel before the bans it covered
+    /// are put back ([`Daemon::uncover`]).
     pub(super) fn announce_expired(&mut self, now: SystemTime) {
+        let now = now.checked_sub(EXPIRY_LAG).unwrap_or(now);
+        if now <= self.expiry_checked {
+            return;
+        }
         let since = std::mem::replace(&mut self.expiry_checked, now);
         let expired = match self.store.expired(since, now) {
             Ok(expired) => expired,
@@ -90,6 +102,8 @@ impl Daemon {
                 return;
             }
         };
+        let ended: Vec<(&str, IpNet)> = expired.iter().map(|b| (b.jail.as_str(), b.net)).collect();
+        self.uncover(&ended, now);
         for b in expired {
             tracing::info!(jail = b.jail.as_str(), address = %b.net, "ban expired");
             self.count_unban(&b.jail);
@@ -103,6 +117,48 @@ impl Daemon {
                 "expired",
                 Vec::new(),
             ));
+        }
+    }
+
+    /// Puts back the store's bans that bans which just ended covered: they were kept out of
+    /// the kernel while a wider ban enforced them (interval sets hold no overlaps).
+    pub(super) fn uncover(&mut self, ended: &[(&str, IpNet)], now: SystemTime) {
+        let wide: Vec<&(&str, IpNet)> = ended.iter().filter(|(_, net)| !net.is_host()).collect();
+        if wide.is_empty() {
+            return;
+        }
+        let active = match self.store.active(now) {
+            Ok(active) => active,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the bans a wider ban covered");
+                return;
+            }
+        };
+        let back: Vec<Restore> = active
+            .iter()
+            .filter(|a| {
+                wide.iter()
+                    .any(|(jail, net)| *jail == a.jail && *net != a.net && net.covers(&a.net))
+            })
+            .filter_map(|b| {
+                b.remaining(now).map(|left| Restore {
+                    ban: b.to_ban(),
+                    expires_in: left,
+                })
+            })
+            .collect();
+        if back.is_empty() {
+            return;
+        }
+        match self.firewall.restore(&back) {
+            Ok(_) => tracing::info!(
+                count = back.len(),
+                "bans a wider ban covered are back in the kernel"
+            ),
+            Err(e) => {
+                self.netlink_errors += 1;
+                tracing::error!(error = %e, "putting back the bans a wider ban covered");
+            }
         }
     }
 

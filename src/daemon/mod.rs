@@ -22,7 +22,7 @@ use crate::config::{SourceChoice, UseDns};
 use crate::control::{self, BanInfo, ErrorKind, Incoming, JailStatus, Request, Response};
 use crate::duration::BanTime;
 use crate::filter::Verdict;
-use crate::firewall::{Ban, Element, Firewall, FirewallError, Monitor, Restore};
+use crate::firewall::{self, Ban, Element, Firewall, FirewallError, Monitor, Overlaps, Restore};
 use crate::jail::{Jail, Outcome};
 use crate::metrics::{self, Scrape};
 use crate::notify::Notifications;
@@ -95,6 +95,23 @@ pub struct Daemon {
     repairs: u64,
     /// Host names of jails with `usedns = "yes"`, resolved off the loop.
     resolver: Resolver,
+    /// What the store still lacks (see [`Unsaved`]).
+    unsaved: Unsaved,
+}
+
+/// What the rounds since the last successful save changed: their bans, where their sources
+/// resume, and the failure windows their lines changed. Saved together in one transaction
+/// ([`Daemon::save`]), so that a crash never leaves a position ahead of the failures and
+/// bans of the lines before it; a save that fails (a full disk) is retried with the next
+/// round, and nothing is dropped meanwhile.
+#[derive(Debug, Default)]
+struct Unsaved {
+    bans: Vec<StoredBan>,
+    positions: HashMap<String, String>,
+    /// (jail name, window key).
+    windows: HashSet<(String, IpAddr)>,
+    /// The last save failed (so the next failure is not logged again).
+    failing: bool,
 }
 
 /// The running log sources: files (one task for all logpath patterns) and journals (a thread
@@ -345,6 +362,7 @@ pub async fn run(
         netlink_errors: 0,
         repairs: 0,
         resolver,
+        unsaved: Unsaved::default(),
     };
     daemon.keep_matched_lines();
     daemon.restore_failures(SystemTime::now());
@@ -497,7 +515,9 @@ impl Daemon {
             for &source in &batch.sources {
                 let routed: Vec<usize> = self.routes.get(source).cloned().unwrap_or_default();
                 for j in routed {
-                    self.jails[j].counters_mut().lines += batch.lines.len() as u64;
+                    let counters = self.jails[j].counters_mut();
+                    counters.lines += batch.lines.len() as u64;
+                    counters.cut += batch.cut;
                     for line in &batch.lines {
                         let jail = &mut self.jails[j];
                         let addr = match jail.examine(line) {
@@ -610,48 +630,92 @@ impl Daemon {
         self.save_round(&[], &touched);
     }
 
-    /// Saves, in one transaction, where each source of `batches` resumes (its last position)
-    /// and the failure windows its lines changed.
+    /// Saves, in one transaction with what earlier rounds left unsaved, the bans of this
+    /// round, where each source of `batches` resumes (its last position) and the failure
+    /// windows its lines changed.
     fn save_round(&mut self, batches: &[LineBatch], touched: &HashSet<(usize, IpAddr)>) {
-        let mut last: HashMap<&str, &str> = HashMap::new();
         for (key, position) in batches.iter().filter_map(|b| b.resume.as_ref()) {
-            last.insert(key, position);
+            self.unsaved.positions.insert(key.clone(), position.clone());
         }
-        let positions: Vec<(&str, &str)> = last.into_iter().collect();
-        let windows: Vec<Window> = touched
-            .iter()
-            .map(|&(j, addr)| Window {
-                jail: self.jails[j].name(),
-                addr,
-                times: self.jails[j].window(addr),
-            })
-            .collect();
-        if positions.is_empty() && windows.is_empty() {
-            return;
+        for &(j, addr) in touched {
+            let jail = self.jails[j].name().to_owned();
+            self.unsaved.windows.insert((jail, addr));
         }
-        if let Err(e) = self.store.save_round(&positions, &windows) {
-            tracing::error!(error = %e, "saving source positions and failures");
-        }
+        self.save();
     }
 
-    /// Deletes the saved failures of addresses the jails forgot (after a ban or unban).
-    fn forget_saved(&mut self, forgotten: &[(usize, Vec<IpAddr>)]) {
-        let windows: Vec<Window> = forgotten
+    /// Writes what the store lacks ([`Unsaved`]) in one transaction; on failure keeps it
+    /// for the next try.
+    fn save(&mut self) {
+        let Unsaved {
+            bans,
+            positions,
+            windows,
+            failing,
+        } = &mut self.unsaved;
+        if bans.is_empty() && positions.is_empty() && windows.is_empty() {
+            return;
+        }
+        let positions_now: Vec<(&str, &str)> = positions
             .iter()
-            .flat_map(|(j, addrs)| {
-                addrs.iter().map(|&addr| Window {
-                    jail: self.jails[*j].name(),
-                    addr,
-                    times: &[],
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let jails = &self.jails;
+        let windows_now: Vec<Window> = windows
+            .iter()
+            .filter_map(|(name, addr)| {
+                let jail = jails.iter().find(|j| j.name() == name)?;
+                Some(Window {
+                    jail: jail.name(),
+                    addr: *addr,
+                    times: jail.window(*addr),
                 })
             })
             .collect();
-        if windows.is_empty() {
-            return;
+        match self.store.save_round(bans, &positions_now, &windows_now) {
+            Ok(()) => {
+                if *failing {
+                    tracing::warn!("the state store takes writes again: what waited is saved");
+                }
+                self.unsaved = Unsaved::default();
+            }
+            Err(e) => {
+                if !std::mem::replace(failing, true) {
+                    tracing::error!(error = %e, bans = bans.len(), "saving bans, source positions and failures failed: kept, retried with the next round (positions do not advance meanwhile)");
+                }
+            }
         }
-        if let Err(e) = self.store.save_round(&[], &windows) {
-            tracing::error!(error = %e, "forgetting saved failures");
+    }
+
+    /// Saves that the jails forgot the failures of these addresses (after a ban or unban).
+    fn forget_saved(&mut self, forgotten: &[(usize, Vec<IpAddr>)]) {
+        for (j, addrs) in forgotten {
+            let jail = self.jails[*j].name().to_owned();
+            for &addr in addrs {
+                self.unsaved.windows.insert((jail.clone(), addr));
+            }
         }
+        self.save();
+    }
+
+    /// How many times `net` was banned since `since`, in `scope` (all jails when empty):
+    /// the history, plus bans not saved yet.
+    fn previous_bans(&self, net: &IpNet, scope: &[&str], since: SystemTime) -> u32 {
+        let saved = self
+            .store
+            .previous_bans(net, scope, since)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "reading the ban history; counting none");
+                0
+            });
+        let unsaved = self
+            .unsaved
+            .bans
+            .iter()
+            .filter(|b| b.net == *net && b.banned_at >= since)
+            .filter(|b| scope.is_empty() || scope.contains(&b.jail.as_str()))
+            .count();
+        saved + u32::try_from(unsaved).unwrap_or(u32::MAX)
     }
 
     /// Gives the jails back the failures saved before a restart.
@@ -720,13 +784,7 @@ impl Daemon {
                     Some(e) if e.across_jails => Vec::new(),
                     _ => vec![ban.jail.as_str()],
                 };
-                let previous = self
-                    .store
-                    .previous_bans(&ban.net, &scope, since)
-                    .unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "reading the ban history; counting none");
-                        0
-                    });
+                let previous = self.previous_bans(&ban.net, &scope, since);
                 if let Some(e) = escalation {
                     ban.time = e.bantime(ban.time, previous);
                 }
@@ -742,12 +800,25 @@ impl Daemon {
             .collect()
     }
 
-    /// Writes bans to the kernel (one batch), then to the store.
-    fn commit(&mut self, stored: &[StoredBan]) -> Result<(), FirewallError> {
+    /// Writes bans to the kernel (one batch), then to the store. A ban that a wider one in
+    /// force covers is recorded, not written: it is put back when the wider one ends (see
+    /// [`Daemon::uncover`]); narrower bans that a new one covers leave the kernel and stay in
+    /// the store the same way.
+    fn commit(&mut self, stored: &[StoredBan]) -> Result<Overlaps, FirewallError> {
         let bans: Vec<Ban> = stored.iter().map(StoredBan::to_ban).collect();
-        if let Err(e) = self.write_bans(&bans) {
-            self.netlink_errors += 1;
-            return Err(e);
+        let overlaps = match self.write_bans(&bans) {
+            Ok(overlaps) => overlaps,
+            Err(e) => {
+                self.netlink_errors += 1;
+                return Err(e);
+            }
+        };
+        for &(i, wider) in &overlaps.covered {
+            let b = &stored[i];
+            tracing::info!(jail = b.jail.as_str(), address = %b.net, covered_by = %wider, "ban already covered by a wider ban: nothing to write");
+        }
+        for (jail, net) in &overlaps.replaced {
+            tracing::info!(jail = jail.as_str(), address = %net, "ban replaced in the kernel by a wider ban");
         }
         for b in stored {
             tracing::info!(jail = b.jail.as_str(), address = %b.net, bantime = %b.time, ban = b.count, "ban");
@@ -755,11 +826,9 @@ impl Daemon {
                 jail.counters_mut().bans += 1;
             }
         }
-        // The kernel enforces the bans already; a store failure only loses their memory.
-        if let Err(e) = self.store.record_bans(stored) {
-            tracing::error!(error = %e, "recording bans in the state store");
-        }
-        Ok(())
+        // Saved with the round's positions and failures (the kernel enforces them already).
+        self.unsaved.bans.extend_from_slice(stored);
+        Ok(overlaps)
     }
 
     /// Bans by recidive jails: an address banned `maxretry` times within their `findtime`, in
@@ -776,10 +845,18 @@ impl Daemon {
             let c = jail.config();
             let since = now.checked_sub(c.findtime).unwrap_or(std::time::UNIX_EPOCH);
             for b in new.iter().filter(|b| others.contains(&b.jail.as_str())) {
-                let active = self.store.ban_count(&c.name, &b.net, now);
-                let bans = self.store.previous_bans(&b.net, &others, since);
+                let active = self.store.ban_count(&c.name, &b.net, now).map(|count| {
+                    count.or_else(|| {
+                        let unsaved = self.unsaved.bans.iter();
+                        unsaved
+                            .filter(|u| u.jail == c.name && u.net == b.net)
+                            .map(|u| u.count)
+                            .next_back()
+                    })
+                });
+                let bans = self.previous_bans(&b.net, &others, since);
                 match (active, bans) {
-                    (Ok(None), Ok(n)) if n >= c.maxretry && !jail.ignores(&b.net) => {
+                    (Ok(None), n) if n >= c.maxretry && !jail.ignores(&b.net) => {
                         let ban = Ban {
                             jail: c.name.clone(),
                             net: b.net,
@@ -793,7 +870,7 @@ impl Daemon {
                             out.push((ban, why));
                         }
                     }
-                    (Err(e), _) | (_, Err(e)) => {
+                    (Err(e), _) => {
                         tracing::error!(error = %e, jail = c.name.as_str(), "reading the ban history")
                     }
                     _ => {}
@@ -836,10 +913,15 @@ impl Daemon {
             .filter(|(jail, e)| !in_store.contains(&(jail.as_str(), e.net)))
             .map(|(jail, e)| adopted(jail, e, now))
             .collect();
+        // Store bans inside a wider ban stay out of the kernel while it lasts.
+        let fitted = firewall::fit(&kernel, &restore);
         let rules: Vec<_> = self.jails.iter().map(|j| j.config().rules()).collect();
-        self.firewall.apply_layout(&rules, &restore)?;
+        self.firewall.apply_layout(&rules, &fitted.fits)?;
+        if !fitted.wider.is_empty() {
+            self.firewall.restore(&fitted.wider)?;
+        }
         self.store.adopt(&adopt)?;
-        Ok((restore.len(), adopt.len()))
+        Ok((fitted.fits.len() + fitted.wider.len(), adopt.len()))
     }
 
     /// Someone else removed part of our table (or notifications were lost): put it back.
@@ -892,7 +974,7 @@ impl Daemon {
     }
 
     /// Writes bans; if the kernel lost our table or sets, restores the layout and retries once.
-    fn write_bans(&mut self, bans: &[Ban]) -> Result<(), FirewallError> {
+    fn write_bans(&mut self, bans: &[Ban]) -> Result<Overlaps, FirewallError> {
         match self.firewall.ban(bans) {
             Err(FirewallError::Netlink(e))
                 if e.errno() == Some(libc::ENOENT) && self.layout_incomplete() =>
@@ -921,6 +1003,8 @@ impl Daemon {
         for jail in &mut self.jails {
             jail.sweep(now);
         }
+        // A save that failed is tried again even when no line comes.
+        self.save();
         if self.sources.task.is_finished() {
             tracing::error!("log file sources stopped; restarting them");
             let resume = file_resume(&self.store, self.sources.readback);
@@ -1124,7 +1208,7 @@ impl Daemon {
             b.time = time;
         }
         // `commit` counted the netlink error.
-        self.commit(&stored).map_err(Self::firewall_error)?;
+        let overlaps = self.commit(&stored).map_err(Self::firewall_error)?;
         self.announce_bans(&stored, Vec::new(), "manual");
         let forgotten = self.jails[j].forget(&target);
         self.forget_saved(&[(j, forgotten)]);
@@ -1134,6 +1218,7 @@ impl Daemon {
             jail: jail.to_owned(),
             target,
             time,
+            covered_by: overlaps.covered.first().map(|&(_, wider)| wider),
         })
     }
 
@@ -1147,41 +1232,71 @@ impl Daemon {
                     .filter(|b| b.address.covers(&target)),
             );
         }
-        if removed.is_empty() {
+        // Bans the target covers that wait in the store under a wider ban go too.
+        let jails: Vec<String> = self
+            .selected(jail)?
+            .into_iter()
+            .map(|j| self.jails[j].name().to_owned())
+            .collect();
+        let waiting = self.waiting(&jails, |net| target.covers(net));
+        if removed.is_empty() && waiting.is_empty() {
             let scope = jail.map_or("any jail".to_owned(), |j| format!("jail {j}"));
             return Err(Response::Error {
                 kind: ErrorKind::NotBanned,
                 message: format!("{target} is not banned in {scope}"),
             });
         }
-        self.lift(&removed)?;
+        self.lift(&removed, &waiting)?;
         Ok(Response::Unbanned { removed })
+    }
+
+    /// Active store bans of `jails` whose prefix `pick` takes (those a wider ban keeps out
+    /// of the kernel among them).
+    fn waiting(&self, jails: &[String], pick: impl Fn(&IpNet) -> bool) -> Vec<(String, IpNet)> {
+        match self.store.active(SystemTime::now()) {
+            Ok(active) => active
+                .into_iter()
+                .filter(|b| jails.contains(&b.jail) && pick(&b.net))
+                .map(|b| (b.jail, b.net))
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "reading the state store");
+                Vec::new()
+            }
+        }
     }
 
     /// Removes every ban of the selected jails in one batch.
     fn unban_all(&mut self, jail: Option<&str>) -> Result<Response, Response> {
         let mut removed = Vec::new();
+        let mut jails = Vec::new();
         for j in self.selected(jail)? {
             removed.extend(self.bans_of(j)?);
+            jails.push(self.jails[j].name().to_owned());
         }
-        self.lift(&removed)?;
+        let waiting = self.waiting(&jails, |_| true);
+        self.lift(&removed, &waiting)?;
         Ok(Response::Unbanned { removed })
     }
 
-    /// Deletes the given bans in one batch and forgets the addresses' failures.
-    fn lift(&mut self, bans: &[BanInfo]) -> Result<(), Response> {
-        if bans.is_empty() {
-            return Ok(());
-        }
+    /// Deletes the given bans in one batch and forgets the addresses' failures; `waiting`
+    /// (bans a wider one kept out of the kernel) leave the store only. Store bans that a
+    /// lifted ban covered and that are not lifted go back into the kernel.
+    fn lift(&mut self, bans: &[BanInfo], waiting: &[(String, IpNet)]) -> Result<(), Response> {
         let items: Vec<(String, IpNet)> =
             bans.iter().map(|b| (b.jail.clone(), b.address)).collect();
-        self.firewall
-            .unban(&items)
-            .map_err(|e| self.firewall_failed(e))?;
+        if !items.is_empty() {
+            self.firewall
+                .unban(&items)
+                .map_err(|e| self.firewall_failed(e))?;
+        }
         // Gone from the store too, so that no repair or restart puts them back.
-        if let Err(e) = self.store.remove(&items) {
+        let gone: Vec<(String, IpNet)> = items.iter().chain(waiting).cloned().collect();
+        if let Err(e) = self.store.remove(&gone) {
             tracing::error!(error = %e, "removing unbanned addresses from the state store");
         }
+        let lifted: Vec<(&str, IpNet)> = items.iter().map(|(j, n)| (j.as_str(), *n)).collect();
+        self.uncover(&lifted, SystemTime::now());
         let mut forgotten = Vec::new();
         for b in bans {
             for (j, jail) in self.jails.iter_mut().enumerate() {

@@ -145,48 +145,96 @@ impl Firewall {
             batch.add_counter(&counter, "");
             batch.del_counter(&counter);
         }
-        for ((name, family), (elems, what)) in &restore_by_set(restore) {
+        let restore: Vec<&Restore> = restore.iter().collect();
+        for ((name, family), (elems, what)) in &restore_by_set(&restore) {
             batch.set_elements(&ban_set_spec(name, *family, None), elems, ElemOp::Add, what);
         }
         Ok(self.sock.commit(batch)?)
     }
 
     /// Writes bans, all in one batch. A ban of an address that is already banned replaces its
-    /// timeout.
+    /// timeout. Interval sets hold no overlapping elements, so a ban that an element (or a
+    /// wider ban of the same round) already covers is not written, and a ban wider than
+    /// elements already there replaces them; [`Overlaps`] says which. One overlapping ban
+    /// never costs the others of its round.
     ///
-    /// Fast path: one exclusive add of every element. If any already exists, the kernel refuses
-    /// the whole batch (EEXIST, nothing committed) and the bans are written again as add, delete,
-    /// add in one batch, which leaves exactly the new elements on every kernel (a plain re-add
-    /// keeps the old timeout on some).
-    pub fn ban(&mut self, bans: &[Ban]) -> Result<(), FirewallError> {
-        let by_set = group_by_set(
-            bans.iter()
-                .map(|ban| (&ban.jail, &ban.net, timeout_ms(ban.time), None)),
-        );
-        match self.write_elements(&by_set, &[ElemOp::AddNew]) {
-            Err(FirewallError::Netlink(e)) if e.errno() == Some(libc::EEXIST) => {
-                self.write_elements(&by_set, &[ElemOp::Add, ElemOp::Delete, ElemOp::Add])
-            }
-            other => other,
+    /// Fast path: one exclusive add of every element. If any already exists or overlaps one,
+    /// the kernel refuses the whole batch (EEXIST, nothing committed); the sets the round
+    /// touches are then read, and one batch deletes the narrower elements, writes bans that
+    /// exist again as add, delete, add (which leaves exactly the new element on every
+    /// kernel: a plain re-add keeps the old timeout on some) and adds the rest.
+    pub fn ban(&mut self, bans: &[Ban]) -> Result<Overlaps, FirewallError> {
+        let items: Vec<Restore> = bans
+            .iter()
+            .map(|ban| Restore {
+                ban: ban.clone(),
+                expires_in: None,
+            })
+            .collect();
+        self.restore(&items)
+    }
+
+    /// Like [`Firewall::ban`], each ban with the time it has left (a ban put back).
+    pub fn restore(&mut self, items: &[Restore]) -> Result<Overlaps, FirewallError> {
+        let mut overlaps = Overlaps::default();
+        let kept = widest_of_round(items.iter().map(|r| &r.ban), &mut overlaps.covered);
+        let chosen: Vec<&Restore> = kept.iter().map(|&i| &items[i]).collect();
+        match self.write_elements(&restore_by_set(&chosen), &[ElemOp::AddNew]) {
+            Err(FirewallError::Netlink(e)) if e.errno() == Some(libc::EEXIST) => {}
+            other => return other.map(|()| overlaps),
         }
+        // Read the sets this round touches, and fit the round to what they hold.
+        let mut existing: BTreeMap<SetKey, Vec<IpNet>> = BTreeMap::new();
+        for &r in &chosen {
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                existing.entry(set_key(&r.ban.jail, &r.ban.net))
+            {
+                let (name, family) = slot.key();
+                let raw = self.sock.dump_set(name)?;
+                let mut nets: Vec<IpNet> = pair_intervals(raw, *family)
+                    .into_iter()
+                    .map(|e| e.net)
+                    .collect();
+                nets.sort();
+                slot.insert(nets);
+            }
+        }
+        let (mut again, mut fresh) = (Vec::new(), Vec::new());
+        for i in kept {
+            let r = &items[i];
+            let nets = &existing[&set_key(&r.ban.jail, &r.ban.net)];
+            match place(nets, &r.ban.net) {
+                Place::Same => again.push(r),
+                Place::Inside(wider) => overlaps.covered.push((i, wider)),
+                Place::Over(inside) => {
+                    let jail = &r.ban.jail;
+                    overlaps
+                        .replaced
+                        .extend(inside.into_iter().map(|net| (jail.clone(), net)));
+                    fresh.push(r);
+                }
+            }
+        }
+        let removed = group_by_set(
+            overlaps
+                .replaced
+                .iter()
+                .map(|(jail, net)| (jail, net, None, None)),
+        );
+        let mut batch = self.sock.batch();
+        batch_elements(&mut batch, &removed, &[ElemOp::Delete]);
+        let refresh = [ElemOp::Add, ElemOp::Delete, ElemOp::Add];
+        batch_elements(&mut batch, &restore_by_set(&again), &refresh);
+        batch_elements(&mut batch, &restore_by_set(&fresh), &[ElemOp::Add]);
+        self.sock.commit(batch)?;
+        Ok(overlaps)
     }
 
     /// One batch applying `ops`, in order, to every set's elements.
     fn write_elements(&mut self, by_set: &SetElems, ops: &[ElemOp]) -> Result<(), FirewallError> {
         let mut batch = self.sock.batch();
-        for op in ops {
-            for ((name, family), (elems, what)) in by_set {
-                batch.set_elements(&ban_set_spec(name, *family, None), elems, *op, what);
-            }
-        }
+        batch_elements(&mut batch, by_set, ops);
         Ok(self.sock.commit(batch)?)
-    }
-
-    /// Adds bans that are known to be absent (a restore into fresh sets), all in one batch.
-    /// Unlike [`Firewall::ban`] this does not replace existing elements, so it is a third of the
-    /// work; an element that does exist keeps its timeout.
-    pub fn restore(&mut self, bans: &[Restore]) -> Result<(), FirewallError> {
-        self.write_elements(&restore_by_set(bans), &[ElemOp::Add])
     }
 
     /// Removes bans (exact elements), all in one batch. Fails (changing nothing) if one is absent.
@@ -261,6 +309,129 @@ impl Firewall {
     }
 }
 
+/// What a round of bans found in the way: interval sets hold no overlapping elements.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Overlaps {
+    /// Bans not written, each (its index in the round, the wider prefix already banned in
+    /// its set, or banned by the same round).
+    pub covered: Vec<(usize, IpNet)>,
+    /// Elements removed because a ban of the round covers them: (jail, prefix).
+    pub replaced: Vec<(String, IpNet)>,
+}
+
+/// The bans of a round that no other ban of the round covers (nor equals, earlier in the
+/// round), by index; the others join `covered` with the ban that covers them. Prefixes
+/// either nest or are disjoint: a ban is covered when one of its own prefixes, at a length
+/// some ban of the round has, is a ban of the round.
+fn widest_of_round<'a>(
+    bans: impl Iterator<Item = &'a Ban> + Clone,
+    covered: &mut Vec<(usize, IpNet)>,
+) -> Vec<usize> {
+    let nets: std::collections::HashSet<(&str, IpNet)> =
+        bans.clone().map(|b| (b.jail.as_str(), b.net)).collect();
+    let mut lengths: Vec<u8> = bans.clone().map(|b| b.net.prefix_len()).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let mut seen = std::collections::HashSet::with_capacity(nets.len());
+    let mut kept = Vec::with_capacity(nets.len());
+    for (i, ban) in bans.enumerate() {
+        let wider = lengths
+            .iter()
+            .take_while(|&&len| len < ban.net.prefix_len())
+            .map(|&len| IpNet::new(ban.net.addr(), len))
+            .find(|w| nets.contains(&(ban.jail.as_str(), *w)));
+        match wider {
+            Some(w) => covered.push((i, w)),
+            None if !seen.insert((ban.jail.as_str(), ban.net)) => covered.push((i, ban.net)),
+            None => kept.push(i),
+        }
+    }
+    kept
+}
+
+/// Bans to put back, fitted to what the kernel holds (`kernel`: each jail's elements, as
+/// [`Firewall::snapshot`] gives them). `fits`: absent and overlapping nothing, for
+/// [`Firewall::apply_layout`]; `wider`: covering elements that are there, for
+/// [`Firewall::restore`], which replaces them; left out are bans that an element or a wider
+/// ban of the list already covers (that one enforces them).
+pub fn fit(kernel: &BTreeMap<String, Vec<Element>>, items: &[Restore]) -> Fitted {
+    let mut covered = Vec::new();
+    let kept = widest_of_round(items.iter().map(|r| &r.ban), &mut covered);
+    let mut sorted: BTreeMap<SetKey, Vec<IpNet>> = BTreeMap::new();
+    for (jail, elements) in kernel {
+        for e in elements {
+            sorted.entry(set_key(jail, &e.net)).or_default().push(e.net);
+        }
+    }
+    for nets in sorted.values_mut() {
+        nets.sort();
+    }
+    let mut fitted = Fitted::default();
+    for i in kept {
+        let r = &items[i];
+        let nets = sorted
+            .get(&set_key(&r.ban.jail, &r.ban.net))
+            .map_or(&[][..], Vec::as_slice);
+        match place(nets, &r.ban.net) {
+            Place::Over(inside) if inside.is_empty() => fitted.fits.push(r.clone()),
+            Place::Over(_) => fitted.wider.push(r.clone()),
+            Place::Same | Place::Inside(_) => fitted.covered += 1,
+        }
+    }
+    fitted.covered += covered.len();
+    fitted
+}
+
+/// Bans to put back, split by [`fit`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Fitted {
+    pub fits: Vec<Restore>,
+    pub wider: Vec<Restore>,
+    /// How many were left out, covered.
+    pub covered: usize,
+}
+
+/// Where a ban stands against the disjoint, sorted prefixes of its set.
+#[derive(Debug, PartialEq, Eq)]
+enum Place {
+    /// The same prefix is there.
+    Same,
+    /// A wider prefix covers it.
+    Inside(IpNet),
+    /// It covers these (possibly none).
+    Over(Vec<IpNet>),
+}
+
+fn place(nets: &[IpNet], net: &IpNet) -> Place {
+    // The prefixes are disjoint: at most one starts at or before `net` and contains it.
+    let after = nets.partition_point(|n| n.addr() <= net.addr());
+    if let Some(before) = after.checked_sub(1).map(|k| nets[k]) {
+        if before == *net {
+            return Place::Same;
+        }
+        if before.covers(net) {
+            return Place::Inside(before);
+        }
+    }
+    let first = nets.partition_point(|n| n.addr() < net.addr());
+    Place::Over(
+        nets[first..]
+            .iter()
+            .take_while(|n| net.contains(n.addr()))
+            .copied()
+            .collect(),
+    )
+}
+
+/// Adds `ops`, in order, on every set's elements to `batch`.
+fn batch_elements(batch: &mut Batch, by_set: &SetElems, ops: &[ElemOp]) {
+    for op in ops {
+        for ((name, family), (elems, what)) in by_set {
+            batch.set_elements(&ban_set_spec(name, *family, None), elems, *op, what);
+        }
+    }
+}
+
 fn timeout_ms(time: BanTime) -> Option<u64> {
     match time {
         BanTime::Finite(d) => Some(d.as_millis().min(u128::from(u64::MAX)) as u64),
@@ -280,9 +451,7 @@ fn group_by_set<'a>(
 ) -> SetElems {
     let mut by_set: BTreeMap<SetKey, (Vec<Elem>, Vec<&IpNet>)> = BTreeMap::new();
     for (jail, net, timeout_ms, expiration_ms) in items {
-        let entry = by_set
-            .entry((layout::set_name(jail, Family::of(net)), Family::of(net)))
-            .or_default();
+        let entry = by_set.entry(set_key(jail, net)).or_default();
         entry.0.extend(net_elems(net, timeout_ms, expiration_ms));
         entry.1.push(net);
     }
@@ -299,7 +468,12 @@ fn group_by_set<'a>(
         .collect()
 }
 
-fn restore_by_set(restore: &[Restore]) -> SetElems {
+/// The set a ban goes into.
+fn set_key(jail: &str, net: &IpNet) -> SetKey {
+    (layout::set_name(jail, Family::of(net)), Family::of(net))
+}
+
+fn restore_by_set(restore: &[&Restore]) -> SetElems {
     group_by_set(restore.iter().map(|r| {
         let timeout = timeout_ms(r.ban.time);
         // Only a finite ban has an expiry; never later than its timeout.
@@ -583,6 +757,89 @@ mod tests {
             got,
             ["10.0.0.1", "10.0.0.2", "192.0.2.0/24", "255.255.255.255"]
         );
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn ban(jail: &str, target: &str) -> Ban {
+        Ban {
+            jail: jail.into(),
+            net: net(target),
+            time: BanTime::Permanent,
+        }
+    }
+
+    #[test]
+    fn a_round_keeps_its_widest_bans() {
+        let round = [
+            ban("web", "2001:db8:5::7"),
+            ban("web", "2001:db8:5::/64"),
+            ban("ssh", "2001:db8:5::7"),
+            ban("web", "192.0.2.1"),
+            ban("web", "2001:db8:5::/64"),
+            ban("web", "2001:db8:6::1"),
+        ];
+        let mut covered = Vec::new();
+        let kept = widest_of_round(round.iter(), &mut covered);
+        assert_eq!(kept, [1, 2, 3, 5]);
+        assert_eq!(
+            covered,
+            [(0, net("2001:db8:5::/64")), (4, net("2001:db8:5::/64"))]
+        );
+    }
+
+    #[test]
+    fn a_ban_is_placed_against_the_prefixes_of_its_set() {
+        let mut nets = vec![
+            net("10.0.0.0/24"),
+            net("10.0.1.5"),
+            net("10.0.1.9"),
+            net("10.0.2.0/30"),
+        ];
+        nets.sort();
+        assert_eq!(
+            place(&nets, &net("10.0.0.7")),
+            Place::Inside(net("10.0.0.0/24"))
+        );
+        assert_eq!(place(&nets, &net("10.0.1.5")), Place::Same);
+        assert_eq!(
+            place(&nets, &net("10.0.1.0/24")),
+            Place::Over(vec![net("10.0.1.5"), net("10.0.1.9")])
+        );
+        assert_eq!(place(&nets, &net("10.0.0.0/8")), Place::Over(nets.clone()));
+        assert_eq!(place(&nets, &net("10.0.3.1")), Place::Over(vec![]));
+        assert_eq!(place(&[], &net("10.0.3.1")), Place::Over(vec![]));
+    }
+
+    #[test]
+    fn bans_put_back_fit_what_the_kernel_holds() {
+        let element = |s: &str| Element {
+            net: net(s),
+            timeout: None,
+            expires_in: None,
+        };
+        let kernel = BTreeMap::from([(
+            "web".to_owned(),
+            vec![element("2001:db8:5::/64"), element("192.0.2.7")],
+        )]);
+        let put = |s: &str| Restore {
+            ban: ban("web", s),
+            expires_in: None,
+        };
+        let fitted = fit(
+            &kernel,
+            &[
+                put("2001:db8:5::7"),
+                put("192.0.2.0/24"),
+                put("198.51.100.0/24"),
+                put("198.51.100.1"),
+            ],
+        );
+        assert_eq!(fitted.fits, [put("198.51.100.0/24")]);
+        assert_eq!(fitted.wider, [put("192.0.2.0/24")]);
+        assert_eq!(fitted.covered, 2);
     }
 
     #[test]

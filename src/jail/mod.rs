@@ -50,6 +50,8 @@ pub struct Jail {
 pub struct Counters {
     /// Lines given to the jail's filter.
     pub lines: u64,
+    /// Lines of its sources dropped unread for being longer than the limit.
+    pub cut: u64,
     /// Lines its filter found a failure in.
     pub matched: u64,
     /// Failures counted (inside `findtime`, address not ignored).

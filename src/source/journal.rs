@@ -192,8 +192,14 @@ fn follow(
                 read_at: at,
                 timing: Timing::Stamped,
                 resume: None,
+                cut: 0,
             });
-            b.lines.push(text);
+            if text.len() > super::MAX_LINE {
+                b.cut += 1;
+                super::note_cut_line(&key);
+            } else {
+                b.lines.push(text);
+            }
             b.resume = Some((key.clone(), cursor));
         }
         if let Some(last) = batch.take() {

@@ -27,7 +27,9 @@ use futures_util::StreamExt;
 use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::mpsc;
 
-/// Longest line passed on; the rest of a longer line is dropped with a warning.
+/// Longest line passed on. A longer line is never passed on, not even cut: the cut could
+/// end inside attacker text and make it look like the end of a failure line. It is counted
+/// ([`LineBatch::cut`]) and the first one is logged.
 pub const MAX_LINE: usize = 64 * 1024;
 /// Most bytes read from one file in one go (bounds memory while catching up).
 const MAX_READ: u64 = 1024 * 1024;
@@ -65,6 +67,27 @@ pub struct LineBatch {
     /// Where to resume after these lines (a source key and its position), saved once they
     /// have been processed.
     pub resume: Option<(String, String)>,
+    /// Lines longer than [`MAX_LINE`] dropped since the last batch of this source.
+    pub cut: u64,
+}
+
+/// Notes a line dropped for its length: the first one with a warning, later ones at debug
+/// level (an attacker can write many; the count is in the metrics).
+pub(crate) fn note_cut_line(source: &str) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::debug!(
+            source,
+            limit = MAX_LINE,
+            "log line longer than the limit: dropped"
+        );
+    } else {
+        tracing::warn!(
+            source,
+            limit = MAX_LINE,
+            "log line longer than the limit: dropped, never matched (further ones are counted in banctl_lines_cut_total)"
+        );
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -272,7 +295,11 @@ impl Followed {
         }
         self.pos += n as u64;
         let mut lines = Vec::new();
+        let cut_before = self.splitter.cut;
         self.splitter.feed(&chunk[..n], &mut lines);
+        if self.splitter.cut > cut_before {
+            note_cut_line(&self.path.to_string_lossy());
+        }
         if lines.is_empty() {
             return Ok(None);
         }
@@ -285,7 +312,23 @@ impl Followed {
             read_at: SystemTime::now(),
             timing,
             resume: Some((position_key(&self.path), position.encode())),
+            cut: self.splitter.take_cut(),
         }))
+    }
+
+    /// Reads on from `offset`. Inside a line (a position saved while a too-long line was
+    /// being dropped, a read-back window), the rest of that line is skipped: its tail,
+    /// whose start an attacker may have written, is never taken for a line of its own.
+    fn start_at(&mut self, offset: u64) -> io::Result<()> {
+        self.pos = offset;
+        if offset > 0 {
+            let mut before = [0u8; 1];
+            self.file.read_exact_at(&mut before, offset - 1)?;
+            if before[0] != b'\n' {
+                self.splitter = LineSplitter::skipping();
+            }
+        }
+        Ok(())
     }
 
     /// Whether bytes are waiting to be read (after a read bounded by [`MAX_READ`]).
@@ -294,12 +337,16 @@ impl Followed {
     }
 }
 
-/// Splits bytes into lines, holding a partial last line until its newline arrives.
+/// Splits bytes into lines, holding a partial last line until its newline arrives. A line
+/// longer than [`MAX_LINE`] is dropped whole and counted in `cut`.
 #[derive(Debug, Default)]
 pub struct LineSplitter {
     partial: Vec<u8>,
-    /// Inside a line longer than [`MAX_LINE`]: skip until its newline.
+    /// Inside a line that is dropped (too long, or begun before the start): skip until its
+    /// newline.
     discarding: bool,
+    /// Lines dropped for their length, not yet reported.
+    cut: u64,
 }
 
 impl LineSplitter {
@@ -309,12 +356,13 @@ impl LineSplitter {
             let (line, rest) = (&bytes[..nl], &bytes[nl + 1..]);
             if self.discarding {
                 self.discarding = false;
+            } else if self.partial.len() + line.len() > MAX_LINE {
+                self.partial.clear();
+                self.cut += 1;
             } else if self.partial.is_empty() {
-                out.push(to_text(&line[..line.len().min(MAX_LINE)]));
+                out.push(to_text(line));
             } else {
-                let room = MAX_LINE.saturating_sub(self.partial.len());
-                self.partial
-                    .extend_from_slice(&line[..line.len().min(room)]);
+                self.partial.extend_from_slice(line);
                 out.push(to_text(&self.partial));
                 self.partial.clear();
             }
@@ -323,15 +371,18 @@ impl LineSplitter {
         if self.discarding {
             return;
         }
-        let room = MAX_LINE.saturating_sub(self.partial.len());
-        self.partial
-            .extend_from_slice(&bytes[..bytes.len().min(room)]);
-        if self.partial.len() >= MAX_LINE && bytes.len() >= room {
-            tracing::warn!(limit = MAX_LINE, "log line longer than the limit: cut");
-            out.push(to_text(&self.partial));
+        if self.partial.len() + bytes.len() > MAX_LINE {
             self.partial.clear();
             self.discarding = true;
+            self.cut += 1;
+        } else {
+            self.partial.extend_from_slice(bytes);
         }
+    }
+
+    /// Lines dropped for their length since the last call.
+    pub fn take_cut(&mut self) -> u64 {
+        std::mem::take(&mut self.cut)
     }
 
     /// Bytes of a line still waiting for its newline.
@@ -342,8 +393,8 @@ impl LineSplitter {
     /// Starts in the middle of a line: skip to its end.
     fn skipping() -> LineSplitter {
         LineSplitter {
-            partial: Vec::new(),
             discarding: true,
+            ..LineSplitter::default()
         }
     }
 }
@@ -471,16 +522,11 @@ impl FileFollower {
         let mut f = Followed::open(path, File::open(path)?, sources)?;
         let size = f.catch_up_to;
         match resume.saved.get(&position_key(path)) {
-            Some(saved) => self.resume_from(&mut f, saved),
+            Some(saved) => self.resume_from(&mut f, saved)?,
             None if resume.readback => {
                 f.early = Timing::ReadBack;
                 if size > READBACK_LIMIT {
-                    f.pos = size - READBACK_LIMIT;
-                    let mut before = [0u8; 1];
-                    f.file.read_exact_at(&mut before, f.pos - 1)?;
-                    if before[0] != b'\n' {
-                        f.splitter = LineSplitter::skipping();
-                    }
+                    f.start_at(size - READBACK_LIMIT)?;
                 }
             }
             None => f.pos = size,
@@ -491,13 +537,13 @@ impl FileFollower {
     }
 
     /// Positions a file present at start after what was read of it before the restart.
-    fn resume_from(&mut self, f: &mut Followed, saved: &FilePosition) {
+    fn resume_from(&mut self, f: &mut Followed, saved: &FilePosition) -> io::Result<()> {
         let grown_from = |f: &Followed| {
             f.catch_up_to >= saved.offset && saved.head.matches(&f.file).unwrap_or(false)
         };
         if (f.dev, f.ino) == (saved.dev, saved.ino) {
             if grown_from(f) {
-                f.pos = saved.offset;
+                f.start_at(saved.offset)?;
             } else {
                 tracing::warn!(path = %f.path.display(), "log file was truncated while stopped: reading it from its start");
             }
@@ -506,10 +552,11 @@ impl FileFollower {
             self.finishing.push_back(old);
         } else if grown_from(f) {
             // The same content under a new inode (copied back, restored): go on.
-            f.pos = saved.offset;
+            f.start_at(saved.offset)?;
         } else {
             tracing::warn!(path = %f.path.display(), "log file was replaced while stopped and the old one is gone: reading the new one from its start");
         }
+        Ok(())
     }
 
     /// The file `saved` points at, renamed in the same directory (`auth.log.1`).
@@ -524,7 +571,7 @@ impl FileFollower {
         if old.catch_up_to < saved.offset || !saved.head.matches(&old.file).ok()? {
             return None;
         }
-        old.pos = saved.offset;
+        old.start_at(saved.offset).ok()?;
         Some(old)
     }
 
@@ -725,14 +772,40 @@ mod tests {
         assert_eq!(split(&[b"bad \xff byte\n"]), ["bad \u{fffd} byte"]);
     }
 
+    /// A line longer than the limit is dropped whole, never cut: fed in chunks split at
+    /// every position near the limit, lines of exactly the limit pass intact and longer ones
+    /// are counted, and the lines around them keep their framing.
     #[test]
-    fn long_lines_are_cut_and_framing_kept() {
-        let long = vec![b'x'; MAX_LINE * 3];
-        let out = split(&[&long[..MAX_LINE / 2], &long[MAX_LINE / 2..], b"\nnext\n"]);
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[0].len(), MAX_LINE);
-        assert_eq!(out[1], "next");
-        let out = split(&[&long, b"\nnext\n"]);
-        assert_eq!((out.len(), out[1].as_str()), (2, "next"));
+    fn long_lines_are_dropped_whole_at_every_boundary() {
+        let tail = b" has been denied (IP: \"198.51.100.9\").";
+        for len in [
+            MAX_LINE - 1,
+            MAX_LINE,
+            MAX_LINE + 1,
+            MAX_LINE + tail.len(),
+            3 * MAX_LINE,
+        ] {
+            let mut long = vec![b'x'; len.saturating_sub(tail.len())];
+            long.extend_from_slice(tail);
+            let mut text = b"before\n".to_vec();
+            text.extend_from_slice(&long);
+            text.extend_from_slice(b"\nafter\n");
+            for cut in (MAX_LINE - 2..MAX_LINE + 10).chain([1, 7, len / 2]) {
+                let cut = cut.min(text.len());
+                let mut s = LineSplitter::default();
+                let mut out = Vec::new();
+                s.feed(&text[..cut], &mut out);
+                s.feed(&text[cut..], &mut out);
+                let dropped = s.take_cut();
+                if len <= MAX_LINE {
+                    assert_eq!(out.len(), 3, "len {len} split at {cut}");
+                    assert_eq!(out[1].len(), len);
+                    assert_eq!(dropped, 0);
+                } else {
+                    assert_eq!(out, ["before", "after"], "len {len} split at {cut}");
+                    assert_eq!(dropped, 1, "len {len} split at {cut}");
+                }
+            }
+        }
     }
 }

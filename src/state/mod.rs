@@ -77,7 +77,30 @@ impl StoredBan {
     }
 }
 
-/// The SQLite state store.
+/// Records bans (replacing an active ban of the same jail and address), and with `history`
+/// adds them to the ban history, inside the caller's transaction.
+fn insert_bans(
+    tx: &rusqlite::Transaction<'_>,
+    bans: &[StoredBan],
+    history: bool,
+) -> rusqlite::Result<()> {
+    let mut upsert = tx.prepare_cached(
+        "INSERT OR REPLACE INTO bans (jail, net, banned_at, bantime, count, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut log = tx.prepare_cached(
+        "INSERT INTO history (jail, net, banned_at, bantime) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for b in bans {
+        let (net, at, time) = (b.net.to_string(), ms(b.banned_at), time_ms(b.time));
+        upsert.execute(params![b.jail, net, at, time, b.count, b.reason])?;
+        if history {
+            log.execute(params![b.jail, net, at, time])?;
+        }
+    }
+    Ok(())
+}
+
 /// The failures of one address in one jail's window, as saved.
 #[derive(Debug, Clone, Copy)]
 pub struct Window<'a> {
@@ -210,28 +233,12 @@ impl Store {
         if bans.is_empty() {
             return Ok(());
         }
-        let tx = self.conn.transaction().map_err(|e| StateError::Sql {
-            path: self.path.clone(),
-            source: e,
-        })?;
-        let result = (|| {
-            let mut upsert = tx.prepare_cached(
-                "INSERT OR REPLACE INTO bans (jail, net, banned_at, bantime, count, reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            let mut log = tx.prepare_cached(
-                "INSERT INTO history (jail, net, banned_at, bantime) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for b in bans {
-                let (net, at, time) = (b.net.to_string(), ms(b.banned_at), time_ms(b.time));
-                upsert.execute(params![b.jail, net, at, time, b.count, b.reason])?;
-                if history {
-                    log.execute(params![b.jail, net, at, time])?;
-                }
-            }
-            Ok(())
-        })();
-        result.and_then(|()| tx.commit()).map_err(|e| self.sql(e))
+        let save = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            insert_bans(&tx, bans, history)?;
+            tx.commit()
+        };
+        save(&mut self.conn).map_err(|e| self.sql(e))
     }
 
     /// Forgets active bans (an unban). The history keeps them, for escalation.
@@ -443,18 +450,23 @@ impl Store {
     }
 
     pub fn save_position(&mut self, source: &str, position: &str) -> Result<(), StateError> {
-        self.save_round(&[(source, position)], &[])
+        self.save_round(&[], &[(source, position)], &[])
     }
 
-    /// Saves, in one transaction, where sources resume and the failure windows that the lines
-    /// before those positions changed (an empty window deletes the address's failures).
+    /// Saves one round, in one transaction: new bans (recorded and added to the history, as
+    /// [`Store::record_bans`]), where sources resume, and the failure windows that the lines
+    /// before those positions changed (an empty window deletes the address's failures). So
+    /// a crash at any point leaves either the whole round or none of it: lines are neither
+    /// counted twice nor lost, and a ban is never recorded twice.
     pub fn save_round(
         &mut self,
+        bans: &[StoredBan],
         positions: &[(&str, &str)],
         windows: &[Window<'_>],
     ) -> Result<(), StateError> {
         let save = |conn: &mut Connection| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
+            insert_bans(&tx, bans, true)?;
             {
                 let mut position = tx.prepare_cached(
                     "INSERT OR REPLACE INTO positions (source, position) VALUES (?1, ?2)",

@@ -14,6 +14,7 @@ mod netns;
 mod notify;
 mod packaging;
 mod permissions;
+mod reliability;
 mod reload;
 mod source;
 mod tester;

@@ -323,7 +323,7 @@ fn exec_notifier_gets_no_capability_under_the_units_settings() {
 }
 
 /// `GET path` on the metrics endpoint: (status line, body).
-fn scrape(addr: SocketAddr, path: &str) -> (String, String) {
+pub fn scrape(addr: SocketAddr, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut text = String::new();
@@ -333,7 +333,7 @@ fn scrape(addr: SocketAddr, path: &str) -> (String, String) {
 }
 
 /// The value of one sample (`name{labels}`) in an exposition.
-fn sample(body: &str, series: &str) -> u64 {
+pub fn sample(body: &str, series: &str) -> u64 {
     body.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("no {series} in\n{body}"))
