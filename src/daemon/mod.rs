@@ -317,7 +317,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     privilege::require_net_admin()?;
-    let store = Store::open(&config.daemon.state_dir)?;
+    let (store, damaged) = Store::open_or_recover(&config.daemon.state_dir)?;
+    if let Some(aside) = &damaged {
+        tracing::error!(
+            moved_to = %aside.display(),
+            "the state store was damaged: moved aside, starting a new one; the bans in the kernel are adopted, ban history and saved failures are lost"
+        );
+    }
     let firewall = Firewall::open()?;
     let monitor = Monitor::open().map_err(|e| DaemonError::Monitor(e.to_string()))?;
     let access = control::Access {

@@ -77,6 +77,14 @@ impl StoredBan {
     }
 }
 
+/// Whether an SQLite error says the file is damaged or no database at all.
+fn damaged(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
 /// Records bans (replacing an active ban of the same jail and address), and with `history`
 /// adds them to the ban history, inside the caller's transaction.
 fn insert_bans(
@@ -144,6 +152,46 @@ impl Store {
     /// An in-memory store, for tests and benches.
     pub fn in_memory() -> Result<Store, StateError> {
         Store::open_file(Path::new(":memory:"))
+    }
+
+    /// Opens the store in `dir` like [`Store::open`]; a file that is damaged (not a
+    /// database, or failing SQLite's quick check) is moved aside as
+    /// `banctl.db.damaged-<unix time>` and a new one started, so that the daemon still starts
+    /// and protects: the caller puts back what the kernel holds. Returns where the damaged
+    /// file went, if one was.
+    pub fn open_or_recover(dir: &Path) -> Result<(Store, Option<PathBuf>), StateError> {
+        let path = dir.join(FILE_NAME);
+        match Store::open(dir) {
+            Ok(store) if store.intact() => return Ok((store, None)),
+            Ok(_) => {}
+            Err(StateError::Sql { source, .. }) if damaged(&source) => {}
+            Err(e) => return Err(e),
+        }
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let aside = dir.join(format!("{FILE_NAME}.damaged-{stamp}"));
+        for suffix in ["", "-wal", "-shm"] {
+            let from = PathBuf::from(format!("{}{suffix}", path.display()));
+            let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+            match std::fs::rename(&from, &to) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StateError::Dir {
+                        path: from,
+                        source: e,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok((Store::open(dir)?, Some(aside)))
+    }
+
+    /// Whether SQLite's quick check finds the file sound.
+    fn intact(&self) -> bool {
+        self.conn
+            .query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
+            .is_ok_and(|verdict| verdict == "ok")
     }
 
     fn open_file(path: &Path) -> Result<Store, StateError> {
@@ -557,6 +605,28 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn a_damaged_file_is_moved_aside_and_a_new_store_started() {
+        let dir = std::env::temp_dir().join(format!("banctl-damaged-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(FILE_NAME), vec![0x5a; 8192]).unwrap();
+        let (mut store, aside) = Store::open_or_recover(&dir).unwrap();
+        let aside = aside.expect("the damaged file is moved aside");
+        assert_eq!(std::fs::read(&aside).unwrap(), vec![0x5a; 8192]);
+        store
+            .record_bans(&[ban("ssh", "192.0.2.1", 1000, None)])
+            .unwrap();
+        assert_eq!(store.active(SystemTime::now()).unwrap().len(), 1);
+        drop(store);
+        let (store, aside) = Store::open_or_recover(&dir).unwrap();
+        assert_eq!(
+            (aside, store.active(SystemTime::now()).unwrap().len()),
+            (None, 1)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

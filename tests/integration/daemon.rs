@@ -54,11 +54,21 @@ impl Daemon {
 
     /// Like [`Daemon::start`], the daemon started by `wrapper` (`setpriv …`) when not empty.
     pub fn start_under(test: &str, config: &str, wrapper: &[&str]) -> Daemon {
+        Daemon::start_in(test, config, wrapper, None)
+    }
+
+    /// Like [`Daemon::start`], with the state store in `state_dir`.
+    pub fn start_with_state(test: &str, config: &str, state_dir: &Path) -> Daemon {
+        Daemon::start_in(test, config, &[], Some(state_dir))
+    }
+
+    fn start_in(test: &str, config: &str, wrapper: &[&str], state: Option<&Path>) -> Daemon {
         let scratch = Scratch::new(test);
         let dir = scratch.0.display().to_string();
         let socket = scratch.path("banctl.sock");
+        let state = state.map_or(format!("{dir}/state"), |p| p.display().to_string());
         let config = format!(
-            "[daemon]\nsocket = \"{}\"\nstate_dir = \"{dir}/state\"\n\n{}",
+            "[daemon]\nsocket = \"{}\"\nstate_dir = \"{state}\"\n\n{}",
             socket.display(),
             config.replace("{dir}", &dir)
         );

@@ -352,7 +352,7 @@ fn sd_notify_ready_only_once_bans_are_restored_then_watchdog_pings() {
     }
 }
 
-fn tracked(daemon: &Daemon) -> u64 {
+pub fn tracked(daemon: &Daemon) -> u64 {
     let s: serde_json::Value =
         serde_json::from_str(&daemon.ok(&["status", "web", "--json"])).unwrap();
     s[0]["tracked"].as_u64().unwrap()

@@ -134,3 +134,147 @@ fn an_overlapping_ban_costs_no_other_ban_of_its_round() {
         daemon.banned("short")
     );
 }
+
+/// `kill -9` at any moment of a burst never makes a round count twice (issue 21): a round's
+/// bans, positions and failure windows are one transaction. Each address is banned once,
+/// with one history row, however the kills fall.
+#[test]
+fn kill_9_during_bursts_never_bans_an_address_twice() {
+    let Some(()) = netns::enter("kill_9_during_bursts_never_bans_an_address_twice") else {
+        return;
+    };
+    let target = netns::listen("127.0.0.1:0");
+    let mut daemon = Daemon::start("kill9-rounds", &web_jail(target.port(), ""));
+    let mut all = Vec::new();
+    for round in 0..12u32 {
+        let addrs: Vec<String> = (0..100)
+            .map(|i| format!("10.{round}.{}.{}", i / 200, 1 + i % 200))
+            .collect();
+        let lines: Vec<String> = addrs.iter().flat_map(|a| failures(a, 3)).collect();
+        daemon.append("web.log", &lines);
+        // Kill at a different moment each round: before, during and after the round's work.
+        std::thread::sleep(Duration::from_millis(u64::from(round) * 3));
+        daemon.stop();
+        daemon.restart();
+        all.extend(addrs);
+    }
+    assert!(
+        netns::eventually(Duration::from_secs(20), || daemon.banned("web").len()
+            == all.len()),
+        "{} of {} banned",
+        daemon.banned("web").len(),
+        all.len()
+    );
+    daemon.stop();
+    let store = banctl::state::Store::open(&daemon.scratch.path("state")).unwrap();
+    let since = std::time::SystemTime::UNIX_EPOCH;
+    for addr in &all {
+        let net: banctl::addr::IpNet = addr.parse().unwrap();
+        assert_eq!(store.previous_bans(&net, &[], since).unwrap(), 1, "{addr}");
+    }
+}
+
+/// A state store that cannot be read does not stop the daemon (issue 21): it is moved aside,
+/// the bans in the kernel are adopted, and banning goes on.
+#[test]
+fn a_damaged_state_store_is_moved_aside_and_the_daemon_starts() {
+    let Some(()) = netns::enter("a_damaged_state_store_is_moved_aside_and_the_daemon_starts")
+    else {
+        return;
+    };
+    let target = netns::listen("127.0.0.1:0");
+    let mut daemon = Daemon::start("damaged-store", &web_jail(target.port(), ""));
+    daemon.append("web.log", &failures("127.0.0.2", 3));
+    daemon.wait_banned("web", "127.0.0.2");
+    daemon.stop();
+    let state = daemon.scratch.path("state");
+    for name in ["banctl.db", "banctl.db-wal", "banctl.db-shm"] {
+        let _ = std::fs::remove_file(state.join(name));
+    }
+    std::fs::write(state.join("banctl.db"), vec![0x5a; 16384]).unwrap();
+    daemon.restart();
+    assert_eq!(daemon.banned("web"), ["127.0.0.2"]);
+    assert!(!netns::connects("127.0.0.2", target));
+    let moved: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("banctl.db.damaged-"))
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    daemon.append("web.log", &failures("127.0.0.3", 3));
+    daemon.wait_banned("web", "127.0.0.3");
+}
+
+/// Runs `mount` (util-linux) with `args` in this thread's mount namespace.
+fn mount(args: &[&str]) {
+    let out = std::process::Command::new("mount")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// With the state store's disk full, failures are kept and saved with the next round that
+/// can be saved; a position never gets ahead of them (issue 21). After a kill and a restart
+/// the third failure of each address bans it.
+#[test]
+fn a_full_disk_loses_no_failure_window() {
+    let Some(()) = netns::enter("a_full_disk_loses_no_failure_window") else {
+        return;
+    };
+    // A mount namespace of this test thread (the daemon inherits it): a 2 MiB tmpfs for the
+    // state dir, filled up to make the disk full.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS)");
+    mount(&["--make-rprivate", "/"]);
+    let target = netns::listen("127.0.0.1:0");
+    let scratch_state = std::env::temp_dir().join(format!("banctl-full-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch_state).unwrap();
+    mount(&[
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=2m",
+        "tmpfs",
+        &scratch_state.display().to_string(),
+    ]);
+    let mut daemon =
+        Daemon::start_with_state("full-disk", &web_jail(target.port(), ""), &scratch_state);
+    // Fill what is left of the tmpfs.
+    let filler = scratch_state.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    while std::io::Write::write_all(&mut file, &[0u8; 16 * 1024]).is_ok() {}
+    drop(file);
+    let addrs: Vec<String> = (1..=20).map(|i| format!("127.0.1.{i}")).collect();
+    let lines: Vec<String> = addrs.iter().flat_map(|a| failures(a, 2)).collect();
+    daemon.append("web.log", &lines);
+    assert!(
+        netns::eventually(Duration::from_secs(5), || crate::lifecycle::tracked(
+            &daemon
+        ) == 20),
+        "the failures were not counted"
+    );
+    // Room again: the next round (one unrelated line) saves its position, and with it the
+    // failures the full disk kept waiting.
+    std::fs::remove_file(&filler).unwrap();
+    daemon.append("web.log", &["an unrelated line".to_owned()]);
+    std::thread::sleep(Duration::from_millis(1500));
+    daemon.stop();
+    daemon.restart();
+    let third: Vec<String> = addrs.iter().flat_map(|a| failures(a, 1)).collect();
+    daemon.append("web.log", &third);
+    assert!(
+        netns::eventually(Duration::from_secs(5), || daemon.banned("web").len() == 20),
+        "{} of 20 banned after their third failure",
+        daemon.banned("web").len()
+    );
+    daemon.stop();
+    drop(daemon);
+    let _ = std::process::Command::new("umount")
+        .arg(&scratch_state)
+        .status();
+    let _ = std::fs::remove_dir_all(&scratch_state);
+}
