@@ -47,6 +47,9 @@ pub struct Snapshot {
     pub netlink_errors: u64,
     /// Times another process's removal of our table, sets or bans was undone.
     pub repairs: u64,
+    /// Searches of backtracking patterns that gave up on a long line (see
+    /// [`crate::filter::bounded`]).
+    pub pattern_give_ups: u64,
     pub notifications_sent: u64,
     pub notifications_failed: u64,
     pub notifications_dropped: u64,
@@ -142,6 +145,12 @@ pub fn render(snapshot: &Snapshot) -> String {
         "counter",
         "Netlink requests that failed or that the kernel refused.",
         &single(snapshot.netlink_errors),
+    );
+    family(
+        "pattern_give_ups_total",
+        "counter",
+        "Lines a backtracking pattern (back-reference, look-around) gave up on: over its time, not matched.",
+        &single(snapshot.pattern_give_ups),
     );
     family(
         "repairs_total",
@@ -270,6 +279,7 @@ mod tests {
             ],
             netlink_errors: 1,
             repairs: 2,
+            pattern_give_ups: 4,
             notifications_sent: 3,
             ..Snapshot::default()
         };
@@ -285,6 +295,7 @@ mod tests {
             "banctl_dropped_bytes_total{jail=\"sshd\"} 420",
             "banctl_netlink_errors_total 1",
             "banctl_repairs_total 2",
+            "banctl_pattern_give_ups_total 4",
             "banctl_notifications_total{result=\"sent\"} 3",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");

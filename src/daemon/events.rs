@@ -201,6 +201,7 @@ impl Daemon {
         Snapshot {
             jails,
             netlink_errors: self.netlink_errors,
+            pattern_give_ups: crate::filter::bounded::gave_up(),
             repairs: self.repairs,
             notifications_sent: stats.sent.load(Ordering::Relaxed),
             notifications_failed: stats.failed.load(Ordering::Relaxed),

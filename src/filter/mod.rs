@@ -14,6 +14,7 @@
 
 #[cfg(test)]
 mod adversarial;
+pub mod bounded;
 mod builtin;
 pub mod date;
 mod datepattern;
@@ -29,6 +30,7 @@ use std::sync::{Arc, LazyLock};
 use regex::Regex;
 use regex_syntax::hir::Hir;
 
+use bounded::Bounded;
 pub use builtin::{BUILTIN, Builtin};
 pub use datepattern::{DatePattern, DatePatternError};
 pub use file::{
@@ -59,20 +61,28 @@ pub enum PatternError {
 #[derive(Debug, Clone)]
 enum Engine {
     Std(Regex),
-    Fancy(Box<fancy_regex::Regex>),
+    /// Back-references and look-arounds, with bounded work per line.
+    Fancy(Box<Bounded>),
 }
 
 /// The groups of one match.
 enum Groups<'t> {
     Std(regex::Captures<'t>),
-    Fancy(fancy_regex::Captures<'t>),
+    Fancy {
+        text: &'t str,
+        spans: bounded::Spans,
+        names: Arc<[Option<String>]>,
+    },
 }
 
 impl<'t> Groups<'t> {
     fn name(&self, name: &str) -> Option<&'t str> {
         match self {
             Groups::Std(c) => c.name(name).map(|m| m.as_str()),
-            Groups::Fancy(c) => c.name(name).map(|m| m.as_str()),
+            Groups::Fancy { names, .. } => {
+                let i = names.iter().position(|n| n.as_deref() == Some(name))?;
+                self.text(i)
+            }
         }
     }
 
@@ -80,14 +90,17 @@ impl<'t> Groups<'t> {
     fn span(&self, i: usize) -> Option<(usize, usize)> {
         match self {
             Groups::Std(c) => c.get(i).map(|m| (m.start(), m.end())),
-            Groups::Fancy(c) => c.get(i).map(|m| (m.start(), m.end())),
+            Groups::Fancy { spans, .. } => spans.get(i).copied().flatten(),
         }
     }
 
     fn text(&self, i: usize) -> Option<&'t str> {
         match self {
             Groups::Std(c) => c.get(i).map(|m| m.as_str()),
-            Groups::Fancy(c) => c.get(i).map(|m| m.as_str()),
+            Groups::Fancy { text, .. } => {
+                let (a, b) = self.span(i)?;
+                text.get(a..b)
+            }
         }
     }
 }
@@ -97,23 +110,27 @@ impl Engine {
         match Regex::new(expanded) {
             Ok(regex) => Ok(Engine::Std(regex)),
             Err(std_error) => fancy_regex::Regex::new(expanded)
-                .map(|r| Engine::Fancy(Box::new(r)))
+                .map(|r| Engine::Fancy(Box::new(Bounded::new(Arc::new(r)))))
                 .map_err(|_| PatternError::Regex(std_error.to_string())),
         }
     }
 
-    /// A backtracking limit hit by a hostile line counts as no match.
+    /// A search that gave up (see [`bounded`]) counts as no match.
     fn is_match(&self, text: &str) -> bool {
         match self {
             Engine::Std(r) => r.is_match(text),
-            Engine::Fancy(r) => r.is_match(text).unwrap_or(false),
+            Engine::Fancy(r) => r.captures(text).is_some(),
         }
     }
 
     fn captures<'t>(&self, text: &'t str) -> Option<Groups<'t>> {
         match self {
             Engine::Std(r) => r.captures(text).map(Groups::Std),
-            Engine::Fancy(r) => r.captures(text).ok().flatten().map(Groups::Fancy),
+            Engine::Fancy(r) => Some(Groups::Fancy {
+                text,
+                spans: r.captures(text)?,
+                names: r.names().clone(),
+            }),
         }
     }
 
@@ -121,7 +138,7 @@ impl Engine {
     fn first_unnamed_group(&self) -> Option<usize> {
         let mut names: Box<dyn Iterator<Item = Option<&str>>> = match self {
             Engine::Std(r) => Box::new(r.capture_names()),
-            Engine::Fancy(r) => Box::new(r.capture_names()),
+            Engine::Fancy(r) => Box::new(r.regex().capture_names()),
         };
         names.by_ref().next();
         names.position(|n| n.is_none()).map(|i| i + 1)
@@ -130,7 +147,12 @@ impl Engine {
     fn names(&self) -> Vec<String> {
         match self {
             Engine::Std(r) => r.capture_names().flatten().map(str::to_owned).collect(),
-            Engine::Fancy(r) => r.capture_names().flatten().map(str::to_owned).collect(),
+            Engine::Fancy(r) => r
+                .regex()
+                .capture_names()
+                .flatten()
+                .map(str::to_owned)
+                .collect(),
         }
     }
 }

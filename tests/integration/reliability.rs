@@ -278,3 +278,29 @@ fn a_full_disk_loses_no_failure_window() {
         .status();
     let _ = std::fs::remove_dir_all(&scratch_state);
 }
+
+/// A look-around pattern that takes seconds on a long line holds up neither its own jail's
+/// loop nor any other jail (issue 21): it gives up at its deadline, counted in the metrics.
+#[test]
+fn a_pathological_pattern_holds_up_no_other_jail() {
+    let Some(()) = netns::enter("a_pathological_pattern_holds_up_no_other_jail") else {
+        return;
+    };
+    let target = netns::listen("127.0.0.1:0");
+    let metrics = metrics_address();
+    let slow = "\n[jails.slow]\nfailregex = ['(?=(a|aa)+c)a* from <HOST>$']\n\
+                logpath = [\"{dir}/slow.log\"]\n";
+    let config = format!("metrics = \"{metrics}\"\n{}", web_jail(target.port(), slow));
+    let daemon = Daemon::start("slow-pattern", &config);
+    let poison = format!("{} from 127.0.0.9x", "a".repeat(60_000));
+    daemon.append("slow.log", &vec![poison; 3]);
+    daemon.append("web.log", &failures("127.0.0.2", 3));
+    daemon.wait_banned("web", "127.0.0.2");
+    assert!(!netns::connects("127.0.0.2", target));
+    let (_, body) = scrape(metrics, "/metrics");
+    assert!(
+        sample(&body, "banctl_pattern_give_ups_total") >= 1,
+        "{body}"
+    );
+    assert!(daemon.banned("slow").is_empty());
+}
