@@ -50,6 +50,9 @@ pub struct Snapshot {
     /// Searches of backtracking patterns that gave up on a long line (see
     /// [`crate::filter::bounded`]).
     pub pattern_give_ups: u64,
+    /// Times a source waited for room in the daemon's line queue (lines arrive faster than
+    /// the jails take them; reading pauses, nothing is dropped).
+    pub line_queue_full: u64,
     pub notifications_sent: u64,
     pub notifications_failed: u64,
     pub notifications_dropped: u64,
@@ -151,6 +154,12 @@ pub fn render(snapshot: &Snapshot) -> String {
         "counter",
         "Lines a backtracking pattern (back-reference, look-around) gave up on: over its time, not matched.",
         &single(snapshot.pattern_give_ups),
+    );
+    family(
+        "line_queue_full_total",
+        "counter",
+        "Times a log source waited for the daemon: lines arrive faster than the jails take them (nothing is dropped; reading pauses).",
+        &single(snapshot.line_queue_full),
     );
     family(
         "repairs_total",
@@ -280,6 +289,7 @@ mod tests {
             netlink_errors: 1,
             repairs: 2,
             pattern_give_ups: 4,
+            line_queue_full: 5,
             notifications_sent: 3,
             ..Snapshot::default()
         };
@@ -296,6 +306,7 @@ mod tests {
             "banctl_netlink_errors_total 1",
             "banctl_repairs_total 2",
             "banctl_pattern_give_ups_total 4",
+            "banctl_line_queue_full_total 5",
             "banctl_notifications_total{result=\"sent\"} 3",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");

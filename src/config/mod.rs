@@ -711,7 +711,8 @@ impl Context<'_> {
         }
         let ignoreself = pick!(ignoreself).is_none_or(|(v, _)| *v.get_ref());
         let forward = pick!(forward).is_none_or(|(v, _)| *v.get_ref());
-        let count_by_prefix = pick!(count_by_prefix).is_some_and(|(v, _)| *v.get_ref());
+        // Rotation inside the banned prefix (an IPv6 /64) is one attacker: counted as one.
+        let count_by_prefix = pick!(count_by_prefix).is_none_or(|(v, _)| *v.get_ref());
         let min_prefix = match pick!(min_prefix) {
             Some((v, k)) => {
                 self.prefix_lens(v, &k, DEFAULT_MIN_PREFIX, PrefixLens { v4: 0, v6: 0 })

@@ -202,6 +202,7 @@ impl Daemon {
             jails,
             netlink_errors: self.netlink_errors,
             pattern_give_ups: crate::filter::bounded::gave_up(),
+            line_queue_full: crate::source::queue_full(),
             repairs: self.repairs,
             notifications_sent: stats.sent.load(Ordering::Relaxed),
             notifications_failed: stats.failed.load(Ordering::Relaxed),

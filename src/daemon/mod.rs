@@ -37,10 +37,13 @@ mod resolve;
 use events::Wanted;
 use resolve::{Lookup, Resolved, Resolver};
 
-/// Batches of lines waiting for the main loop; sources wait when it is full.
-const LINE_QUEUE: usize = 1024;
-/// Line batches folded into one round of bans.
-const BATCHES_PER_ROUND: usize = 64;
+/// Batches of lines waiting for the main loop; sources wait when it is full. A batch holds
+/// at most one read (1 MiB) of a file or 1,000 journal entries, so this bounds the memory a
+/// flood of lines can take, whatever its rate.
+const LINE_QUEUE: usize = 16;
+/// Lines folded into one round of bans: enough to make a burst one netlink batch, few enough
+/// that control requests and metrics scrapes, served first, never wait long for a round.
+const LINES_PER_ROUND: usize = 16 * 1024;
 /// How often expired failure windows are dropped (and the sources checked).
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// How often expired bans and old history leave the state store.
@@ -69,6 +72,8 @@ pub enum DaemonError {
     Monitor(String),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
+    #[error("cannot start the control and metrics servers: {0}")]
+    Servers(String),
 }
 
 /// The state the main loop owns.
@@ -378,12 +383,11 @@ pub async fn run(
     let (repair_tx, mut repairs) = mpsc::channel(4);
     watch_ruleset(monitor, repair_tx)?;
     let (ctl_tx, mut requests) = mpsc::channel(64);
-    let server = tokio::spawn(control::serve(listener, ctl_tx, access));
     let (scrape_tx, mut scrapes) = mpsc::channel::<Scrape>(8);
-    let metrics_server = metrics_listener.map(|l| {
+    if metrics_listener.is_some() {
         tracing::info!(address = ?config.daemon.metrics, "serving metrics");
-        tokio::spawn(metrics::serve(l, scrape_tx))
-    });
+    }
+    let servers = Servers::start(listener, ctl_tx, access, metrics_listener, scrape_tx)?;
     let mut expiry = tokio::time::interval(EXPIRY_EVERY);
     let mut hangup = signal::unix::signal(signal::unix::SignalKind::hangup())
         .map_err(|e| DaemonError::Signal(e.to_string()))?;
@@ -402,56 +406,131 @@ pub async fn run(
 
     tokio::pin!(shutdown);
     loop {
+        // In this order: an admin, a scrape, a repair and the timers never wait behind a
+        // flood of lines.
         tokio::select! {
-            Some(batch) = daemon.sources.lines.recv() => {
-                let mut round = vec![batch];
-                while round.len() < BATCHES_PER_ROUND {
-                    match daemon.sources.lines.try_recv() {
-                        Ok(more) => round.push(more),
-                        Err(_) => break,
-                    }
-                }
-                daemon.on_lines(&round);
-            }
+            biased;
+            () = &mut shutdown => break,
             Some(Incoming { request, reply }) = requests.recv() => {
                 let response = daemon.handle(request);
                 if reply.send(response).is_err() {
                     tracing::debug!("control client left before the answer");
                 }
             }
-            Some(by) = repairs.recv() => daemon.repair(by),
-            Some(answer) = resolved.recv() => daemon.on_resolved(answer),
             Some(reply) = scrapes.recv() => {
                 if reply.send(daemon.snapshot()).is_err() {
                     tracing::debug!("metrics client left before the answer");
                 }
             }
-            _ = expiry.tick() => daemon.announce_expired(SystemTime::now()),
+            Some(by) = repairs.recv() => daemon.repair(by),
+            _ = watchdog.tick(), if manager.watchdog_interval().is_some() => {
+                manager.ping();
+                manager.status(&daemon.summary());
+            }
             Some(()) = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading {}", daemon.config_path.display());
                 manager.reloading();
                 daemon.reload();
                 manager.ready(&daemon.summary());
             }
-            _ = watchdog.tick(), if manager.watchdog_interval().is_some() => {
-                manager.ping();
-                manager.status(&daemon.summary());
-            }
+            _ = expiry.tick() => daemon.announce_expired(SystemTime::now()),
             _ = sweep.tick() => daemon.sweep(SystemTime::now()),
             _ = purge.tick() => daemon.purge(SystemTime::now()),
-            () = &mut shutdown => break,
+            Some(answer) = resolved.recv() => daemon.on_resolved(answer),
+            // Last: whatever else is ready goes first, the lines take the rest.
+            Some(batch) = daemon.sources.lines.recv() => {
+                let mut lines = batch.lines.len();
+                let mut round = vec![batch];
+                while lines < LINES_PER_ROUND {
+                    match daemon.sources.lines.try_recv() {
+                        Ok(more) => {
+                            lines += more.lines.len();
+                            round.push(more);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                daemon.on_lines(&round);
+                // The runtime has one thread: let the control and metrics servers and the
+                // sources move before the next round, or a flood would starve them.
+                tokio::task::yield_now().await;
+            }
         }
     }
     manager.stopping();
-    server.abort();
-    if let Some(metrics) = metrics_server {
-        metrics.abort();
-    }
+    drop(servers);
     if let Err(e) = std::fs::remove_file(&config.daemon.socket) {
         tracing::debug!(error = %e, "removing control socket");
     }
     tracing::info!("banctl daemon stopped; bans stay in the kernel");
     Ok(())
+}
+
+/// The control and metrics servers, on a thread of their own with a runtime of their own:
+/// they accept, read and answer while the main loop works through a flood of lines, and
+/// hand each request to the loop, which takes it before its next round. Started after the
+/// privilege drop, so the thread holds only what the daemon kept. Stopped on drop.
+struct Servers {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Servers {
+    fn start(
+        control: tokio::net::UnixListener,
+        requests: mpsc::Sender<Incoming>,
+        access: control::Access,
+        metrics: Option<tokio::net::TcpListener>,
+        scrapes: mpsc::Sender<Scrape>,
+    ) -> Result<Servers, DaemonError> {
+        // Listeners belong to the runtime that made them: move them over as std sockets.
+        let control = control.into_std().map_err(control::ControlError::Io)?;
+        let metrics = match metrics.map(tokio::net::TcpListener::into_std) {
+            Some(Ok(l)) => Some(l),
+            Some(Err(e)) => return Err(DaemonError::Servers(e.to_string())),
+            None => None,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| DaemonError::Servers(e.to_string()))?;
+        std::thread::Builder::new()
+            .name("banctl-servers".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let control = match tokio::net::UnixListener::from_std(control) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "control socket lost");
+                            return;
+                        }
+                    };
+                    let metrics = metrics.and_then(|l| tokio::net::TcpListener::from_std(l).ok());
+                    let serve_metrics = async {
+                        match metrics {
+                            Some(l) => metrics::serve(l, scrapes).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        () = control::serve(control, requests, access) => {}
+                        () = serve_metrics => {}
+                        _ = stopped => {}
+                    }
+                });
+            })
+            .map_err(|e| DaemonError::Servers(e.to_string()))?;
+        Ok(Servers { stop: Some(stop) })
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }
 
 /// Who removed part of our table: a process id, or `None` when notifications were lost.

@@ -110,6 +110,19 @@ fn seek(journal: &mut Journal, spec: &JournalSpec, start: &Start) -> Result<(), 
     Ok(())
 }
 
+/// Sends a batch, waiting (counted) while the daemon's queue is full; `false` once the
+/// daemon is gone.
+fn send(tx: &mpsc::Sender<LineBatch>, batch: LineBatch) -> bool {
+    match tx.try_send(batch) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Full(batch)) => {
+            super::note_queue_full();
+            tx.blocking_send(batch).is_ok()
+        }
+    }
+}
+
 /// A field of the current entry as text (invalid UTF-8 replaced, never dropped).
 fn field(journal: &mut Journal, name: &str) -> Option<String> {
     let data = journal.get_data(name).ok()??;
@@ -181,7 +194,7 @@ fn follow(
             });
             if !same_second {
                 if let Some(full) = batch.take() {
-                    if tx.blocking_send(full).is_err() {
+                    if !send(tx, full) {
                         return Ok(());
                     }
                 }
@@ -203,7 +216,7 @@ fn follow(
             b.resume = Some((key.clone(), cursor));
         }
         if let Some(last) = batch.take() {
-            if tx.blocking_send(last).is_err() {
+            if !send(tx, last) {
                 return Ok(());
             }
         }

@@ -741,10 +741,34 @@ pub async fn run_files(
 ) -> Result<(), SourceError> {
     loop {
         for batch in follower.next().await? {
+            let batch = match tx.try_send(batch) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(batch)) => batch,
+            };
+            note_queue_full();
             if tx.send(batch).await.is_err() {
                 return Ok(());
             }
         }
+    }
+}
+
+/// Times a source found the daemon's line queue full and waited (reading pauses; nothing is
+/// dropped: the lines wait in their file or journal).
+static QUEUE_FULL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times a source waited for room in the daemon's line queue.
+pub fn queue_full() -> u64 {
+    QUEUE_FULL.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Counts a wait for room in the line queue; the first one is logged.
+pub(crate) fn note_queue_full() {
+    if QUEUE_FULL.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+        tracing::warn!(
+            "log lines arrive faster than the jails take them: reading waits (nothing is dropped; lag grows, counted in banctl_line_queue_full_total)"
+        );
     }
 }
 

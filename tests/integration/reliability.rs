@@ -304,3 +304,88 @@ fn a_pathological_pattern_holds_up_no_other_jail() {
     );
     assert!(daemon.banned("slow").is_empty());
 }
+
+/// Under a flood of failure lines (a million, from as many addresses, in one write), the
+/// daemon's answers stay prompt and its memory bounded; the sources wait, counted (issue 21).
+#[test]
+fn a_flood_of_lines_leaves_control_and_metrics_responsive() {
+    let Some(()) = netns::enter("a_flood_of_lines_leaves_control_and_metrics_responsive") else {
+        return;
+    };
+    let target = netns::listen("127.0.0.1:0");
+    let metrics = metrics_address();
+    let config = format!("metrics = \"{metrics}\"\n{}", web_jail(target.port(), ""));
+    let daemon = Daemon::start("flood", &config);
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let mut text = String::with_capacity(80 << 20);
+    for i in 0..1_000_000u32 {
+        let [_, b, c, d] = i.to_be_bytes();
+        text.push_str(&format!(
+            "{now} app: login failed for admin from 10.{b}.{c}.{d} port 4\n"
+        ));
+    }
+    let path = daemon.scratch.path("web.log");
+    std::io::Write::write_all(
+        &mut std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .unwrap(),
+        text.as_bytes(),
+    )
+    .unwrap();
+    drop(text);
+    let read = |body: &str| sample(body, "banctl_lines_read_total{jail=\"web\"}");
+    let mut slowest = Duration::ZERO;
+    let mut peak_rss = 0;
+    loop {
+        let started = std::time::Instant::now();
+        daemon.ok(&["status"]);
+        let (_, body) = scrape(metrics, "/metrics");
+        slowest = slowest.max(started.elapsed());
+        let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+        let rss: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        peak_rss = peak_rss.max(rss);
+        if read(&body) == 1_000_000 {
+            assert!(sample(&body, "banctl_line_queue_full_total") >= 1, "{body}");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("slowest status + scrape during the flood: {slowest:?}; peak RSS {peak_rss} kB");
+    // Before: 20 s and more, the loop served no request while lines were queued.
+    assert!(
+        slowest < Duration::from_secs(5),
+        "an answer took {slowest:?} during the flood"
+    );
+    assert!(peak_rss < 200 * 1024, "RSS reached {peak_rss} kB");
+    // And it still bans.
+    daemon.append("web.log", &failures("127.0.0.2", 3));
+    daemon.wait_banned("web", "127.0.0.2");
+}
+
+/// With the defaults, an attacker rotating through 500 addresses of one IPv6 /64 is counted
+/// as one and its /64 banned (issue 21: before, each address stayed below maxretry).
+#[test]
+fn rotation_inside_a_64_is_one_attacker_by_default() {
+    let Some(()) = netns::enter("rotation_inside_a_64_is_one_attacker_by_default") else {
+        return;
+    };
+    netns::add_v6_addrs(&["2001:db8::1", "2001:db8:7::1f5", "2001:db8:8::1"]);
+    let target = netns::listen("[2001:db8::1]:0");
+    let daemon = Daemon::start("rotation", &web_jail(target.port(), ""));
+    let lines: Vec<String> = (1..=500)
+        .flat_map(|i| failures(&format!("2001:db8:7::{i:x}"), 1))
+        .collect();
+    daemon.append("web.log", &lines);
+    daemon.wait_banned("web", "2001:db8:7::/64");
+    assert_eq!(daemon.banned("web"), ["2001:db8:7::/64"]);
+    assert!(!netns::connects("2001:db8:7::1f5", target));
+    assert!(netns::connects("2001:db8:8::1", target));
+}
