@@ -242,25 +242,15 @@ async fn handle(
         Err(_) => return Ok(()),
         Ok(result) => {
             result?;
-            let bad = |message: String| Response::Error {
-                kind: ErrorKind::BadRequest,
-                message,
-            };
-            if line.len() > MAX_REQUEST {
-                bad(format!("request longer than {MAX_REQUEST} bytes"))
-            } else if let Ok(line) = std::str::from_utf8(&line) {
-                dispatch(line, &tx, |request| {
-                    if access.allows(cred.uid(), &groups, request) {
-                        Ok(())
-                    } else {
-                        tracing::warn!(uid = cred.uid(), ?request, "control request denied");
-                        Err(access.denial(request))
-                    }
-                })
-                .await
-            } else {
-                bad("request is not valid UTF-8".to_owned())
-            }
+            dispatch(&line, &tx, |request| {
+                if access.allows(cred.uid(), &groups, request) {
+                    Ok(())
+                } else {
+                    tracing::warn!(uid = cred.uid(), ?request, "control request denied");
+                    Err(access.denial(request))
+                }
+            })
+            .await
         }
     };
     let envelope = ResponseEnvelope {
@@ -272,39 +262,52 @@ async fn handle(
     write.write_all(&out).await
 }
 
-async fn dispatch(
-    line: &str,
-    tx: &mpsc::Sender<Incoming>,
-    permit: impl FnOnce(&Request) -> Result<(), String>,
-) -> Response {
+/// Reads one request line as the daemon does, before any permission check: bounded, UTF-8,
+/// of this protocol version, a request this version knows. The error is the answer to send.
+pub fn decode_request(line: &[u8]) -> Result<Request, Response> {
     let error = |kind, message: String| Response::Error { kind, message };
+    if line.len() > MAX_REQUEST {
+        return Err(error(
+            ErrorKind::BadRequest,
+            format!("request longer than {MAX_REQUEST} bytes"),
+        ));
+    }
+    let Ok(line) = std::str::from_utf8(line) else {
+        return Err(error(
+            ErrorKind::BadRequest,
+            "request is not valid UTF-8".to_owned(),
+        ));
+    };
     // Read the version first, so a future client gets "version" rather than "bad request".
     let version = serde_json::from_str::<serde_json::Value>(line)
         .ok()
         .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64));
-    if version.is_some_and(|v| v != u64::from(PROTOCOL_VERSION)) {
-        let v = version.unwrap_or_default();
-        return error(
+    if let Some(v) = version.filter(|&v| v != u64::from(PROTOCOL_VERSION)) {
+        return Err(error(
             ErrorKind::Version,
             format!("request version {v}, daemon speaks {PROTOCOL_VERSION}"),
-        );
+        ));
     }
-    let envelope: RequestEnvelope = match serde_json::from_str(line) {
-        Ok(e) => e,
-        Err(e) => return error(ErrorKind::BadRequest, e.to_string()),
+    serde_json::from_str::<RequestEnvelope>(line)
+        .map(|envelope| envelope.request)
+        .map_err(|e| error(ErrorKind::BadRequest, e.to_string()))
+}
+
+async fn dispatch(
+    line: &[u8],
+    tx: &mpsc::Sender<Incoming>,
+    permit: impl FnOnce(&Request) -> Result<(), String>,
+) -> Response {
+    let error = |kind, message: String| Response::Error { kind, message };
+    let request = match decode_request(line) {
+        Ok(request) => request,
+        Err(answer) => return answer,
     };
-    if let Err(message) = permit(&envelope.request) {
+    if let Err(message) = permit(&request) {
         return error(ErrorKind::PermissionDenied, message);
     }
     let (reply, answer) = oneshot::channel();
-    if tx
-        .send(Incoming {
-            request: envelope.request,
-            reply,
-        })
-        .await
-        .is_err()
-    {
+    if tx.send(Incoming { request, reply }).await.is_err() {
         return error(ErrorKind::Firewall, "the daemon is shutting down".into());
     }
     answer

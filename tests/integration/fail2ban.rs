@@ -361,3 +361,106 @@ fn import_of_a_stock_configuration_runs_and_bans() {
     assert!(!netns::connects("127.0.0.2", jellyfin));
     assert!(netns::connects("127.0.0.3", jellyfin));
 }
+
+/// Adversarial variants of the sample lines (issue 21): copies of the text around the address
+/// overlapping themselves, planted addresses, quotes and brackets inserted by an attacker.
+/// banctl reading the stock filters (the daemon's path: automata, address placement) reports
+/// the same hosts as fail2ban-regex, line by line (each line its own process id, so that
+/// fail2ban's multi-line sessions do not join them); fail2ban's host texts that are no
+/// address (banctl never reports those) are left out.
+#[test]
+fn stock_filters_agree_with_fail2ban_regex_on_adversarial_lines() {
+    let Some(root) = fail2ban_root("stock_filters_agree_with_fail2ban_regex_on_adversarial_lines")
+    else {
+        return;
+    };
+    const EDITS: [&str; 14] = [
+        " from ",
+        " from from ",
+        "from ",
+        " port 1 ",
+        " ssh2",
+        "6.6.6.6",
+        " from 6.6.6.6 port 1 ssh2",
+        " from from 6.6.6.6 port 4 ssh2",
+        "'@'",
+        "[",
+        "]",
+        "\"",
+        " rhost=6.6.6.6",
+        " user=x",
+    ];
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fail2ban");
+    let scratch = crate::daemon::Scratch::new("f2b-adversarial");
+    let mut seed = 0x2545_F491_4F6C_DD1D_u64;
+    let mut next = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let mut total = 0;
+    for name in [
+        "sshd",
+        "nginx-http-auth",
+        "postfix",
+        "dovecot",
+        "apache-auth",
+    ] {
+        let sample = std::fs::read_to_string(fixtures.join(format!("{name}.log"))).unwrap();
+        let lines: Vec<&str> = sample.lines().filter(|l| !l.trim().is_empty()).collect();
+        let mut out = String::new();
+        for i in 0..300 {
+            // A process id of its own: fail2ban's multi-line sessions (by pid) stay apart, so
+            // each line is judged alone by both.
+            let mut line = lines[next(lines.len())].to_owned();
+            if let Some(open) = line.find('[') {
+                if let Some(len) = line[open + 1..].find(']') {
+                    if line[open + 1..open + 1 + len]
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                    {
+                        line.replace_range(open + 1..open + 1 + len, &(10_000 + i).to_string());
+                    }
+                }
+            }
+            for _ in 0..1 + next(3) {
+                let mut at = next(line.len() + 1);
+                while !line.is_char_boundary(at) {
+                    at -= 1;
+                }
+                line.insert_str(at, EDITS[next(EDITS.len())]);
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+        let log = scratch.write(&format!("{name}.log"), &out);
+        let filter = root.join(format!("etc/fail2ban/filter.d/{name}.conf"));
+        let theirs: Vec<String> = fail2ban_regex(&root, &log, &filter)
+            .into_iter()
+            .map(|(h, _)| h)
+            .filter(|h| h.parse::<std::net::IpAddr>().is_ok())
+            .collect();
+        let ours: Vec<String> = banctl_test(&log, &filter)
+            .into_iter()
+            .map(|(h, _)| h)
+            .collect();
+        let mut rest = theirs.iter();
+        for host in &ours {
+            assert!(
+                rest.any(|h| h == host),
+                "{name}: banctl reports {host} where fail2ban-regex does not:\nbanctl {ours:?}\nfail2ban {theirs:?}\n{out}"
+            );
+        }
+        assert_eq!(
+            ours, theirs,
+            "{name}: banctl (left), fail2ban-regex (right) on\n{out}"
+        );
+        println!(
+            "{name}: 300 adversarial lines, {} failures, same hosts",
+            ours.len()
+        );
+        total += 300;
+    }
+    println!("{total} adversarial lines agree with fail2ban-regex");
+}

@@ -7,24 +7,28 @@
 //!   proving the drop with traffic.
 //! - `bench`: prints measured figures with their targets (see `bench.rs`).
 //! - `dist`: release binary, man pages, completions and a .deb under `target/dist/`.
+//! - `fuzz TARGET --time D`: coverage-guided fuzzing (cargo-afl) or the differential test.
 //! - `install`: installs the same files on this host from source (as root).
 
 mod bench;
 mod demo;
 mod dist;
+mod fuzz;
 mod sys;
 
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-const USAGE: &str = "usage: cargo xtask <test|demo|bench|dist|install>
+const USAGE: &str = "usage: cargo xtask <test|demo|bench|dist|install|fuzz>
 
   test   install missing build packages, then fmt, clippy and all tests (namespace tests required)
   demo   run the real daemon in a throw-away network namespace against a simulated attack
   bench  measure filter throughput, ban latency, bursts, restore and memory (figures, never a failure)
   dist   build target/dist/banctl_<version>_<arch>.deb (release binary, unit, config, man pages, completions)
-  install  install from source on this host: /usr/local/bin, /etc/systemd/system (run with sudo)";
+  install  install from source on this host: /usr/local/bin, /etc/systemd/system (run with sudo)
+  fuzz TARGET [--time 10m]  fuzz config, filter_file, fail2ban_filter, datepattern, jail_lines or
+         control with cargo-afl, or run the filters' differential test (differential) that long";
 
 fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -34,6 +38,7 @@ fn main() -> Result<()> {
         "bench" => bench::run(),
         "dist" => dist::dist().map(drop),
         "install" => dist::install(),
+        "fuzz" => fuzz::run(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -60,7 +65,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn has_cargo_subcommand(name: &str) -> bool {
+pub fn has_cargo_subcommand(name: &str) -> bool {
     Command::new(env!("CARGO"))
         .args([name, "--version"])
         .output()
