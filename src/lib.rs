@@ -5,11 +5,13 @@
 //! wires them. See ARCHITECTURE.md.
 
 pub mod addr;
+pub mod ban;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod duration;
+pub mod engine;
 pub mod fail2ban;
 pub mod filter;
 pub mod firewall;

@@ -278,7 +278,12 @@ fn list_from_kernel(jail: Option<&str>) -> Result<Vec<banctl::control::BanInfo>,
     };
     let mut bans = Vec::new();
     for j in jails {
-        bans.extend(firewall.list(&j)?.iter().map(|e| daemon::ban_info(&j, e)));
+        bans.extend(
+            firewall
+                .list(&j)?
+                .iter()
+                .map(|e| daemon::element_info(&j, e)),
+        );
     }
     Ok(bans)
 }

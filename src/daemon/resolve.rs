@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -22,14 +22,8 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 const CACHE_FOR: Duration = Duration::from_secs(300);
 const CACHE_ENTRIES: usize = 4096;
 
-/// A failure that named `name`, to count for its addresses.
-#[derive(Debug)]
-pub struct Lookup {
-    pub jail: String,
-    pub name: String,
-    pub at: SystemTime,
-    pub line: Box<str>,
-}
+/// A failure that named a host, to count for its addresses.
+pub use crate::engine::NameFailure as Lookup;
 
 /// A lookup and the addresses its name has (none if it did not resolve).
 #[derive(Debug)]

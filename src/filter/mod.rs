@@ -20,6 +20,7 @@ pub mod date;
 mod datepattern;
 mod file;
 mod memory;
+mod python;
 mod report;
 mod scan;
 
@@ -39,6 +40,7 @@ pub use file::{
 };
 use memory::Marks;
 pub use memory::Memory;
+pub use python::python_to_rust;
 pub use report::{Report, Verdict};
 use scan::{HostSplit, Scanner};
 

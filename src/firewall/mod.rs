@@ -18,6 +18,8 @@ pub use layout::{Family, JailRules, PortRange, Protocol};
 pub use netlink::{CounterValue, Monitor, NFT_MSG_NEWGEN, NetlinkError, Notification};
 
 use crate::addr::IpNet;
+pub use crate::ban::{Ban, Element, Fitted, Overlaps, Restore, fit};
+use crate::ban::{Place, place, widest_of_round};
 use crate::duration::BanTime;
 use layout::{FORWARD_CHAIN, FORWARD_PRIORITY, PREROUTING_CHAIN, PREROUTING_PRIORITY, TABLE};
 use netlink::{Batch, Elem, ElemOp, Expr, Hook, KeyType, MetaKey, PayloadBase, SetSpec};
@@ -41,33 +43,6 @@ impl FirewallError {
             e.into()
         }
     }
-}
-
-/// A ban to write: which jail, which address or prefix, for how long.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ban {
-    pub jail: String,
-    pub net: IpNet,
-    pub time: BanTime,
-}
-
-/// A ban put back (after a restart, a reboot, or a removal by someone else) with the time it
-/// has left, so that `nft list` shows its full timeout and the true expiry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Restore {
-    pub ban: Ban,
-    /// Time left; `None` for the whole ban time (and for permanent bans).
-    pub expires_in: Option<Duration>,
-}
-
-/// A ban as the kernel holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Element {
-    pub net: IpNet,
-    /// The timeout it was added with; `None` for a permanent ban.
-    pub timeout: Option<Duration>,
-    /// Time left before the kernel removes it; `None` for a permanent ban.
-    pub expires_in: Option<Duration>,
 }
 
 pub fn counter_name(jail: &str) -> String {
@@ -309,125 +284,55 @@ impl Firewall {
     }
 }
 
-/// What a round of bans found in the way: interval sets hold no overlapping elements.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Overlaps {
-    /// Bans not written, each (its index in the round, the wider prefix already banned in
-    /// its set, or banned by the same round).
-    pub covered: Vec<(usize, IpNet)>,
-    /// Elements removed because a ban of the round covers them: (jail, prefix).
-    pub replaced: Vec<(String, IpNet)>,
-}
-
-/// The bans of a round that no other ban of the round covers (nor equals, earlier in the
-/// round), by index; the others join `covered` with the ban that covers them. Prefixes
-/// either nest or are disjoint: a ban is covered when one of its own prefixes, at a length
-/// some ban of the round has, is a ban of the round.
-fn widest_of_round<'a>(
-    bans: impl Iterator<Item = &'a Ban> + Clone,
-    covered: &mut Vec<(usize, IpNet)>,
-) -> Vec<usize> {
-    let nets: std::collections::HashSet<(&str, IpNet)> =
-        bans.clone().map(|b| (b.jail.as_str(), b.net)).collect();
-    let mut lengths: Vec<u8> = bans.clone().map(|b| b.net.prefix_len()).collect();
-    lengths.sort_unstable();
-    lengths.dedup();
-    let mut seen = std::collections::HashSet::with_capacity(nets.len());
-    let mut kept = Vec::with_capacity(nets.len());
-    for (i, ban) in bans.enumerate() {
-        let wider = lengths
-            .iter()
-            .take_while(|&&len| len < ban.net.prefix_len())
-            .map(|&len| IpNet::new(ban.net.addr(), len))
-            .find(|w| nets.contains(&(ban.jail.as_str(), *w)));
-        match wider {
-            Some(w) => covered.push((i, w)),
-            None if !seen.insert((ban.jail.as_str(), ban.net)) => covered.push((i, ban.net)),
-            None => kept.push(i),
-        }
-    }
-    kept
-}
-
-/// Bans to put back, fitted to what the kernel holds (`kernel`: each jail's elements, as
-/// [`Firewall::snapshot`] gives them). `fits`: absent and overlapping nothing, for
-/// [`Firewall::apply_layout`]; `wider`: covering elements that are there, for
-/// [`Firewall::restore`], which replaces them; left out are bans that an element or a wider
-/// ban of the list already covers (that one enforces them).
-pub fn fit(kernel: &BTreeMap<String, Vec<Element>>, items: &[Restore]) -> Fitted {
-    let mut covered = Vec::new();
-    let kept = widest_of_round(items.iter().map(|r| &r.ban), &mut covered);
-    let mut sorted: BTreeMap<SetKey, Vec<IpNet>> = BTreeMap::new();
-    for (jail, elements) in kernel {
-        for e in elements {
-            sorted.entry(set_key(jail, &e.net)).or_default().push(e.net);
-        }
-    }
-    for nets in sorted.values_mut() {
-        nets.sort();
-    }
-    let mut fitted = Fitted::default();
-    for i in kept {
-        let r = &items[i];
-        let nets = sorted
-            .get(&set_key(&r.ban.jail, &r.ban.net))
-            .map_or(&[][..], Vec::as_slice);
-        match place(nets, &r.ban.net) {
-            Place::Over(inside) if inside.is_empty() => fitted.fits.push(r.clone()),
-            Place::Over(_) => fitted.wider.push(r.clone()),
-            Place::Same | Place::Inside(_) => fitted.covered += 1,
-        }
-    }
-    fitted.covered += covered.len();
-    fitted
-}
-
-/// Bans to put back, split by [`fit`].
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Fitted {
-    pub fits: Vec<Restore>,
-    pub wider: Vec<Restore>,
-    /// How many were left out, covered.
-    pub covered: usize,
-}
-
-/// Where a ban stands against the disjoint, sorted prefixes of its set.
-#[derive(Debug, PartialEq, Eq)]
-enum Place {
-    /// The same prefix is there.
-    Same,
-    /// A wider prefix covers it.
-    Inside(IpNet),
-    /// It covers these (possibly none).
-    Over(Vec<IpNet>),
-}
-
-fn place(nets: &[IpNet], net: &IpNet) -> Place {
-    // The prefixes are disjoint: at most one starts at or before `net` and contains it.
-    let after = nets.partition_point(|n| n.addr() <= net.addr());
-    if let Some(before) = after.checked_sub(1).map(|k| nets[k]) {
-        if before == *net {
-            return Place::Same;
-        }
-        if before.covers(net) {
-            return Place::Inside(before);
-        }
-    }
-    let first = nets.partition_point(|n| n.addr() < net.addr());
-    Place::Over(
-        nets[first..]
-            .iter()
-            .take_while(|n| net.contains(n.addr()))
-            .copied()
-            .collect(),
-    )
-}
-
 /// Adds `ops`, in order, on every set's elements to `batch`.
 fn batch_elements(batch: &mut Batch, by_set: &SetElems, ops: &[ElemOp]) {
     for op in ops {
         for ((name, family), (elems, what)) in by_set {
             batch.set_elements(&ban_set_spec(name, *family, None), elems, *op, what);
+        }
+    }
+}
+
+/// The nftables table is the engine's enforcer.
+impl crate::engine::Enforcer for Firewall {
+    type Error = FirewallError;
+
+    fn declare(&mut self, jails: &[JailRules], restore: &[Restore]) -> Result<(), FirewallError> {
+        self.apply_layout(jails, restore)
+    }
+
+    fn ban(&mut self, items: &[Restore]) -> Result<Overlaps, FirewallError> {
+        self.restore(items)
+    }
+
+    fn unban(&mut self, items: &[(String, IpNet)]) -> Result<(), FirewallError> {
+        Firewall::unban(self, items)
+    }
+
+    fn snapshot(
+        &mut self,
+        jails: &[&str],
+    ) -> Result<BTreeMap<String, Vec<Element>>, FirewallError> {
+        Firewall::snapshot(self, jails)
+    }
+
+    fn list(&mut self, jail: &str) -> Result<Vec<Element>, FirewallError> {
+        Firewall::list(self, jail)
+    }
+
+    fn dropped(&mut self, jail: &str) -> Result<(u64, u64), FirewallError> {
+        Firewall::dropped(self, jail).map(|c| (c.packets, c.bytes))
+    }
+
+    fn jails_present(&mut self) -> Result<Vec<String>, FirewallError> {
+        self.jails_in_kernel()
+    }
+
+    /// The kernel's ENOENT: our table or a set is gone.
+    fn is_missing(error: &FirewallError) -> bool {
+        match error {
+            FirewallError::Netlink(e) => e.errno() == Some(libc::ENOENT),
+            FirewallError::NoTable => true,
         }
     }
 }

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::addr::IpNet;
+use crate::ban::Ban;
 use crate::config::JailConfig;
 use crate::filter::{Hit, Memory, Verdict};
-use crate::firewall::Ban;
 
 /// What a failure led to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +43,29 @@ pub struct Jail {
     counters: Counters,
     /// What the filter remembers between this jail's lines (multi-line filters).
     memory: Memory,
+}
+
+/// The longest matched line a jail keeps for a ban's notifiers.
+pub const MAX_MATCHED_LINE: usize = 1024;
+
+/// A matched line as a ban carries it: cut to [`MAX_MATCHED_LINE`] bytes on a character
+/// boundary.
+pub fn clip(line: &str) -> &str {
+    let mut end = line.len().min(MAX_MATCHED_LINE);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    &line[..end]
+}
+
+/// The failures of one address (or prefix key) in one jail's window, as the ledger saves
+/// them.
+#[derive(Debug, Clone, Copy)]
+pub struct Window<'a> {
+    pub jail: &'a str,
+    pub addr: IpAddr,
+    /// Unix seconds, oldest first; empty when the address has no failures left.
+    pub times: &'a [u32],
 }
 
 /// What a jail saw since the daemon started (kept across reloads), for metrics.
@@ -163,7 +186,7 @@ impl Jail {
             while lines.len() >= self.keep_lines {
                 lines.pop_front();
             }
-            lines.push_back(crate::notify::clip(line).into());
+            lines.push_back(clip(line).into());
         }
         outcome
     }

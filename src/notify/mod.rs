@@ -30,7 +30,7 @@ pub const EVENT_VERSION: u32 = 1;
 const QUEUE: usize = 1024;
 /// The most matched lines an event carries, each cut to [`MAX_LINE`] bytes.
 pub const MAX_MATCHED: usize = 20;
-pub const MAX_LINE: usize = 1024;
+pub use crate::jail::MAX_MATCHED_LINE as MAX_LINE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -123,14 +123,7 @@ pub fn sandbox_hint(e: &std::io::Error) -> &'static str {
     }
 }
 
-/// A matched line as an event carries it: cut to [`MAX_LINE`] bytes on a character boundary.
-pub fn clip(line: &str) -> &str {
-    let mut end = line.len().min(MAX_LINE);
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
-    &line[..end]
-}
+pub use crate::jail::clip;
 
 /// Where a notifier delivers.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::addr::IpNet;
+pub use crate::ban::StoredBan;
 use crate::duration::BanTime;
+pub use crate::jail::Window;
 
 /// The schema this build writes; older files are migrated on open.
 const SCHEMA_VERSION: i64 = 1;
@@ -40,41 +42,6 @@ pub enum StateError {
         "state store {path} has schema version {found}; this banctl knows up to {SCHEMA_VERSION}"
     )]
     Schema { path: PathBuf, found: i64 },
-}
-
-/// A ban as the store keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredBan {
-    pub jail: String,
-    pub net: IpNet,
-    pub banned_at: SystemTime,
-    pub time: BanTime,
-    /// Which ban of this address this is (1 for the first), as escalation counted it.
-    pub count: u32,
-    /// Why: the matched lines, or "manual", or "found in the kernel".
-    pub reason: String,
-}
-
-impl StoredBan {
-    /// When the ban ends; `None` for a permanent ban.
-    pub fn expires_at(&self) -> Option<SystemTime> {
-        match self.time {
-            BanTime::Finite(d) => Some(self.banned_at + d),
-            BanTime::Permanent => None,
-        }
-    }
-
-    /// Time left at `now`: `Some(None)` for a permanent ban, `None` once expired.
-    pub fn remaining(&self, now: SystemTime) -> Option<Option<Duration>> {
-        match self.expires_at() {
-            None => Some(None),
-            Some(end) => end
-                .duration_since(now)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .map(Some),
-        }
-    }
 }
 
 /// Whether an SQLite error says the file is damaged or no database at all.
@@ -107,15 +74,6 @@ fn insert_bans(
         }
     }
     Ok(())
-}
-
-/// The failures of one address in one jail's window, as saved.
-#[derive(Debug, Clone, Copy)]
-pub struct Window<'a> {
-    pub jail: &'a str,
-    pub addr: IpAddr,
-    /// Unix seconds, oldest first; empty when the address has no failures left.
-    pub times: &'a [u32],
 }
 
 pub struct Store {
@@ -583,6 +541,79 @@ impl Store {
             Ok(n)
         };
         purge(&mut self.conn).map_err(|e| self.sql(e))
+    }
+}
+
+/// The state store is the engine's ledger.
+impl crate::engine::Ledger for Store {
+    type Error = StateError;
+
+    fn save_round(
+        &mut self,
+        bans: &[StoredBan],
+        positions: &[(&str, &str)],
+        windows: &[Window<'_>],
+    ) -> Result<(), StateError> {
+        Store::save_round(self, bans, positions, windows)
+    }
+
+    fn adopt(&mut self, bans: &[StoredBan]) -> Result<(), StateError> {
+        Store::adopt(self, bans)
+    }
+
+    fn remove(&mut self, items: &[(String, IpNet)]) -> Result<(), StateError> {
+        Store::remove(self, items)
+    }
+
+    fn active(&self, now: SystemTime) -> Result<Vec<StoredBan>, StateError> {
+        Store::active(self, now)
+    }
+
+    fn expired(&self, since: SystemTime, until: SystemTime) -> Result<Vec<StoredBan>, StateError> {
+        Store::expired(self, since, until)
+    }
+
+    fn active_by_jail(&self, now: SystemTime) -> Result<HashMap<String, u64>, StateError> {
+        Store::active_by_jail(self, now)
+    }
+
+    fn active_count(&self, now: SystemTime) -> Result<u64, StateError> {
+        Store::active_count(self, now)
+    }
+
+    fn ban_count(
+        &self,
+        jail: &str,
+        net: &IpNet,
+        now: SystemTime,
+    ) -> Result<Option<u32>, StateError> {
+        Store::ban_count(self, jail, net, now)
+    }
+
+    fn previous_bans(
+        &self,
+        net: &IpNet,
+        jails: &[&str],
+        since: SystemTime,
+    ) -> Result<u32, StateError> {
+        Store::previous_bans(self, net, jails, since)
+    }
+
+    fn purge(
+        &mut self,
+        now: SystemTime,
+        history: Duration,
+        jails: &[&str],
+    ) -> Result<usize, StateError> {
+        Store::purge(self, now, history, jails)
+    }
+
+    fn failures(&self) -> Result<crate::engine::SavedFailures, StateError> {
+        Store::failures(self)
+    }
+
+    fn purge_failures(&mut self, windows: &[(&str, u32)]) -> Result<usize, StateError> {
+        Store::purge_failures(self, windows)
     }
 }
 

@@ -1,0 +1,211 @@
+//! The ban model shared by the engine, the enforcer (nftables), the ledger (the state store),
+//! the control protocol and the notifiers.
+//!
+//! - [`Ban`]: what to enforce: a jail, an address or prefix, for how long.
+//! - [`Restore`]: a ban put back with the time it has left.
+//! - [`Element`]: a ban as the enforcer holds it (its timeout and time left).
+//! - [`StoredBan`]: a ban as the ledger keeps it: when, which ban of the address, why.
+//! - [`Overlaps`]: what a round of bans found in the way; [`widest_of_round`], [`place`] and
+//!   [`fit`]: how bans are fitted to sets that hold no overlapping prefixes.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use crate::addr::IpNet;
+use crate::duration::BanTime;
+
+/// A ban to write: which jail, which address or prefix, for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    pub jail: String,
+    pub net: IpNet,
+    pub time: BanTime,
+}
+
+/// A ban put back (after a restart, a reboot, or a removal by someone else) with the time it
+/// has left, so that `nft list` shows its full timeout and the true expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restore {
+    pub ban: Ban,
+    /// Time left; `None` for the whole ban time (and for permanent bans).
+    pub expires_in: Option<Duration>,
+}
+
+/// A ban as the enforcer holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Element {
+    pub net: IpNet,
+    /// The timeout it was added with; `None` for a permanent ban.
+    pub timeout: Option<Duration>,
+    /// Time left before the enforcer lifts it; `None` for a permanent ban.
+    pub expires_in: Option<Duration>,
+}
+
+/// What a round of bans found in the way: the kernel's interval sets hold no overlapping
+/// elements.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Overlaps {
+    /// Bans not written, each (its index in the round, the wider prefix already banned in
+    /// its set, or banned by the same round).
+    pub covered: Vec<(usize, IpNet)>,
+    /// Elements removed because a ban of the round covers them: (jail, prefix).
+    pub replaced: Vec<(String, IpNet)>,
+}
+
+/// A ban as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBan {
+    pub jail: String,
+    pub net: IpNet,
+    pub banned_at: SystemTime,
+    pub time: BanTime,
+    /// Which ban of this address this is (1 for the first), as escalation counted it.
+    pub count: u32,
+    /// Why: the matched lines, or "manual", or "found in the kernel".
+    pub reason: String,
+}
+
+impl StoredBan {
+    /// When the ban ends; `None` for a permanent ban.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        match self.time {
+            BanTime::Finite(d) => Some(self.banned_at + d),
+            BanTime::Permanent => None,
+        }
+    }
+
+    /// Time left at `now`: `Some(None)` for a permanent ban, `None` once expired.
+    pub fn remaining(&self, now: SystemTime) -> Option<Option<Duration>> {
+        match self.expires_at() {
+            None => Some(None),
+            Some(end) => end
+                .duration_since(now)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .map(Some),
+        }
+    }
+
+    /// What to enforce.
+    pub fn to_ban(&self) -> Ban {
+        Ban {
+            jail: self.jail.clone(),
+            net: self.net,
+            time: self.time,
+        }
+    }
+
+    /// The ban put back at `now` with the time it has left; `None` once expired.
+    pub fn to_restore(&self, now: SystemTime) -> Option<Restore> {
+        self.remaining(now).map(|left| Restore {
+            ban: self.to_ban(),
+            expires_in: left,
+        })
+    }
+}
+
+/// The bans of a round that no other ban of the round covers (nor equals, earlier in the
+/// round), by index; the others join `covered` with the ban that covers them. Prefixes
+/// either nest or are disjoint: a ban is covered when one of its own prefixes, at a length
+/// some ban of the round has, is a ban of the round.
+pub fn widest_of_round<'a>(
+    bans: impl Iterator<Item = &'a Ban> + Clone,
+    covered: &mut Vec<(usize, IpNet)>,
+) -> Vec<usize> {
+    let nets: HashSet<(&str, IpNet)> = bans.clone().map(|b| (b.jail.as_str(), b.net)).collect();
+    let mut lengths: Vec<u8> = bans.clone().map(|b| b.net.prefix_len()).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let mut seen = HashSet::with_capacity(nets.len());
+    let mut kept = Vec::with_capacity(nets.len());
+    for (i, ban) in bans.enumerate() {
+        let wider = lengths
+            .iter()
+            .take_while(|&&len| len < ban.net.prefix_len())
+            .map(|&len| IpNet::new(ban.net.addr(), len))
+            .find(|w| nets.contains(&(ban.jail.as_str(), *w)));
+        match wider {
+            Some(w) => covered.push((i, w)),
+            None if !seen.insert((ban.jail.as_str(), ban.net)) => covered.push((i, ban.net)),
+            None => kept.push(i),
+        }
+    }
+    kept
+}
+
+/// Bans to put back, fitted to what the kernel holds (`kernel`: each jail's elements, as
+/// the enforcer's snapshot gives them). `fits`: absent and overlapping nothing, for
+/// the layout; `wider`: covering elements that are there, for
+/// a ban round, which replaces them; left out are bans that an element or a wider
+/// ban of the list already covers (that one enforces them).
+pub fn fit(kernel: &BTreeMap<String, Vec<Element>>, items: &[Restore]) -> Fitted {
+    let mut covered = Vec::new();
+    let kept = widest_of_round(items.iter().map(|r| &r.ban), &mut covered);
+    let mut sorted: BTreeMap<(&str, bool), Vec<IpNet>> = BTreeMap::new();
+    for (jail, elements) in kernel {
+        for e in elements {
+            sorted
+                .entry((jail.as_str(), e.net.is_ipv4()))
+                .or_default()
+                .push(e.net);
+        }
+    }
+    for nets in sorted.values_mut() {
+        nets.sort();
+    }
+    let mut fitted = Fitted::default();
+    for i in kept {
+        let r = &items[i];
+        let nets = sorted
+            .get(&(r.ban.jail.as_str(), r.ban.net.is_ipv4()))
+            .map_or(&[][..], Vec::as_slice);
+        match place(nets, &r.ban.net) {
+            Place::Over(inside) if inside.is_empty() => fitted.fits.push(r.clone()),
+            Place::Over(_) => fitted.wider.push(r.clone()),
+            Place::Same | Place::Inside(_) => fitted.covered += 1,
+        }
+    }
+    fitted.covered += covered.len();
+    fitted
+}
+
+/// Bans to put back, split by [`fit`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Fitted {
+    pub fits: Vec<Restore>,
+    pub wider: Vec<Restore>,
+    /// How many were left out, covered.
+    pub covered: usize,
+}
+
+/// Where a ban stands against the disjoint, sorted prefixes of its set.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Place {
+    /// The same prefix is there.
+    Same,
+    /// A wider prefix covers it.
+    Inside(IpNet),
+    /// It covers these (possibly none).
+    Over(Vec<IpNet>),
+}
+
+pub fn place(nets: &[IpNet], net: &IpNet) -> Place {
+    // The prefixes are disjoint: at most one starts at or before `net` and contains it.
+    let after = nets.partition_point(|n| n.addr() <= net.addr());
+    if let Some(before) = after.checked_sub(1).map(|k| nets[k]) {
+        if before == *net {
+            return Place::Same;
+        }
+        if before.covers(net) {
+            return Place::Inside(before);
+        }
+    }
+    let first = nets.partition_point(|n| n.addr() < net.addr());
+    Place::Over(
+        nets[first..]
+            .iter()
+            .take_while(|n| net.contains(n.addr()))
+            .copied()
+            .collect(),
+    )
+}

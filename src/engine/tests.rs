@@ -1,0 +1,543 @@
+//! The engine against an in-memory enforcer that behaves like the kernel's interval sets (no
+//! overlaps, timeouts on a clock the test moves) and an in-memory ledger. No root, no kernel.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::ban::{Place, place, widest_of_round};
+use crate::config::Config;
+use crate::firewall::JailRules;
+use crate::source::{LineBatch, Timing};
+use crate::state::Store;
+
+const T0: Duration = Duration::from_secs(1_800_000_000);
+
+/// The test's clock, shared with the fake enforcer (whose elements expire on it).
+#[derive(Clone)]
+struct Clock(Rc<Cell<SystemTime>>);
+
+impl Clock {
+    fn new() -> Clock {
+        Clock(Rc::new(Cell::new(SystemTime::UNIX_EPOCH + T0)))
+    }
+    fn now(&self) -> SystemTime {
+        self.0.get()
+    }
+    fn advance(&self, by: Duration) {
+        self.0.set(self.0.get() + by);
+    }
+}
+
+#[derive(Debug)]
+struct FakeError {
+    missing: bool,
+    message: String,
+}
+
+impl std::fmt::Display for FakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for FakeError {}
+
+/// An element: its prefix, timeout and when it ends.
+#[derive(Debug, Clone)]
+struct Held {
+    net: IpNet,
+    timeout: Option<Duration>,
+    ends: Option<SystemTime>,
+}
+
+/// Per jail, what the kernel's two interval sets would hold.
+struct FakeEnforcer {
+    clock: Clock,
+    sets: BTreeMap<String, Vec<Held>>,
+    /// Batches written (declares and ban rounds), to check "one change, one batch".
+    batches: usize,
+}
+
+impl FakeEnforcer {
+    fn new(clock: &Clock) -> FakeEnforcer {
+        FakeEnforcer {
+            clock: clock.clone(),
+            sets: BTreeMap::new(),
+            batches: 0,
+        }
+    }
+
+    fn live(&self, jail: &str) -> Vec<Held> {
+        let now = self.clock.now();
+        self.sets
+            .get(jail)
+            .into_iter()
+            .flatten()
+            .filter(|h| h.ends.is_none_or(|end| end > now))
+            .cloned()
+            .collect()
+    }
+
+    fn missing(jail: &str) -> FakeError {
+        FakeError {
+            missing: true,
+            message: format!("no sets for jail {jail}"),
+        }
+    }
+}
+
+impl Enforcer for FakeEnforcer {
+    type Error = FakeError;
+
+    fn declare(&mut self, jails: &[JailRules], restore: &[Restore]) -> Result<(), FakeError> {
+        self.batches += 1;
+        self.sets
+            .retain(|name, _| jails.iter().any(|j| j.name == *name));
+        for j in jails {
+            self.sets.entry(j.name.clone()).or_default();
+        }
+        self.write(restore).map(drop)
+    }
+
+    fn ban(&mut self, items: &[Restore]) -> Result<Overlaps, FakeError> {
+        self.batches += 1;
+        self.write(items)
+    }
+
+    fn unban(&mut self, items: &[(String, IpNet)]) -> Result<(), FakeError> {
+        self.batches += 1;
+        for (jail, net) in items {
+            if !self.live(jail).iter().any(|h| h.net == *net) {
+                return Err(FakeError {
+                    missing: false,
+                    message: format!("{net} not in {jail}"),
+                });
+            }
+        }
+        for (jail, net) in items {
+            if let Some(set) = self.sets.get_mut(jail) {
+                set.retain(|h| h.net != *net);
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self, jails: &[&str]) -> Result<BTreeMap<String, Vec<Element>>, FakeError> {
+        let mut out = BTreeMap::new();
+        for jail in jails {
+            out.insert((*jail).to_owned(), self.list(jail).unwrap_or_default());
+        }
+        Ok(out)
+    }
+
+    fn list(&mut self, jail: &str) -> Result<Vec<Element>, FakeError> {
+        if !self.sets.contains_key(jail) {
+            return Err(FakeEnforcer::missing(jail));
+        }
+        let now = self.clock.now();
+        Ok(self
+            .live(jail)
+            .into_iter()
+            .map(|h| Element {
+                net: h.net,
+                timeout: h.timeout,
+                expires_in: h
+                    .ends
+                    .map(|end| end.duration_since(now).unwrap_or_default()),
+            })
+            .collect())
+    }
+
+    fn dropped(&mut self, _jail: &str) -> Result<(u64, u64), FakeError> {
+        Ok((0, 0))
+    }
+
+    fn jails_present(&mut self) -> Result<Vec<String>, FakeError> {
+        Ok(self.sets.keys().cloned().collect())
+    }
+
+    fn is_missing(error: &FakeError) -> bool {
+        error.missing
+    }
+}
+
+impl FakeEnforcer {
+    /// Adds elements as the kernel would: a covered one is left out, a wider one replaces
+    /// the narrower ones, the same one is renewed.
+    fn write(&mut self, items: &[Restore]) -> Result<Overlaps, FakeError> {
+        let now = self.clock.now();
+        let mut overlaps = Overlaps::default();
+        let kept = widest_of_round(items.iter().map(|r| &r.ban), &mut overlaps.covered);
+        for i in kept {
+            let r = &items[i];
+            if !self.sets.contains_key(&r.ban.jail) {
+                return Err(FakeEnforcer::missing(&r.ban.jail));
+            }
+            let mut nets: Vec<IpNet> = self.live(&r.ban.jail).iter().map(|h| h.net).collect();
+            nets.sort();
+            let timeout = match r.ban.time {
+                BanTime::Finite(d) => Some(d),
+                BanTime::Permanent => None,
+            };
+            let held = Held {
+                net: r.ban.net,
+                timeout,
+                ends: timeout.map(|t| now + r.expires_in.unwrap_or(t)),
+            };
+            let set = self.sets.get_mut(&r.ban.jail).expect("checked");
+            set.retain(|h| h.ends.is_none_or(|end| end > now));
+            match place(&nets, &r.ban.net) {
+                Place::Same => {
+                    set.retain(|h| h.net != r.ban.net);
+                    set.push(held);
+                }
+                Place::Inside(wider) => overlaps.covered.push((i, wider)),
+                Place::Over(inside) => {
+                    set.retain(|h| !inside.contains(&h.net));
+                    overlaps
+                        .replaced
+                        .extend(inside.into_iter().map(|n| (r.ban.jail.clone(), n)));
+                    set.push(held);
+                }
+            }
+        }
+        Ok(overlaps)
+    }
+}
+
+fn jails(toml: &str) -> Vec<JailConfig> {
+    Config::parse(std::path::Path::new("engine-test.toml"), toml)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .jails
+}
+
+/// `web` (3 failures in 10 minutes ban for an hour, escalating ×2) and `ssh` (2 failures,
+/// 10 minutes), single addresses for IPv4, /64 for IPv6, nothing ignored; extra keys after.
+fn config(extra: &str) -> Vec<JailConfig> {
+    jails(&format!(
+        "[defaults]\nignoreself = false\nfailregex = ['^fail <HOST>$']\nlogpath = \"/dev/null\"\n\
+         [jails.web]\nmaxretry = 3\nfindtime = \"10m\"\nbantime = \"1h\"\nescalation = {{ factor = 2 }}\n\
+         [jails.ssh]\nmaxretry = 2\nfindtime = \"10m\"\nbantime = \"10m\"\n{extra}"
+    ))
+}
+
+type TestEngine = Engine<FakeEnforcer, Store>;
+
+fn engine(configs: Vec<JailConfig>, clock: &Clock) -> TestEngine {
+    let jails = configs.into_iter().map(Jail::new).collect();
+    let mut engine = Engine::new(
+        jails,
+        FakeEnforcer::new(clock),
+        Store::in_memory().unwrap(),
+        Duration::from_secs(30 * 86_400),
+        clock.now(),
+    );
+    engine.start(clock.now()).unwrap();
+    engine
+}
+
+/// A new engine over the same enforcer and ledger, as after a restart.
+fn restart(
+    engine: TestEngine,
+    configs: Vec<JailConfig>,
+    clock: &Clock,
+) -> (TestEngine, (usize, usize)) {
+    let jails = configs.into_iter().map(Jail::new).collect();
+    let mut next = Engine::new(
+        jails,
+        engine.enforcer,
+        engine.ledger,
+        engine.history,
+        clock.now(),
+    );
+    let restored = next.start(clock.now()).unwrap();
+    (next, restored)
+}
+
+/// `lines` read live now by jail `jail`.
+fn feed(engine: &mut TestEngine, jail: &str, lines: &[String], clock: &Clock) {
+    let j = engine.jail_index(jail).unwrap();
+    let batch = LineBatch {
+        sources: vec![0],
+        lines: lines.to_vec(),
+        read_at: clock.now(),
+        timing: Timing::Live,
+        resume: Some(("file:/dev/null".into(), "0:0:1:0:0".into())),
+        cut: 0,
+    };
+    let routed = [j];
+    engine.on_lines(&[(&batch, &routed)], clock.now());
+}
+
+fn fail(addr: &str, n: usize) -> Vec<String> {
+    vec![format!("fail {addr}"); n]
+}
+
+fn banned(engine: &mut TestEngine, jail: &str) -> Vec<(String, Option<u64>)> {
+    engine
+        .enforcer
+        .list(jail)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.net.to_string(), e.timeout.map(|t| t.as_secs())))
+        .collect()
+}
+
+#[test]
+fn failures_reach_maxretry_and_escalate_with_the_history() {
+    let clock = Clock::new();
+    let mut e = engine(config(""), &clock);
+    feed(&mut e, "web", &fail("192.0.2.1", 2), &clock);
+    assert!(banned(&mut e, "web").is_empty());
+    feed(&mut e, "web", &fail("192.0.2.1", 1), &clock);
+    assert_eq!(banned(&mut e, "web"), [("192.0.2.1".into(), Some(3600))]);
+    let notices = e.take_notices();
+    assert!(
+        matches!(&notices[..], [Notice::Banned { ban, reason: "failures", matched, .. }] if ban.count == 1 && matched.is_empty()),
+        "{notices:?}"
+    );
+    // The second ban of the address, after the first ran out: twice as long, ban number 2.
+    clock.advance(Duration::from_secs(3601));
+    e.report_expired(clock.now());
+    assert!(matches!(
+        &e.take_notices()[..],
+        [Notice::Unbanned {
+            reason: "expired",
+            ..
+        }]
+    ));
+    feed(&mut e, "web", &fail("192.0.2.1", 3), &clock);
+    assert_eq!(banned(&mut e, "web"), [("192.0.2.1".into(), Some(7200))]);
+    let listed = e.list(Some("web"), clock.now()).unwrap();
+    assert_eq!(listed[0].count, Some(2));
+    // Failures older than findtime never count.
+    let mut old = LineBatch {
+        sources: vec![0],
+        lines: fail("192.0.2.2", 3),
+        read_at: clock.now() - Duration::from_secs(3600),
+        timing: Timing::Stamped,
+        resume: None,
+        cut: 0,
+    };
+    let web = [e.jail_index("web").unwrap()];
+    e.on_lines(&[(&old, &web)], clock.now());
+    old.read_at = clock.now();
+    assert_eq!(banned(&mut e, "web").len(), 1);
+}
+
+#[test]
+fn recidive_bans_an_address_banned_again_and_again_elsewhere() {
+    let clock = Clock::new();
+    let configs = config(
+        "[jails.recidive]\nrecidive = true\nmaxretry = 2\nfindtime = \"1d\"\nbantime = \"1w\"\n",
+    );
+    let mut e = engine(configs, &clock);
+    feed(&mut e, "ssh", &fail("192.0.2.9", 2), &clock);
+    assert!(banned(&mut e, "recidive").is_empty());
+    clock.advance(Duration::from_secs(601));
+    feed(&mut e, "ssh", &fail("192.0.2.9", 2), &clock);
+    assert_eq!(
+        banned(&mut e, "recidive"),
+        [("192.0.2.9".into(), Some(7 * 86_400))]
+    );
+    let reasons: Vec<&str> = e
+        .take_notices()
+        .iter()
+        .filter_map(|n| match n {
+            Notice::Banned { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, ["failures", "failures", "recidive"]);
+}
+
+#[test]
+fn a_restart_keeps_bans_and_failures_and_a_reboot_restores_the_time_left() {
+    let clock = Clock::new();
+    let mut e = engine(config(""), &clock);
+    feed(&mut e, "web", &fail("192.0.2.1", 3), &clock);
+    feed(&mut e, "web", &fail("192.0.2.2", 2), &clock);
+    clock.advance(Duration::from_secs(300));
+    // A restart: the kernel still holds the ban, nothing to restore; the two failures of
+    // 192.0.2.2 are back, so one more bans.
+    let (mut e, (restored, adopted)) = restart(e, config(""), &clock);
+    assert_eq!((restored, adopted), (0, 0));
+    feed(&mut e, "web", &fail("192.0.2.2", 1), &clock);
+    assert_eq!(banned(&mut e, "web").len(), 2);
+    // A reboot: the kernel is empty; both come back with the time they have left.
+    e.enforcer.sets.clear();
+    clock.advance(Duration::from_secs(600));
+    let (mut e, (restored, _)) = restart(e, config(""), &clock);
+    assert_eq!(restored, 2);
+    let left: BTreeMap<String, u64> = e
+        .list(Some("web"), clock.now())
+        .unwrap()
+        .into_iter()
+        .map(|l| {
+            (
+                l.element.net.to_string(),
+                l.element.expires_in.unwrap().as_secs(),
+            )
+        })
+        .collect();
+    assert_eq!(left["192.0.2.1"], 3600 - 900);
+    assert_eq!(left["192.0.2.2"], 3600 - 600);
+    // A ban someone else added by hand is adopted.
+    e.enforcer
+        .write(&[Restore {
+            ban: Ban {
+                jail: "ssh".into(),
+                net: "198.51.100.7".parse().unwrap(),
+                time: BanTime::Finite(Duration::from_secs(60)),
+            },
+            expires_in: None,
+        }])
+        .unwrap();
+    let (_, (_, adopted)) = restart(e, config(""), &clock);
+    assert_eq!(adopted, 1);
+}
+
+#[test]
+fn a_removal_by_someone_else_is_repaired_in_one_batch() {
+    let clock = Clock::new();
+    let mut e = engine(config(""), &clock);
+    feed(&mut e, "web", &fail("192.0.2.1", 3), &clock);
+    feed(&mut e, "ssh", &fail("2001:db8:1::5", 2), &clock);
+    e.enforcer.sets.clear();
+    let before = e.enforcer.batches;
+    e.repair(Some(4242), clock.now());
+    assert_eq!(
+        e.enforcer.batches,
+        before + 1,
+        "layout and bans in one batch"
+    );
+    assert_eq!(e.repairs, 1);
+    assert_eq!(banned(&mut e, "web"), [("192.0.2.1".into(), Some(3600))]);
+    assert_eq!(
+        banned(&mut e, "ssh"),
+        [("2001:db8:1::/64".into(), Some(600))]
+    );
+    // A jail's sets gone between two rounds: the next ban declares the layout again.
+    e.enforcer.sets.remove("web");
+    feed(&mut e, "web", &fail("192.0.2.3", 3), &clock);
+    assert_eq!(banned(&mut e, "web"), [("192.0.2.3".into(), Some(3600))]);
+}
+
+#[test]
+fn manual_bans_overlaps_and_unbans() {
+    let clock = Clock::new();
+    let mut e = engine(config(""), &clock);
+    let now = clock.now();
+    let net = |s: &str| -> IpNet { s.parse().unwrap() };
+    assert!(matches!(
+        e.manual_ban("nope", net("192.0.2.1"), None, now),
+        Err(EngineError::UnknownJail(_))
+    ));
+    assert!(matches!(
+        e.manual_ban("web", net("10.0.0.0/8"), None, now),
+        Err(EngineError::TooBroad { min: 16, .. })
+    ));
+    let b = e
+        .manual_ban("ssh", net("2001:db8:5::7"), None, now)
+        .unwrap();
+    assert_eq!(
+        (b.time, b.covered_by),
+        (BanTime::Finite(Duration::from_secs(600)), None)
+    );
+    // Failures inside the /64 of a manual /128: the /64 replaces it, in the same round as a
+    // ban of another address.
+    let mut lines = fail("2001:db8:5::8", 2);
+    lines.extend(fail("192.0.2.1", 2));
+    feed(&mut e, "ssh", &lines, &clock);
+    let mut now_banned = banned(&mut e, "ssh");
+    now_banned.sort();
+    assert_eq!(
+        now_banned,
+        [
+            ("192.0.2.1".into(), Some(600)),
+            ("2001:db8:5::/64".into(), Some(600))
+        ]
+    );
+    // A ban the /64 covers: recorded, nothing written, said so.
+    let b = e
+        .manual_ban(
+            "ssh",
+            net("2001:db8:5::9"),
+            Some(BanTime::Finite(Duration::from_secs(7200))),
+            now,
+        )
+        .unwrap();
+    assert_eq!(b.covered_by, Some(net("2001:db8:5::/64")));
+    assert_eq!(banned(&mut e, "ssh").len(), 2);
+    // Unbanning an address of the /64 lifts it; the bans of their own inside come back.
+    let lifted = e.unban(net("2001:db8:5::8"), None, clock.now()).unwrap();
+    assert_eq!(lifted.len(), 1);
+    let mut now_banned: Vec<String> = banned(&mut e, "ssh").into_iter().map(|(n, _)| n).collect();
+    now_banned.sort();
+    assert_eq!(now_banned, ["192.0.2.1", "2001:db8:5::7", "2001:db8:5::9"]);
+    assert!(matches!(
+        e.unban(net("203.0.113.1"), Some("ssh"), clock.now()),
+        Err(EngineError::NotBanned { .. })
+    ));
+    let all = e.unban_all(None, clock.now()).unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(banned(&mut e, "ssh").is_empty());
+    // Nothing comes back at a restart.
+    let (mut e, (restored, _)) = restart(e, config(""), &clock);
+    assert_eq!(restored, 0);
+    assert!(banned(&mut e, "ssh").is_empty());
+}
+
+#[test]
+fn a_wider_ban_that_ends_gives_back_what_it_covered() {
+    let clock = Clock::new();
+    let mut e = engine(config(""), &clock);
+    let net = |s: &str| -> IpNet { s.parse().unwrap() };
+    e.manual_ban(
+        "web",
+        net("2001:db8:6::1"),
+        Some(BanTime::Finite(Duration::from_secs(7200))),
+        clock.now(),
+    )
+    .unwrap();
+    e.manual_ban(
+        "web",
+        net("2001:db8:6::/64"),
+        Some(BanTime::Finite(Duration::from_secs(60))),
+        clock.now(),
+    )
+    .unwrap();
+    assert_eq!(
+        banned(&mut e, "web"),
+        [("2001:db8:6::/64".into(), Some(60))]
+    );
+    clock.advance(Duration::from_secs(62));
+    e.report_expired(clock.now());
+    assert_eq!(
+        banned(&mut e, "web"),
+        [("2001:db8:6::1".into(), Some(7200))]
+    );
+}
+
+#[test]
+fn reload_keeps_windows_of_jails_that_stay_and_drops_jails_that_go() {
+    let clock = Clock::new();
+    let mut e = engine(config(""), &clock);
+    feed(&mut e, "web", &fail("192.0.2.1", 2), &clock);
+    feed(&mut e, "ssh", &fail("192.0.2.2", 2), &clock);
+    let own: Arc<[IpNet]> = Vec::new().into();
+    let web_only = jails(
+        "[jails.web]\nignoreself = false\nfailregex = ['^fail <HOST>$']\nlogpath = \"/dev/null\"\nmaxretry = 3\n",
+    );
+    let (added, removed) = e.reload(web_only, e.history, &own).unwrap();
+    assert_eq!(
+        (added, removed),
+        (Vec::<String>::new(), vec!["ssh".to_owned()])
+    );
+    assert!(!e.enforcer.sets.contains_key("ssh"));
+    feed(&mut e, "web", &fail("192.0.2.1", 1), &clock);
+    assert_eq!(banned(&mut e, "web").len(), 1);
+}
