@@ -20,7 +20,7 @@ use crate::ban::Element;
 use crate::config::{Config, SourceChoice};
 use crate::control::{self, BanInfo, ErrorKind, Incoming, JailStatus, Request, Response};
 use crate::engine::{Engine, EngineError, Listed};
-use crate::firewall::{Firewall, FirewallError, Monitor};
+use crate::firewall::{self, Firewall, FirewallError, Monitor};
 use crate::jail::Jail;
 use crate::metrics::{self, Scrape};
 use crate::notify::Notifications;
@@ -338,7 +338,8 @@ pub async fn run(
         .map_err(DaemonError::Engine)?;
     tracing::info!(restored, adopted, "ruleset in place");
     let (repair_tx, mut repairs) = mpsc::channel(4);
-    watch_ruleset(monitor, repair_tx)?;
+    firewall::watch_removals(monitor, repair_tx)
+        .map_err(|e| DaemonError::Monitor(e.to_string()))?;
     let (ctl_tx, mut requests) = mpsc::channel(64);
     let (scrape_tx, mut scrapes) = mpsc::channel::<Scrape>(8);
     if metrics_listener.is_some() {
@@ -496,62 +497,6 @@ impl Drop for Servers {
     }
 }
 
-/// Who removed part of our table: a process id, or `None` when notifications were lost.
-type RemovedBy = Option<u32>;
-
-/// Follows the kernel's nf_tables notifications on a thread of its own and reports every
-/// transaction of another process that removed something from our table (or a lost
-/// notification, after which the ruleset must be checked).
-fn watch_ruleset(mut monitor: Monitor, tx: mpsc::Sender<RemovedBy>) -> Result<(), DaemonError> {
-    let ours = |pid: u32| std::path::Path::new(&format!("/proc/self/task/{pid}")).exists();
-    let spawned = std::thread::Builder::new()
-        .name("banctl-ruleset-watch".into())
-        .spawn(move || {
-            // Whether the transaction being announced removed something of ours.
-            let mut touched = false;
-            loop {
-                // Every notification is looked at (a datagram may hold several transactions);
-                // one report per datagram is enough, since a repair checks everything.
-                let mut report = None;
-                match monitor.next(Duration::from_secs(1)) {
-                    Ok(notes) => {
-                        for n in notes {
-                            if n.kind == crate::firewall::NFT_MSG_NEWGEN {
-                                let theirs = n.pid.is_some_and(|pid| !ours(pid));
-                                if std::mem::take(&mut touched) && theirs {
-                                    report = Some(n.pid);
-                                }
-                            } else {
-                                touched |= n.is_removal()
-                                    && n.family == libc::NFPROTO_INET as u8
-                                    && n.table.as_deref() == Some(crate::firewall::layout::TABLE);
-                            }
-                        }
-                    }
-                    // The socket overflowed: what happened is unknown, so check everything.
-                    Err(e) if e.errno() == Some(libc::ENOBUFS) => {
-                        touched = false;
-                        report = Some(None);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "ruleset watch stopped");
-                        return;
-                    }
-                }
-                if let Some(by) = report {
-                    if tx.blocking_send(by).is_err() {
-                        return;
-                    }
-                } else if tx.is_closed() {
-                    return;
-                }
-            }
-        });
-    spawned
-        .map(drop)
-        .map_err(|e| DaemonError::Monitor(e.to_string()))
-}
-
 impl Daemon {
     /// Filters a round of line batches through the jails that read them; bans, saves, and
     /// sends host names to the resolver.
@@ -584,7 +529,7 @@ impl Daemon {
     }
 
     /// Someone else removed part of our table (or notifications were lost): put it back.
-    pub fn repair(&mut self, by: RemovedBy) {
+    pub fn repair(&mut self, by: firewall::RemovedBy) {
         self.engine.repair(by, SystemTime::now());
     }
 

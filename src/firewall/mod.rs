@@ -293,6 +293,63 @@ fn batch_elements(batch: &mut Batch, by_set: &SetElems, ops: &[ElemOp]) {
     }
 }
 
+/// Who removed part of our table: a process id, or `None` when notifications were lost.
+pub type RemovedBy = Option<u32>;
+
+/// Follows the kernel's nf_tables notifications on a thread of its own and reports every
+/// transaction of another process that removed something from our table (or a lost
+/// notification, after which the ruleset must be checked).
+pub fn watch_removals(
+    mut monitor: Monitor,
+    tx: tokio::sync::mpsc::Sender<RemovedBy>,
+) -> std::io::Result<()> {
+    let ours = |pid: u32| std::path::Path::new(&format!("/proc/self/task/{pid}")).exists();
+    let spawned = std::thread::Builder::new()
+        .name("banctl-ruleset-watch".into())
+        .spawn(move || {
+            // Whether the transaction being announced removed something of ours.
+            let mut touched = false;
+            loop {
+                // Every notification is looked at (a datagram may hold several transactions);
+                // one report per datagram is enough, since a repair checks everything.
+                let mut report = None;
+                match monitor.next(Duration::from_secs(1)) {
+                    Ok(notes) => {
+                        for n in notes {
+                            if n.kind == NFT_MSG_NEWGEN {
+                                let theirs = n.pid.is_some_and(|pid| !ours(pid));
+                                if std::mem::take(&mut touched) && theirs {
+                                    report = Some(n.pid);
+                                }
+                            } else {
+                                touched |= n.is_removal()
+                                    && n.family == libc::NFPROTO_INET as u8
+                                    && n.table.as_deref() == Some(TABLE);
+                            }
+                        }
+                    }
+                    // The socket overflowed: what happened is unknown, so check everything.
+                    Err(e) if e.errno() == Some(libc::ENOBUFS) => {
+                        touched = false;
+                        report = Some(None);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "ruleset watch stopped");
+                        return;
+                    }
+                }
+                if let Some(by) = report {
+                    if tx.blocking_send(by).is_err() {
+                        return;
+                    }
+                } else if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+    spawned.map(drop)
+}
+
 /// The nftables table is the engine's enforcer.
 impl crate::engine::Enforcer for Firewall {
     type Error = FirewallError;
