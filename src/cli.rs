@@ -11,23 +11,129 @@ use crate::config::{DEFAULT_CONFIG, DEFAULT_SOCKET};
 use crate::control::{BanInfo, JailStatus};
 use crate::duration::{BanTime, format_duration};
 
-/// Process exit codes, as documented in the README.
+/// Process exit codes, as documented in the README; [`Exit`] is the typed form.
 pub mod exit {
-    pub const OK: i32 = 0;
+    use super::Exit;
+    pub const OK: i32 = Exit::Ok as i32;
     /// Anything not listed below.
-    pub const FAILURE: i32 = 1;
+    pub const FAILURE: i32 = Exit::Failure as i32;
     /// Bad command line (clap's own code).
-    pub const USAGE: i32 = 2;
+    pub const USAGE: i32 = Exit::Usage as i32;
     /// The configuration file is invalid or unreadable.
-    pub const CONFIG: i32 = 3;
+    pub const CONFIG: i32 = Exit::Config as i32;
     /// The daemon cannot be reached on its socket.
-    pub const UNAVAILABLE: i32 = 4;
+    pub const UNAVAILABLE: i32 = Exit::Unavailable as i32;
     /// Nothing matched: no such ban or no such jail.
-    pub const NOT_FOUND: i32 = 5;
+    pub const NOT_FOUND: i32 = Exit::NotFound as i32;
     /// The request was refused: permission, or an ignored address.
-    pub const REFUSED: i32 = 6;
+    pub const REFUSED: i32 = Exit::Refused as i32;
     /// The kernel refused a firewall change.
-    pub const FIREWALL: i32 = 7;
+    pub const FIREWALL: i32 = Exit::Firewall as i32;
+}
+
+/// Every exit code banctl documents. Errors map to one case by case (`From<&…>` below), never
+/// by guessing from a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Ok = 0,
+    Failure = 1,
+    Usage = 2,
+    Config = 3,
+    Unavailable = 4,
+    NotFound = 5,
+    Refused = 6,
+    Firewall = 7,
+}
+
+impl From<&crate::control::ErrorKind> for Exit {
+    fn from(kind: &crate::control::ErrorKind) -> Exit {
+        use crate::control::ErrorKind;
+        match kind {
+            ErrorKind::NotBanned | ErrorKind::UnknownJail => Exit::NotFound,
+            ErrorKind::Ignored | ErrorKind::TooBroad | ErrorKind::PermissionDenied => Exit::Refused,
+            ErrorKind::Firewall => Exit::Firewall,
+            ErrorKind::Config => Exit::Config,
+            ErrorKind::Unavailable => Exit::Unavailable,
+            ErrorKind::BadRequest | ErrorKind::Version => Exit::Failure,
+        }
+    }
+}
+
+impl From<&crate::control::ControlError> for Exit {
+    fn from(e: &crate::control::ControlError) -> Exit {
+        use crate::control::ControlError;
+        match e {
+            ControlError::Connect { source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                Exit::Refused
+            }
+            ControlError::Connect { .. } => Exit::Unavailable,
+            ControlError::Io(_) | ControlError::Protocol(_) => Exit::Failure,
+            ControlError::Bind { .. } => Exit::Failure,
+        }
+    }
+}
+
+impl From<&crate::firewall::FirewallError> for Exit {
+    fn from(_: &crate::firewall::FirewallError) -> Exit {
+        Exit::Firewall
+    }
+}
+
+impl From<&crate::engine::EngineError> for Exit {
+    fn from(e: &crate::engine::EngineError) -> Exit {
+        use crate::engine::EngineError;
+        match e {
+            EngineError::UnknownJail(_) | EngineError::NotBanned { .. } => Exit::NotFound,
+            EngineError::TooBroad { .. } | EngineError::Ignored { .. } => Exit::Refused,
+            EngineError::Enforcer(_) => Exit::Firewall,
+            EngineError::Ledger(_) => Exit::Failure,
+        }
+    }
+}
+
+impl From<&crate::daemon::DaemonError> for Exit {
+    fn from(e: &crate::daemon::DaemonError) -> Exit {
+        use crate::daemon::DaemonError;
+        match e {
+            DaemonError::Firewall(e) => e.into(),
+            DaemonError::Engine(e) => e.into(),
+            DaemonError::Control(e) => e.into(),
+            DaemonError::Source(_)
+            | DaemonError::Signal(_)
+            | DaemonError::Privilege(_)
+            | DaemonError::State(_)
+            | DaemonError::Monitor(_)
+            | DaemonError::Metrics(_)
+            | DaemonError::Servers(_) => Exit::Failure,
+        }
+    }
+}
+
+impl Exit {
+    /// The code of the first error in `error`'s chain that has one; [`Exit::Failure`] else.
+    pub fn of(error: &anyhow::Error) -> Exit {
+        for cause in error.chain() {
+            if cause.is::<crate::config::ConfigError>() {
+                return Exit::Config;
+            }
+            if let Some(e) = cause.downcast_ref::<crate::daemon::DaemonError>() {
+                return e.into();
+            }
+            if let Some(e) = cause.downcast_ref::<crate::control::ControlError>() {
+                return e.into();
+            }
+            if let Some(e) = cause.downcast_ref::<crate::firewall::FirewallError>() {
+                return e.into();
+            }
+            if let Some(e) = cause.downcast_ref::<crate::engine::EngineError>() {
+                return e.into();
+            }
+        }
+        Exit::Failure
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -261,6 +367,66 @@ pub struct TestOptions {
 
 #[cfg(test)]
 mod tests {
+    use super::Exit;
+
+    /// Every documented code has its cases, each written out.
+    #[test]
+    fn errors_map_to_their_documented_exit_codes() {
+        use crate::control::{ControlError, ErrorKind};
+        use crate::engine::EngineError;
+        let connect = |kind| {
+            anyhow::Error::new(ControlError::Connect {
+                path: "/x".into(),
+                source: std::io::Error::from(kind),
+            })
+        };
+        assert_eq!(
+            Exit::of(&connect(std::io::ErrorKind::NotFound)),
+            Exit::Unavailable
+        );
+        assert_eq!(
+            Exit::of(&connect(std::io::ErrorKind::ConnectionRefused)),
+            Exit::Unavailable
+        );
+        assert_eq!(
+            Exit::of(&connect(std::io::ErrorKind::PermissionDenied)),
+            Exit::Refused
+        );
+        let fw = crate::firewall::FirewallError::NoTable;
+        assert_eq!(Exit::of(&anyhow::Error::new(fw)), Exit::Firewall);
+        // A kernel refusal at start, wrapped in the daemon's error, is still 7.
+        let wrapped = crate::daemon::DaemonError::Engine(EngineError::Enforcer("EPERM".into()));
+        assert_eq!(Exit::of(&anyhow::Error::new(wrapped)), Exit::Firewall);
+        let config = crate::config::Config::parse(
+            std::path::Path::new("x.toml"),
+            "[jails.a]\nmaxretry = 0\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            Exit::of(&anyhow::Error::new(config).context("loading")),
+            Exit::Config
+        );
+        assert_eq!(Exit::of(&anyhow::anyhow!("anything else")), Exit::Failure);
+        for (kind, code) in [
+            (ErrorKind::BadRequest, 1),
+            (ErrorKind::Version, 1),
+            (ErrorKind::Config, 3),
+            (ErrorKind::Unavailable, 4),
+            (ErrorKind::UnknownJail, 5),
+            (ErrorKind::NotBanned, 5),
+            (ErrorKind::Ignored, 6),
+            (ErrorKind::TooBroad, 6),
+            (ErrorKind::PermissionDenied, 6),
+            (ErrorKind::Firewall, 7),
+        ] {
+            assert_eq!(Exit::from(&kind) as i32, code, "{kind:?}");
+        }
+        assert_eq!(
+            Exit::from(&EngineError::UnknownJail("x".into())),
+            Exit::NotFound
+        );
+    }
+
     use super::*;
 
     fn ban(jail: &str, addr: &str, left: Option<u64>) -> BanInfo {

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use banctl::cli::{Cli, Command, TestOptions, exit, render_bans, render_status};
-use banctl::config::{Config, ConfigError};
-use banctl::control::{self, ControlError, ErrorKind, Request, Response};
+use banctl::cli::{Cli, Command, Exit, TestOptions, exit, render_bans, render_status};
+use banctl::config::Config;
+use banctl::control::{self, ControlError, Request, Response};
 use banctl::daemon;
-use banctl::firewall::{Firewall, FirewallError};
+use banctl::firewall::Firewall;
 
 /// An error that maps to a documented exit code.
 struct Failure {
@@ -22,22 +22,10 @@ struct Failure {
 impl<E: Into<anyhow::Error>> From<E> for Failure {
     fn from(error: E) -> Failure {
         let error = error.into();
-        let code = if error.downcast_ref::<ConfigError>().is_some() {
-            exit::CONFIG
-        } else if let Some(ControlError::Connect { source, .. }) =
-            error.downcast_ref::<ControlError>()
-        {
-            if source.kind() == std::io::ErrorKind::PermissionDenied {
-                exit::REFUSED
-            } else {
-                exit::UNAVAILABLE
-            }
-        } else if error.downcast_ref::<FirewallError>().is_some() {
-            exit::FIREWALL
-        } else {
-            exit::FAILURE
-        };
-        Failure { code, error }
+        Failure {
+            code: Exit::of(&error) as i32,
+            error,
+        }
     }
 }
 
@@ -245,15 +233,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
 fn answer(response: Response) -> Result<Response, Failure> {
     match response {
         Response::Error { kind, message } => {
-            let code = match kind {
-                ErrorKind::NotBanned | ErrorKind::UnknownJail => exit::NOT_FOUND,
-                ErrorKind::Ignored | ErrorKind::TooBroad | ErrorKind::PermissionDenied => {
-                    exit::REFUSED
-                }
-                ErrorKind::Firewall => exit::FIREWALL,
-                ErrorKind::Config => exit::CONFIG,
-                ErrorKind::BadRequest | ErrorKind::Version => exit::FAILURE,
-            };
+            let code = Exit::from(&kind) as i32;
             Err(Failure {
                 code,
                 error: anyhow::anyhow!(message),

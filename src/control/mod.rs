@@ -308,11 +308,11 @@ async fn dispatch(
     }
     let (reply, answer) = oneshot::channel();
     if tx.send(Incoming { request, reply }).await.is_err() {
-        return error(ErrorKind::Firewall, "the daemon is shutting down".into());
+        return error(ErrorKind::Unavailable, "the daemon is shutting down".into());
     }
     answer
         .await
-        .unwrap_or_else(|_| error(ErrorKind::Firewall, "the daemon is shutting down".into()))
+        .unwrap_or_else(|_| error(ErrorKind::Unavailable, "the daemon is shutting down".into()))
 }
 
 #[cfg(test)]

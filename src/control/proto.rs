@@ -145,6 +145,8 @@ pub enum ErrorKind {
     /// The configuration file is invalid (the message lists every error).
     Config,
     PermissionDenied,
+    /// The daemon is shutting down.
+    Unavailable,
 }
 
 #[cfg(test)]

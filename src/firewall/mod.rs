@@ -8,6 +8,8 @@
 //! keeps no timer per ban.
 
 pub mod layout;
+// The one module allowed `unsafe` (libnftnl); each block says why it is sound.
+#[allow(unsafe_code)]
 mod netlink;
 
 use std::collections::BTreeMap;

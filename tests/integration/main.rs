@@ -6,6 +6,7 @@
 mod config;
 mod containers;
 mod daemon;
+mod exit_codes;
 mod fail2ban;
 mod firewall;
 mod journal;
