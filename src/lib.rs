@@ -14,6 +14,7 @@ pub mod duration;
 pub mod engine;
 pub mod fail2ban;
 pub mod filter;
+pub mod filter_spec;
 pub mod firewall;
 pub mod jail;
 pub mod metrics;

@@ -268,47 +268,14 @@ fn list_from_kernel(jail: Option<&str>) -> Result<Vec<banctl::control::BanInfo>,
     Ok(bans)
 }
 
-/// A built-in filter by name, or a filter file; with a label saying which.
+/// The filter a spec names (see `banctl::filter_spec`), with a label saying which.
 fn load_filter(spec: &str) -> Result<(banctl::filter::Filter, String), Failure> {
-    let config_error = |error: anyhow::Error| Failure {
-        code: exit::CONFIG,
-        error,
-    };
-    let (name, options) = banctl::fail2ban::split_options(spec);
-    if let Some(b) = banctl::filter::Builtin::by_name(name) {
-        let file = b
-            .read_with(&options)
-            .map_err(|e| config_error(anyhow::anyhow!(e)))?;
-        let description = file.description.unwrap_or_default();
-        return Ok((file.filter, format!("{spec} (built-in: {description})")));
-    }
-    let path = Path::new(name);
-    if !path.exists() {
-        let known: Vec<&str> = banctl::filter::BUILTIN.iter().map(|b| b.name).collect();
-        return Err(config_error(anyhow::anyhow!(
-            "{name:?} is neither a built-in filter ({}) nor a file",
-            known.join(", ")
-        )));
-    }
-    if path
-        .extension()
-        .is_some_and(|e| e == "conf" || e == "local")
-    {
-        let read =
-            banctl::fail2ban::read_filter(path, &options).map_err(|e| config_error(e.into()))?;
-        let mut label = format!("{spec} (fail2ban filter)");
-        for note in &read.notes {
-            label.push_str(&format!("\n        note: {note}"));
-        }
-        return Ok((read.filter, label));
-    }
-    let file = banctl::filter::read_filter_file(name, &options)
-        .map_err(|e| config_error(anyhow::anyhow!(e)))?;
-    let label = match file.description {
-        Some(d) => format!("{spec} ({d})"),
-        None => spec.to_owned(),
-    };
-    Ok((file.filter, label))
+    banctl::filter_spec::resolve(spec)
+        .map(|r| (r.filter, r.label))
+        .map_err(|e| Failure {
+            code: exit::CONFIG,
+            error: anyhow::anyhow!(e),
+        })
 }
 
 /// `banctl test`: every line of `input` (a file, or one line) through the filter.

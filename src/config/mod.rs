@@ -17,7 +17,7 @@ use toml::de::{DeTable, DeValue};
 use crate::addr::IpNet;
 use crate::duration::{BanTime, parse_duration};
 use crate::filter::date::Dates;
-use crate::filter::{Builtin, DatePattern, Filter, Pattern};
+use crate::filter::{DatePattern, Filter, Pattern};
 use crate::firewall::{JailRules, PortRange, Protocol};
 use crate::notify::{NotifyConfig, Target, exec, webhook};
 use crate::source::journal::JournalSpec;
@@ -970,22 +970,8 @@ impl Context<'_> {
         // file (a path) or a built-in name, each with its options.
         let filter_name = match filter {
             Some(f) => {
-                let (name, options) = crate::fail2ban::split_options(f.get_ref());
-                let read = if name.ends_with(".conf") || name.ends_with(".local") {
-                    crate::fail2ban::read_filter(Path::new(name), &options)
-                        .map(|read| read.filter)
-                        .map_err(|e| e.to_string())
-                } else if name.contains('/') {
-                    crate::filter::read_filter_file(name, &options).map(|file| file.filter)
-                } else if let Some(b) = Builtin::by_name(name) {
-                    b.compile_with(&options)
-                } else {
-                    let known: Vec<&str> = crate::filter::BUILTIN.iter().map(|b| b.name).collect();
-                    Err(format!(
-                        "no built-in filter {name:?} (known: {})",
-                        known.join(", ")
-                    ))
-                };
+                let base = self.file.parent().filter(|d| !d.as_os_str().is_empty());
+                let read = crate::filter_spec::resolve_in(f.get_ref(), base).map(|r| r.filter);
                 match read {
                     Ok(filter) => {
                         prefix = filter.prefix().cloned();

@@ -1,0 +1,115 @@
+//! What a filter spec names, for a jail's `filter = "…"` and for `banctl test`: one resolver,
+//! so that both accept the same specs.
+//!
+//! A spec is `NAME[option=value,…]` where NAME is, in this order:
+//! - a fail2ban filter file (`…/sshd.conf`, `….local`);
+//! - a banctl filter file (a path with a `/`, or a name ending in `.toml`);
+//! - a built-in filter (`sshd`);
+//! - else an existing file, read as a banctl filter file.
+
+use std::path::Path;
+
+use crate::filter::{BUILTIN, Builtin, Filter};
+
+/// A filter read from its spec.
+pub struct Resolved {
+    pub filter: Filter,
+    /// What it is, for `banctl test`'s summary: `sshd (built-in: …)`, `x.conf (fail2ban
+    /// filter)`, with notes on what of a fail2ban filter is not carried over.
+    pub label: String,
+}
+
+/// Reads the filter `spec` names, a relative file name taken from the working directory;
+/// the error says why not.
+pub fn resolve(spec: &str) -> Result<Resolved, String> {
+    resolve_in(spec, None)
+}
+
+/// Like [`resolve`], a relative file name taken from `base` when given (a configuration
+/// file's directory: `filter = "myfilter.toml"` next to `banctl.toml`).
+pub fn resolve_in(spec: &str, base: Option<&Path>) -> Result<Resolved, String> {
+    let (name, options) = crate::fail2ban::split_options(spec);
+    let joined;
+    let name = match base {
+        Some(base) if Path::new(name).is_relative() && looks_like_a_file(name) => {
+            joined = base.join(name).display().to_string();
+            joined.as_str()
+        }
+        _ => name,
+    };
+    if name.ends_with(".conf") || name.ends_with(".local") {
+        let read =
+            crate::fail2ban::read_filter(Path::new(name), &options).map_err(|e| e.to_string())?;
+        let mut label = format!("{spec} (fail2ban filter)");
+        for note in &read.notes {
+            label.push_str(&format!("\n        note: {note}"));
+        }
+        return Ok(Resolved {
+            filter: read.filter,
+            label,
+        });
+    }
+    let file = |name: &str| {
+        crate::filter::read_filter_file(name, &options).map(|file| Resolved {
+            label: match file.description {
+                Some(d) => format!("{spec} ({d})"),
+                None => spec.to_owned(),
+            },
+            filter: file.filter,
+        })
+    };
+    if name.contains('/') || name.ends_with(".toml") {
+        return file(name);
+    }
+    if let Some(b) = Builtin::by_name(name) {
+        let read = b.read_with(&options)?;
+        let description = read.description.unwrap_or_default();
+        return Ok(Resolved {
+            filter: read.filter,
+            label: format!("{spec} (built-in: {description})"),
+        });
+    }
+    if Path::new(name).is_file() {
+        return file(name);
+    }
+    let known: Vec<&str> = BUILTIN.iter().map(|b| b.name).collect();
+    Err(format!(
+        "no built-in filter {name:?}: it is neither a built-in filter ({}) nor a file",
+        known.join(", ")
+    ))
+}
+
+/// Whether a spec's name is a file name rather than a built-in's.
+fn looks_like_a_file(name: &str) -> bool {
+    name.contains('/')
+        || [".toml", ".conf", ".local"]
+            .iter()
+            .any(|e| name.ends_with(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `filter = "x.toml"` names the file next to the configuration, as `banctl test … x.toml`
+    /// names it in the working directory.
+    #[test]
+    fn a_bare_toml_name_is_a_filter_file() {
+        let dir = std::env::temp_dir().join(format!("banctl-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("x.toml"), "failregex = ['^bad <HOST>$']\n").unwrap();
+        let r = resolve_in("x.toml", Some(&dir)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(r.filter.find("bad 192.0.2.1").is_some());
+        assert!(
+            resolve_in("sshd[mode=ddos]", Some(&dir))
+                .unwrap()
+                .label
+                .contains("built-in")
+        );
+        let e = resolve_in("nope", Some(&dir)).err().unwrap();
+        assert!(e.contains("neither a built-in filter"), "{e}");
+        let e = resolve_in("missing.toml", Some(&dir)).err().unwrap();
+        assert!(e.contains("missing.toml"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
