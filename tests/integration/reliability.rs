@@ -340,6 +340,8 @@ fn a_flood_of_lines_leaves_control_and_metrics_responsive() {
     let read = |body: &str| sample(body, "banctl_lines_read_total{jail=\"web\"}");
     let mut slowest = Duration::ZERO;
     let mut peak_rss = 0;
+    // Answers received while the flood was still being read.
+    let mut during = 0;
     loop {
         let started = std::time::Instant::now();
         daemon.ok(&["status"]);
@@ -356,12 +358,18 @@ fn a_flood_of_lines_leaves_control_and_metrics_responsive() {
             assert!(sample(&body, "banctl_line_queue_full_total") >= 1, "{body}");
             break;
         }
+        during += 1;
         std::thread::sleep(Duration::from_millis(200));
     }
-    println!("slowest status + scrape during the flood: {slowest:?}; peak RSS {peak_rss} kB");
-    // Before: 20 s and more, the loop served no request while lines were queued.
+    println!(
+        "{during} status + scrape answers during the flood, the slowest {slowest:?}; peak RSS {peak_rss} kB"
+    );
+    // Before, the loop served no request while lines were queued: one answer came, after
+    // 11 s, when most of the flood was read. Now answers come between rounds of lines, however
+    // fast this machine is; the time bound is only a backstop for a loaded CI machine.
+    assert!(during >= 3, "only {during} answers during the flood");
     assert!(
-        slowest < Duration::from_secs(5),
+        slowest < Duration::from_secs(15),
         "an answer took {slowest:?} during the flood"
     );
     assert!(peak_rss < 200 * 1024, "RSS reached {peak_rss} kB");
