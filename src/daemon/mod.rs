@@ -1,8 +1,9 @@
-//! The daemon: wires sources → filters/jails → firewall, and answers the control socket.
+//! The daemon: wires sources, the engine (over the firewall and the store), the control and
+//! metrics servers, the ruleset watcher and the notifiers. It holds no ban policy.
 //!
-//! **Invariant:** one task (the loop in [`run`]) owns every jail and the firewall handle.
-//! Sources and control connections only send it messages over bounded channels, so no lock
-//! guards ban state and a burst of lines becomes one netlink batch.
+//! **Invariant:** one task (the loop in [`run`]) owns the engine. Sources and control
+//! connections only send it messages over bounded channels, so no lock guards ban state and
+//! a burst of lines becomes one netlink batch.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -13,7 +14,6 @@ use std::path::PathBuf;
 
 use tokio::signal;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::addr::IpNet;
 use crate::ban::Element;
@@ -26,8 +26,7 @@ use crate::metrics::{self, Scrape};
 use crate::notify::Notifications;
 use crate::privilege;
 use crate::sd_notify::ServiceManager;
-use crate::source::journal::{self, JournalSpec, Start};
-use crate::source::{self, FileFollower, FilePosition, LineBatch, Resume};
+use crate::source::{Files, Journal, LineBatch, Positions, Running, Source, StartFrom};
 use crate::state::{StateError, Store};
 
 mod events;
@@ -54,7 +53,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Firewall(#[from] FirewallError),
     #[error(transparent)]
-    Source(#[from] source::SourceError),
+    Source(#[from] crate::source::SourceError),
     #[error(transparent)]
     Control(#[from] control::ControlError),
     #[error("cannot handle signals: {0}")]
@@ -90,8 +89,8 @@ pub struct Daemon {
     resolver: Resolver,
 }
 
-/// The running log sources: files (one task for all logpath patterns) and journals (a thread
-/// each). A source's index is its position in `routing.sources()`.
+/// The running log sources, one [`Source`] per kind: all logpath patterns in one, each
+/// journal in its own. A source's routing indexes follow those of the sources before it.
 ///
 /// Each generation of sources has its own channel: when a reload replaces them, the batches
 /// the old ones had queued go with the old channel, unprocessed and so not counted as read;
@@ -100,9 +99,8 @@ struct Sources {
     routing: Routing,
     /// Whether sources without a saved position read back their existing lines.
     readback: bool,
-    task: JoinHandle<Result<(), source::SourceError>>,
-    journals: Vec<std::thread::JoinHandle<()>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Each source, the routing index of its first slot, and its reader.
+    running: Vec<(Box<dyn Source>, usize, Running)>,
     tx: mpsc::Sender<LineBatch>,
     lines: mpsc::Receiver<LineBatch>,
 }
@@ -111,64 +109,53 @@ impl Sources {
     fn start(
         routing: Routing,
         readback: bool,
-        store: &Store,
-        jails: &[crate::config::JailConfig],
+        positions: &dyn Positions,
     ) -> Result<Sources, DaemonError> {
-        let follower = FileFollower::new(&routing.files, &file_resume(store, readback))?;
         let (tx, lines) = mpsc::channel(LINE_QUEUE);
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut journals = Vec::new();
-        for (k, spec) in routing.journals.iter().enumerate() {
-            let index = routing.files.len() + k;
-            let start = match store.position(&spec.key()) {
-                Ok(Some(cursor)) => Start::After(cursor),
-                other => {
-                    if let Err(e) = other {
-                        tracing::error!(error = %e, "reading the saved journal position");
-                    }
-                    // First start: read back the longest findtime of the jails reading it, so
-                    // that an attack in progress is counted.
-                    let back = routing.routes[index]
-                        .iter()
-                        .map(|&j| jails[j].findtime)
-                        .max()
-                        .filter(|_| readback)
-                        .unwrap_or_default();
-                    Start::Since(
-                        SystemTime::now()
-                            .checked_sub(back)
-                            .unwrap_or(SystemTime::UNIX_EPOCH),
-                    )
-                }
-            };
-            tracing::info!(source = spec.key(), ?start, "following the journal");
-            journals.push(journal::spawn(
-                spec.clone(),
-                index,
-                start,
-                tx.clone(),
-                stop.clone(),
-            )?);
+        let from = StartFrom {
+            positions,
+            readback,
+        };
+        let mut running = Vec::new();
+        let mut first = 0;
+        for source in routing.sources() {
+            let reader = source.start(first, &from, tx.clone())?;
+            let slots = source.names().len();
+            running.push((source, first, reader));
+            first += slots;
         }
-        let task = tokio::spawn(source::run_files(follower, tx.clone()));
         Ok(Sources {
             routing,
             readback,
-            task,
-            journals,
-            stop,
+            running,
             tx,
             lines,
         })
     }
-}
 
-impl Drop for Sources {
-    fn drop(&mut self) {
-        self.task.abort();
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        // The journal threads notice within their wait (500 ms); nothing waits for them.
-        self.journals.clear();
+    /// How `banctl status` names each routing index.
+    fn names(&self) -> Vec<String> {
+        self.running
+            .iter()
+            .flat_map(|(source, _, _)| source.names())
+            .collect()
+    }
+
+    /// Starts again the sources that stopped by themselves.
+    fn restart_stopped(&mut self, positions: &dyn Positions) {
+        let from = StartFrom {
+            positions,
+            readback: self.readback,
+        };
+        for (source, first, reader) in &mut self.running {
+            if reader.is_finished() {
+                tracing::error!(sources = ?source.names(), "log source stopped; restarting it");
+                match source.start(*first, &from, self.tx.clone()) {
+                    Ok(again) => *reader = again,
+                    Err(e) => tracing::error!(error = %e, "cannot restart a log source"),
+                }
+            }
+        }
     }
 }
 
@@ -178,19 +165,35 @@ struct Routing {
     /// Logpath patterns: sources `0..files.len()`.
     files: Vec<String>,
     /// Journals: the sources after the files.
-    journals: Vec<JournalSpec>,
+    journals: Vec<Journal>,
     /// For each source index, the indexes of the jails reading it.
     routes: Vec<Vec<usize>>,
 }
 
 impl Routing {
-    /// How `banctl status` names each source, by index.
-    fn names(&self) -> Vec<String> {
-        self.files
-            .iter()
-            .map(|f| format!("file:{f}"))
-            .chain(self.journals.iter().map(JournalSpec::key))
+    /// The sources, in routing order.
+    fn sources(&self) -> Vec<Box<dyn Source>> {
+        let files = Files {
+            patterns: self.files.clone(),
+        };
+        std::iter::once(Box::new(files) as Box<dyn Source>)
+            .chain(
+                self.journals
+                    .iter()
+                    .map(|j| Box::new(j.clone()) as Box<dyn Source>),
+            )
             .collect()
+    }
+
+    /// Whether `other` reads the same files and journals (the routes may differ).
+    fn reads_the_same(&self, other: &Routing) -> bool {
+        self.files == other.files
+            && self.journals.len() == other.journals.len()
+            && self
+                .journals
+                .iter()
+                .zip(&other.journals)
+                .all(|(a, b)| a.spec == b.spec)
     }
 }
 
@@ -238,34 +241,25 @@ fn routing(jails: &[crate::config::JailConfig]) -> Routing {
             }
         }
     }
+    // A journal's first start reads back the longest findtime of the jails reading it.
+    let journals = journals
+        .into_iter()
+        .zip(&journal_routes)
+        .map(|(spec, readers)| Journal {
+            spec,
+            back: readers
+                .iter()
+                .map(|&j| jails[j].findtime)
+                .max()
+                .unwrap_or_default(),
+        })
+        .collect();
     file_routes.extend(journal_routes);
     Routing {
         files,
         journals,
         routes: file_routes,
     }
-}
-
-/// Where files resume: their positions saved in `store`.
-fn file_resume(store: &Store, readback: bool) -> Resume {
-    let saved = match store.positions("file:") {
-        Ok(saved) => saved,
-        Err(e) => {
-            tracing::error!(error = %e, "reading the saved file positions: files start at their end");
-            Vec::new()
-        }
-    };
-    let saved = saved
-        .into_iter()
-        .filter_map(|(key, text)| match FilePosition::decode(&text) {
-            Some(position) => Some((key, position)),
-            None => {
-                tracing::warn!(source = key, position = text, "unreadable saved position");
-                None
-            }
-        })
-        .collect();
-    Resume { saved, readback }
 }
 
 /// Runs the daemon until `shutdown` completes. The table and its bans stay in the kernel.
@@ -300,7 +294,7 @@ pub async fn run(
 
     let routing = routing(&config.jails);
     let routes = routing.routes.clone();
-    let sources = Sources::start(routing, config.daemon.readback, &store, &config.jails)?;
+    let sources = Sources::start(routing, config.daemon.readback, &store)?;
 
     let own: Arc<[IpNet]> = own_addresses().into();
     tracing::debug!(
@@ -535,17 +529,7 @@ impl Daemon {
 
     pub fn sweep(&mut self, now: SystemTime) {
         self.engine.sweep(now);
-        if self.sources.task.is_finished() {
-            tracing::error!("log file sources stopped; restarting them");
-            let resume = file_resume(self.engine.ledger(), self.sources.readback);
-            match FileFollower::new(&self.sources.routing.files, &resume) {
-                Ok(follower) => {
-                    let tx = self.sources.tx.clone();
-                    self.sources.task = tokio::spawn(source::run_files(follower, tx));
-                }
-                Err(e) => tracing::error!(error = %e, "cannot restart log file sources"),
-            }
-        }
+        self.sources.restart_stopped(self.engine.ledger());
     }
 
     /// Reads the configuration again and applies it; an invalid one changes nothing.
@@ -566,16 +550,13 @@ impl Daemon {
         };
         let routing = routing(&config.jails);
         let routes = routing.routes.clone();
-        let same = routing.files == self.sources.routing.files
-            && routing.journals == self.sources.routing.journals;
-        let new_sources = if same {
+        let new_sources = if routing.reads_the_same(&self.sources.routing) {
             None
         } else {
             match Sources::start(
                 routing.clone(),
                 config.daemon.readback,
                 self.engine.ledger(),
-                &config.jails,
             ) {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -663,7 +644,7 @@ impl Daemon {
 
     /// The sources jail `j` reads, as `banctl status` names them.
     fn sources_of(&self, j: usize) -> Vec<String> {
-        let names = self.sources.routing.names();
+        let names = self.sources.names();
         self.routes
             .iter()
             .enumerate()

@@ -13,6 +13,7 @@
 //! changing. A line is only emitted once its newline arrived; invalid UTF-8 is replaced, never
 //! dropped; an over-long line is cut. A missing file or directory is waited for.
 
+mod feed;
 pub mod journal;
 
 use std::collections::{HashMap, VecDeque};
@@ -26,6 +27,8 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::mpsc;
+
+pub use feed::{Files, Journal, Positions, Running, Source, StartFrom};
 
 /// Longest line passed on. A longer line is never passed on, not even cut: the cut could
 /// end inside attacker text and make it look like the end of a failure line. It is counted
@@ -420,6 +423,8 @@ pub struct FileFollower {
     /// Followed files with bytes left after a bounded read.
     behind: VecDeque<WatchDescriptor>,
     rescan: tokio::time::Interval,
+    /// The routing index of the first pattern (see [`Source`]).
+    first: usize,
 }
 
 const DIR_MASK: WatchMask = WatchMask::CREATE.union(WatchMask::MOVED_TO);
@@ -431,6 +436,15 @@ impl FileFollower {
     /// Starts following, each existing file from its saved position, read back or from its
     /// end (see [`Resume`]). Needs a tokio runtime.
     pub fn new(patterns: &[String], resume: &Resume) -> Result<FileFollower, SourceError> {
+        FileFollower::numbered(patterns, resume, 0)
+    }
+
+    /// Like [`FileFollower::new`], the patterns' routing indexes starting at `first`.
+    pub fn numbered(
+        patterns: &[String],
+        resume: &Resume,
+        first: usize,
+    ) -> Result<FileFollower, SourceError> {
         let inotify = Inotify::init().map_err(SourceError::Inotify)?;
         let watches = inotify.watches();
         let events = inotify
@@ -448,6 +462,7 @@ impl FileFollower {
             finishing: VecDeque::new(),
             behind: VecDeque::new(),
             rescan,
+            first,
         };
         for pattern in patterns {
             let path = Path::new(pattern);
@@ -512,7 +527,7 @@ impl FileFollower {
             .iter()
             .enumerate()
             .filter(|(_, s)| s.pattern.matches_path(path))
-            .map(|(i, _)| i)
+            .map(|(i, _)| self.first + i)
             .collect()
     }
 

@@ -544,6 +544,24 @@ impl Store {
     }
 }
 
+/// Where log sources find their saved positions; a store that cannot be read gives none
+/// (the sources then start as on a first start), and says so.
+impl crate::source::Positions for Store {
+    fn position(&self, key: &str) -> Option<String> {
+        Store::position(self, key).unwrap_or_else(|e| {
+            tracing::error!(error = %e, source = key, "reading a saved position");
+            None
+        })
+    }
+
+    fn positions(&self, prefix: &str) -> Vec<(String, String)> {
+        Store::positions(self, prefix).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading the saved positions: sources start as new");
+            Vec::new()
+        })
+    }
+}
+
 /// The state store is the engine's ledger.
 impl crate::engine::Ledger for Store {
     type Error = StateError;
