@@ -74,58 +74,7 @@ impl Firewall {
     ) -> Result<(), FirewallError> {
         let existing = self.sock.list_sets()?;
         let mut batch = self.sock.batch();
-        batch.add_table("banctl: bans written by the banctl daemon; see `banctl list`");
-        batch.add_base_chain(
-            PREROUTING_CHAIN,
-            Hook::Prerouting,
-            PREROUTING_PRIORITY,
-            "banctl: drops banned sources before conntrack and DNAT, for host and container ports",
-        );
-        batch.flush_chain(PREROUTING_CHAIN);
-        batch.add_base_chain(
-            FORWARD_CHAIN,
-            Hook::Forward,
-            FORWARD_PRIORITY,
-            "banctl: drops banned sources in routed traffic (containers, VMs), by original port",
-        );
-        batch.flush_chain(FORWARD_CHAIN);
-        for jail in jails {
-            let counter = counter_name(&jail.name);
-            batch.add_counter(&counter, &format!("packets dropped by jail {}", jail.name));
-            for family in Family::BOTH {
-                let name = jail.set_name(family);
-                let comment = format!(
-                    "banctl jail {}: banned IP{} sources",
-                    jail.name,
-                    family.suffix()
-                );
-                batch.add_set(&ban_set_spec(&name, family, Some(&comment)));
-            }
-            for family in Family::BOTH {
-                let exprs = rule_exprs(&mut batch, jail, family, Hook::Prerouting);
-                batch.add_rule(PREROUTING_CHAIN, &exprs, &jail.comment());
-                if jail.forward {
-                    let exprs = rule_exprs(&mut batch, jail, family, Hook::Forward);
-                    batch.add_rule(FORWARD_CHAIN, &exprs, &jail.comment());
-                }
-            }
-        }
-        for stale in stale_jails(&existing, jails) {
-            for family in Family::BOTH {
-                let name = layout::set_name(&stale, family);
-                if existing.contains(&name) {
-                    batch.del_set(&name, key_type(family));
-                }
-            }
-            // Add-then-delete removes the counter whether or not it still exists.
-            let counter = counter_name(&stale);
-            batch.add_counter(&counter, "");
-            batch.del_counter(&counter);
-        }
-        let restore: Vec<&Restore> = restore.iter().collect();
-        for ((name, family), (elems, what)) in &restore_by_set(&restore) {
-            batch.set_elements(&ban_set_spec(name, *family, None), elems, ElemOp::Add, what);
-        }
+        layout_batch(&mut batch, jails, &existing, restore);
         Ok(self.sock.commit(batch)?)
     }
 
@@ -283,6 +232,63 @@ impl Firewall {
             .collect();
         jails.sort();
         Ok(jails)
+    }
+}
+
+/// The layout's messages: table, chains, per-jail counters, sets and rules, the removal of
+/// jails no longer configured (`existing`: the sets in the kernel now), and `restore`.
+fn layout_batch(batch: &mut Batch, jails: &[JailRules], existing: &[String], restore: &[Restore]) {
+    batch.add_table("banctl: bans written by the banctl daemon; see `banctl list`");
+    batch.add_base_chain(
+        PREROUTING_CHAIN,
+        Hook::Prerouting,
+        PREROUTING_PRIORITY,
+        "banctl: drops banned sources before conntrack and DNAT, for host and container ports",
+    );
+    batch.flush_chain(PREROUTING_CHAIN);
+    batch.add_base_chain(
+        FORWARD_CHAIN,
+        Hook::Forward,
+        FORWARD_PRIORITY,
+        "banctl: drops banned sources in routed traffic (containers, VMs), by original port",
+    );
+    batch.flush_chain(FORWARD_CHAIN);
+    for jail in jails {
+        let counter = counter_name(&jail.name);
+        batch.add_counter(&counter, &format!("packets dropped by jail {}", jail.name));
+        for family in Family::BOTH {
+            let name = jail.set_name(family);
+            let comment = format!(
+                "banctl jail {}: banned IP{} sources",
+                jail.name,
+                family.suffix()
+            );
+            batch.add_set(&ban_set_spec(&name, family, Some(&comment)));
+        }
+        for family in Family::BOTH {
+            let exprs = rule_exprs(batch, jail, family, Hook::Prerouting);
+            batch.add_rule(PREROUTING_CHAIN, &exprs, &jail.comment());
+            if jail.forward {
+                let exprs = rule_exprs(batch, jail, family, Hook::Forward);
+                batch.add_rule(FORWARD_CHAIN, &exprs, &jail.comment());
+            }
+        }
+    }
+    for stale in stale_jails(existing, jails) {
+        for family in Family::BOTH {
+            let name = layout::set_name(&stale, family);
+            if existing.contains(&name) {
+                batch.del_set(&name, key_type(family));
+            }
+        }
+        // Add-then-delete removes the counter whether or not it still exists.
+        let counter = counter_name(&stale);
+        batch.add_counter(&counter, "");
+        batch.del_counter(&counter);
+    }
+    let restore: Vec<&Restore> = restore.iter().collect();
+    for ((name, family), (elems, what)) in &restore_by_set(&restore) {
+        batch.set_elements(&ban_set_spec(name, *family, None), elems, ElemOp::Add, what);
     }
 }
 
@@ -813,5 +819,149 @@ mod tests {
             merge_ranges(&[r(443, 443), r(80, 80), r(81, 90), r(85, 86)]),
             vec![r(80, 90), r(443, 443)]
         );
+    }
+}
+
+/// The bytes of a layout batch and of a ban batch, against golden files written from batches
+/// the namespace tests showed the kernel accepting (`BANCTL_BLESS=1` rewrites them after a
+/// deliberate change), and the messages they hold, by their kernel names.
+#[cfg(test)]
+mod golden {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/netlink/{name}.hex"))
+    }
+
+    fn check(name: &str, bytes: &[u8]) {
+        let hex: String = bytes
+            .chunks(32)
+            .map(|line| line.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n")
+            .collect();
+        let path = fixture(name);
+        if std::env::var_os("BANCTL_BLESS").is_some() {
+            std::fs::write(&path, &hex).unwrap();
+        }
+        let golden =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            golden == hex,
+            "{name}: the batch's bytes changed (BANCTL_BLESS=1 after checking them against the kernel)"
+        );
+    }
+
+    /// Each message of a batch: (kernel name of its type, its sequence number).
+    fn messages(bytes: &[u8]) -> Vec<(&'static str, u32)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + 16 <= bytes.len() {
+            let word = |o: usize| u32::from_ne_bytes(bytes[at + o..at + o + 4].try_into().unwrap());
+            let len = word(0) as usize;
+            let kind = u16::from_ne_bytes(bytes[at + 4..at + 6].try_into().unwrap());
+            let name = match (kind >> 8, kind & 0xff) {
+                (0, 0x10) => "NFNL_MSG_BATCH_BEGIN",
+                (0, 0x11) => "NFNL_MSG_BATCH_END",
+                (10, 0) => "NFT_MSG_NEWTABLE",
+                (10, 3) => "NFT_MSG_NEWCHAIN",
+                (10, 6) => "NFT_MSG_NEWRULE",
+                (10, 8) => "NFT_MSG_DELRULE",
+                (10, 9) => "NFT_MSG_NEWSET",
+                (10, 11) => "NFT_MSG_DELSET",
+                (10, 12) => "NFT_MSG_NEWSETELEM",
+                (10, 14) => "NFT_MSG_DELSETELEM",
+                (10, 18) => "NFT_MSG_NEWOBJ",
+                (10, 20) => "NFT_MSG_DELOBJ",
+                _ => "unknown",
+            };
+            out.push((name, word(8)));
+            assert!(
+                len >= 16 && at + len <= bytes.len(),
+                "message {} is cut",
+                out.len()
+            );
+            at += len.next_multiple_of(4);
+        }
+        assert_eq!(at, bytes.len(), "trailing bytes");
+        out
+    }
+
+    #[test]
+    fn a_layout_batch_is_byte_for_byte_what_the_kernel_took() {
+        let jail = JailRules {
+            name: "sshd".into(),
+            ports: vec![PortRange {
+                first: 22,
+                last: 22,
+            }],
+            protocol: Protocol::Tcp,
+            forward: true,
+        };
+        let mut batch = Batch::detached(TABLE, 1);
+        let existing = vec!["gone_v4".to_owned(), "gone_v6".to_owned()];
+        layout_batch(&mut batch, &[jail], &existing, &[]);
+        let bytes = batch.into_bytes();
+        let names: Vec<&str> = messages(&bytes).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "NFNL_MSG_BATCH_BEGIN",
+                "NFT_MSG_NEWTABLE",
+                "NFT_MSG_NEWCHAIN",
+                "NFT_MSG_DELRULE",
+                "NFT_MSG_NEWCHAIN",
+                "NFT_MSG_DELRULE",
+                "NFT_MSG_NEWOBJ",
+                "NFT_MSG_NEWSET",
+                "NFT_MSG_NEWSET",
+                "NFT_MSG_NEWRULE",
+                "NFT_MSG_NEWRULE",
+                "NFT_MSG_NEWRULE",
+                "NFT_MSG_NEWRULE",
+                "NFT_MSG_DELSET",
+                "NFT_MSG_DELSET",
+                "NFT_MSG_NEWOBJ",
+                "NFT_MSG_DELOBJ",
+                "NFNL_MSG_BATCH_END",
+            ]
+        );
+        check("layout", &bytes);
+    }
+
+    #[test]
+    fn a_ban_batch_is_byte_for_byte_what_the_kernel_took() {
+        let ban = |net: &str, secs| Restore {
+            ban: Ban {
+                jail: "sshd".into(),
+                net: net.parse().unwrap(),
+                time: BanTime::Finite(Duration::from_secs(secs)),
+            },
+            expires_in: None,
+        };
+        let items = [ban("192.0.2.7", 600), ban("2001:db8::/64", 3600)];
+        let chosen: Vec<&Restore> = items.iter().collect();
+        let mut batch = Batch::detached(TABLE, 100);
+        batch_elements(&mut batch, &restore_by_set(&chosen), &[ElemOp::AddNew]);
+        let bytes = batch.into_bytes();
+        let messages = messages(&bytes);
+        let names: Vec<&str> = messages.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "NFNL_MSG_BATCH_BEGIN",
+                "NFT_MSG_NEWSETELEM",
+                "NFT_MSG_NEWSETELEM",
+                "NFNL_MSG_BATCH_END",
+            ]
+        );
+        let seqs: Vec<u32> = messages.iter().map(|(_, s)| *s).collect();
+        assert_eq!(seqs, [100, 101, 102, 103]);
+        // The elements' keys and the 600 s timeout (ms, big-endian) are in the bytes.
+        let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(has(&[192, 0, 2, 7]) && has(&[192, 0, 2, 8]));
+        assert!(has(&600_000u64.to_be_bytes()));
+        check("ban", &bytes);
     }
 }

@@ -669,6 +669,19 @@ impl Batch {
     }
 }
 
+#[cfg(test)]
+impl Batch {
+    /// A batch bound to no socket, its sequence numbers from `first_seq`.
+    pub(super) fn detached(table: &str, first_seq: u32) -> Batch {
+        Batch::new(table, libc::NFPROTO_INET as u16, first_seq)
+    }
+
+    /// The finished batch, as the one datagram that would be sent.
+    pub(super) fn into_bytes(self) -> Vec<u8> {
+        self.finish().0.bytes().to_vec()
+    }
+}
+
 /// Calls a libnftnl allocator.
 fn unsafe_alloc<T>(alloc: unsafe extern "C" fn() -> *mut T) -> *mut T {
     // SAFETY: libnftnl allocators take no arguments and return NULL or a fresh object.
