@@ -529,20 +529,20 @@ fn predecessor(addr: IpAddr) -> Option<IpAddr> {
 }
 
 /// Turns the kernel's start/end elements back into prefixes.
-fn pair_intervals(raw: Vec<netlink::DumpedElem>, family: Family) -> Vec<Element> {
-    let mut elems: Vec<(IpAddr, netlink::DumpedElem)> = raw
+fn pair_intervals(raw: Vec<netlink::Elem>, family: Family) -> Vec<Element> {
+    let mut elems: Vec<(IpAddr, netlink::Elem)> = raw
         .into_iter()
         .filter_map(|e| addr_from_key(&e.key, family).map(|a| (a, e)))
         .collect();
     // At equal keys an end sorts before a start: [a, b) followed by [b, c).
     elems.sort_by(|(a, x), (b, y)| a.cmp(b).then(y.interval_end.cmp(&x.interval_end)));
     let mut out = Vec::new();
-    let mut open: Option<(IpAddr, netlink::DumpedElem)> = None;
+    let mut open: Option<(IpAddr, netlink::Elem)> = None;
     let max = match family {
         Family::V4 => IpAddr::from([255u8; 4]),
         Family::V6 => IpAddr::from([255u8; 16]),
     };
-    let mut close = |start: (IpAddr, netlink::DumpedElem), last: IpAddr| match IpNet::from_range(
+    let mut close = |start: (IpAddr, netlink::Elem), last: IpAddr| match IpNet::from_range(
         start.0, last,
     ) {
         Some(net) => out.push(Element {
@@ -682,8 +682,8 @@ fn merge_ranges(ports: &[PortRange]) -> Vec<PortRange> {
 mod tests {
     use super::*;
 
-    fn dumped(key: &[u8], end: bool, t: Option<u64>) -> netlink::DumpedElem {
-        netlink::DumpedElem {
+    fn dumped(key: &[u8], end: bool, t: Option<u64>) -> netlink::Elem {
+        netlink::Elem {
             key: key.to_vec(),
             interval_end: end,
             timeout_ms: t,
