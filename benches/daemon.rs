@@ -321,6 +321,7 @@ fn batch_100k(figures: &mut Vec<Figure>) {
                 time: BanTime::Finite(Duration::from_secs(3600)),
                 count: 1,
                 reason: "bench".into(),
+                origin: banctl::ban::Origin::Failures,
             })
             .collect()
     };

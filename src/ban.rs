@@ -52,6 +52,58 @@ pub struct Overlaps {
     pub replaced: Vec<(String, IpNet)>,
 }
 
+/// Where a ban decision came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A jail's failures.
+    Failures,
+    /// `banctl ban`.
+    Manual,
+    /// A recidive jail: the bans of the other jails.
+    Recidive,
+    /// Found in the enforcer but not in the ledger (a crash between the two writes, or added
+    /// by hand).
+    Kernel,
+    /// Another host of the fleet, by name.
+    Remote(String),
+}
+
+impl Origin {
+    /// How the ledger keeps it: `failures`, `manual`, `recidive`, `kernel`, `remote:HOST`.
+    pub fn to_text(&self) -> String {
+        match self {
+            Origin::Failures => "failures".into(),
+            Origin::Manual => "manual".into(),
+            Origin::Recidive => "recidive".into(),
+            Origin::Kernel => "kernel".into(),
+            Origin::Remote(host) => format!("remote:{host}"),
+        }
+    }
+
+    /// The inverse of [`Origin::to_text`]; unknown text is a jail's failures.
+    pub fn from_text(text: &str) -> Origin {
+        match text {
+            "manual" => Origin::Manual,
+            "recidive" => Origin::Recidive,
+            "kernel" => Origin::Kernel,
+            _ => match text.strip_prefix("remote:") {
+                Some(host) => Origin::Remote(host.to_owned()),
+                None => Origin::Failures,
+            },
+        }
+    }
+
+    /// The `reason` of a ban event (notifiers): `failures`, `manual`, `recidive` or `remote`.
+    pub fn event_reason(&self) -> &'static str {
+        match self {
+            Origin::Failures | Origin::Kernel => "failures",
+            Origin::Manual => "manual",
+            Origin::Recidive => "recidive",
+            Origin::Remote(_) => "remote",
+        }
+    }
+}
+
 /// A ban as the ledger keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredBan {
@@ -63,6 +115,8 @@ pub struct StoredBan {
     pub count: u32,
     /// Why: the matched lines, or "manual", or "found in the kernel".
     pub reason: String,
+    /// Who decided it.
+    pub origin: Origin,
 }
 
 impl StoredBan {

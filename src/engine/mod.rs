@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 pub use ports::{Enforcer, Ledger, SavedFailures};
 
 use crate::addr::IpNet;
-use crate::ban::{Ban, Element, Overlaps, Restore, StoredBan};
+use crate::ban::{Ban, Element, Origin, Overlaps, Restore, StoredBan};
 use crate::config::{JailConfig, UseDns};
 use crate::duration::BanTime;
 use crate::filter::Verdict;
@@ -459,31 +459,26 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
                 (w.ban, w.reason)
             })
             .collect();
-        let stored = self.escalate(bans, now);
+        let stored = self.escalate(bans, Origin::Failures, now);
         if let Err(e) = self.commit(&stored) {
             tracing::error!(error = %e, count = stored.len(), "writing bans failed");
             return;
         }
-        self.report_bans(&stored, why, "failures");
+        self.report_bans(&stored, why);
         let recidive = self.recidive(&stored, now);
         if !recidive.is_empty() {
-            let stored = self.escalate(recidive, now);
+            let stored = self.escalate(recidive, Origin::Recidive, now);
             if let Err(e) = self.commit(&stored) {
                 tracing::error!(error = %e, count = stored.len(), "writing recidive bans failed");
                 return;
             }
-            self.report_bans(&stored, Vec::new(), "recidive");
+            self.report_bans(&stored, Vec::new());
         }
     }
 
     /// Notices of bans in force; `why` pairs with `stored` (the address behind each ban and
     /// its lines) or is empty.
-    fn report_bans(
-        &mut self,
-        stored: &[StoredBan],
-        why: Vec<(IpAddr, Vec<String>)>,
-        reason: &'static str,
-    ) {
+    fn report_bans(&mut self, stored: &[StoredBan], why: Vec<(IpAddr, Vec<String>)>) {
         let mut why = why.into_iter();
         for b in stored {
             let (address, matched) = why.next().unwrap_or((b.net.addr(), Vec::new()));
@@ -491,13 +486,18 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
                 ban: b.clone(),
                 address,
                 matched,
-                reason,
+                reason: b.origin.event_reason(),
             });
         }
     }
 
     /// Gives each ban its escalated time and its ban number, from the history.
-    fn escalate(&self, bans: Vec<(Ban, String)>, now: SystemTime) -> Vec<StoredBan> {
+    fn escalate(
+        &self,
+        bans: Vec<(Ban, String)>,
+        origin: Origin,
+        now: SystemTime,
+    ) -> Vec<StoredBan> {
         let since = now
             .checked_sub(self.history)
             .unwrap_or(std::time::UNIX_EPOCH);
@@ -523,6 +523,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
                     time: ban.time,
                     count: previous + 1,
                     reason,
+                    origin: origin.clone(),
                 }
             })
             .collect()
@@ -864,13 +865,13 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             net: target,
             time: time.unwrap_or(config.bantime),
         };
-        let mut stored = self.escalate(vec![(ban, "manual ban".to_owned())], now);
+        let mut stored = self.escalate(vec![(ban, "manual ban".to_owned())], Origin::Manual, now);
         if let (Some(time), Some(b)) = (time, stored.first_mut()) {
             // An explicit --time is taken as given, never escalated.
             b.time = time;
         }
         let overlaps = self.commit(&stored)?;
-        self.report_bans(&stored, Vec::new(), "manual");
+        self.report_bans(&stored, Vec::new());
         let forgotten = self.jails[j].forget(&target);
         self.forget_saved(&[(j, forgotten)]);
         let time = stored.first().map_or(BanTime::Permanent, |b| b.time);
@@ -1098,6 +1099,7 @@ fn adopted(jail: &str, e: &Element, now: SystemTime) -> StoredBan {
         time,
         count: 1,
         reason: "found in the kernel".to_owned(),
+        origin: Origin::Kernel,
     }
 }
 

@@ -352,6 +352,17 @@ fn recidive_bans_an_address_banned_again_and_again_elsewhere() {
         })
         .collect();
     assert_eq!(reasons, ["failures", "failures", "recidive"]);
+    let origins: Vec<String> = e
+        .ledger
+        .active(clock.now())
+        .unwrap()
+        .iter()
+        .map(|b| format!("{} {}", b.jail, b.origin.to_text()))
+        .collect();
+    assert!(
+        origins.contains(&"recidive recidive".to_owned()),
+        "{origins:?}"
+    );
 }
 
 #[test]

@@ -17,12 +17,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::addr::IpNet;
+use crate::ban::Origin;
 pub use crate::ban::StoredBan;
 use crate::duration::BanTime;
 pub use crate::jail::Window;
 
 /// The schema this build writes; older files are migrated on open.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 const FILE_NAME: &str = "banctl.db";
 
 #[derive(Debug, thiserror::Error)]
@@ -60,15 +61,23 @@ fn insert_bans(
     history: bool,
 ) -> rusqlite::Result<()> {
     let mut upsert = tx.prepare_cached(
-        "INSERT OR REPLACE INTO bans (jail, net, banned_at, bantime, count, reason)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT OR REPLACE INTO bans (jail, net, banned_at, bantime, count, reason, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     let mut log = tx.prepare_cached(
         "INSERT INTO history (jail, net, banned_at, bantime) VALUES (?1, ?2, ?3, ?4)",
     )?;
     for b in bans {
         let (net, at, time) = (b.net.to_string(), ms(b.banned_at), time_ms(b.time));
-        upsert.execute(params![b.jail, net, at, time, b.count, b.reason])?;
+        upsert.execute(params![
+            b.jail,
+            net,
+            at,
+            time,
+            b.count,
+            b.reason,
+            b.origin.to_text()
+        ])?;
         if history {
             log.execute(params![b.jail, net, at, time])?;
         }
@@ -184,6 +193,17 @@ impl Store {
                 found,
             });
         }
+        if found == 1 {
+            // Version 2 records who decided a ban; older rows say it in their reason.
+            self.conn
+                .execute_batch(
+                    "ALTER TABLE bans ADD COLUMN origin TEXT NOT NULL DEFAULT 'failures';
+                     UPDATE bans SET origin = 'manual' WHERE reason = 'manual ban';
+                     UPDATE bans SET origin = 'kernel' WHERE reason = 'found in the kernel';
+                     UPDATE bans SET origin = 'recidive' WHERE reason LIKE '% bans within %';",
+                )
+                .map_err(|e| self.sql(e))?;
+        }
         self.conn
             .execute_batch(&format!(
                 "PRAGMA journal_mode = WAL;
@@ -196,6 +216,7 @@ impl Store {
                      bantime INTEGER,             -- ms; NULL: permanent
                      count INTEGER NOT NULL,
                      reason TEXT NOT NULL,
+                     origin TEXT NOT NULL DEFAULT 'failures',  -- ban::Origin::to_text
                      PRIMARY KEY (jail, net)
                  ) WITHOUT ROWID;
                  CREATE TABLE IF NOT EXISTS history (
@@ -266,7 +287,7 @@ impl Store {
     /// Every ban still in force at `now`, by jail and address.
     pub fn active(&self, now: SystemTime) -> Result<Vec<StoredBan>, StateError> {
         self.bans(
-            "SELECT jail, net, banned_at, bantime, count, reason FROM bans
+            "SELECT jail, net, banned_at, bantime, count, reason, origin FROM bans
              WHERE bantime IS NULL OR banned_at + bantime > ?1 ORDER BY jail, net",
             &[ms(now)],
         )
@@ -280,7 +301,7 @@ impl Store {
         until: SystemTime,
     ) -> Result<Vec<StoredBan>, StateError> {
         self.bans(
-            "SELECT jail, net, banned_at, bantime, count, reason FROM bans
+            "SELECT jail, net, banned_at, bantime, count, reason, origin FROM bans
              WHERE bantime IS NOT NULL AND banned_at + bantime > ?1 AND banned_at + bantime <= ?2
              ORDER BY banned_at + bantime",
             &[ms(since), ms(until)],
@@ -300,7 +321,8 @@ impl Store {
         read().map_err(|e| self.sql(e))
     }
 
-    /// The bans a query of `jail, net, banned_at, bantime, count, reason` rows selects.
+    /// The bans a query of `jail, net, banned_at, bantime, count, reason, origin` rows
+    /// selects.
     fn bans(&self, sql: &str, params: &[i64]) -> Result<Vec<StoredBan>, StateError> {
         let read = || -> rusqlite::Result<Vec<StoredBan>> {
             let mut stmt = self.conn.prepare_cached(sql)?;
@@ -312,11 +334,12 @@ impl Store {
                     r.get::<_, Option<i64>>(3)?,
                     r.get::<_, u32>(4)?,
                     r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
                 ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (jail, net, at, time, count, reason) = row?;
+                let (jail, net, at, time, count, reason, origin) = row?;
                 // A row this build cannot read was not written by it; skip it rather than fail.
                 let Ok(net) = net.parse::<IpNet>() else {
                     tracing::warn!(jail, net, "state store: unreadable address skipped");
@@ -331,6 +354,7 @@ impl Store {
                     }),
                     count,
                     reason,
+                    origin: Origin::from_text(&origin),
                 });
             }
             Ok(out)
@@ -649,11 +673,43 @@ mod tests {
             }),
             count: 1,
             reason: "test".into(),
+            origin: Origin::Failures,
         }
     }
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    /// A version-1 file (no `origin` column) is migrated: who decided each ban is read from
+    /// its reason.
+    #[test]
+    fn version_1_stores_gain_the_origin_of_their_bans() {
+        let dir = std::env::temp_dir().join(format!("banctl-v1-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let conn = Connection::open(dir.join(FILE_NAME)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE bans (jail TEXT NOT NULL, net TEXT NOT NULL, banned_at INTEGER NOT NULL,
+                 bantime INTEGER, count INTEGER NOT NULL, reason TEXT NOT NULL,
+                 PRIMARY KEY (jail, net)) WITHOUT ROWID;
+             INSERT INTO bans VALUES ('a', '192.0.2.1', 0, NULL, 1, 'manual ban');
+             INSERT INTO bans VALUES ('a', '192.0.2.2', 0, NULL, 1, 'found in the kernel');
+             INSERT INTO bans VALUES ('r', '192.0.2.3', 0, NULL, 1, '3 bans within 1d');
+             INSERT INTO bans VALUES ('a', '192.0.2.4', 0, NULL, 1, 'sshd[1]: Failed password');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+        let store = Store::open(&dir).unwrap();
+        let origins: Vec<String> = store
+            .active(SystemTime::now())
+            .unwrap()
+            .iter()
+            .map(|b| b.origin.to_text())
+            .collect();
+        assert_eq!(origins, ["manual", "kernel", "failures", "recidive"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
