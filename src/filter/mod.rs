@@ -169,7 +169,7 @@ const IPV6: &str = r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]{1,44}";
 
 /// The zone of a link-local IPv6 address (`fe80::1%eth0`, as sshd logs it): matched, not
 /// part of the address banned.
-const ZONE: &str = r"(?:%[0-9A-Za-z_.\-]{1,32})?";
+const ZONE: &str = r"(?:%[0-9A-Za-z_.\-]+)?";
 
 /// A host name (fail2ban's `<DNS>`): reported, never resolved nor banned.
 const DNS: &str = r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]*[A-Za-z0-9_])?";

@@ -256,22 +256,20 @@ impl HostSplit {
         e: usize,
         scratch: &mut Scratch,
     ) -> bool {
+        // With `MatchKind::All` a search reports its longest match, and an anchored reverse
+        // one its leftmost start: a match of exactly the range exists when they reach its end
+        // (forward) or its start (reverse).
         let ends_at = |dfa: &DFA, cache: &mut Cache, from: usize, to: usize| {
-            let mut hit = false;
-            for_each_end_forward(dfa, cache, hay, from, to, |at| hit |= at == to)
-                .is_ok_and(|()| hit)
+            let input = Input::new(hay).range(from..to).anchored(Anchored::Yes);
+            matches!(dfa.try_search_fwd(cache, &input), Ok(Some(m)) if m.offset() == to)
         };
         let Scratch {
-            before,
-            tag,
-            after,
-            ends,
-            ..
+            before, tag, after, ..
         } = scratch;
+        let input = Input::new(hay).range(e..end).anchored(Anchored::Yes);
         ends_at(&self.before, before, 0, s)
             && ends_at(&self.tag, tag, s, e)
-            && starts_reversed(&self.after, after, hay, end, e, ends).is_ok()
-            && ends.first() == Some(&e)
+            && matches!(self.after.try_search_rev(after, &input), Ok(Some(m)) if m.offset() == e)
     }
 
     /// The literals just before and just after the tag, where the pattern has them: what
