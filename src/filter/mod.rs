@@ -167,10 +167,6 @@ const IPV4: &str = r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}";
 /// dots, with at least one colon.
 const IPV6: &str = r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]{1,44}";
 
-/// The zone of a link-local IPv6 address (`fe80::1%eth0`, as sshd logs it): matched, not
-/// part of the address banned.
-const ZONE: &str = r"(?:%[0-9A-Za-z_.\-]+)?";
-
 /// A host name (fail2ban's `<DNS>`): reported, never resolved nor banned.
 const DNS: &str = r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]*[A-Za-z0-9_])?";
 
@@ -190,16 +186,12 @@ const FORGET_GROUP: &str = "mlfforget";
 
 /// The regex for an address tag; `None` for a tag that is not one.
 pub(crate) fn address_tag(tag: &str) -> Option<String> {
-    let ip = format!(
-        r"(?:\[(?P<{HOST_BRACKETED_GROUP}>{IPV6}){ZONE}\]|(?P<{HOST_GROUP}>{IPV4}|{IPV6}){ZONE})"
-    );
+    let ip = format!(r"(?:\[(?P<{HOST_BRACKETED_GROUP}>{IPV6})\]|(?P<{HOST_GROUP}>{IPV4}|{IPV6}))");
     Some(match tag {
         "HOST" => format!(r"(?:{ip}|(?P<{DNS_GROUP}>{DNS}))"),
         "ADDR" => ip,
         "IP4" => format!("(?P<{HOST_GROUP}>{IPV4})"),
-        "IP6" => format!(
-            r"(?:\[(?P<{HOST_BRACKETED_GROUP}>{IPV6}){ZONE}\]|(?P<{HOST_GROUP}>{IPV6}){ZONE})"
-        ),
+        "IP6" => format!(r"(?:\[(?P<{HOST_BRACKETED_GROUP}>{IPV6})\]|(?P<{HOST_GROUP}>{IPV6}))"),
         "DNS" => format!("(?P<{DNS_GROUP}>{DNS})"),
         // The prefix length alone, as in fail2ban (`<ADDR>/<CIDR>`).
         "CIDR" => r"(?P<cidr>[0-9]+)".to_owned(),
@@ -231,8 +223,6 @@ fn read_tag(tag: &str, text: &str) -> Option<Option<Found>> {
         Some(rest) => rest.strip_suffix(']')?,
         None => text,
     };
-    // A zone (`%eth0`) follows the address only.
-    let ip = ip.split_once('%').map_or(ip, |(addr, _)| addr);
     let addr = ip.parse().ok().map(|a| Found::Addr(canonical(a)));
     match tag {
         "DNS" => Some(Some(Found::Name(text.to_owned()))),
