@@ -228,14 +228,16 @@ impl HostSplit {
     /// The span of the address tag in the pattern's match `[0, end)` of `hay`, when only
     /// one is possible; `None`: ask the capturing engine.
     ///
-    /// A span found from the literal edges alone is forced only if the edges listed every
-    /// candidate; it is checked against the exact automata before it is believed, so that a
-    /// mistake in listing candidates costs speed, never the address.
+    /// A span found from the literal edges is forced only if the edges listed every
+    /// candidate. Starts found by searching for the literal before the tag are the one list
+    /// that could miss one (it did, when the search skipped overlapping occurrences), so such
+    /// an answer is also checked: what follows the tag must match `B` to the end of the
+    /// match. A mistake in listing starts then costs speed, never the address.
     pub(super) fn span(&self, hay: &str, end: usize) -> Option<(usize, usize)> {
         let hay = hay.as_bytes();
         let mut scratch = self.scratch.get();
         match self.pairs(hay, end, &mut scratch, Effort::Edges) {
-            Ok(Pairs::One(s, e)) if self.parses_with(hay, end, s, e, &mut scratch) => Some((s, e)),
+            Ok(Pairs::One(s, e)) if self.tail_holds(hay, e, end, &mut scratch) => Some((s, e)),
             Ok(Pairs::One(..) | Pairs::Several) => {
                 match self.pairs(hay, end, &mut scratch, Effort::Automata) {
                     Ok(Pairs::One(s, e)) => Some((s, e)),
@@ -246,30 +248,19 @@ impl HostSplit {
         }
     }
 
-    /// Whether `[0, s)` matches `A`, `[s, e)` matches `T` and `[e, end)` matches `B`: one
-    /// parse of the whole match puts the tag at exactly `[s, e)`.
-    fn parses_with(
-        &self,
-        hay: &[u8],
-        end: usize,
-        s: usize,
-        e: usize,
-        scratch: &mut Scratch,
-    ) -> bool {
-        // With `MatchKind::All` a search reports its longest match, and an anchored reverse
-        // one its leftmost start: a match of exactly the range exists when they reach its end
-        // (forward) or its start (reverse).
-        let ends_at = |dfa: &DFA, cache: &mut Cache, from: usize, to: usize| {
-            let input = Input::new(hay).range(from..to).anchored(Anchored::Yes);
-            matches!(dfa.try_search_fwd(cache, &input), Ok(Some(m)) if m.offset() == to)
-        };
-        let Scratch {
-            before, tag, after, ..
-        } = scratch;
+    /// Whether `B` matches `[e, end)`, for a span whose start was found by the literal before
+    /// the tag. (A start at the line start is exact; so is a tag end at the match or line
+    /// end.)
+    fn tail_holds(&self, hay: &[u8], e: usize, end: usize, scratch: &mut Scratch) -> bool {
+        let exact = !matches!(self.before_edge, Some(Before::Literal(_)))
+            || matches!(self.after_edge, Some(After::MatchEnd | After::LineEnd));
+        if exact {
+            return true;
+        }
+        // An anchored reverse search with `MatchKind::All` reports its leftmost start: a match
+        // of exactly `[e, end)` exists when it reaches `e`.
         let input = Input::new(hay).range(e..end).anchored(Anchored::Yes);
-        ends_at(&self.before, before, 0, s)
-            && ends_at(&self.tag, tag, s, e)
-            && matches!(self.after.try_search_rev(after, &input), Ok(Some(m)) if m.offset() == e)
+        matches!(self.after.try_search_rev(&mut scratch.after, &input), Ok(Some(m)) if m.offset() == e)
     }
 
     /// The literals just before and just after the tag, where the pattern has them: what
