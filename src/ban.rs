@@ -166,17 +166,28 @@ pub fn widest_of_round<'a>(
     bans: impl Iterator<Item = &'a Ban> + Clone,
     covered: &mut Vec<(usize, IpNet)>,
 ) -> Vec<usize> {
-    let nets: HashSet<(&str, IpNet)> = bans.clone().map(|b| (b.jail.as_str(), b.net)).collect();
-    let mut lengths: Vec<u8> = bans.clone().map(|b| b.net.prefix_len()).collect();
+    // (family, length) of every ban: a ban can only be covered when its family has a
+    // shorter length in the round (a round of single addresses, the usual one, has none).
+    let mut lengths: Vec<(bool, u8)> = bans
+        .clone()
+        .map(|b| (b.net.is_ipv4(), b.net.prefix_len()))
+        .collect();
     lengths.sort_unstable();
     lengths.dedup();
-    let mut seen = HashSet::with_capacity(nets.len());
-    let mut kept = Vec::with_capacity(nets.len());
+    let nested = lengths.windows(2).any(|w| w[0].0 == w[1].0);
+    let nets: HashSet<(&str, IpNet)> = if nested {
+        bans.clone().map(|b| (b.jail.as_str(), b.net)).collect()
+    } else {
+        HashSet::new()
+    };
+    let mut seen = HashSet::new();
+    let mut kept = Vec::new();
     for (i, ban) in bans.enumerate() {
+        let family = ban.net.is_ipv4();
         let wider = lengths
             .iter()
-            .take_while(|&&len| len < ban.net.prefix_len())
-            .map(|&len| IpNet::new(ban.net.addr(), len))
+            .filter(|(f, len)| nested && *f == family && *len < ban.net.prefix_len())
+            .map(|&(_, len)| IpNet::new(ban.net.addr(), len))
             .find(|w| nets.contains(&(ban.jail.as_str(), *w)));
         match wider {
             Some(w) => covered.push((i, w)),
