@@ -915,12 +915,12 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         jail: Option<&str>,
         now: SystemTime,
     ) -> Result<Vec<Listed>, EngineError> {
-        let mut removed = Vec::new();
-        let mut jails = Vec::new();
-        for j in self.selected(jail)? {
-            removed.extend(self.bans_of(j, now)?);
-            jails.push(self.jails[j].name().to_owned());
-        }
+        let removed = self.list(jail, now)?;
+        let jails: Vec<String> = self
+            .selected(jail)?
+            .into_iter()
+            .map(|j| self.jails[j].name().to_owned())
+            .collect();
         let waiting = self.waiting(&jails, now, |_| true);
         self.lift(&removed, &waiting, now)?;
         Ok(removed)
