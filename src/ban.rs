@@ -168,12 +168,15 @@ pub fn widest_of_round<'a>(
 ) -> Vec<usize> {
     // (family, length) of every ban: a ban can only be covered when its family has a
     // shorter length in the round (a round of single addresses, the usual one, has none).
-    let mut lengths: Vec<(bool, u8)> = bans
-        .clone()
-        .map(|b| (b.net.is_ipv4(), b.net.prefix_len()))
-        .collect();
+    // At most 2 × 129 of them, so a scan of the few found so far beats sorting them all.
+    let mut lengths: Vec<(bool, u8)> = Vec::new();
+    for b in bans.clone() {
+        let key = (b.net.is_ipv4(), b.net.prefix_len());
+        if !lengths.contains(&key) {
+            lengths.push(key);
+        }
+    }
     lengths.sort_unstable();
-    lengths.dedup();
     let nested = lengths.windows(2).any(|w| w[0].0 == w[1].0);
     let nets: HashSet<(&str, IpNet)> = if nested {
         bans.clone().map(|b| (b.jail.as_str(), b.net)).collect()
@@ -203,7 +206,7 @@ pub fn widest_of_round<'a>(
 /// the layout; `wider`: covering elements that are there, for
 /// a ban round, which replaces them; left out are bans that an element or a wider
 /// ban of the list already covers (that one enforces them).
-pub fn fit(kernel: &BTreeMap<String, Vec<Element>>, items: &[Restore]) -> Fitted {
+pub fn fit(kernel: &BTreeMap<String, Vec<Element>>, items: Vec<Restore>) -> Fitted {
     let mut covered = Vec::new();
     let kept = widest_of_round(items.iter().map(|r| &r.ban), &mut covered);
     let mut sorted: BTreeMap<(&str, bool), Vec<IpNet>> = BTreeMap::new();
@@ -219,14 +222,15 @@ pub fn fit(kernel: &BTreeMap<String, Vec<Element>>, items: &[Restore]) -> Fitted
         nets.sort();
     }
     let mut fitted = Fitted::default();
+    let mut items: Vec<Option<Restore>> = items.into_iter().map(Some).collect();
     for i in kept {
-        let r = &items[i];
+        let Some(r) = items[i].take() else { continue };
         let nets = sorted
             .get(&(r.ban.jail.as_str(), r.ban.net.is_ipv4()))
             .map_or(&[][..], Vec::as_slice);
         match place(nets, &r.ban.net) {
-            Place::Over(inside) if inside.is_empty() => fitted.fits.push(r.clone()),
-            Place::Over(_) => fitted.wider.push(r.clone()),
+            Place::Over(inside) if inside.is_empty() => fitted.fits.push(r),
+            Place::Over(_) => fitted.wider.push(r),
             Place::Same | Place::Inside(_) => fitted.covered += 1,
         }
     }

@@ -644,6 +644,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
     pub fn reconcile(&mut self, now: SystemTime) -> Result<(usize, usize), EngineError> {
         // Before the purge below forgets them.
         self.report_expired(now);
+        let took = std::time::Instant::now();
         let names: Vec<&str> = self.jails.iter().map(Jail::name).collect();
         if let Err(e) = self.ledger.purge(now, self.history, &names) {
             tracing::error!(error = %e, "purging the state store");
@@ -652,10 +653,12 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             .ledger
             .active(now)
             .map_err(|e| EngineError::Ledger(e.to_string()))?;
+        let read_store = took.elapsed();
         let kernel = match self.enforcer.snapshot(&names) {
             Ok(kernel) => kernel,
             Err(e) => return Err(self.enforcer_failed(&e)),
         };
+        let read_kernel = took.elapsed();
         // Sets, not scans: after a restart both sides may hold 100,000 bans.
         let in_kernel: HashSet<(&str, IpNet)> = kernel
             .iter()
@@ -674,11 +677,19 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             .filter(|(jail, e)| !in_store.contains(&(jail.as_str(), e.net)))
             .map(|(jail, e)| adopted(jail, e, now))
             .collect();
-        let fitted = crate::ban::fit(&kernel, &restore);
+        let fitted = crate::ban::fit(&kernel, restore);
+        let fit = took.elapsed();
         let rules: Vec<_> = self.jails.iter().map(|j| j.config().rules()).collect();
         if let Err(e) = self.enforcer.declare(&rules, &fitted.fits) {
             return Err(self.enforcer_failed(&e));
         }
+        tracing::debug!(
+            ?read_store,
+            ?read_kernel,
+            ?fit,
+            declared = ?took.elapsed(),
+            "reconcile: times since its start"
+        );
         if !fitted.wider.is_empty()
             && let Err(e) = self.enforcer.ban(&fitted.wider)
         {

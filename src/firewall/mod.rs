@@ -800,7 +800,7 @@ mod tests {
         };
         let fitted = fit(
             &kernel,
-            &[
+            vec![
                 put("2001:db8:5::7"),
                 put("192.0.2.0/24"),
                 put("198.51.100.0/24"),
