@@ -31,6 +31,16 @@ pub struct Restore {
     pub expires_in: Option<Duration>,
 }
 
+impl Restore {
+    /// A new ban, for its whole ban time.
+    pub fn whole(ban: Ban) -> Restore {
+        Restore {
+            ban,
+            expires_in: None,
+        }
+    }
+}
+
 /// A ban as the enforcer holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Element {
@@ -152,8 +162,8 @@ impl StoredBan {
     /// The ban put back at `now` with the time it has left; `None` once expired.
     pub fn to_restore(&self, now: SystemTime) -> Option<Restore> {
         self.remaining(now).map(|left| Restore {
-            ban: self.to_ban(),
             expires_in: left,
+            ..Restore::whole(self.to_ban())
         })
     }
 }

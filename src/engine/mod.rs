@@ -30,8 +30,6 @@ use crate::filter::Verdict;
 use crate::jail::{Jail, Outcome, Window};
 use crate::source::{LineBatch, Timing};
 
-/// The longest matched line kept as a ban's reason.
-const MAX_REASON: usize = 1024;
 /// How far behind `now` expired bans are looked for: the enforcer's timeout started a little
 /// after the ledger's `banned_at`, and a wider ban must be gone from the enforcer before the
 /// bans it covered are put back.
@@ -276,7 +274,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             Outcome::Ban(ban) => bans.push(Wanted {
                 ban,
                 address: addr,
-                reason: reason(line),
+                reason: crate::jail::clip(line).to_owned(),
                 matched: jail.take_matched(addr),
             }),
             Outcome::Counted { .. } => {}
@@ -534,13 +532,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
     /// ends (see [`Engine::uncover`]); narrower bans that a new one covers leave the enforcer
     /// and stay in the ledger the same way.
     fn commit(&mut self, stored: &[StoredBan]) -> Result<Overlaps, EngineError> {
-        let items: Vec<Restore> = stored
-            .iter()
-            .map(|b| Restore {
-                ban: b.to_ban(),
-                expires_in: None,
-            })
-            .collect();
+        let items: Vec<Restore> = stored.iter().map(|b| Restore::whole(b.to_ban())).collect();
         let overlaps = self.write_bans(&items)?;
         for &(i, wider) in &overlaps.covered {
             let b = &stored[i];
@@ -1112,13 +1104,4 @@ fn adopted(jail: &str, e: &Element, now: SystemTime) -> StoredBan {
         reason: "found in the kernel".to_owned(),
         origin: Origin::Kernel,
     }
-}
-
-/// A matched line as a ban's reason, cut to a bounded length on a character boundary.
-fn reason(line: &str) -> String {
-    let mut end = line.len().min(MAX_REASON);
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
-    line[..end].to_owned()
 }

@@ -90,13 +90,7 @@ impl Firewall {
     /// exist again as add, delete, add (which leaves exactly the new element on every
     /// kernel: a plain re-add keeps the old timeout on some) and adds the rest.
     pub fn ban(&mut self, bans: &[Ban]) -> Result<Overlaps, FirewallError> {
-        let items: Vec<Restore> = bans
-            .iter()
-            .map(|ban| Restore {
-                ban: ban.clone(),
-                expires_in: None,
-            })
-            .collect();
+        let items: Vec<Restore> = bans.iter().cloned().map(Restore::whole).collect();
         self.restore(&items)
     }
 

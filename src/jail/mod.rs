@@ -45,10 +45,11 @@ pub struct Jail {
     memory: Memory,
 }
 
-/// The longest matched line a jail keeps for a ban's notifiers.
+/// The longest matched line a ban keeps (as its reason in the store, and as the lines its
+/// notifiers get).
 pub const MAX_MATCHED_LINE: usize = 1024;
 
-/// A matched line as a ban carries it: cut to [`MAX_MATCHED_LINE`] bytes on a character
+/// A matched line as a ban keeps it: cut to [`MAX_MATCHED_LINE`] bytes on a character
 /// boundary.
 pub fn clip(line: &str) -> &str {
     let mut end = line.len().min(MAX_MATCHED_LINE);
