@@ -464,7 +464,14 @@ impl Servers {
                             return;
                         }
                     };
-                    let metrics = metrics.and_then(|l| tokio::net::TcpListener::from_std(l).ok());
+                    let metrics =
+                        metrics.and_then(|l| match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => Some(l),
+                            Err(e) => {
+                                tracing::error!(error = %e, "metrics listener lost: no metrics");
+                                None
+                            }
+                        });
                     let serve_metrics = async {
                         match metrics {
                             Some(l) => metrics::serve(l, scrapes).await,
