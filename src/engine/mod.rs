@@ -15,7 +15,7 @@ mod ports;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -651,24 +651,13 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             Err(e) => return Err(self.enforcer_failed(&e)),
         };
         let read_kernel = took.elapsed();
-        // Sets, not scans: after a restart both sides may hold 100,000 bans.
-        let in_kernel: HashSet<(&str, IpNet)> = kernel
-            .iter()
-            .flat_map(|(jail, elems)| elems.iter().map(move |e| (jail.as_str(), e.net)))
-            .collect();
-        let in_store: HashSet<(&str, IpNet)> =
-            stored.iter().map(|b| (b.jail.as_str(), b.net)).collect();
-        let restore: Vec<Restore> = stored
-            .iter()
-            .filter(|b| !in_kernel.contains(&(b.jail.as_str(), b.net)))
-            .filter_map(|b| b.to_restore(now))
-            .collect();
-        let adopt: Vec<StoredBan> = kernel
-            .iter()
-            .flat_map(|(jail, elems)| elems.iter().map(move |e| (jail, e)))
-            .filter(|(jail, e)| !in_store.contains(&(jail.as_str(), e.net)))
-            .map(|(jail, e)| adopted(jail, e, now))
-            .collect();
+        let (restore, adopt) = if kernel.values().all(Vec::is_empty) {
+            // After a reboot: everything goes back, nothing to adopt, no sets to build.
+            let restore = stored.iter().filter_map(|b| b.to_restore(now)).collect();
+            (restore, Vec::new())
+        } else {
+            differences(&stored, &kernel, now)
+        };
         let fitted = crate::ban::fit(&kernel, restore);
         let fit = took.elapsed();
         let rules: Vec<_> = self.jails.iter().map(|j| j.config().rules()).collect();
@@ -1104,4 +1093,31 @@ fn adopted(jail: &str, e: &Element, now: SystemTime) -> StoredBan {
         reason: "found in the kernel".to_owned(),
         origin: Origin::Kernel,
     }
+}
+
+/// What the store holds and the kernel lacks (to put back), and what the kernel holds
+/// and the store lacks (to adopt). Sets, not scans: both sides may hold 100,000 bans.
+fn differences(
+    stored: &[StoredBan],
+    kernel: &BTreeMap<String, Vec<Element>>,
+    now: SystemTime,
+) -> (Vec<Restore>, Vec<StoredBan>) {
+    let in_kernel: HashSet<(&str, IpNet)> = kernel
+        .iter()
+        .flat_map(|(jail, elems)| elems.iter().map(move |e| (jail.as_str(), e.net)))
+        .collect();
+    let in_store: HashSet<(&str, IpNet)> =
+        stored.iter().map(|b| (b.jail.as_str(), b.net)).collect();
+    let restore = stored
+        .iter()
+        .filter(|b| !in_kernel.contains(&(b.jail.as_str(), b.net)))
+        .filter_map(|b| b.to_restore(now))
+        .collect();
+    let adopt = kernel
+        .iter()
+        .flat_map(|(jail, elems)| elems.iter().map(move |e| (jail, e)))
+        .filter(|(jail, e)| !in_store.contains(&(jail.as_str(), e.net)))
+        .map(|(jail, e)| adopted(jail, e, now))
+        .collect();
+    (restore, adopt)
 }
