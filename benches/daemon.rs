@@ -60,7 +60,10 @@ impl Daemon {
         let child = Command::new(BIN)
             .args(["daemon", "--config"])
             .arg(dir.join("banctl.toml"))
-            .env("BANCTL_LOG", "warn")
+            .env(
+                "BANCTL_LOG",
+                std::env::var("BANCTL_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -187,10 +190,10 @@ fn until_settled(mon: &mut Monitor, start: Instant, mut done: impl FnMut() -> bo
         let types = mon.next(wait).expect("monitor");
         if types.iter().any(|n| n.kind == NFT_MSG_NEWGEN) {
             last_commit = Some(start.elapsed());
-        } else if types.is_empty() {
-            if let Some(at) = last_commit.filter(|_| done()) {
-                return at;
-            }
+        } else if types.is_empty()
+            && let Some(at) = last_commit.filter(|_| done())
+        {
+            return at;
         }
     }
 }

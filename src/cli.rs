@@ -107,7 +107,8 @@ impl From<&crate::daemon::DaemonError> for Exit {
             | DaemonError::State(_)
             | DaemonError::Monitor(_)
             | DaemonError::Metrics(_)
-            | DaemonError::Servers(_) => Exit::Failure,
+            | DaemonError::Servers(_)
+            | DaemonError::Fleet(_) => Exit::Failure,
         }
     }
 }
@@ -184,13 +185,19 @@ pub enum Command {
     )]
     Unban {
         /// The address or prefix to let in again.
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        #[arg(
+            required_unless_present_any = ["all", "origin"],
+            conflicts_with_all = ["all", "origin"]
+        )]
         target: Option<IpNet>,
         /// Lift every ban (of one jail with --jail).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "origin")]
         all: bool,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "origin")]
         jail: Option<String>,
+        /// Lift every ban that host HOST of the fleet made here.
+        #[arg(long, value_name = "HOST")]
+        origin: Option<String>,
     },
     /// List the built-in filters with a one-line description.
     Filters,
@@ -269,18 +276,48 @@ pub fn render_bans(bans: &[BanInfo]) -> String {
         .unwrap_or(0)
         .max(7);
     let mut out = format!(
-        "{:width_jail$}  {:width_addr$}  {:10}  BAN #\n",
+        "{:width_jail$}  {:width_addr$}  {:10}  BAN #  ORIGIN\n",
         "JAIL", "ADDRESS", "EXPIRES IN"
     );
     for b in bans {
         let count = b.ban_count.map_or("-".to_owned(), |n| n.to_string());
+        let origin = b.origin.as_deref().unwrap_or("-");
         out.push_str(&format!(
-            "{:width_jail$}  {:width_addr$}  {:10}  {count}\n",
+            "{:width_jail$}  {:width_addr$}  {:10}  {count:5}  {origin}\n",
             b.jail,
             b.address.to_string(),
             remaining(b)
         ));
     }
+    out
+}
+
+/// The fleet link's line of `banctl status`.
+pub fn render_fleet(f: &crate::fleet::LinkStatus) -> String {
+    let link = match (f.connected, f.caught_up) {
+        (true, true) => "connected, caught up",
+        (true, false) => "connected, catching up",
+        (false, _) => "DISCONNECTED",
+    };
+    let mut out = format!(
+        "fleet: {} as {} — {link}; applied up to {} of {} (lag {}); queued {}; published {}, received {}",
+        f.name,
+        f.role,
+        f.applied,
+        f.stream_last,
+        f.stream_last.saturating_sub(f.applied),
+        f.queued,
+        f.published,
+        f.received,
+    );
+    if let Some(e) = f
+        .last_error
+        .as_ref()
+        .filter(|_| !f.connected || f.queued > 0)
+    {
+        out.push_str(&format!("\n  last error: {e}"));
+    }
+    out.push('\n');
     out
 }
 
@@ -436,6 +473,14 @@ mod tests {
             expires_in_s: left,
             bantime_s: left,
             ban_count: left.map(|_| 2),
+            origin: left.map(|_| {
+                if jail == "sshd" {
+                    "failures"
+                } else {
+                    "remote:web2"
+                }
+                .to_owned()
+            }),
         }
     }
 
@@ -448,10 +493,10 @@ mod tests {
         ]);
         assert_eq!(
             out,
-            "JAIL      ADDRESS          EXPIRES IN  BAN #\n\
-             sshd      203.0.113.5      59m59s      2\n\
-             jellyfin  2001:db8:1::/64  permanent   -\n\
-             sshd      198.51.100.7     <1s         2\n"
+            "JAIL      ADDRESS          EXPIRES IN  BAN #  ORIGIN\n\
+             sshd      203.0.113.5      59m59s      2      failures\n\
+             jellyfin  2001:db8:1::/64  permanent   -      -\n\
+             sshd      198.51.100.7     <1s         2      failures\n"
         );
         assert_eq!(render_bans(&[]), "no active bans\n");
     }

@@ -16,6 +16,7 @@ pub mod fail2ban;
 pub mod filter;
 pub mod filter_spec;
 pub mod firewall;
+pub mod fleet;
 pub mod jail;
 pub mod metrics;
 pub mod notify;

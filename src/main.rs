@@ -172,9 +172,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Unban { target, all, jail } => {
-            let request = match (target, all) {
-                (Some(target), false) => Request::Unban { target, jail },
+        Command::Unban {
+            target,
+            all,
+            jail,
+            origin,
+        } => {
+            let request = match (target, all, origin) {
+                (_, _, Some(origin)) => Request::UnbanOrigin { origin },
+                (Some(target), false, None) => Request::Unban { target, jail },
                 _ => Request::UnbanAll { jail },
             };
             match answer(control::call(&cli.socket, request)?)? {
@@ -215,13 +221,22 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Status { jail, json } => {
             match answer(control::call(&cli.socket, Request::Status { jail })?)? {
-                Response::Status { jails } if json => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&jails).context("encoding JSON")?
-                    )
+                // Without a fleet the JSON stays the array of jails it always was.
+                Response::Status { jails, fleet } if json => {
+                    let text = match fleet {
+                        None => serde_json::to_string_pretty(&jails),
+                        Some(fleet) => serde_json::to_string_pretty(
+                            &serde_json::json!({ "jails": jails, "fleet": fleet }),
+                        ),
+                    };
+                    println!("{}", text.context("encoding JSON")?)
                 }
-                Response::Status { jails } => print!("{}", render_status(&jails)),
+                Response::Status { jails, fleet } => {
+                    print!("{}", render_status(&jails));
+                    if let Some(fleet) = fleet {
+                        print!("{}", banctl::cli::render_fleet(&fleet));
+                    }
+                }
                 other => return Err(unexpected(other)),
             }
             Ok(())

@@ -70,10 +70,10 @@ impl ServiceManager {
     }
 
     fn send(&self, message: &str) {
-        if let Some((sock, addr)) = &self.target {
-            if let Err(e) = sock.send_to_addr(message.as_bytes(), addr) {
-                tracing::debug!(error = %e, "service notification not sent");
-            }
+        if let Some((sock, addr)) = &self.target
+            && let Err(e) = sock.send_to_addr(message.as_bytes(), addr)
+        {
+            tracing::debug!(error = %e, "service notification not sent");
         }
     }
 }

@@ -4,7 +4,10 @@
 //! loading never stops at the first problem: all of them are reported, each with file, line
 //! and key.
 
+mod fleet;
 mod raw;
+
+pub use fleet::{Apply, Auth, FLEET_JAIL, FleetConfig, Role, Tls};
 
 use std::fmt;
 use std::ops::Range;
@@ -94,6 +97,8 @@ pub struct Config {
     pub jails: Vec<JailConfig>,
     /// `[[notify]]` entries, in the order written.
     pub notify: Vec<NotifyConfig>,
+    /// `[fleet]`, if this host shares bans with others.
+    pub fleet: Option<FleetConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,6 +271,7 @@ impl Config {
             file: path.to_owned(),
             text,
             errors: Vec::new(),
+            fleet_jail: false,
         };
         let raw = cx.deserialize();
         let config = raw.and_then(|raw| cx.validate(&raw));
@@ -283,6 +289,8 @@ struct Context<'t> {
     file: PathBuf,
     text: &'t str,
     errors: Vec<Diagnostic>,
+    /// Whether the jail named `fleet` takes the fleet's bans (and so reads no log).
+    fleet_jail: bool,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -384,10 +392,21 @@ impl Context<'_> {
                 "recidive is set on one jail, not in [defaults]",
             );
         }
+        let fleet = raw.fleet.as_ref().and_then(|f| self.fleet(f));
+        self.fleet_jail = fleet.as_ref().is_some_and(|f| f.role.enforces());
         let mut jails = Vec::new();
         for (name, jail) in &raw.jails {
             if let Some(jail) = self.jail(name, jail, &raw.defaults) {
                 jails.push(jail);
+            }
+        }
+        if self.fleet_jail && !raw.jails.contains_key(FLEET_JAIL) {
+            // Remote bans whose jail this host lacks go here: every port, [defaults] apply.
+            let span = raw.fleet.as_ref().map_or(0..0, Spanned::span);
+            let implicit = Spanned::new(span, RawJail::default());
+            if let Some(jail) = self.jail(FLEET_JAIL, &implicit, &raw.defaults) {
+                jails.push(jail);
+                jails.sort_by(|a, b| a.name.cmp(&b.name));
             }
         }
         let names: Vec<&str> = raw.jails.keys().map(String::as_str).collect();
@@ -402,6 +421,7 @@ impl Context<'_> {
             daemon,
             jails,
             notify,
+            fleet,
         })
     }
 
@@ -559,30 +579,36 @@ impl Context<'_> {
                 }
             };
         }
-        if let Some((enabled, _)) = pick!(enabled) {
-            if !*enabled.get_ref() {
-                return None;
-            }
+        if let Some((enabled, _)) = pick!(enabled)
+            && !*enabled.get_ref()
+        {
+            return None;
         }
         let recidive = jail.recidive.as_ref().is_some_and(|v| *v.get_ref());
-        let (filter_name, filter) = if recidive {
+        let remote = self.fleet_jail && name == FLEET_JAIL;
+        let reads_no_log = recidive || remote;
+        let (filter_name, filter) = if reads_no_log {
+            let (kind, why) = if recidive {
+                (
+                    "recidive",
+                    "a recidive jail reads no log: its failures are other jails' bans",
+                )
+            } else {
+                (
+                    "fleet",
+                    "the fleet jail reads no log: its bans come from other hosts",
+                )
+            };
             for (present, k) in [
                 (jail.filter.is_some(), "filter"),
                 (jail.failregex.is_some(), "failregex"),
                 (jail.logpath.is_some(), "logpath"),
             ] {
                 if present {
-                    self.error(
-                        spanned.span(),
-                        key(k),
-                        "a recidive jail reads no log: its failures are other jails' bans",
-                    );
+                    self.error(spanned.span(), key(k), why);
                 }
             }
-            (
-                "recidive".to_owned(),
-                Some(Filter::new(Vec::new(), Vec::new())),
-            )
+            (kind.to_owned(), Some(Filter::new(Vec::new(), Vec::new())))
         } else {
             self.filter(name, jail, defaults, spanned.span())
         };
@@ -623,7 +649,7 @@ impl Context<'_> {
                 directory: raw.directory.as_ref().map(PathBuf::from),
             })
         });
-        let journal = journal.filter(|_| !recidive);
+        let journal = journal.filter(|_| !reads_no_log);
         let source = match pick!(source) {
             Some((v, k)) => match v.get_ref().as_str() {
                 "auto" => SourceChoice::Auto,
@@ -640,7 +666,7 @@ impl Context<'_> {
             },
             None => SourceChoice::Auto,
         };
-        if source == SourceChoice::Journal && journal.is_none() && !recidive {
+        if source == SourceChoice::Journal && journal.is_none() && !reads_no_log {
             self.error(
                 spanned.span(),
                 key("journal"),
@@ -649,7 +675,7 @@ impl Context<'_> {
         }
         let needs_files = source == SourceChoice::File || journal.is_none();
         let logpaths = match pick!(logpath) {
-            _ if recidive => Vec::new(),
+            _ if reads_no_log => Vec::new(),
             Some((v, _)) => v.get_ref().to_vec(),
             None if !needs_files => Vec::new(),
             None => {

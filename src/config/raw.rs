@@ -19,6 +19,29 @@ pub struct RawConfig {
     pub jails: BTreeMap<String, Spanned<RawJail>>,
     #[serde(default)]
     pub notify: Vec<Spanned<RawNotify>>,
+    pub fleet: Option<Spanned<RawFleet>>,
+}
+
+/// `[fleet]`: bans shared with other hosts over NATS JetStream.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawFleet {
+    pub role: Option<Spanned<String>>,
+    pub name: Option<Spanned<String>>,
+    pub servers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub bucket: Option<Spanned<String>>,
+    pub credentials: Option<Spanned<String>>,
+    pub nkey_seed: Option<Spanned<String>>,
+    pub user: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub tls_ca: Option<Spanned<String>>,
+    pub tls_cert: Option<Spanned<String>>,
+    pub tls_key: Option<Spanned<String>>,
+    pub min_prefix: Option<Spanned<RawPrefixLens>>,
+    pub max_per_minute: Option<Spanned<i64>>,
+    pub queue: Option<Spanned<i64>>,
+    pub apply: Option<Spanned<String>>,
+    pub wait: Option<Spanned<DurationValue>>,
+    pub keep: Option<Spanned<DurationValue>>,
 }
 
 /// `[[notify]]`: a webhook (`url`) or a program (`command`), on ban and/or unban.

@@ -37,6 +37,8 @@ pub enum Request {
     Unban { target: IpNet, jail: Option<String> },
     /// Remove every ban (of one jail, or all).
     UnbanAll { jail: Option<String> },
+    /// Remove every ban another host of the fleet made here.
+    UnbanOrigin { origin: String },
     /// Jails, their sources, counters and drops.
     Status { jail: Option<String> },
     /// Read the configuration file again and apply it (or change nothing if it is invalid).
@@ -51,6 +53,7 @@ impl Request {
             Request::Ban { .. }
                 | Request::Unban { .. }
                 | Request::UnbanAll { .. }
+                | Request::UnbanOrigin { .. }
                 | Request::Reload
         )
     }
@@ -82,6 +85,9 @@ pub enum Response {
     },
     Status {
         jails: Vec<JailStatus>,
+        /// The fleet link, when this host is in a fleet.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fleet: Option<Box<crate::fleet::LinkStatus>>,
     },
     Reloaded {
         jails: Vec<String>,
@@ -107,6 +113,10 @@ pub struct BanInfo {
     /// know it (read from the kernel with the daemon down).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ban_count: Option<u32>,
+    /// Who decided it: `failures`, `manual`, `recidive`, `kernel` or `remote:HOST`; `null` when
+    /// the state store does not know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

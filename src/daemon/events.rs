@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use super::Daemon;
 use crate::engine::Notice;
+use crate::fleet::Outgoing;
 use crate::metrics::{JailFigures, Snapshot};
 use crate::notify::{Event, EventKind, MAX_MATCHED};
 
@@ -25,6 +26,9 @@ impl Daemon {
     /// Hands what the engine did since the last call to the notifiers.
     pub(super) fn announce(&mut self) {
         for notice in self.engine.take_notices() {
+            if let Some(fleet) = self.fleet.as_ref().filter(|_| notice.is_local_decision()) {
+                fleet.send(outgoing(&notice));
+            }
             let event = match notice {
                 Notice::Banned {
                     ban,
@@ -100,5 +104,23 @@ impl Daemon {
             notifications_failed: stats.failed.load(Ordering::Relaxed),
             notifications_dropped: stats.dropped.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// A decision of this host as the fleet hears of it.
+fn outgoing(notice: &Notice) -> Outgoing {
+    match notice {
+        Notice::Banned { ban, .. } => Outgoing::Ban {
+            jail: ban.jail.clone(),
+            net: ban.net,
+            time: ban.time,
+            count: ban.count,
+            reason: ban.reason.clone(),
+        },
+        // An admin's unban lets the address in everywhere, whatever jail banned it there.
+        Notice::Unbanned { net, .. } => Outgoing::Unban {
+            net: *net,
+            jail: None,
+        },
     }
 }

@@ -21,6 +21,7 @@ use crate::config::{Config, SourceChoice};
 use crate::control::{self, BanInfo, ErrorKind, Incoming, JailStatus, Request, Response};
 use crate::engine::{Engine, EngineError, Listed};
 use crate::firewall::{self, Firewall, FirewallError, Monitor};
+use crate::fleet::{Fleet, Inbound};
 use crate::jail::Jail;
 use crate::metrics::{self, Scrape};
 use crate::notify::Notifications;
@@ -70,6 +71,8 @@ pub enum DaemonError {
     Servers(String),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
 }
 
 /// The state the main loop owns: the engine (jails, enforcer, ledger) and what feeds it and
@@ -87,6 +90,8 @@ pub struct Daemon {
     notifications: Notifications,
     /// Host names of jails with `usedns = "yes"`, resolved off the loop.
     resolver: Resolver,
+    /// The fleet link, when `[fleet]` is set (kept as started until a restart).
+    fleet: Option<Fleet>,
 }
 
 /// The running log sources, one [`Source`] per kind: all logpath patterns in one, each
@@ -314,15 +319,28 @@ pub async fn run(
         config.daemon.history,
         SystemTime::now(),
     );
+    let (fleet_tx, mut fleet_rx) = mpsc::channel::<Inbound>(4);
+    let fleet = match &config.fleet {
+        Some(f) => Some(Fleet::start(
+            f.clone(),
+            config.daemon.state_dir.clone(),
+            fleet_tx,
+        )?),
+        None => None,
+    };
     let mut daemon = Daemon {
         engine,
         routes,
-        own,
+        own: own.clone(),
         sources,
         config_path,
         notifications: Notifications::start(&config.notify, Arc::default()),
         resolver,
+        fleet,
     };
+    daemon
+        .engine
+        .set_remote_policy(remote_policy(&config, &own));
     daemon.keep_matched_lines();
     // Failures back, then table, rules and every unexpired ban of the store, in one batch,
     // before anything else.
@@ -331,6 +349,9 @@ pub async fn run(
         .start(SystemTime::now())
         .map_err(DaemonError::Engine)?;
     tracing::info!(restored, adopted, "ruleset in place");
+    if let Some(f) = config.fleet.as_ref().filter(|f| f.role.enforces()) {
+        daemon.catch_up(&mut fleet_rx, f.wait).await;
+    }
     let (repair_tx, mut repairs) = mpsc::channel(4);
     firewall::watch_removals(monitor, repair_tx)
         .map_err(|e| DaemonError::Monitor(e.to_string()))?;
@@ -395,6 +416,9 @@ pub async fn run(
                 daemon.announce();
             }
             Some(answer) = resolved.recv() => daemon.on_resolved(answer),
+            Some(round) = fleet_rx.recv() => {
+                daemon.on_fleet(round);
+            }
             // Last: whatever else is ready goes first, the lines take the rest.
             Some(batch) = daemon.sources.lines.recv() => {
                 let mut lines = batch.lines.len();
@@ -498,7 +522,61 @@ impl Drop for Servers {
     }
 }
 
+/// How the engine takes remote bans: per `[fleet]`, for the roles that enforce them.
+fn remote_policy(config: &Config, own: &Arc<[IpNet]>) -> Option<crate::engine::RemotePolicy> {
+    let f = config.fleet.as_ref().filter(|f| f.role.enforces())?;
+    Some(crate::engine::RemotePolicy {
+        name: f.name.clone(),
+        apply: f.apply,
+        min_prefix: f.min_prefix,
+        max_per_minute: f.max_per_minute,
+        own: own.clone(),
+    })
+}
+
 impl Daemon {
+    /// Applies rounds of fleet bans until the link says they are all in, or `wait` passed
+    /// (servers unreachable: the daemon starts with what it has and catches up later).
+    async fn catch_up(&mut self, rounds: &mut mpsc::Receiver<Inbound>, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, rounds.recv()).await {
+                Ok(Some(round)) => {
+                    if self.on_fleet(round) {
+                        tracing::info!("fleet bans in place");
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        ?wait,
+                        "fleet bans not all in yet; starting, they are applied as they come"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Applies a round of remote bans and lifts; returns whether it ended the replay.
+    fn on_fleet(&mut self, round: Inbound) -> bool {
+        let Inbound {
+            bans,
+            lifts,
+            caught_up,
+            done,
+        } = round;
+        let count = bans.len();
+        let result = self.engine.on_remote(bans, &lifts, SystemTime::now());
+        if count > 0 || !lifts.is_empty() {
+            tracing::debug!(?result, "fleet round applied");
+        }
+        let _ = done.send(());
+        self.announce();
+        caught_up
+    }
+
     /// Filters a round of line batches through the jails that read them; bans, saves, and
     /// sends host names to the resolver.
     pub fn on_lines(&mut self, batches: &[LineBatch]) {
@@ -642,6 +720,13 @@ impl Daemon {
                         removed: removed.iter().map(ban_info).collect(),
                     })
             }
+            Request::UnbanOrigin { origin } => {
+                self.engine
+                    .unban_origin(&origin, now)
+                    .map(|removed| Response::Unbanned {
+                        removed: removed.iter().map(ban_info).collect(),
+                    })
+            }
             Request::Status { jail } => self.status(jail.as_deref(), now),
             Request::Reload => Ok(self.reload()),
         };
@@ -683,7 +768,18 @@ impl Daemon {
                 dropped_bytes,
             });
         }
-        Ok(Response::Status { jails })
+        let fleet = self.fleet.as_ref().map(|f| {
+            let mut status = f.status();
+            status.refused = self
+                .engine
+                .remote_counts()
+                .refused
+                .into_iter()
+                .map(|(origin, why, n)| (format!("{origin}:{}", why.as_str()), n))
+                .collect();
+            Box::new(status)
+        });
+        Ok(Response::Status { jails, fleet })
     }
 }
 
@@ -706,6 +802,7 @@ fn engine_error(e: EngineError) -> Response {
 fn ban_info(b: &Listed) -> BanInfo {
     BanInfo {
         ban_count: b.count,
+        origin: b.origin.as_ref().map(crate::ban::Origin::to_text),
         ..element_info(&b.jail, &b.element)
     }
 }
@@ -740,5 +837,6 @@ pub fn element_info(jail: &str, e: &Element) -> BanInfo {
         expires_in_s: e.expires_in.map(|d| d.as_secs()),
         bantime_s: e.timeout.map(|d| d.as_secs()),
         ban_count: None,
+        origin: None,
     }
 }

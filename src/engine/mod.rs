@@ -12,6 +12,7 @@
 //! and no clock: every method that depends on time takes `now`.
 
 mod ports;
+mod remote;
 #[cfg(test)]
 mod tests;
 
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use ports::{Enforcer, Ledger, SavedFailures};
+pub use remote::{Refusal, RemoteBan, RemoteCounts, RemoteLift, RemotePolicy, RemoteRound};
 
 use crate::addr::IpNet;
 use crate::ban::{Ban, Element, Origin, Overlaps, Restore, StoredBan};
@@ -87,6 +89,8 @@ pub struct Listed {
     pub element: Element,
     /// Which ban of the address this is, from the ledger.
     pub count: Option<u32>,
+    /// Who decided it, from the ledger.
+    pub origin: Option<Origin>,
 }
 
 /// A manual ban carried out.
@@ -140,6 +144,8 @@ pub struct Engine<E, L> {
     /// Up to when expired bans were reported.
     expiry_checked: SystemTime,
     notices: Vec<Notice>,
+    /// How bans from other hosts are taken, if this host is in a fleet.
+    remote: Option<remote::Remote>,
     /// For metrics: enforcer requests that failed, and repairs.
     pub enforcer_errors: u64,
     pub repairs: u64,
@@ -162,6 +168,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             unsaved: Unsaved::default(),
             expiry_checked: now,
             notices: Vec::new(),
+            remote: None,
             enforcer_errors: 0,
             repairs: 0,
         }
@@ -533,7 +540,16 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
     /// and stay in the ledger the same way.
     fn commit(&mut self, stored: &[StoredBan]) -> Result<Overlaps, EngineError> {
         let items: Vec<Restore> = stored.iter().map(|b| Restore::whole(b.to_ban())).collect();
-        let overlaps = self.write_bans(&items)?;
+        self.commit_items(stored, &items)
+    }
+
+    /// [`Engine::commit`], each ban written with the time `items` gives it (paired by index).
+    fn commit_items(
+        &mut self,
+        stored: &[StoredBan],
+        items: &[Restore],
+    ) -> Result<Overlaps, EngineError> {
+        let overlaps = self.write_bans(items)?;
         for &(i, wider) in &overlaps.covered {
             let b = &stored[i];
             tracing::info!(jail = b.jail.as_str(), address = %b.net, covered_by = %wider, "ban already covered by a wider ban: nothing to write");
@@ -793,16 +809,20 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         };
         Ok(elements
             .into_iter()
-            .map(|element| Listed {
-                count: self
+            .map(|element| {
+                let held = self
                     .ledger
-                    .ban_count(&jail, &element.net, now)
+                    .in_force(&jail, &element.net, now)
                     .unwrap_or_else(|err| {
                         tracing::error!(error = %err, "reading the state store");
                         None
-                    }),
-                jail: jail.clone(),
-                element,
+                    });
+                Listed {
+                    count: held.as_ref().map(|b| b.count),
+                    origin: held.map(|b| b.origin),
+                    jail: jail.clone(),
+                    element,
+                }
             })
             .collect())
     }
@@ -897,7 +917,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             let scope = jail.map_or("any jail".to_owned(), |j| format!("jail {j}"));
             return Err(EngineError::NotBanned { target, scope });
         }
-        self.lift(&removed, &waiting, now)?;
+        self.lift(&removed, &waiting, "manual", now)?;
         Ok(removed)
     }
 
@@ -914,7 +934,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             .map(|j| self.jails[j].name().to_owned())
             .collect();
         let waiting = self.waiting(&jails, now, |_| true);
-        self.lift(&removed, &waiting, now)?;
+        self.lift(&removed, &waiting, "manual", now)?;
         Ok(removed)
     }
 
@@ -946,6 +966,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         &mut self,
         bans: &[Listed],
         waiting: &[(String, IpNet)],
+        reason: &'static str,
         now: SystemTime,
     ) -> Result<(), EngineError> {
         let items: Vec<(String, IpNet)> = bans
@@ -976,7 +997,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
                 net: b.element.net,
                 time: b.element.timeout.map(BanTime::Finite),
                 count: b.count,
-                reason: "manual",
+                reason,
             });
         }
         self.forget_saved(&forgotten);

@@ -88,6 +88,14 @@ pub trait Ledger {
         now: SystemTime,
     ) -> Result<Option<u32>, Self::Error>;
 
+    /// `net`'s ban in force in `jail`, if it has one.
+    fn in_force(
+        &self,
+        jail: &str,
+        net: &IpNet,
+        now: SystemTime,
+    ) -> Result<Option<StoredBan>, Self::Error>;
+
     /// How many times `net` was banned since `since`, in `jails` (all when empty).
     fn previous_bans(
         &self,

@@ -86,13 +86,13 @@ pub async fn run(
         Err(_) => {
             // The program and whatever it started; `kill_on_drop` covers the program alone
             // should the group be gone already.
-            if let Some(pid) = group.and_then(|p| i32::try_from(p).ok()) {
-                if let Err(e) = nix::sys::signal::killpg(
+            if let Some(pid) = group.and_then(|p| i32::try_from(p).ok())
+                && let Err(e) = nix::sys::signal::killpg(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
-                ) {
-                    tracing::debug!(error = %e, "killing a notifier's process group");
-                }
+                )
+            {
+                tracing::debug!(error = %e, "killing a notifier's process group");
             }
             Err(NotifyError::Timeout(timeout))
         }

@@ -192,12 +192,11 @@ fn follow(
                         .or_else(|_| at.duration_since(b.read_at))
                         .is_ok_and(|d| d < Duration::from_secs(1))
             });
-            if !same_second {
-                if let Some(full) = batch.take() {
-                    if !send(tx, full) {
-                        return Ok(());
-                    }
-                }
+            if !same_second
+                && let Some(full) = batch.take()
+                && !send(tx, full)
+            {
+                return Ok(());
             }
             let b = batch.get_or_insert_with(|| LineBatch {
                 sources: vec![source],
@@ -215,10 +214,10 @@ fn follow(
             }
             b.resume = Some((key.clone(), cursor));
         }
-        if let Some(last) = batch.take() {
-            if !send(tx, last) {
-                return Ok(());
-            }
+        if let Some(last) = batch.take()
+            && !send(tx, last)
+        {
+            return Ok(());
         }
         if tx.is_closed() || stop.load(Ordering::Relaxed) {
             return Ok(());

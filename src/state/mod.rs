@@ -18,6 +18,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::addr::IpNet;
 use crate::ban::Origin;
+mod outbox;
+pub use outbox::{Outbox, Queued};
+
 pub use crate::ban::StoredBan;
 use crate::duration::BanTime;
 pub use crate::jail::Window;
@@ -295,7 +298,7 @@ impl Store {
         self.bans(
             "SELECT jail, net, banned_at, bantime, count, reason, origin FROM bans
              WHERE bantime IS NULL OR banned_at + bantime > ?1 ORDER BY jail, net",
-            &[ms(now)],
+            &[&ms(now)],
         )
     }
 
@@ -310,7 +313,7 @@ impl Store {
             "SELECT jail, net, banned_at, bantime, count, reason, origin FROM bans
              WHERE bantime IS NOT NULL AND banned_at + bantime > ?1 AND banned_at + bantime <= ?2
              ORDER BY banned_at + bantime",
-            &[ms(since), ms(until)],
+            &[&ms(since), &ms(until)],
         )
     }
 
@@ -329,10 +332,14 @@ impl Store {
 
     /// The bans a query of `jail, net, banned_at, bantime, count, reason, origin` rows
     /// selects.
-    fn bans(&self, sql: &str, params: &[i64]) -> Result<Vec<StoredBan>, StateError> {
+    fn bans(
+        &self,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<StoredBan>, StateError> {
         let read = || -> rusqlite::Result<Vec<StoredBan>> {
             let mut stmt = self.conn.prepare_cached(sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
+            let rows = stmt.query_map(params, |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
@@ -396,6 +403,21 @@ impl Store {
             )
             .optional()
             .map_err(|e| self.sql(e))
+    }
+
+    /// `net`'s ban in `jail` if one is in force at `now`.
+    pub fn in_force(
+        &self,
+        jail: &str,
+        net: &IpNet,
+        now: SystemTime,
+    ) -> Result<Option<StoredBan>, StateError> {
+        let found = self.bans(
+            "SELECT jail, net, banned_at, bantime, count, reason, origin FROM bans
+             WHERE jail = ?1 AND net = ?2 AND (bantime IS NULL OR banned_at + bantime > ?3)",
+            &[&jail, &net.to_string(), &ms(now)],
+        )?;
+        Ok(found.into_iter().next())
     }
 
     /// How many times `net` was banned since `since`: in `jails` (all jails when empty).
@@ -636,6 +658,15 @@ impl crate::engine::Ledger for Store {
         now: SystemTime,
     ) -> Result<Option<u32>, StateError> {
         Store::ban_count(self, jail, net, now)
+    }
+
+    fn in_force(
+        &self,
+        jail: &str,
+        net: &IpNet,
+        now: SystemTime,
+    ) -> Result<Option<StoredBan>, StateError> {
+        Store::in_force(self, jail, net, now)
     }
 
     fn previous_bans(

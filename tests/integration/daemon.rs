@@ -44,6 +44,8 @@ pub struct Daemon {
     child: Child,
     pub socket: PathBuf,
     pub scratch: Scratch,
+    /// What the daemon is started under (`nsenter …`), again on a restart.
+    wrapper: Vec<String>,
 }
 
 impl Daemon {
@@ -77,6 +79,7 @@ impl Daemon {
             child: spawn_under(&path, &[], wrapper),
             socket,
             scratch,
+            wrapper: wrapper.iter().map(|w| (*w).to_owned()).collect(),
         };
         daemon.wait_ready();
         daemon
@@ -101,7 +104,8 @@ impl Daemon {
     /// Like [`Daemon::restart`] with extra environment variables, without waiting for it.
     pub fn restart_with(&mut self, env: &[(&str, &str)]) {
         self.stop();
-        self.child = spawn_with(&self.scratch.path("banctl.toml"), env);
+        let wrapper: Vec<&str> = self.wrapper.iter().map(String::as_str).collect();
+        self.child = spawn_under(&self.scratch.path("banctl.toml"), env, &wrapper);
     }
 
     /// Runs the CLI against this daemon.
@@ -167,10 +171,6 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn spawn_with(config: &Path, env: &[(&str, &str)]) -> Child {
-    spawn_under(config, env, &[])
 }
 
 fn spawn_under(config: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> Child {

@@ -414,15 +414,13 @@ fn stock_filters_agree_with_fail2ban_regex_on_adversarial_lines() {
             // A process id of its own: fail2ban's multi-line sessions (by pid) stay apart, so
             // each line is judged alone by both.
             let mut line = lines[next(lines.len())].to_owned();
-            if let Some(open) = line.find('[') {
-                if let Some(len) = line[open + 1..].find(']') {
-                    if line[open + 1..open + 1 + len]
-                        .bytes()
-                        .all(|b| b.is_ascii_digit())
-                    {
-                        line.replace_range(open + 1..open + 1 + len, &(10_000 + i).to_string());
-                    }
-                }
+            if let Some(open) = line.find('[')
+                && let Some(len) = line[open + 1..].find(']')
+                && line[open + 1..open + 1 + len]
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            {
+                line.replace_range(open + 1..open + 1 + len, &(10_000 + i).to_string());
             }
             for _ in 0..1 + next(3) {
                 let mut at = next(line.len() + 1);

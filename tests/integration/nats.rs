@@ -1,0 +1,139 @@
+//! A NATS server with JetStream for fleet tests: Debian's `nats-server`, started by the test
+//! in a namespace the test made, with one user per host allowed to publish only under its
+//! own name (the configuration the README shows). Never a system service.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::daemon::Scratch;
+use crate::netns;
+
+pub const BIN: &str = "nats-server";
+
+/// Whether `nats-server` can run here; without it the test is skipped loudly, or fails when
+/// `BANCTL_REQUIRE_NATS=1` (set by `cargo xtask test`, and so in CI).
+#[must_use]
+pub fn available(test: &str) -> bool {
+    let found = Command::new(BIN)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        let msg = format!("SKIPPED {test}: needs {BIN} (cargo xtask test installs it)");
+        if std::env::var_os("BANCTL_REQUIRE_NATS").is_some() {
+            panic!("{msg}");
+        }
+        eprintln!("{msg}");
+    }
+    found
+}
+
+/// The permissions of fleet host `host` on bucket `bucket`: publish its own keys and use the
+/// JetStream API of the bucket's stream; read replies.
+pub fn host_permissions(host: &str, bucket: &str) -> String {
+    let stream = format!("KV_{bucket}");
+    let publish = [
+        format!("$KV.{bucket}.{host}.>"),
+        "$JS.API.INFO".to_owned(),
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.STREAM.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+        format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+        format!("$JS.API.CONSUMER.INFO.{stream}.>"),
+        format!("$JS.API.DIRECT.GET.{stream}.>"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        format!("$JS.FC.{stream}.>"),
+    ];
+    let publish: Vec<String> = publish.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "{{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }}",
+        publish.join(", ")
+    )
+}
+
+/// A running server, killed on drop; [`Nats::stop`] and [`Nats::start`] keep its store.
+pub struct Nats {
+    child: Option<Child>,
+    config: PathBuf,
+    pub listen: String,
+}
+
+impl Nats {
+    /// Starts a server on `listen` (an address of this namespace) with users `hosts`, each
+    /// with password `pw-HOST`.
+    pub fn start_new(scratch: &Scratch, listen: &str, hosts: &[&str]) -> Nats {
+        let users: Vec<String> = hosts
+            .iter()
+            .map(|h| {
+                format!(
+                    "{{ user: \"{h}\", password: \"pw-{h}\", permissions: {} }}",
+                    host_permissions(h, "banctl")
+                )
+            })
+            .collect();
+        let store = scratch.path("nats-store");
+        let config = format!(
+            "listen: \"{listen}\"\njetstream {{ store_dir: \"{}\" }}\n\
+             accounts {{\n  FLEET {{\n    jetstream: enabled\n    users: [\n      {}\n    ]\n  }}\n}}\n",
+            store.display(),
+            users.join(",\n      ")
+        );
+        let config = scratch.write("nats.conf", &config);
+        let mut nats = Nats {
+            child: None,
+            config,
+            listen: listen.to_owned(),
+        };
+        nats.start();
+        nats
+    }
+
+    /// Starts the server (again) and waits until it accepts connections.
+    pub fn start(&mut self) {
+        let child = Command::new(BIN)
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let addr: std::net::SocketAddr = self.listen.parse().unwrap();
+        assert!(
+            netns::eventually(Duration::from_secs(10), || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            }),
+            "nats-server did not come up on {addr}"
+        );
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.listen)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The `[fleet]` section of host `host`, its password written next to `dir`.
+pub fn fleet_section(dir: &Path, host: &str, role: &str, url: &str) -> String {
+    let password = dir.join(format!("{host}.password"));
+    std::fs::write(&password, format!("pw-{host}\n")).unwrap();
+    format!(
+        "[fleet]\nrole = \"{role}\"\nname = \"{host}\"\nservers = [\"{url}\"]\nuser = \"{host}\"\n\
+         password_file = \"{}\"\nwait = \"10s\"\n",
+        password.display()
+    )
+}
