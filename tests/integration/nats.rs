@@ -9,18 +9,21 @@ use std::time::Duration;
 use crate::daemon::Scratch;
 use crate::netns;
 
-pub const BIN: &str = "nats-server";
+/// `BANCTL_NATS_SERVER` (set by `cargo xtask test`), else `nats-server` from the PATH.
+fn bin() -> String {
+    std::env::var("BANCTL_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_owned())
+}
 
 /// Whether `nats-server` can run here; without it the test is skipped loudly, or fails when
 /// `BANCTL_REQUIRE_NATS=1` (set by `cargo xtask test`, and so in CI).
 #[must_use]
 pub fn available(test: &str) -> bool {
-    let found = Command::new(BIN)
+    let found = Command::new(bin())
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
-        let msg = format!("SKIPPED {test}: needs {BIN} (cargo xtask test installs it)");
+        let msg = format!("SKIPPED {test}: needs nats-server (cargo xtask test unpacks it)");
         if std::env::var_os("BANCTL_REQUIRE_NATS").is_some() {
             panic!("{msg}");
         }
@@ -92,7 +95,7 @@ impl Nats {
 
     /// Starts the server (again) and waits until it accepts connections.
     pub fn start(&mut self) {
-        let child = Command::new(BIN)
+        let child = Command::new(bin())
             .arg("-c")
             .arg(&self.config)
             .stdout(Stdio::null())

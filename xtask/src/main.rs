@@ -95,6 +95,7 @@ fn test() -> Result<()> {
     // The package test lists what `dist` built.
     dist::dist()?;
     let fail2ban = sys::fail2ban_root()?;
+    let nats = sys::nats_server()?;
     // Namespace tests must run here: a skip is a failure; so must the package test and the
     // fail2ban compatibility tests.
     run(Command::new(env!("CARGO"))
@@ -103,5 +104,7 @@ fn test() -> Result<()> {
         .env("BANCTL_REQUIRE_DIST", "1")
         .env("BANCTL_REQUIRE_FAIL2BAN", "1")
         .env("BANCTL_FAIL2BAN_ROOT", &fail2ban)
+        .env("BANCTL_REQUIRE_NATS", "1")
+        .env("BANCTL_NATS_SERVER", &nats)
         .current_dir(sys::workspace_root()))
 }

@@ -67,6 +67,47 @@ pub fn fail2ban_root() -> Result<PathBuf> {
     Ok(root)
 }
 
+/// The `nats-server` the fleet tests start: the installed one, else Debian's package unpacked
+/// under `target/nats` (never installed: the package would enable a system service).
+pub fn nats_server() -> Result<PathBuf> {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin"] {
+        let path = PathBuf::from(dir).join("nats-server");
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    let root = workspace_root().join("target/nats");
+    let binary = root.join("usr/sbin/nats-server");
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    let download = workspace_root().join("target/nats-deb");
+    std::fs::create_dir_all(&download)?;
+    let fetch = |cx: &str| {
+        crate::run(
+            Command::new("apt-get")
+                .args(["download", "-qq", "nats-server"])
+                .current_dir(&download),
+        )
+        .with_context(|| cx.to_owned())
+    };
+    if fetch("apt-get download nats-server").is_err() {
+        // A fresh machine's package lists may not be there yet.
+        crate::run(Command::new("apt-get").args(["update", "-qq"]))?;
+        fetch("apt-get download nats-server (after apt-get update)")?;
+    }
+    let deb = std::fs::read_dir(&download)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .ok_or_else(|| anyhow::anyhow!("apt-get download nats-server left no .deb"))?;
+    crate::run(Command::new("dpkg").arg("-x").arg(&deb).arg(&root))?;
+    if !binary.is_file() {
+        bail!("{} has no usr/sbin/nats-server", deb.display());
+    }
+    Ok(binary)
+}
+
 /// Installs the Debian packages the build and the tests need, if any is missing.
 pub fn ensure_packages() -> Result<()> {
     let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
