@@ -257,16 +257,6 @@ impl Context<'_> {
     }
 
     fn fleet_auth(&mut self, raw: &RawFleet) -> Auth {
-        let absolute = |cx: &mut Self, v: &Spanned<String>, key: &str| {
-            if !v.get_ref().starts_with('/') {
-                cx.error(
-                    v.span(),
-                    key,
-                    "must be an absolute path (a file, never the secret itself)",
-                );
-            }
-            PathBuf::from(v.get_ref())
-        };
         let given: Vec<(&str, &Spanned<String>)> = [
             ("fleet.credentials", raw.credentials.as_ref()),
             ("fleet.nkey_seed", raw.nkey_seed.as_ref()),
@@ -275,6 +265,15 @@ impl Context<'_> {
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
         .collect();
+        for (k, v) in &given {
+            if !v.get_ref().starts_with('/') {
+                self.error(
+                    v.span(),
+                    *k,
+                    "must be an absolute path (a file, never the secret itself)",
+                );
+            }
+        }
         if given.len() > 1 {
             for (k, v) in &given[1..] {
                 self.error(
@@ -294,7 +293,7 @@ impl Context<'_> {
                 Auth::None
             }
             (Some(&(k, v)), user) => {
-                let file = absolute(self, v, k);
+                let file = PathBuf::from(v.get_ref());
                 match (k, user) {
                     ("fleet.password_file", Some(u)) => Auth::Password {
                         user: u.get_ref().clone(),

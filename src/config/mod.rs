@@ -393,7 +393,14 @@ impl Context<'_> {
             );
         }
         let fleet = raw.fleet.as_ref().and_then(|f| self.fleet(f));
-        self.fleet_jail = fleet.as_ref().is_some_and(|f| f.role.enforces());
+        // From what is written, so that an error elsewhere in [fleet] still reports the
+        // fleet jail's own errors.
+        self.fleet_jail = raw.fleet.as_ref().is_some_and(|f| {
+            f.get_ref()
+                .role
+                .as_ref()
+                .is_none_or(|r| r.get_ref() != "reporter")
+        });
         let mut jails = Vec::new();
         for (name, jail) in &raw.jails {
             if let Some(jail) = self.jail(name, jail, &raw.defaults) {
@@ -1190,6 +1197,66 @@ bantime = "1w"
         let jail = &ok.jails[0];
         assert!(jail.recidive && jail.logpaths.is_empty() && jail.ports.is_empty());
         assert!(jail.escalation.as_ref().unwrap().across_jails);
+    }
+
+    #[test]
+    fn fleet_roles_secrets_from_files_and_every_error_at_once() {
+        let errors = parse(
+            r#"
+[fleet]
+role = "leader"
+name = "web 1"
+servers = ["10.0.0.1:4222", "nats://10.0.0.2:4222"]
+password = "hunter2"
+nkey_seed = "seed.nk"
+credentials = "/etc/banctl/fleet.creds"
+min_prefix = { v4 = 4 }
+
+[jails.fleet]
+logpath = "/var/log/x"
+"#,
+        )
+        .unwrap_err();
+        for wanted in [
+            ":3: fleet.role: \"leader\" is not",
+            ":4: fleet.name: \"web 1\" cannot name this host",
+            ":5: fleet.servers[0]: \"10.0.0.1:4222\" is not nats://",
+            ":6: fleet.password: unknown key",
+            ":7: fleet.nkey_seed: choose one of credentials, nkey_seed and password_file",
+            ":7: fleet.nkey_seed: must be an absolute path",
+            ":9: fleet.min_prefix.v4: 4 is not a prefix length from 8 to 32",
+            "jails.fleet.logpath: the fleet jail reads no log",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(wanted)),
+                "{wanted}\n{errors:#?}"
+            );
+        }
+        // An enforcer with no jail of its own gets the fleet jail: every port, no log.
+        let enforcer = parse(
+            "[defaults]\nignoreip = [\"10.0.0.0/8\"]\n[fleet]\nrole = \"enforcer\"\nname = \"edge\"\n\
+             servers = [\"tls://nats.example:4222\"]\nuser = \"edge\"\npassword_file = \"/etc/banctl/pw\"\n",
+        )
+        .unwrap();
+        let fleet = enforcer.fleet.as_ref().unwrap();
+        assert_eq!((fleet.role, fleet.name.as_str()), (Role::Enforcer, "edge"));
+        assert_eq!(
+            fleet.auth,
+            Auth::Password {
+                user: "edge".into(),
+                file: "/etc/banctl/pw".into()
+            }
+        );
+        let jail = &enforcer.jails[0];
+        assert_eq!(jail.name, FLEET_JAIL);
+        assert!(jail.logpaths.is_empty() && jail.ports.is_empty() && !jail.recidive);
+        assert_eq!(jail.ignoreip, ["10.0.0.0/8".parse().unwrap()]);
+        // A reporter enforces nothing from others: no fleet jail.
+        let reporter = parse(
+            "[fleet]\nrole = \"reporter\"\nname = \"r\"\nservers = [\"nats://10.0.0.1:4222\"]\n",
+        )
+        .unwrap();
+        assert!(reporter.jails.is_empty());
     }
 
     #[test]

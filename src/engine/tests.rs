@@ -552,3 +552,189 @@ fn reload_keeps_windows_of_jails_that_stay_and_drops_jails_that_go() {
     feed(&mut e, "web", &fail("192.0.2.1", 1), &clock);
     assert_eq!(banned(&mut e, "web").len(), 1);
 }
+
+/// A remote ban of `origin`'s jail `jail`, started `ago` before now, for `secs` seconds.
+fn remote(origin: &str, jail: &str, net: &str, ago: u64, secs: u64, clock: &Clock) -> RemoteBan {
+    RemoteBan {
+        origin: origin.into(),
+        jail: jail.into(),
+        net: net.parse().unwrap(),
+        started: clock.now() - Duration::from_secs(ago),
+        time: BanTime::Finite(Duration::from_secs(secs)),
+        reason: format!("from {origin}"),
+    }
+}
+
+fn fleet_engine(clock: &Clock, max_per_minute: u32) -> TestEngine {
+    // This host: `web` and `ssh`, plus the `fleet` jail [fleet] adds; ignores 198.51.100.0/24
+    // in web; its own address is 192.0.2.250.
+    let configs = jails(
+        "[defaults]\nignoreself = false\nfailregex = ['^fail <HOST>$']\nlogpath = \"/dev/null\"\n\
+         [jails.web]\nmaxretry = 3\nbantime = \"1h\"\nignoreip = [\"198.51.100.0/24\"]\n\
+         [jails.ssh]\nmaxretry = 2\nbantime = \"10m\"\n\
+         [fleet]\nname = \"me\"\nservers = [\"nats://127.0.0.1:4222\"]\n",
+    );
+    assert!(
+        configs
+            .iter()
+            .any(|c| c.name == "fleet" && c.logpaths.is_empty())
+    );
+    let mut e = engine(configs, clock);
+    let own: Arc<[IpNet]> = vec!["192.0.2.250".parse().unwrap()].into();
+    e.set_remote_policy(Some(RemotePolicy {
+        name: "me".into(),
+        apply: crate::config::Apply::SameJail,
+        min_prefix: crate::config::PrefixLens { v4: 24, v6: 48 },
+        max_per_minute,
+        own,
+    }));
+    e
+}
+
+#[test]
+fn remote_bans_land_in_the_same_jail_or_the_fleet_jail_with_the_time_they_have_left() {
+    let clock = Clock::new();
+    let mut e = fleet_engine(&clock, 100);
+    let round = e.on_remote(
+        vec![
+            remote("a", "web", "203.0.113.1", 600, 3600, &clock),
+            remote("a", "nginx", "203.0.113.2", 0, 600, &clock),
+            // Expired on the way: skipped, not refused.
+            remote("b", "web", "203.0.113.3", 700, 600, &clock),
+            // This host's own ban coming back: skipped.
+            remote("me", "web", "203.0.113.4", 0, 600, &clock),
+        ],
+        &[],
+        clock.now(),
+    );
+    assert_eq!((round.applied, round.skipped, round.refused), (2, 2, 0));
+    let web = e.enforcer.list("web").unwrap();
+    assert_eq!(web.len(), 1);
+    assert_eq!(web[0].expires_in, Some(Duration::from_secs(3000)));
+    assert_eq!(web[0].timeout, Some(Duration::from_secs(3600)));
+    assert_eq!(banned(&mut e, "fleet"), [("203.0.113.2".into(), Some(600))]);
+    let listed = e.list(Some("web"), clock.now()).unwrap();
+    assert_eq!(listed[0].origin, Some(Origin::Remote("a".into())));
+    // Remote bans are not this host's decisions: nothing for the fleet to hear of again.
+    assert!(e.take_notices().iter().all(|n| !n.is_local_decision()));
+    // A restart puts them back from the ledger with their origin and time left.
+    clock.advance(Duration::from_secs(60));
+    let configs = e.jails.iter().map(|j| j.config().clone()).collect();
+    let (mut e, (restored, _)) = restart(e, configs, &clock);
+    assert_eq!(restored, 0, "still in the kernel");
+    e.enforcer.sets.values_mut().for_each(Vec::clear);
+    e.reconcile(clock.now()).unwrap();
+    let web = e.enforcer.list("web").unwrap();
+    assert_eq!(web[0].expires_in, Some(Duration::from_secs(2940)));
+}
+
+#[test]
+fn remote_bans_that_this_host_must_not_trust_are_refused_and_counted() {
+    let clock = Clock::new();
+    let mut e = fleet_engine(&clock, 3);
+    let round = e.on_remote(
+        vec![
+            remote("a", "web", "10.0.0.0/16", 0, 600, &clock),
+            remote("a", "web", "198.51.100.7", 0, 600, &clock),
+            remote("a", "ssh", "192.0.2.250", 0, 600, &clock),
+            remote("a", "ssh", "192.0.2.0/24", 0, 600, &clock),
+            remote("a", "ssh", "127.0.0.1", 0, 600, &clock),
+            remote("b", "web", "203.0.113.1", 0, 600, &clock),
+            remote("b", "web", "203.0.113.2", 0, 600, &clock),
+            remote("b", "web", "203.0.113.3", 0, 600, &clock),
+            remote("b", "web", "203.0.113.4", 0, 600, &clock),
+        ],
+        &[],
+        clock.now(),
+    );
+    assert_eq!((round.applied, round.refused), (3, 6));
+    let counts = e.remote_counts();
+    let refused: Vec<(&str, &str, u64)> = counts
+        .refused
+        .iter()
+        .map(|(o, why, n)| (o.as_str(), why.as_str(), *n))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            ("a", "too_broad", 1),
+            ("a", "ignored", 1),
+            ("a", "own_address", 3),
+            ("b", "rate_limited", 1)
+        ]
+    );
+    // The next minute, b is heard again.
+    clock.advance(Duration::from_secs(60));
+    let round = e.on_remote(
+        vec![remote("b", "web", "203.0.113.4", 0, 600, &clock)],
+        &[],
+        clock.now(),
+    );
+    assert_eq!(round.applied, 1);
+}
+
+#[test]
+fn remote_lifts_take_back_bans_whoever_made_them_and_a_ban_in_force_is_not_shortened() {
+    let clock = Clock::new();
+    let mut e = fleet_engine(&clock, 100);
+    feed(&mut e, "web", &fail("203.0.113.9", 3), &clock);
+    e.on_remote(
+        vec![
+            remote("a", "web", "203.0.113.7", 0, 3600, &clock),
+            remote("b", "ssh", "203.0.113.7", 0, 600, &clock),
+            // Shorter than the local ban in force: kept as it is.
+            remote("b", "web", "203.0.113.9", 0, 60, &clock),
+        ],
+        &[],
+        clock.now(),
+    );
+    let web = e.list(Some("web"), clock.now()).unwrap();
+    let local = web
+        .iter()
+        .find(|b| b.element.net.to_string() == "203.0.113.9");
+    assert_eq!(local.unwrap().origin, Some(Origin::Failures));
+    assert_eq!(
+        local.unwrap().element.timeout,
+        Some(Duration::from_secs(3600))
+    );
+    // b withdraws its ssh ban: only that one goes.
+    let withdrawn = RemoteLift::Withdrawn {
+        origin: "b".into(),
+        jail: "ssh".into(),
+        net: "203.0.113.7".parse().unwrap(),
+    };
+    let round = e.on_remote(Vec::new(), &[withdrawn], clock.now());
+    assert_eq!(round.lifted, 1);
+    assert!(banned(&mut e, "ssh").is_empty());
+    assert_eq!(banned(&mut e, "web").len(), 2);
+    e.take_notices();
+    // An admin's unban on c: every ban of the address goes, this host's own included.
+    let unban = |net: &str| RemoteLift::Unban {
+        origin: "c".into(),
+        net: net.parse().unwrap(),
+        jail: None,
+    };
+    let round = e.on_remote(
+        Vec::new(),
+        &[unban("203.0.113.7"), unban("203.0.113.9")],
+        clock.now(),
+    );
+    assert_eq!(round.lifted, 2);
+    assert!(banned(&mut e, "web").is_empty());
+    // Lifts from the fleet are not published again.
+    assert!(e.take_notices().iter().all(|n| !n.is_local_decision()));
+    // unban --origin: every ban one host made here, nothing else.
+    e.on_remote(
+        vec![
+            remote("a", "web", "203.0.113.20", 0, 600, &clock),
+            remote("a", "nginx", "203.0.113.21", 0, 600, &clock),
+            remote("b", "web", "203.0.113.22", 0, 600, &clock),
+        ],
+        &[],
+        clock.now(),
+    );
+    let lifted = e.unban_origin("a", clock.now()).unwrap();
+    assert_eq!(lifted.len(), 2);
+    assert_eq!(banned(&mut e, "web"), [("203.0.113.22".into(), Some(600))]);
+    assert!(banned(&mut e, "fleet").is_empty());
+}
