@@ -56,6 +56,15 @@ pub struct Snapshot {
     pub notifications_sent: u64,
     pub notifications_failed: u64,
     pub notifications_dropped: u64,
+    /// The fleet link and the remote bans, when this host is in a fleet.
+    pub fleet: Option<FleetFigures>,
+}
+
+/// What a scrape reports of the fleet.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FleetFigures {
+    pub link: crate::fleet::LinkStatus,
+    pub counts: crate::engine::RemoteCounts,
 }
 
 /// A scrape waiting for the loop's snapshot.
@@ -183,7 +192,65 @@ pub fn render(snapshot: &Snapshot) -> String {
             ),
         ],
     );
+    if let Some(f) = &snapshot.fleet {
+        fleet(&mut family, f);
+    }
     out
+}
+
+/// The fleet's families: the link, and remote bans taken and refused by origin.
+fn fleet(family: &mut impl FnMut(&str, &str, &str, &[(String, u64)]), f: &FleetFigures) {
+    let single = |v: u64| vec![(String::new(), v)];
+    let link = &f.link;
+    family(
+        "fleet_connected",
+        "gauge",
+        "1 while the fleet link is connected to a NATS server.",
+        &single(u64::from(link.connected)),
+    );
+    family(
+        "fleet_lag",
+        "gauge",
+        "Fleet stream entries seen but not applied yet.",
+        &single(link.stream_last.saturating_sub(link.applied)),
+    );
+    family(
+        "fleet_queued",
+        "gauge",
+        "Local decisions waiting to be published (the link is down or refused).",
+        &single(link.queued),
+    );
+    family(
+        "fleet_published_total",
+        "counter",
+        "Local decisions the fleet's stream acknowledged.",
+        &single(link.published),
+    );
+    family(
+        "fleet_remote_bans_total",
+        "counter",
+        "Remote bans enforced here, by origin host.",
+        &f.counts
+            .taken
+            .iter()
+            .map(|(origin, n)| (format!("{{origin=\"{origin}\"}}"), *n))
+            .collect::<Vec<_>>(),
+    );
+    family(
+        "fleet_refused_total",
+        "counter",
+        "Remote bans refused, by origin host and reason (too_broad, ignored, own_address, rate_limited, no_jail).",
+        &f.counts
+            .refused
+            .iter()
+            .map(|(origin, why, n)| {
+                (
+                    format!("{{origin=\"{origin}\",reason=\"{}\"}}", why.as_str()),
+                    *n,
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
 }
 
 /// Binds the metrics address (before capabilities are dropped, so a port below 1024 works).
@@ -261,6 +328,37 @@ fn reply(status: &str, content_type: &str, body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fleet_figures_only_with_a_fleet() {
+        assert!(!render(&Snapshot::default()).contains("fleet"));
+        let snapshot = Snapshot {
+            fleet: Some(FleetFigures {
+                link: crate::fleet::LinkStatus {
+                    connected: true,
+                    applied: 40,
+                    stream_last: 42,
+                    queued: 3,
+                    ..Default::default()
+                },
+                counts: crate::engine::RemoteCounts {
+                    refused: vec![("web2".into(), crate::engine::Refusal::Ignored, 2)],
+                    taken: vec![("web2".into(), 9)],
+                },
+            }),
+            ..Snapshot::default()
+        };
+        let text = render(&snapshot);
+        for line in [
+            "banctl_fleet_connected 1",
+            "banctl_fleet_lag 2",
+            "banctl_fleet_queued 3",
+            "banctl_fleet_remote_bans_total{origin=\"web2\"} 9",
+            "banctl_fleet_refused_total{origin=\"web2\",reason=\"ignored\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
+    }
 
     #[test]
     fn exposition_format() {

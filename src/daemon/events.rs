@@ -103,6 +103,10 @@ impl Daemon {
             notifications_sent: stats.sent.load(Ordering::Relaxed),
             notifications_failed: stats.failed.load(Ordering::Relaxed),
             notifications_dropped: stats.dropped.load(Ordering::Relaxed),
+            fleet: self.fleet.as_ref().map(|f| crate::metrics::FleetFigures {
+                link: f.status(),
+                counts: self.engine.remote_counts(),
+            }),
         }
     }
 }
