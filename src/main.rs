@@ -42,8 +42,15 @@ fn main() -> ExitCode {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BANCTL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let wanted = std::env::var("BANCTL_LOG").unwrap_or_else(|_| "info".to_owned());
+    // The NATS client logs every message at debug: only its warnings, unless asked by name.
+    let wanted = if wanted.contains("async_nats") {
+        wanted
+    } else {
+        format!("{wanted},async_nats=warn")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&wanted)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -94,6 +94,8 @@ pub struct FleetConfig {
     pub wait: Duration,
     /// How long the stream keeps a ban (at least the longest bantime); zero keeps it forever.
     pub keep: Duration,
+    /// Copies of the stream in a NATS cluster (when this host creates it): 1, 3 or 5.
+    pub replicas: usize,
 }
 
 /// The jail remote bans go to when no local jail has their jail's name.
@@ -240,6 +242,20 @@ impl Context<'_> {
             self.duration(v, "fleet.keep".into())
                 .unwrap_or(Duration::ZERO)
         });
+        let replicas = match raw.replicas.as_ref() {
+            None => 1,
+            Some(v) => match *v.get_ref() {
+                n @ (1 | 3 | 5) => n as usize,
+                n => {
+                    self.error(
+                        v.span(),
+                        "fleet.replicas",
+                        format!("{n} is not 1, 3 or 5 (copies of the stream in the cluster)"),
+                    );
+                    1
+                }
+            },
+        };
         (self.errors.len() == errors).then_some(FleetConfig {
             role,
             name,
@@ -253,6 +269,7 @@ impl Context<'_> {
             apply,
             wait,
             keep,
+            replicas,
         })
     }
 

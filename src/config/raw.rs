@@ -42,6 +42,7 @@ pub struct RawFleet {
     pub apply: Option<Spanned<String>>,
     pub wait: Option<Spanned<DurationValue>>,
     pub keep: Option<Spanned<DurationValue>>,
+    pub replicas: Option<Spanned<i64>>,
 }
 
 /// `[[notify]]`: a webhook (`url`) or a program (`command`), on ban and/or unban.

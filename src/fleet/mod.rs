@@ -316,6 +316,7 @@ impl Link {
                 allow_direct: true,
                 discard: stream::DiscardPolicy::New,
                 duplicate_window: Duration::from_secs(120),
+                num_replicas: self.config.replicas,
                 ..Default::default()
             };
             js.create_stream(config)

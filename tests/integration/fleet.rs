@@ -62,7 +62,7 @@ fn member_config(scratch: &Scratch, host: &str, url: &str, extra_jail: &str) -> 
     format!(
         "{}\n{}",
         web_jail(PORT, extra_jail),
-        nats::fleet_section(&scratch.0, host, "member", url)
+        nats::fleet_section(&scratch.0, host, "member", &[url.to_owned()], "")
     )
 }
 
@@ -111,7 +111,7 @@ fn a_ban_on_one_host_is_enforced_by_the_whole_fleet_and_lifted_everywhere() {
     );
     let enforcer = format!(
         "[defaults]\nignoreself = false\n\n{}",
-        nats::fleet_section(&scratch.0, "e", "enforcer", &url)
+        nats::fleet_section(&scratch.0, "e", "enforcer", &[url.clone()], "")
     );
     let e = Host::start(test, "e", 4, &enforcer, &scratch);
     for h in [&a, &b, &c, &e] {
@@ -253,4 +253,62 @@ fn publish_as(user: &str, url: &str, subject: &str) -> Result<(), String> {
             .map(drop)
             .map_err(|e| e.to_string())
     })
+}
+
+#[test]
+fn a_replicated_stream_loses_no_ban_when_a_server_dies_during_a_burst() {
+    let test = "fleet-cluster";
+    let Some(()) = netns::enter(test) else { return };
+    if !nats::available(test) {
+        return;
+    }
+    let scratch = Scratch::new(test);
+    let ips = ["10.9.0.1", "10.9.0.2", "10.9.0.3"];
+    for ip in ips {
+        netns::ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+    }
+    netns::ip(&["addr", "add", "10.8.0.0/23", "dev", "lo"]);
+    let mut servers = Nats::start_cluster(&scratch, &ips, &["a", "b"]);
+    let urls: Vec<String> = servers.iter().map(Nats::url).collect();
+    let section = |host: &str, urls: &[String]| {
+        nats::fleet_section(
+            &scratch.0,
+            host,
+            "member",
+            urls,
+            "replicas = 3\nwait = \"2s\"",
+        )
+    };
+    // A may be on the server that dies; B is on another.
+    let a_config = format!("{}\n{}", web_jail(PORT, ""), section("a", &urls[..2]));
+    let b_config = format!("{}\n{}", web_jail(PORT, ""), section("b", &urls[2..]));
+    let a = Host::start(test, "a", 1, &a_config, &scratch);
+    let b = Host::start(test, "b", 2, &b_config, &scratch);
+    a.wait("A's link is up", || {
+        a.status()["fleet"]["caught_up"] == true
+    });
+    b.wait("B's link is up", || {
+        b.status()["fleet"]["caught_up"] == true
+    });
+
+    // 300 attackers in one write; the first server dies while the bans go out.
+    let attackers: Vec<String> = (0..300u32)
+        .map(|i| format!("10.8.{}.{}", i / 256, i % 256))
+        .collect();
+    let lines: Vec<String> = attackers.iter().flat_map(|ip| failures(ip, 3)).collect();
+    a.daemon.append("web.log", &lines);
+    servers[0].stop();
+    a.wait("A banned all 300", || a.banned("web").len() == 300);
+    assert!(
+        netns::eventually(Duration::from_secs(30), || b.banned("web").len() == 300),
+        "B has {} of A's 300 bans",
+        b.banned("web").len()
+    );
+    let mut on_b = b.banned("web");
+    on_b.sort();
+    let mut wanted = attackers.clone();
+    wanted.sort();
+    assert_eq!(on_b, wanted);
+    assert!(!netns::connects("10.8.1.20", b.target()));
+    a.wait("A's queue is empty", || a.status()["fleet"]["queued"] == 0);
 }

@@ -67,6 +67,54 @@ impl Nats {
     /// Starts a server on `listen` (an address of this namespace) with users `hosts`, each
     /// with password `pw-HOST`.
     pub fn start_new(scratch: &Scratch, listen: &str, hosts: &[&str]) -> Nats {
+        Nats::start_member(scratch, listen, hosts, None)
+    }
+
+    /// A cluster of servers on `listens` (port 4222 for clients, 6222 between servers),
+    /// JetStream on each; started together, as the cluster needs its peers to elect leaders.
+    pub fn start_cluster(scratch: &Scratch, listens: &[&str], hosts: &[&str]) -> Vec<Nats> {
+        let mut servers: Vec<Nats> = listens
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| {
+                let routes: Vec<String> = listens
+                    .iter()
+                    .filter(|other| *other != ip)
+                    .map(|other| format!("\"nats-route://{other}:6222\""))
+                    .collect();
+                let cluster = format!(
+                    "server_name: \"n{i}\"\ncluster {{ name: \"banctl\", listen: \"{ip}:6222\", routes: [{}] }}\n",
+                    routes.join(", ")
+                );
+                Nats::configure(scratch, &format!("{ip}:4222"), hosts, Some((i, &cluster)))
+            })
+            .collect();
+        for s in &mut servers {
+            s.spawn();
+        }
+        for s in &mut servers {
+            s.wait_listening();
+        }
+        servers
+    }
+
+    fn start_member(
+        scratch: &Scratch,
+        listen: &str,
+        hosts: &[&str],
+        cluster: Option<(usize, &str)>,
+    ) -> Nats {
+        let mut nats = Nats::configure(scratch, listen, hosts, cluster);
+        nats.start();
+        nats
+    }
+
+    fn configure(
+        scratch: &Scratch,
+        listen: &str,
+        hosts: &[&str],
+        cluster: Option<(usize, &str)>,
+    ) -> Nats {
         let users: Vec<String> = hosts
             .iter()
             .map(|h| {
@@ -76,33 +124,44 @@ impl Nats {
                 )
             })
             .collect();
-        let store = scratch.path("nats-store");
+        let n = cluster.map_or(0, |(i, _)| i);
+        let store = scratch.path(&format!("nats-store-{n}"));
         let config = format!(
-            "listen: \"{listen}\"\njetstream {{ store_dir: \"{}\" }}\n\
+            "listen: \"{listen}\"\n{}jetstream {{ store_dir: \"{}\" }}\n\
              accounts {{\n  FLEET {{\n    jetstream: enabled\n    users: [\n      {}\n    ]\n  }}\n}}\n",
+            cluster.map_or("", |(_, c)| c),
             store.display(),
             users.join(",\n      ")
         );
-        let config = scratch.write("nats.conf", &config);
-        let mut nats = Nats {
+        let config = scratch.write(&format!("nats-{n}.conf"), &config);
+        Nats {
             child: None,
             config,
             listen: listen.to_owned(),
-        };
-        nats.start();
-        nats
+        }
     }
 
     /// Starts the server (again) and waits until it accepts connections.
     pub fn start(&mut self) {
+        self.spawn();
+        self.wait_listening();
+    }
+
+    fn spawn(&mut self) {
+        let log = self.config.with_extension("log");
         let child = Command::new(bin())
             .arg("-c")
             .arg(&self.config)
+            .arg("-l")
+            .arg(&log)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start nats-server");
         self.child = Some(child);
+    }
+
+    fn wait_listening(&self) {
         let addr: std::net::SocketAddr = self.listen.parse().unwrap();
         assert!(
             netns::eventually(Duration::from_secs(10), || {
@@ -130,13 +189,16 @@ impl Drop for Nats {
     }
 }
 
-/// The `[fleet]` section of host `host`, its password written next to `dir`.
-pub fn fleet_section(dir: &Path, host: &str, role: &str, url: &str) -> String {
+/// The `[fleet]` section of host `host` (servers `urls`, `extra` keys), its password
+/// written in `dir`.
+pub fn fleet_section(dir: &Path, host: &str, role: &str, urls: &[String], extra: &str) -> String {
     let password = dir.join(format!("{host}.password"));
     std::fs::write(&password, format!("pw-{host}\n")).unwrap();
+    let servers: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
     format!(
-        "[fleet]\nrole = \"{role}\"\nname = \"{host}\"\nservers = [\"{url}\"]\nuser = \"{host}\"\n\
-         password_file = \"{}\"\nwait = \"10s\"\n",
+        "[fleet]\nrole = \"{role}\"\nname = \"{host}\"\nservers = [{}]\nuser = \"{host}\"\n\
+         password_file = \"{}\"\n{extra}\n",
+        servers.join(", "),
         password.display()
     )
 }
