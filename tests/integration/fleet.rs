@@ -111,7 +111,7 @@ fn a_ban_on_one_host_is_enforced_by_the_whole_fleet_and_lifted_everywhere() {
     );
     let enforcer = format!(
         "[defaults]\nignoreself = false\n\n{}",
-        nats::fleet_section(&scratch.0, "e", "enforcer", &[url.clone()], "")
+        nats::fleet_section(&scratch.0, "e", "enforcer", std::slice::from_ref(&url), "")
     );
     let e = Host::start(test, "e", 4, &enforcer, &scratch);
     for h in [&a, &b, &c, &e] {
