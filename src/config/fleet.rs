@@ -102,7 +102,7 @@ pub struct FleetConfig {
 pub const FLEET_JAIL: &str = "fleet";
 /// Fleet bans are /24 (IPv4) and /48 (IPv6) at the widest unless `min_prefix` says otherwise.
 pub const DEFAULT_FLEET_MIN_PREFIX: PrefixLens = PrefixLens { v4: 24, v6: 48 };
-pub const DEFAULT_MAX_PER_MINUTE: u32 = 1_000;
+pub const DEFAULT_MAX_PER_MINUTE: u32 = 10_000;
 pub const DEFAULT_QUEUE: usize = 100_000;
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 pub const DEFAULT_BUCKET: &str = "banctl";

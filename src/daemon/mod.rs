@@ -568,9 +568,10 @@ impl Daemon {
             done,
         } = round;
         let count = bans.len();
+        let took = std::time::Instant::now();
         let result = self.engine.on_remote(bans, &lifts, SystemTime::now());
         if count > 0 || !lifts.is_empty() {
-            tracing::debug!(?result, "fleet round applied");
+            tracing::debug!(?result, took = ?took.elapsed(), "fleet round applied");
         }
         let _ = done.send(());
         self.announce();

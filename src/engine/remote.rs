@@ -13,9 +13,12 @@ use std::time::SystemTime;
 
 use super::{Enforcer, Engine, Ledger, Listed, Notice};
 use crate::addr::IpNet;
-use crate::ban::{Ban, Origin, Restore, StoredBan};
+use crate::ban::{Origin, Restore, StoredBan};
 use crate::config::{Apply, FLEET_JAIL, PrefixLens};
 use crate::duration::BanTime;
+
+/// Minutes of counts kept per origin for the rate cap.
+const RATE_MINUTES: usize = 24 * 60;
 
 /// How this host takes bans from the fleet.
 #[derive(Debug, Clone)]
@@ -39,6 +42,9 @@ pub struct RemoteBan {
     /// When it started, by the fleet's clock (the server's store time).
     pub started: SystemTime,
     pub time: BanTime,
+    /// Which ban of the address this is on the origin (its history, which holds the fleet's
+    /// bans it took).
+    pub count: u32,
     pub reason: String,
 }
 
@@ -69,7 +75,7 @@ pub enum Refusal {
     Ignored,
     /// It covers one of this host's own addresses.
     OwnAddress,
-    /// The origin sent more than `max_per_minute` in the last minute.
+    /// The origin made more than `max_per_minute` bans in one minute (by the fleet's clock).
     RateLimited,
     /// No jail here takes it.
     NoJail,
@@ -108,8 +114,9 @@ pub struct RemoteCounts {
 #[derive(Debug)]
 pub(super) struct Remote {
     policy: RemotePolicy,
-    /// Per origin: the minute (Unix minutes) and how many bans it sent in it.
-    rate: HashMap<String, (u64, u32)>,
+    /// Per origin: bans by the minute they started (Unix minutes, the fleet's clock), so
+    /// that a replay after an outage is held to the same cap as live bans.
+    rate: HashMap<String, BTreeMap<u64, u32>>,
     /// Refusals by (origin, reason), for metrics.
     refused: BTreeMap<(String, Refusal), u64>,
     /// Bans taken per origin, for metrics.
@@ -165,10 +172,11 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         for lift in lifts {
             round.lifted += self.lift_remote(lift, now);
         }
+        let held = self.held_for(&bans, now);
         let mut stored = Vec::new();
         let mut items = Vec::new();
         for ban in bans {
-            match self.admit(&ban, now) {
+            match self.admit(&ban, &held, now) {
                 Err(Some(refusal)) => {
                     round.refused += 1;
                     tracing::warn!(origin = ban.origin.as_str(), address = %ban.net, reason = refusal.as_str(), "remote ban refused");
@@ -213,9 +221,55 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         round
     }
 
+    /// When the bans in force here that `bans` may meet end (`None`: permanent), by (jail,
+    /// prefix): one read of the ledger for a large round (a catch-up), point reads for a
+    /// small one.
+    fn held_for(&self, bans: &[RemoteBan], now: SystemTime) -> Held {
+        if bans.len() <= 64 {
+            return Held::Ask;
+        }
+        match self.ledger.active(now) {
+            Ok(active) => Held::Known(
+                active
+                    .into_iter()
+                    .map(|b| ((b.jail.clone(), b.net), b.expires_at()))
+                    .collect(),
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "reading the state store");
+                Held::Ask
+            }
+        }
+    }
+
+    /// When `jail`'s ban of `net` in force ends, if it has one.
+    fn held_until(
+        &self,
+        held: &Held,
+        jail: &str,
+        net: &IpNet,
+        now: SystemTime,
+    ) -> Option<Option<SystemTime>> {
+        match held {
+            Held::Known(map) => map.get(&(jail.to_owned(), *net)).copied(),
+            Held::Ask => match self.ledger.in_force(jail, net, now) {
+                Ok(found) => found.map(|b| b.expires_at()),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the state store");
+                    None
+                }
+            },
+        }
+    }
+
     /// The local jail a remote ban goes to, `Err(Some(_))` if it is refused, `Err(None)` if a
     /// ban in force here already lasts as long.
-    fn admit(&mut self, ban: &RemoteBan, now: SystemTime) -> Result<String, Option<Refusal>> {
+    fn admit(
+        &mut self,
+        ban: &RemoteBan,
+        held: &Held,
+        now: SystemTime,
+    ) -> Result<String, Option<Refusal>> {
         let Some(remote) = &mut self.remote else {
             return Err(Some(Refusal::NoJail));
         };
@@ -243,33 +297,32 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         if jail.ignores(&ban.net) {
             return Err(Some(Refusal::Ignored));
         }
-        let minute = now
+        let minute = ban
+            .started
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() / 60);
-        let (at, count) = remote.rate.entry(ban.origin.clone()).or_insert((minute, 0));
-        if *at != minute {
-            (*at, *count) = (minute, 0);
-        }
+        let minutes = remote.rate.entry(ban.origin.clone()).or_default();
+        let count = minutes.entry(minute).or_insert(0);
         if *count >= policy.max_per_minute {
             return Err(Some(Refusal::RateLimited));
         }
         *count += 1;
+        // A day of minutes per origin at most.
+        while minutes.len() > RATE_MINUTES {
+            minutes.pop_first();
+        }
         let name = jail.name().to_owned();
         let ends = |time: BanTime, start: SystemTime| match time {
             BanTime::Permanent => None,
             BanTime::Finite(d) => Some(start + d),
         };
-        let lasts_as_long = match self.ledger.in_force(&name, &ban.net, now) {
-            Ok(Some(held)) => match (held.expires_at(), ends(ban.time, ban.started)) {
+        let lasts_as_long = match self.held_until(held, &name, &ban.net, now) {
+            Some(held) => match (held, ends(ban.time, ban.started)) {
                 (None, _) => true,
                 (Some(_), None) => false,
                 (Some(held), Some(new)) => held >= new,
             },
-            Ok(None) => false,
-            Err(e) => {
-                tracing::error!(error = %e, "reading the state store");
-                false
-            }
+            None => false,
         };
         if lasts_as_long {
             return Err(None);
@@ -277,20 +330,19 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         Ok(name)
     }
 
-    /// A remote ban as the ledger keeps it: its ban number counts this host's history (which
-    /// holds the fleet's bans it took), its time is the origin's, from the fleet's clock.
+    /// A remote ban as the ledger keeps it: the origin's time and ban number (escalated
+    /// there from its history, which holds the fleet's bans), started by the fleet's clock.
+    /// In this host's history it counts for the escalation of later local bans.
     fn remote_stored(&self, ban: RemoteBan, jail: String, now: SystemTime) -> StoredBan {
-        let local = Ban {
+        StoredBan {
             jail,
             net: ban.net,
+            banned_at: ban.started.min(now),
             time: ban.time,
-        };
-        let origin = Origin::Remote(ban.origin);
-        let mut stored = self.escalate(vec![(local, ban.reason)], origin, now);
-        let mut b = stored.pop().expect("one ban in, one out");
-        b.time = ban.time;
-        b.banned_at = ban.started.min(now);
-        b
+            count: ban.count.max(1),
+            reason: ban.reason,
+            origin: Origin::Remote(ban.origin),
+        }
     }
 
     /// Lifts what `lift` names; returns how many bans went.
@@ -392,6 +444,14 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         self.lift(&removed, &waiting, "manual", now)?;
         Ok(removed)
     }
+}
+
+/// The bans in force a round may meet.
+enum Held {
+    /// Read: when each ends, by (jail, prefix).
+    Known(HashMap<(String, IpNet), Option<SystemTime>>),
+    /// Not read: ask the ledger for each.
+    Ask,
 }
 
 /// Keeps, for each (jail, prefix), the ban that lasts longest (and its item).

@@ -561,6 +561,7 @@ fn remote(origin: &str, jail: &str, net: &str, ago: u64, secs: u64, clock: &Cloc
         net: net.parse().unwrap(),
         started: clock.now() - Duration::from_secs(ago),
         time: BanTime::Finite(Duration::from_secs(secs)),
+        count: 1,
         reason: format!("from {origin}"),
     }
 }
@@ -663,7 +664,7 @@ fn remote_bans_that_this_host_must_not_trust_are_refused_and_counted() {
             ("b", "rate_limited", 1)
         ]
     );
-    // The next minute, b is heard again.
+    // Bans b made the next minute are heard again.
     clock.advance(Duration::from_secs(60));
     let round = e.on_remote(
         vec![remote("b", "web", "203.0.113.4", 0, 600, &clock)],

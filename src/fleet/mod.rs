@@ -34,6 +34,8 @@ use wire::{BanMsg, Decoded, UnbanMsg};
 const OUT_QUEUE: usize = 4096;
 /// Entries of the bucket folded into one round for the engine.
 const ROUND: usize = 4096;
+/// Queued decisions sent together before their acks are read.
+const FLUSH_BATCH: usize = 1024;
 /// How long a publish waits for the stream's ack.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -205,7 +207,7 @@ impl Link {
         loop {
             let kv = tokio::select! {
                 kv = self.bucket(&js) => kv,
-                Some(o) = out_rx.recv() => { self.queue(o); continue; }
+                Some(o) = out_rx.recv() => { self.queue_all(vec![o]); continue; }
             };
             let kv = match kv {
                 Ok(kv) => kv,
@@ -245,7 +247,7 @@ impl Link {
         loop {
             tokio::select! {
                 () = &mut sleep => return,
-                Some(o) = out_rx.recv() => self.queue(o),
+                Some(o) = out_rx.recv() => self.queue_all(vec![o]),
             }
         }
     }
@@ -359,6 +361,7 @@ impl Link {
         }
         .map_err(|e| e.to_string())?;
         let mut caught_up = last <= applied;
+        let replay = std::time::Instant::now();
         if caught_up && enforces {
             self.hand_over(Vec::new(), applied, true).await?;
         }
@@ -392,6 +395,9 @@ impl Link {
                     let done = !caught_up && reached;
                     caught_up |= reached;
                     let entries = std::mem::take(&mut round);
+                    if done {
+                        tracing::debug!(entries = entries.len(), took = ?replay.elapsed(), "fleet: replay read");
+                    }
                     if enforces {
                         self.hand_over(entries, revision, done).await?;
                     } else if let Err(e) = self.outbox.set_applied(&self.config.bucket, revision) {
@@ -399,7 +405,12 @@ impl Link {
                     }
                 }
                 Some(o) = out_rx.recv() => {
-                    self.queue(o);
+                    // A burst of decisions: one outbox transaction, one pipelined flush.
+                    let mut all = vec![o];
+                    while let Ok(more) = out_rx.try_recv() {
+                        all.push(more);
+                    }
+                    self.queue_all(all);
                     self.flush(js).await;
                 }
                 _ = tick.tick() => {
@@ -470,13 +481,28 @@ impl Link {
         Ok(())
     }
 
-    /// Writes a decision to the outbox (it is published from there).
-    fn queue(&mut self, decision: Outgoing) {
+    /// Writes decisions to the outbox, in one transaction (they are published from there).
+    fn queue_all(&mut self, decisions: Vec<Outgoing>) {
+        let messages: Vec<(String, String, Option<Vec<u8>>)> =
+            decisions.iter().filter_map(|d| self.message(d)).collect();
+        match self.outbox.push_all(&messages) {
+            Ok(0) => {}
+            Ok(dropped) => tracing::warn!(
+                dropped,
+                "fleet: the outbox is full; the oldest decisions were dropped"
+            ),
+            Err(e) => tracing::error!(error = %e, "fleet: queueing decisions"),
+        }
+        self.set(|s| s.queued = self.outbox.len().unwrap_or(s.queued));
+    }
+
+    /// A decision as (key, message id, payload).
+    fn message(&self, decision: &Outgoing) -> Option<(String, String, Option<Vec<u8>>)> {
         let name = &self.config.name;
         let stamp = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        let (key, payload) = match &decision {
+        let (key, payload) = match decision {
             Outgoing::Ban {
                 jail,
                 net,
@@ -506,30 +532,23 @@ impl Link {
                 (wire::unban_key(name, net), serde_json::to_vec(&msg))
             }
         };
-        let payload = match payload {
-            Ok(p) => p,
+        match payload {
+            Ok(p) => {
+                let msg_id = format!("{key}@{stamp}");
+                Some((key, msg_id, Some(p)))
+            }
             Err(e) => {
                 tracing::error!(error = %e, "fleet: encoding a decision");
-                return;
+                None
             }
-        };
-        let msg_id = format!("{key}@{stamp}");
-        match self.outbox.push(&key, &msg_id, Some(&payload)) {
-            Ok(0) => {}
-            Ok(dropped) => tracing::warn!(
-                dropped,
-                "fleet: the outbox is full; the oldest decisions were dropped"
-            ),
-            Err(e) => tracing::error!(error = %e, "fleet: queueing a decision"),
         }
-        self.set(|s| s.queued = self.outbox.len().unwrap_or(s.queued));
     }
 
     /// Publishes what the outbox holds, oldest first; stops at the first failure (kept for
     /// the next try).
     async fn flush(&mut self, js: &jetstream::Context) {
         loop {
-            let batch = match self.outbox.pending(256) {
+            let batch = match self.outbox.pending(FLUSH_BATCH) {
                 Ok(b) if b.is_empty() => break,
                 Ok(b) => b,
                 Err(e) => {
@@ -548,6 +567,8 @@ impl Link {
                 };
                 acks.push((q.id, js.send_publish(subject, publish).await));
             }
+            let mut done = Vec::with_capacity(acks.len());
+            let mut failed = None;
             for (id, ack) in acks {
                 let result = match ack {
                     Ok(fut) => match tokio::time::timeout(ACK_TIMEOUT, fut).await {
@@ -561,24 +582,30 @@ impl Link {
                     Err(e) => Err(e.to_string()),
                 };
                 match result {
-                    Ok(()) => {
-                        if let Err(e) = self.outbox.done(id) {
-                            tracing::error!(error = %e, "fleet: clearing the outbox");
-                        }
-                        self.set(|s| s.published += 1);
-                    }
+                    Ok(()) => done.push(id),
                     Err(e) => {
-                        if !self.warned {
-                            tracing::warn!(error = %e, "fleet: publishing failed; decisions stay queued and are retried");
-                            self.warned = true;
-                        }
-                        self.set(|s| {
-                            s.last_error = Some(e);
-                            s.queued = self.outbox.len().unwrap_or(s.queued);
-                        });
-                        return;
+                        failed = Some(e);
+                        break;
                     }
                 }
+            }
+            // What the stream acknowledged leaves the outbox (a later retry of the rest is
+            // deduplicated by its message id).
+            if let Err(e) = self.outbox.done(&done) {
+                tracing::error!(error = %e, "fleet: clearing the outbox");
+            }
+            let published = done.len() as u64;
+            self.set(|s| s.published += published);
+            if let Some(e) = failed {
+                if !self.warned {
+                    tracing::warn!(error = %e, "fleet: publishing failed; decisions stay queued and are retried");
+                    self.warned = true;
+                }
+                self.set(|s| {
+                    s.last_error = Some(e);
+                    s.queued = self.outbox.len().unwrap_or(s.queued);
+                });
+                return;
             }
             if self.warned {
                 tracing::info!("fleet: publishing again; the queue is going out");

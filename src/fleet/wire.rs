@@ -130,6 +130,7 @@ pub fn decode(
                 time: msg.bantime_s.map_or(BanTime::Permanent, |s| {
                     BanTime::Finite(Duration::from_secs(s))
                 }),
+                count: msg.count,
                 reason: format!("from {origin}: {}", msg.reason),
             })))
         }
@@ -260,6 +261,7 @@ mod tests {
                 net: net(n),
                 started: at,
                 time: BanTime::Permanent,
+                count: 1,
                 reason: String::new(),
             })
         };

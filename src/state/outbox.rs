@@ -71,15 +71,32 @@ impl Outbox {
         msg_id: &str,
         payload: Option<&[u8]>,
     ) -> Result<usize, StateError> {
+        self.push_all(&[(
+            key.to_owned(),
+            msg_id.to_owned(),
+            payload.map(<[u8]>::to_vec),
+        )])
+    }
+
+    /// Queues messages (key, message id, payload) in one transaction; returns how many of the
+    /// oldest were dropped to stay in bound.
+    pub fn push_all(
+        &mut self,
+        messages: &[(String, String, Option<Vec<u8>>)],
+    ) -> Result<usize, StateError> {
         let tx = self.conn.transaction().map_err(|e| StateError::Sql {
             path: self.path.clone(),
             source: e,
         })?;
         let result = (|| {
-            tx.execute(
-                "INSERT INTO outbox (key, msg_id, payload) VALUES (?1, ?2, ?3)",
-                params![key, msg_id, payload],
-            )?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO outbox (key, msg_id, payload) VALUES (?1, ?2, ?3)",
+                )?;
+                for (key, msg_id, payload) in messages {
+                    insert.execute(params![key, msg_id, payload])?;
+                }
+            }
             let dropped = tx.execute(
                 "DELETE FROM outbox WHERE id <= (SELECT max(id) FROM outbox) - ?1",
                 params![i64::try_from(self.bound).unwrap_or(i64::MAX)],
@@ -109,12 +126,19 @@ impl Outbox {
         read().map_err(|e| self.sql(e))
     }
 
-    /// Forgets a message once the stream has it.
-    pub fn done(&mut self, id: i64) -> Result<(), StateError> {
-        self.conn
-            .execute("DELETE FROM outbox WHERE id = ?1", params![id])
-            .map(drop)
-            .map_err(|e| self.sql(e))
+    /// Forgets messages once the stream has them, in one transaction.
+    pub fn done(&mut self, ids: &[i64]) -> Result<(), StateError> {
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            {
+                let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
+                for id in ids {
+                    delete.execute(params![id])?;
+                }
+            }
+            tx.commit()
+        })();
+        result.map_err(|e| self.sql(e))
     }
 
     pub fn len(&self) -> Result<u64, StateError> {
@@ -177,7 +201,7 @@ mod tests {
         assert_eq!(keys, ["k3", "k4", "gone"]);
         out.set_applied("banctl", 42).unwrap();
         let first = out.pending(1).unwrap().remove(0);
-        out.done(first.id).unwrap();
+        out.done(&[first.id]).unwrap();
         drop(out);
         let out = Outbox::open(&dir, 3).unwrap();
         assert_eq!(out.len().unwrap(), 2);
