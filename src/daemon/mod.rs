@@ -283,7 +283,8 @@ pub async fn run(
         );
     }
     let firewall = Firewall::open()?;
-    let monitor = Monitor::open().map_err(|e| DaemonError::Monitor(e.to_string()))?;
+    // Joined once the start's bans are in: see below.
+    let monitor = Monitor::open_unjoined().map_err(|e| DaemonError::Monitor(e.to_string()))?;
     let access = control::Access {
         admin_group: config.daemon.admin_group.clone(),
         read_group: config.daemon.read_group.clone(),
@@ -342,6 +343,7 @@ pub async fn run(
         .engine
         .set_remote_policy(remote_policy(&config, &own));
     daemon.keep_matched_lines();
+    let unwatched_from = daemon.engine.enforcer_changes();
     // Failures back, then table, rules and every unexpired ban of the store, in one batch,
     // before anything else.
     let (restored, adopted) = daemon
@@ -351,6 +353,22 @@ pub async fn run(
     tracing::info!(restored, adopted, "ruleset in place");
     if let Some(f) = config.fleet.as_ref().filter(|f| f.role.enforces()) {
         daemon.catch_up(&mut fleet_rx, f.wait).await;
+    }
+    // The watcher hears transactions from now on: the start's own (100,000 bans are as many
+    // notifications) were never built for it. Another process's change made before it
+    // listened shows in the ruleset's generation: then everything is checked once.
+    monitor
+        .join()
+        .map_err(|e| DaemonError::Monitor(e.to_string()))?;
+    let unwatched = unwatched_from
+        .zip(daemon.engine.enforcer_changes())
+        .map_or(1, |(from, to)| from.others_until(to));
+    if unwatched > 0 {
+        tracing::info!(
+            transactions = unwatched,
+            "the ruleset changed by another process during the start: checking it"
+        );
+        daemon.repair(None);
     }
     let (repair_tx, mut repairs) = mpsc::channel(4);
     firewall::watch_removals(monitor, repair_tx)

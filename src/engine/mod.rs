@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub use ports::{Enforcer, Ledger, SavedFailures};
+pub use ports::{Changes, Enforcer, Ledger, SavedFailures};
 pub use remote::{Refusal, RemoteBan, RemoteCounts, RemoteLift, RemotePolicy, RemoteRound};
 
 use crate::addr::IpNet;
@@ -696,6 +696,17 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             tracing::error!(error = %e, "recording bans found in the kernel");
         }
         Ok((fitted.fits.len() + fitted.wider.len(), adopt.len()))
+    }
+
+    /// See [`Enforcer::changes`]; `None` if the enforcer cannot tell.
+    pub fn enforcer_changes(&mut self) -> Option<Changes> {
+        match self.enforcer.changes() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the enforcer's change count");
+                None
+            }
+        }
     }
 
     /// Someone else removed part of the enforcer's state (`by`: a process id), or its

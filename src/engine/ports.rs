@@ -46,6 +46,28 @@ pub trait Enforcer {
     /// Whether `error` says that the layout (or a jail's part of it) is gone, so that
     /// declaring it again is the cure.
     fn is_missing(error: &Self::Error) -> bool;
+
+    /// How many changes the enforcer has seen from anyone, and how many of them were this
+    /// enforcer's: compared over a stretch without a watcher, they tell whether someone else
+    /// changed its state meanwhile.
+    fn changes(&mut self) -> Result<Changes, Self::Error>;
+}
+
+/// See [`Enforcer::changes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Changes {
+    /// Changes by anyone, wrapping (nftables: the ruleset generation).
+    pub all: u32,
+    /// Changes this enforcer made.
+    pub ours: u64,
+}
+
+impl Changes {
+    /// Changes by others between `self` and `later`.
+    pub fn others_until(self, later: Changes) -> u64 {
+        let all = u64::from(later.all.wrapping_sub(self.all));
+        all.saturating_sub(later.ours - self.ours)
+    }
 }
 
 /// What banctl promised: bans in force, their history, failure windows and where sources

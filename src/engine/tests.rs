@@ -162,6 +162,13 @@ impl Enforcer for FakeEnforcer {
     fn is_missing(error: &FakeError) -> bool {
         error.missing
     }
+
+    fn changes(&mut self) -> Result<Changes, FakeError> {
+        Ok(Changes {
+            all: self.batches as u32,
+            ours: self.batches as u64,
+        })
+    }
 }
 
 impl FakeEnforcer {

@@ -356,6 +356,13 @@ pub fn watch_removals(
 impl crate::engine::Enforcer for Firewall {
     type Error = FirewallError;
 
+    fn changes(&mut self) -> Result<crate::engine::Changes, FirewallError> {
+        Ok(crate::engine::Changes {
+            all: self.sock.generation()?,
+            ours: self.sock.commits(),
+        })
+    }
+
     fn declare(&mut self, jails: &[JailRules], restore: &[Restore]) -> Result<(), FirewallError> {
         self.apply_layout(jails, restore)
     }

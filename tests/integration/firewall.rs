@@ -83,3 +83,66 @@ fn ban_list_unban_and_traffic() {
     assert_eq!(fw.jails_in_kernel().unwrap(), ["web"]);
     println!("{}", netns::nft(&["list", "table", "inet", "banctl"]));
 }
+
+#[test]
+fn the_ruleset_generation_tells_our_transactions_from_others() {
+    use banctl::engine::Enforcer;
+    let Some(()) = netns::enter("generation") else {
+        return;
+    };
+    let mut fw = Firewall::open().unwrap();
+    let start = fw.changes().unwrap();
+    fw.apply_layout(&[jail("web", &[22])], &[]).unwrap();
+    fw.ban(&[ban("web", "192.0.2.1", 60)]).unwrap();
+    let ours = fw.changes().unwrap();
+    assert_eq!(ours.ours - start.ours, 2);
+    assert_eq!(start.others_until(ours), 0);
+    netns::nft_script("table inet someone_else {}\n");
+    let after = fw.changes().unwrap();
+    assert_eq!(start.others_until(after), 1);
+    assert_eq!(ours.others_until(after), 1);
+}
+
+#[test]
+fn a_watcher_that_cannot_keep_up_is_told_so_and_a_late_one_hears_nothing_before() {
+    use banctl::firewall::{Monitor, NFT_MSG_NEWGEN};
+    let Some(()) = netns::enter("watcher-overflow") else {
+        return;
+    };
+    let mut fw = Firewall::open().unwrap();
+    fw.apply_layout(&[jail("web", &[22])], &[]).unwrap();
+    let late = Monitor::open_unjoined().unwrap();
+    let mut listening = Monitor::open().unwrap();
+    let many: Vec<Ban> = (0..60_000u32)
+        .map(|i| {
+            ban(
+                "web",
+                &format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                600,
+            )
+        })
+        .collect();
+    fw.ban(&many).unwrap();
+    // A notification per element: the buffer overflows, and the error says so (ENOBUFS),
+    // which the ruleset watcher turns into a full check instead of stopping.
+    let overflowed = (0..100).any(|_| match listening.next(Duration::from_millis(100)) {
+        Err(e) => e.errno() == Some(libc::ENOBUFS),
+        Ok(_) => false,
+    });
+    assert!(overflowed, "60,000 notifications fit the buffer");
+    // Joined after the transaction: it hears the next one only.
+    let mut late = late;
+    late.join().unwrap();
+    fw.ban(&[ban("web", "192.0.2.9", 60)]).unwrap();
+    let mut heard = Vec::new();
+    while !heard
+        .iter()
+        .any(|n: &banctl::firewall::Notification| n.kind == NFT_MSG_NEWGEN)
+    {
+        let more = late.next(Duration::from_secs(2)).unwrap();
+        assert!(!more.is_empty(), "no commit heard: {heard:?}");
+        heard.extend(more);
+    }
+    let others = heard.iter().filter(|n| n.kind != NFT_MSG_NEWGEN).count();
+    assert!(others < 10, "the late watcher heard {others} notifications");
+}

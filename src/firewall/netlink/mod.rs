@@ -80,7 +80,10 @@ impl NetlinkError {
     /// The errno the kernel answered, if this is a kernel error.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            NetlinkError::Kernel { source, .. } => source.raw_os_error(),
+            NetlinkError::Kernel { source, .. }
+            | NetlinkError::Open(source)
+            | NetlinkError::Send(source)
+            | NetlinkError::Recv(source) => source.raw_os_error(),
             _ => None,
         }
     }

@@ -18,15 +18,17 @@ pub(super) const NFNLGRP_NFTABLES: libc::c_int = 7;
 
 impl Monitor {
     pub fn open() -> Result<Monitor, NetlinkError> {
+        let monitor = Monitor::open_unjoined()?;
+        monitor.join()?;
+        Ok(monitor)
+    }
+
+    /// A socket that hears nothing until [`Monitor::join`]: until then the kernel builds no
+    /// notification for it (a restore of 100,000 bans would build one per element, fill its
+    /// buffer and lose them all).
+    pub fn open_unjoined() -> Result<Monitor, NetlinkError> {
         let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(NetlinkError::Open)?;
         let fd = raw_fd(&sock);
-        setsockopt(
-            fd,
-            libc::SOL_NETLINK,
-            libc::NETLINK_ADD_MEMBERSHIP,
-            NFNLGRP_NFTABLES,
-        )
-        .map_err(NetlinkError::Open)?;
         if setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, SOCK_BUF).is_err() {
             setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, SOCK_BUF)
                 .map_err(NetlinkError::Open)?;
@@ -35,6 +37,17 @@ impl Monitor {
             sock,
             recv: vec![0; RECV_BUF / 8],
         })
+    }
+
+    /// Starts hearing nf_tables notifications (needs CAP_NET_ADMIN).
+    pub fn join(&self) -> Result<(), NetlinkError> {
+        setsockopt(
+            raw_fd(&self.sock),
+            libc::SOL_NETLINK,
+            libc::NETLINK_ADD_MEMBERSHIP,
+            NFNLGRP_NFTABLES,
+        )
+        .map_err(NetlinkError::Open)
     }
 
     /// Waits up to `timeout` for notifications; returns the nf_tables ones, empty on timeout.

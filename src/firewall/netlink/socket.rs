@@ -12,7 +12,13 @@ pub struct Socket {
     family: u16,
     next_seq: u32,
     recv: Vec<u64>,
+    /// Transactions committed through this socket.
+    commits: u64,
 }
+
+/// `NFTA_GEN_ID` (linux/netfilter/nf_tables.h): the generation, big-endian, in
+/// `NFT_MSG_NEWGEN`.
+const NFTA_GEN_ID: u16 = 1;
 
 impl Socket {
     /// Opens the socket for `table` in the `inet` family.
@@ -65,6 +71,7 @@ impl Socket {
             family: libc::NFPROTO_INET as u16,
             next_seq,
             recv: vec![0; RECV_BUF / 8],
+            commits: 0,
         })
     }
 
@@ -73,11 +80,51 @@ impl Socket {
         Batch::new(&self.table, self.family, self.next_seq)
     }
 
+    /// Transactions this socket committed.
+    pub fn commits(&self) -> u64 {
+        self.commits
+    }
+
+    /// The ruleset's generation in this namespace: the kernel adds one for every committed
+    /// transaction, whoever commits it.
+    pub fn generation(&mut self) -> Result<u32, NetlinkError> {
+        let mut generation = None;
+        self.request(
+            libc::NFT_MSG_GETGEN as u16,
+            0,
+            "read the ruleset generation",
+            |_| {},
+            |nlh| {
+                // SAFETY: `nlh` is a complete message the kernel sent, `nlmsg_len` bytes long,
+                // inside the receive buffer that outlives this call.
+                let msg = unsafe {
+                    std::slice::from_raw_parts(nlh.cast::<u8>(), (*nlh).nlmsg_len as usize)
+                };
+                // nlmsghdr (16 bytes) and nfgenmsg (4), then the attributes.
+                for (attr, payload) in attributes(msg, 20) {
+                    if attr == NFTA_GEN_ID {
+                        generation = payload.try_into().ok().map(u32::from_be_bytes);
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        generation.ok_or(NetlinkError::Malformed("generation"))
+    }
+
     /// Sends the batch as one datagram and waits for every ack. All or nothing.
     pub fn commit(&mut self, batch: Batch) -> Result<(), NetlinkError> {
         if batch.is_empty() {
             return Ok(());
         }
+        let result = self.commit_batch(batch);
+        if result.is_ok() {
+            self.commits += 1;
+        }
+        result
+    }
+
+    fn commit_batch(&mut self, batch: Batch) -> Result<(), NetlinkError> {
         let (buf, ops, next_seq) = batch.finish();
         self.next_seq = next_seq;
         // The kernel takes a batch only as one datagram, which must fit the send buffer.
