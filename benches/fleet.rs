@@ -353,6 +353,9 @@ fn main() {
     let seeded = runtime.block_on(seed(100_000));
     let peer_c = Peer::new(3);
     let start = Instant::now();
+    if std::env::var_os("BANCTL_BENCH_LOG").is_some() {
+        eprintln!("{} bench: starting host C", jiff::Timestamp::now());
+    }
     // The seed made its 100,000 bans within seconds, far over the default cap per origin
     // per minute: a real fleet's 100,000 bans accumulate over days.
     let c = Daemon::spawn("c", Some(&peer_c), "max_per_minute = 1000000");

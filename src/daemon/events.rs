@@ -29,6 +29,14 @@ impl Daemon {
             if let Some(fleet) = self.fleet.as_ref().filter(|_| notice.is_local_decision()) {
                 fleet.send(outgoing(&notice));
             }
+            // A catch-up brings 100,000 bans: no event is built that nobody hears.
+            let (kind, jail) = match &notice {
+                Notice::Banned { ban, .. } => (EventKind::Ban, &ban.jail),
+                Notice::Unbanned { jail, .. } => (EventKind::Unban, jail),
+            };
+            if !self.notifications.wants(kind, jail) {
+                continue;
+            }
             let event = match notice {
                 Notice::Banned {
                     ban,

@@ -558,7 +558,15 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             tracing::info!(jail = jail.as_str(), address = %net, "ban replaced in the kernel by a wider ban");
         }
         for b in stored {
-            tracing::info!(jail = b.jail.as_str(), address = %b.net, bantime = %b.time, ban = b.count, "ban");
+            match &b.origin {
+                // A catch-up brings 100,000 of them: one line per round (the fleet link's).
+                Origin::Remote(from) => {
+                    tracing::debug!(jail = b.jail.as_str(), address = %b.net, bantime = %b.time, origin = from.as_str(), "remote ban")
+                }
+                _ => {
+                    tracing::info!(jail = b.jail.as_str(), address = %b.net, bantime = %b.time, ban = b.count, "ban")
+                }
+            }
             if let Some(jail) = self.jails.iter_mut().find(|j| j.name() == b.jail) {
                 jail.counters_mut().bans += 1;
             }

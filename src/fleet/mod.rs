@@ -259,8 +259,11 @@ impl Link {
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(2))
-            .reconnect_delay_callback(|attempt| {
-                Duration::from_millis((100 * 2u64.pow(attempt.min(6) as u32)).min(5_000))
+            // At once the first time (a daemon's start waits for the fleet's bans), then
+            // backing off to 5 s.
+            .reconnect_delay_callback(|attempt| match attempt {
+                0 | 1 => Duration::ZERO,
+                n => Duration::from_millis((50 * 2u64.pow(n.min(7) as u32)).min(5_000)),
             })
             .event_callback(|event| async move {
                 match event {
