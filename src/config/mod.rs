@@ -410,7 +410,12 @@ impl Context<'_> {
         if self.fleet_jail && !raw.jails.contains_key(FLEET_JAIL) {
             // Remote bans whose jail this host lacks go here: every port, [defaults] apply.
             let span = raw.fleet.as_ref().map_or(0..0, Spanned::span);
-            let implicit = Spanned::new(span, RawJail::default());
+            let mut implicit = RawJail::default();
+            if raw.defaults.protocol.is_none() {
+                // An upstream proxy's fleet jail drops a banned source's UDP too (QUIC).
+                implicit.protocol = Some(Spanned::new(span.clone(), "both".to_owned()));
+            }
+            let implicit = Spanned::new(span, implicit);
             if let Some(jail) = self.jail(FLEET_JAIL, &implicit, &raw.defaults) {
                 jails.push(jail);
                 jails.sort_by(|a, b| a.name.cmp(&b.name));
@@ -1250,6 +1255,7 @@ logpath = "/var/log/x"
         let jail = &enforcer.jails[0];
         assert_eq!(jail.name, FLEET_JAIL);
         assert!(jail.logpaths.is_empty() && jail.ports.is_empty() && !jail.recidive);
+        assert_eq!(jail.protocol, Protocol::Both);
         assert_eq!(jail.ignoreip, ["10.0.0.0/8".parse().unwrap()]);
         // A reporter enforces nothing from others: no fleet jail.
         let reporter = parse(

@@ -33,7 +33,7 @@ impl Drop for Cleanup {
     }
 }
 
-fn step(text: &str) {
+pub fn step(text: &str) {
     println!("\n\x1b[1m==> {text}\x1b[0m");
 }
 
@@ -168,7 +168,7 @@ ignoreself = false   # the demo's attacker is 127.0.0.2 inside its own namespace
     Ok(())
 }
 
-fn verdict(connected: bool) -> &'static str {
+pub fn verdict(connected: bool) -> &'static str {
     if connected {
         "connected"
     } else {
@@ -187,7 +187,7 @@ fn listen(port: u16) -> Result<SocketAddr> {
     Ok(addr)
 }
 
-fn connects(source: &str, target: SocketAddr) -> Result<bool> {
+pub fn connects(source: &str, target: SocketAddr) -> Result<bool> {
     let source: std::net::IpAddr = source.parse()?;
     let sock = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
     sock.bind(&SocketAddr::new(source, 0).into())?;
@@ -196,7 +196,7 @@ fn connects(source: &str, target: SocketAddr) -> Result<bool> {
         .is_ok())
 }
 
-fn append(path: &Path, lines: &[String]) -> Result<()> {
+pub fn append(path: &Path, lines: &[String]) -> Result<()> {
     let mut text = lines.join("\n");
     text.push('\n');
     std::fs::OpenOptions::new()
@@ -206,7 +206,7 @@ fn append(path: &Path, lines: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
+pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while !check() {
         if Instant::now() > deadline {

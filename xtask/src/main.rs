@@ -12,6 +12,7 @@
 
 mod bench;
 mod demo;
+mod demo_fleet;
 mod dist;
 mod fuzz;
 mod sys;
@@ -24,6 +25,7 @@ const USAGE: &str = "usage: cargo xtask <test|demo|bench|dist|install|fuzz>
 
   test   install missing build packages, then fmt, clippy and all tests (namespace tests required)
   demo   run the real daemon in a throw-away network namespace against a simulated attack
+  demo fleet  two web servers and an upstream proxy sharing bans over NATS JetStream
   bench  measure filter throughput, ban latency, bursts, restore and memory (figures, never a failure)
   dist   build target/dist/banctl_<version>_<arch>.deb (release binary, unit, config, man pages, completions)
   install  install from source on this host: /usr/local/bin, /etc/systemd/system (run with sudo)
@@ -34,7 +36,14 @@ fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
     match task.as_str() {
         "test" => test(),
-        "demo" => demo::run(),
+        "demo" => match std::env::args().nth(2).as_deref() {
+            Some("fleet") => demo_fleet::run(),
+            None => demo::run(),
+            Some(other) => {
+                eprintln!("unknown demo {other:?}: `cargo xtask demo` or `cargo xtask demo fleet`");
+                std::process::exit(2);
+            }
+        },
         "bench" => bench::run(),
         "dist" => dist::dist().map(drop),
         "install" => dist::install(),
