@@ -579,6 +579,7 @@ fn fleet_engine(clock: &Clock, max_per_minute: u32) -> TestEngine {
     let configs = jails(
         "[defaults]\nignoreself = false\nfailregex = ['^fail <HOST>$']\nlogpath = \"/dev/null\"\n\
          [jails.web]\nmaxretry = 3\nbantime = \"1h\"\nignoreip = [\"198.51.100.0/24\"]\n\
+         escalation = { factor = 2 }\n\
          [jails.ssh]\nmaxretry = 2\nbantime = \"10m\"\n\
          [fleet]\nname = \"me\"\nservers = [\"nats://127.0.0.1:4222\"]\n",
     );
@@ -745,4 +746,28 @@ fn remote_lifts_take_back_bans_whoever_made_them_and_a_ban_in_force_is_not_short
     assert_eq!(lifted.len(), 2);
     assert_eq!(banned(&mut e, "web"), [("203.0.113.22".into(), Some(600))]);
     assert!(banned(&mut e, "fleet").is_empty());
+}
+
+#[test]
+fn bans_from_the_fleet_count_in_the_escalation_of_local_bans() {
+    let clock = Clock::new();
+    let mut e = fleet_engine(&clock, 100);
+    // Banned on two other hosts, for 10 minutes each, an hour apart.
+    for (origin, ago) in [("a", 7200), ("b", 3600)] {
+        let round = e.on_remote(
+            vec![remote(origin, "web", "203.0.113.5", ago, 600, &clock)],
+            &[],
+            clock.now() - Duration::from_secs(ago),
+        );
+        assert_eq!(round.applied, 1);
+    }
+    // Now it fails here: its third ban, escalated twice (1h × 2²).
+    feed(&mut e, "web", &fail("203.0.113.5", 3), &clock);
+    assert_eq!(
+        banned(&mut e, "web"),
+        [("203.0.113.5".into(), Some(4 * 3600))]
+    );
+    let listed = e.list(Some("web"), clock.now()).unwrap();
+    assert_eq!(listed[0].count, Some(3));
+    assert_eq!(listed[0].origin, Some(Origin::Failures));
 }

@@ -18,9 +18,16 @@ pub fn run() -> Result<()> {
     sys::ensure_packages()?;
     crate::cargo(&["bench", "--bench", "filter"])?;
     crate::cargo(&["bench", "--bench", "daemon"])?;
+    let nats = sys::nats_server()?;
+    crate::run(
+        Command::new(env!("CARGO"))
+            .args(["bench", "--bench", "fleet"])
+            .env("BANCTL_NATS_SERVER", &nats)
+            .current_dir(sys::workspace_root()),
+    )?;
     let dir = sys::workspace_root().join("target/bench");
     let mut figures = Vec::new();
-    for file in ["filter", "daemon"] {
+    for file in ["filter", "daemon", "fleet"] {
         let text = std::fs::read_to_string(dir.join(format!("{file}.json")))
             .with_context(|| format!("reading target/bench/{file}.json"))?;
         let list: Vec<Value> = serde_json::from_str(&text)?;
