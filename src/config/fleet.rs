@@ -107,6 +107,28 @@ pub const DEFAULT_QUEUE: usize = 100_000;
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 pub const DEFAULT_BUCKET: &str = "banctl";
 
+/// How long the stream keeps a ban when `keep` is not written: the longest ban the jails can
+/// make (escalation's `max` included), at least a day; forever (zero) when a jail bans
+/// permanently or escalates without a `max`.
+pub fn keep_for(jails: &[super::JailConfig]) -> Duration {
+    let mut longest = Duration::from_secs(86_400);
+    for j in jails {
+        let base = match j.bantime {
+            crate::duration::BanTime::Permanent => return Duration::ZERO,
+            crate::duration::BanTime::Finite(d) => d,
+        };
+        let most = match &j.escalation {
+            None => base,
+            Some(e) => match e.max {
+                Some(max) => max.max(base),
+                None => return Duration::ZERO,
+            },
+        };
+        longest = longest.max(most);
+    }
+    longest
+}
+
 /// Whether `name` can be one token of a NATS subject and a key of a KV bucket.
 pub fn valid_token(name: &str) -> bool {
     !name.is_empty()

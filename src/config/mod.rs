@@ -421,6 +421,14 @@ impl Context<'_> {
                 jails.sort_by(|a, b| a.name.cmp(&b.name));
             }
         }
+        let mut fleet = fleet;
+        if let Some(f) = fleet.as_mut().filter(|_| {
+            raw.fleet
+                .as_ref()
+                .is_some_and(|r| r.get_ref().keep.is_none())
+        }) {
+            f.keep = fleet::keep_for(&jails);
+        }
         let names: Vec<&str> = raw.jails.keys().map(String::as_str).collect();
         let notify = raw
             .notify
@@ -1238,6 +1246,37 @@ logpath = "/var/log/x"
             );
         }
         // An enforcer with no jail of its own gets the fleet jail: every port, no log.
+        let keep = |text: &str| parse(text).unwrap().fleet.unwrap().keep;
+        let fleet = "[fleet]\nname = \"a\"\nservers = [\"nats://10.0.0.1:4222\"]\n";
+        let web = "[jails.web]\nfailregex = ['^x <HOST>$']\nlogpath = \"/l\"\n";
+        assert_eq!(
+            keep(&format!("{fleet}{web}bantime = \"2d\"\n")),
+            Duration::from_secs(2 * 86_400)
+        );
+        assert_eq!(
+            keep(&format!("{fleet}{web}bantime = \"1h\"\n")),
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(
+            keep(&format!(
+                "{fleet}{web}bantime = \"1h\"\nescalation = {{ factor = 2, max = \"1w\" }}\n"
+            )),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(
+            keep(&format!("{fleet}{web}escalation = {{ factor = 2 }}\n")),
+            Duration::ZERO
+        );
+        assert_eq!(
+            keep(&format!("{fleet}{web}bantime = \"permanent\"\n")),
+            Duration::ZERO
+        );
+        assert_eq!(
+            keep(&format!(
+                "{fleet}keep = \"3d\"\n{web}bantime = \"permanent\"\n"
+            )),
+            Duration::from_secs(3 * 86_400)
+        );
         let enforcer = parse(
             "[defaults]\nignoreip = [\"10.0.0.0/8\"]\n[fleet]\nrole = \"enforcer\"\nname = \"edge\"\n\
              servers = [\"tls://nats.example:4222\"]\nuser = \"edge\"\npassword_file = \"/etc/banctl/pw\"\n",

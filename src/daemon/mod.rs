@@ -92,6 +92,8 @@ pub struct Daemon {
     resolver: Resolver,
     /// The fleet link, when `[fleet]` is set (kept as started until a restart).
     fleet: Option<Fleet>,
+    /// The `[fleet]` the link was started with.
+    fleet_config: Option<crate::config::FleetConfig>,
 }
 
 /// The running log sources, one [`Source`] per kind: all logpath patterns in one, each
@@ -338,6 +340,7 @@ pub async fn run(
         notifications: Notifications::start(&config.notify, Arc::default()),
         resolver,
         fleet,
+        fleet_config: config.fleet.clone(),
     };
     daemon
         .engine
@@ -695,6 +698,11 @@ impl Daemon {
             None => self.sources.routing.routes = routes.clone(),
         }
         self.routes = routes;
+        if config.fleet != self.fleet_config {
+            tracing::warn!(
+                "[fleet] changed: the link keeps its running settings until the daemon restarts"
+            );
+        }
         // The old notifiers finish what they queued, then stop.
         let stats = self.notifications.stats().clone();
         self.notifications = Notifications::start(&config.notify, stats);
