@@ -189,6 +189,42 @@ fn stock_filters_report_what_fail2ban_regex_reports() {
     assert_eq!(ours.len(), 3, "{ours:?}");
 }
 
+/// The built-in filters count what fail2ban's filters of the same name count, on whole
+/// sessions: three mistyped passwords are three failures (not five: PAM's line and the closing
+/// `[preauth]` line are part of the same attempts), an agent offering keys before the right
+/// one is none, a browser's first visit to a protected page is none.
+#[test]
+fn builtin_filters_count_what_fail2ban_counts_in_whole_sessions() {
+    let Some(root) = fail2ban_root("builtin_filters_count_what_fail2ban_counts_in_whole_sessions")
+    else {
+        return;
+    };
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fail2ban");
+    for (name, expected) in [("sshd", 9), ("nginx-http-auth", 2)] {
+        let log = fixtures.join(format!("{name}-sessions.log"));
+        let theirs = fail2ban_regex(
+            &root,
+            &log,
+            &root.join(format!("etc/fail2ban/filter.d/{name}.conf")),
+        );
+        let ours = banctl_test(&log, Path::new(name));
+        assert_eq!(
+            ours, theirs,
+            "{name}: built-in (left) and fail2ban-regex (right) count differently"
+        );
+        assert_eq!(ours.len(), expected, "{name}: {ours:?}");
+        println!(
+            "{name}: {} failures in whole sessions, as fail2ban",
+            ours.len()
+        );
+    }
+    // The three typos of 192.0.2.7 count three times; bob's keys not at all.
+    let log = fixtures.join("sshd-sessions.log");
+    let ours = banctl_test(&log, Path::new("sshd"));
+    assert_eq!(ours.iter().filter(|(h, _)| h == "192.0.2.7").count(), 3);
+    assert!(!ours.iter().any(|(h, _)| h == "192.0.2.8"));
+}
+
 /// A jail using Debian's stock sshd filter file, as written: the daemon bans with it.
 #[test]
 fn a_jail_with_a_stock_filter_file_bans() {
