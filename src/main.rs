@@ -29,16 +29,47 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
+/// Writes to standard output; a reader that went away (`banctl list | head -1`) ends the
+/// program quietly, as it would with nothing left to say.
+fn out(text: std::fmt::Arguments) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(text) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(exit::OK);
+        }
+        eprintln!("banctl: writing the output: {e}");
+        std::process::exit(exit::FAILURE);
+    }
+}
+
+macro_rules! outln {
+    ($($arg:tt)*) => { out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+macro_rules! outp {
+    ($($arg:tt)*) => { out(format_args!($($arg)*)) };
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match run(cli) {
         Ok(()) => ExitCode::from(exit::OK as u8),
+        // The reader of our output left: nothing went wrong that anyone can see.
+        Err(Failure { error, .. }) if broken_pipe(&error) => ExitCode::from(exit::OK as u8),
         Err(Failure { code, error }) => {
             eprintln!("banctl: {error:#}");
             ExitCode::from(code as u8)
         }
     }
+}
+
+fn broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn init_logging() {
@@ -73,7 +104,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             match &output {
                 Some(path) => std::fs::write(path, &imported.toml)
                     .with_context(|| format!("writing {}", path.display()))?,
-                None => print!("{}", imported.toml),
+                None => outp!("{}", imported.toml),
             }
             eprintln!(
                 "imported {} enabled jail(s): {}",
@@ -87,7 +118,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::CheckConfig { path } => {
             let config = Config::load(&path)?;
-            println!(
+            outln!(
                 "{}: OK, {} enabled jail(s)",
                 path.display(),
                 config.jails.len()
@@ -100,20 +131,22 @@ fn run(cli: Cli) -> Result<(), Failure> {
             options,
         } => test_filter(&input, &filter, &options),
         Command::Version => {
-            println!("banctl {}", env!("CARGO_PKG_VERSION"));
+            outln!("banctl {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "banctl", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "banctl", &mut script);
+            outp!("{}", String::from_utf8_lossy(&script));
             Ok(())
         }
         Command::Manpages { dir } => {
             for page in banctl::cli::write_man_pages(&dir)
                 .with_context(|| format!("writing man pages into {}", dir.display()))?
             {
-                println!("{}", page.display());
+                outln!("{}", page.display());
             }
             Ok(())
         }
@@ -137,12 +170,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Err(e) => return Err(e.into()),
             };
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&bans).context("encoding JSON")?
                 );
             } else {
-                print!("{}", render_bans(&bans));
+                outp!("{}", render_bans(&bans));
             }
             Ok(())
         }
@@ -156,12 +189,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     target,
                     time,
                     covered_by: Some(wider),
-                } => println!(
+                } => outln!(
                     "{target} is already covered by the ban of {wider} in jail {jail}: recorded for {time}, nothing new to enforce"
                 ),
                 Response::Banned {
                     jail, target, time, ..
-                } => println!("banned {target} in jail {jail} for {time}"),
+                } => outln!("banned {target} in jail {jail} for {time}"),
                 other => return Err(unexpected(other)),
             }
             Ok(())
@@ -175,7 +208,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     format!(" [mode={}]", file.modes.join("|"))
                 };
                 let description = file.description.unwrap_or_default();
-                println!("{:<18} {description}{modes}", b.name);
+                outln!("{:<18} {description}{modes}", b.name);
             }
             Ok(())
         }
@@ -191,10 +224,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 _ => Request::UnbanAll { jail },
             };
             match answer(control::call(&cli.socket, request)?)? {
-                Response::Unbanned { removed } if removed.is_empty() => println!("no active bans"),
+                Response::Unbanned { removed } if removed.is_empty() => outln!("no active bans"),
                 Response::Unbanned { removed } => {
                     for b in removed {
-                        println!("unbanned {} from jail {}", b.address, b.jail);
+                        outln!("unbanned {} from jail {}", b.address, b.jail);
                     }
                 }
                 other => return Err(unexpected(other)),
@@ -215,7 +248,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                             v.join(", ")
                         }
                     };
-                    println!(
+                    outln!(
                         "reloaded: {} jail(s); added: {}; removed: {}",
                         jails.len(),
                         list(&added),
@@ -236,12 +269,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                             &serde_json::json!({ "jails": jails, "fleet": fleet }),
                         ),
                     };
-                    println!("{}", text.context("encoding JSON")?)
+                    outln!("{}", text.context("encoding JSON")?)
                 }
                 Response::Status { jails, fleet } => {
-                    print!("{}", render_status(&jails));
+                    outp!("{}", render_status(&jails));
                     if let Some(fleet) = fleet {
-                        print!("{}", banctl::cli::render_fleet(&fleet));
+                        outp!("{}", banctl::cli::render_fleet(&fleet));
                     }
                 }
                 other => return Err(unexpected(other)),

@@ -34,3 +34,45 @@ fn an_unreachable_daemon_exits_4_and_a_missing_table_exits_7() {
     assert_eq!(out.status.code(), Some(exit::FIREWALL), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
+
+/// `banctl filters | head -1`: a reader that leaves early ends every command quietly, with
+/// no panic and no error message.
+#[test]
+fn a_closed_pipe_ends_every_command_quietly() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let log = std::env::temp_dir().join(format!("banctl-pipe-{}.log", std::process::id()));
+    let mut text = String::new();
+    for i in 0..20_000 {
+        text.push_str(&format!(
+            "Nov 21 10:00:00 web sshd[{i}]: Failed password for root from 203.0.113.{} port 22 ssh2\n",
+            i % 250
+        ));
+    }
+    std::fs::File::create(&log)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let log = log.display().to_string();
+    for args in [
+        vec!["filters"],
+        vec!["completions", "bash"],
+        vec!["version"],
+        vec!["test", log.as_str(), "sshd", "--json"],
+        vec!["test", log.as_str(), "sshd", "--print-matched"],
+    ] {
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before the first byte.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(exit::OK), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+    let _ = std::fs::remove_file(&log);
+}
