@@ -145,20 +145,32 @@ impl Exit {
     after_help = "Examples:\n  banctl daemon --config /etc/banctl/banctl.toml\n  banctl list\n  banctl unban 203.0.113.5\n  banctl ban sshd 203.0.113.0/24 --time 1d\n  banctl status sshd"
 )]
 pub struct Cli {
-    /// Control socket of the daemon.
-    #[arg(long, global = true, env = "BANCTL_SOCKET", default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
+    /// Configuration file: the daemon's, and where the other commands find its socket.
+    #[arg(long, short, global = true, env = "BANCTL_CONFIG", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Control socket of the daemon [default: the configuration's `[daemon] socket`, else
+    /// /run/banctl/banctl.sock].
+    #[arg(long, global = true, env = "BANCTL_SOCKET")]
+    pub socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The daemon's control socket: `--socket` (or `BANCTL_SOCKET`), else the one the
+    /// configuration file names, else the default.
+    pub fn socket(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| {
+            crate::config::socket_named_in(&self.config)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: follow logs, count failures, write bans into nftables.
-    Daemon {
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-    },
+    Daemon,
     /// Show active bans (read from the kernel when the daemon is down).
     #[command(after_help = "Examples:\n  banctl list\n  banctl list --jail sshd --json")]
     List {
@@ -242,8 +254,8 @@ pub enum Command {
     },
     /// Validate a configuration file and print every error.
     CheckConfig {
-        #[arg(default_value = DEFAULT_CONFIG)]
-        path: PathBuf,
+        /// The file to check [default: --config's].
+        path: Option<PathBuf>,
     },
     /// Print the version.
     Version,

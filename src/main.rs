@@ -90,8 +90,10 @@ fn init_logging() {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
+    let socket = cli.socket();
+    let config_path = cli.config;
     match cli.command {
-        Command::Daemon { config } => run_daemon(&config),
+        Command::Daemon => run_daemon(&config_path),
         Command::ImportFail2ban {
             dir,
             output,
@@ -117,6 +119,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::CheckConfig { path } => {
+            let path = path.unwrap_or(config_path);
             let config = Config::load(&path)?;
             outln!(
                 "{}: OK, {} enabled jail(s)",
@@ -151,7 +154,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::List { jail, json } => {
-            let bans = match control::call(&cli.socket, Request::List { jail: jail.clone() }) {
+            let bans = match control::call(&socket, Request::List { jail: jail.clone() }) {
                 Ok(response) => match answer(response)? {
                     Response::Bans { bans } => bans,
                     other => return Err(unexpected(other)),
@@ -180,10 +183,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Ban { jail, target, time } => {
-            match answer(control::call(
-                &cli.socket,
-                Request::Ban { jail, target, time },
-            )?)? {
+            match answer(control::call(&socket, Request::Ban { jail, target, time })?)? {
                 Response::Banned {
                     jail,
                     target,
@@ -223,7 +223,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 (Some(target), false, None) => Request::Unban { target, jail },
                 _ => Request::UnbanAll { jail },
             };
-            match answer(control::call(&cli.socket, request)?)? {
+            match answer(control::call(&socket, request)?)? {
                 Response::Unbanned { removed } if removed.is_empty() => outln!("no active bans"),
                 Response::Unbanned { removed } => {
                     for b in removed {
@@ -235,7 +235,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Reload => {
-            match answer(control::call(&cli.socket, Request::Reload)?)? {
+            match answer(control::call(&socket, Request::Reload)?)? {
                 Response::Reloaded {
                     jails,
                     added,
@@ -260,7 +260,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Status { jail, json } => {
-            match answer(control::call(&cli.socket, Request::Status { jail })?)? {
+            match answer(control::call(&socket, Request::Status { jail })?)? {
                 // Without a fleet the JSON stays the array of jails it always was.
                 Response::Status { jails, fleet } if json => {
                     let text = match fleet {

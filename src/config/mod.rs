@@ -285,6 +285,16 @@ impl Config {
     }
 }
 
+/// The control socket a configuration file names (`[daemon] socket`), read leniently: the
+/// CLI finds the daemon even when the file has errors elsewhere. `None` when the file cannot
+/// be read or names none.
+pub fn socket_named_in(path: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    let socket = table.get("daemon")?.get("socket")?.as_str()?;
+    Some(PathBuf::from(socket))
+}
+
 struct Context<'t> {
     file: PathBuf,
     text: &'t str,

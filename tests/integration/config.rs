@@ -82,3 +82,61 @@ fn check_config_exit_code_and_messages() {
         "{stderr}"
     );
 }
+
+/// Every client command finds the daemon's socket in the configuration file (`--config`,
+/// `BANCTL_CONFIG`), so a changed `[daemon] socket` does not make the daemon look down;
+/// `--socket` and `BANCTL_SOCKET` still win.
+#[test]
+fn client_commands_find_the_socket_in_the_configuration() {
+    use crate::daemon::{Daemon, web_jail};
+    let Some(()) = crate::netns::enter("client_commands_find_the_socket") else {
+        return;
+    };
+    let daemon = Daemon::start("socket-from-config", &web_jail(2222, ""));
+    let config = daemon.scratch.path("banctl.toml");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        cmd.env_remove("BANCTL_SOCKET")
+            .env_remove("BANCTL_CONFIG")
+            .envs(env.iter().copied())
+            .args(args);
+        cmd.output().unwrap()
+    };
+    let config_arg = config.display().to_string();
+    for (args, env) in [
+        (vec!["--config", config_arg.as_str(), "status"], vec![]),
+        (vec!["list", "-c", config_arg.as_str()], vec![]),
+        (vec!["list"], vec![("BANCTL_CONFIG", config_arg.as_str())]),
+    ] {
+        let out = run(&args, &env);
+        assert!(
+            out.status.success(),
+            "{args:?} {env:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).is_empty(),
+            "{args:?}: read from the kernel?"
+        );
+    }
+    // An explicit socket wins over the configuration's.
+    let out = run(
+        &[
+            "--config",
+            config_arg.as_str(),
+            "--socket",
+            "/nonexistent.sock",
+            "status",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(banctl::cli::exit::UNAVAILABLE));
+    // `check-config` checks --config's file when given no path.
+    let out = run(&["--config", config_arg.as_str(), "check-config"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&config_arg));
+}
