@@ -108,7 +108,8 @@ impl From<&crate::daemon::DaemonError> for Exit {
             | DaemonError::Monitor(_)
             | DaemonError::Metrics(_)
             | DaemonError::Servers(_)
-            | DaemonError::Fleet(_) => Exit::Failure,
+            | DaemonError::Fleet(_)
+            | DaemonError::Instance(_) => Exit::Failure,
         }
     }
 }

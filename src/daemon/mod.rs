@@ -73,6 +73,8 @@ pub enum DaemonError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetError),
+    #[error(transparent)]
+    Instance(#[from] crate::instance::InstanceError),
 }
 
 /// The state the main loop owns: the engine (jails, enforcer, ledger) and what feeds it and
@@ -277,6 +279,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     privilege::require_net_admin()?;
+    // Before the store or the kernel is touched: one daemon per namespace and state dir.
+    let mut instance = crate::instance::Instance::claim(&config.daemon.state_dir)?;
     let (store, damaged) = Store::open_or_recover(&config.daemon.state_dir)?;
     if let Some(aside) = &damaged {
         tracing::error!(
@@ -299,6 +303,7 @@ pub async fn run(
     // Giving the socket its group was the last step needing more than KEPT. Capabilities are
     // per thread: every thread (journal readers, the ruleset watcher) starts after this drop.
     privilege::drop_all_but_kept()?;
+    instance.answer();
 
     let routing = routing(&config.jails);
     let routes = routing.routes.clone();

@@ -397,3 +397,72 @@ fn rotation_inside_a_64_is_one_attacker_by_default() {
     assert!(!netns::connects("2001:db8:7::1f5", target));
     assert!(netns::connects("2001:db8:8::1", target));
 }
+
+/// A second daemon on the same kernel, or on the same state directory, refuses to start and
+/// names the first one (pid, state directory); the first one goes on undisturbed.
+#[test]
+fn a_second_daemon_refuses_to_start_and_names_the_first() {
+    use std::process::{Command, Stdio};
+    let Some(()) = netns::enter("a_second_daemon_refuses_to_start") else {
+        return;
+    };
+    let first = Daemon::start("first-daemon", &web_jail(2222, ""));
+    let first_state = first.scratch.path("state");
+    let second = crate::daemon::Scratch::new("second-daemon");
+    let start = |state: &std::path::Path, wrapper: &[&str]| {
+        let config = second.write(
+            "banctl.toml",
+            &format!(
+                "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n{}",
+                second.path("banctl.sock").display(),
+                state.display(),
+                web_jail(2222, "").replace("{dir}", &second.0.display().to_string())
+            ),
+        );
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(crate::daemon::BIN);
+                c
+            }
+            None => Command::new(crate::daemon::BIN),
+        };
+        let mut child = cmd
+            .args(["daemon", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert!(
+            netns::eventually(Duration::from_secs(10), || child
+                .try_wait()
+                .unwrap()
+                .is_some()),
+            "the second daemon is still running"
+        );
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let pid = first.pid().to_string();
+    // Same kernel, its own state directory.
+    let said = start(&second.path("state"), &[]);
+    assert!(
+        said.contains("another banctl daemon runs in this network namespace")
+            && said.contains(&format!("pid {pid}"))
+            && said.contains(&first_state.display().to_string()),
+        "{said}"
+    );
+    // Another kernel (network namespace), the first one's state directory.
+    let peer = netns::Peer::new();
+    let peer_pid = peer.pid();
+    let said = start(&first_state, &["nsenter", "-t", &peer_pid, "-n"]);
+    assert!(
+        said.contains("uses the state directory") && said.contains(&format!("pid {pid}")),
+        "{said}"
+    );
+    // The first one never noticed.
+    first.append("web.log", &failures("127.0.0.9", 3));
+    first.wait_banned("web", "127.0.0.9");
+}
