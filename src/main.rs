@@ -240,6 +240,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     jails,
                     added,
                     removed,
+                    lifted,
+                    restored,
                 } => {
                     let list = |v: &[String]| {
                         if v.is_empty() {
@@ -254,6 +256,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         list(&added),
                         list(&removed)
                     );
+                    if lifted > 0 {
+                        outln!(
+                            "{lifted} ban(s) of removed jails lifted from the kernel; kept in the state store: enabling the jail again puts back the unexpired ones"
+                        );
+                    }
+                    if restored > 0 {
+                        outln!("{restored} ban(s) put back with their remaining time");
+                    }
                 }
                 other => return Err(unexpected(other)),
             }

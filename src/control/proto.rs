@@ -93,6 +93,12 @@ pub enum Response {
         jails: Vec<String>,
         added: Vec<String>,
         removed: Vec<String>,
+        /// Bans of removed jails that left the kernel (the state store keeps them).
+        #[serde(default)]
+        lifted: u64,
+        /// Bans of added (re-enabled) jails put back from the state store.
+        #[serde(default)]
+        restored: u64,
     },
     Error {
         kind: ErrorKind,

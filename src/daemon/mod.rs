@@ -687,10 +687,16 @@ impl Daemon {
                 }
             }
         };
-        let (added, removed) = match self.engine.reload(
+        let crate::engine::Reloaded {
+            added,
+            removed,
+            lifted,
+            restored,
+        } = match self.engine.reload(
             config.jails,
             config.daemon.history,
             &self.own,
+            SystemTime::now(),
         ) {
             Ok(changes) => changes,
             Err(e) => {
@@ -718,11 +724,27 @@ impl Daemon {
             .iter()
             .map(|j| j.name().to_owned())
             .collect();
-        tracing::info!(?jails, ?added, ?removed, "configuration reloaded");
+        tracing::info!(
+            ?jails,
+            ?added,
+            ?removed,
+            lifted,
+            restored,
+            "configuration reloaded"
+        );
+        if lifted > 0 {
+            tracing::warn!(
+                lifted,
+                jails = ?removed,
+                "bans of removed jails left the kernel; the state store keeps them, and enabling the jail again puts the unexpired ones back"
+            );
+        }
         Response::Reloaded {
             jails,
             added,
             removed,
+            lifted: lifted as u64,
+            restored: restored as u64,
         }
     }
 

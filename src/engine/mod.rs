@@ -93,6 +93,17 @@ pub struct Listed {
     pub origin: Option<Origin>,
 }
 
+/// What a reload changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Bans of removed jails that left the enforcer (the ledger keeps them).
+    pub lifted: usize,
+    /// Bans of added jails put back from the ledger.
+    pub restored: usize,
+}
+
 /// A manual ban carried out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Banned {
@@ -665,10 +676,12 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         if let Err(e) = self.ledger.purge(now, self.history, &names) {
             tracing::error!(error = %e, "purging the state store");
         }
-        let stored = self
+        let mut stored = self
             .ledger
             .active(now)
             .map_err(|e| EngineError::Ledger(e.to_string()))?;
+        // A disabled jail's bans wait in the ledger for it to come back.
+        stored.retain(|b| names.contains(&b.jail.as_str()));
         let read_store = took.elapsed();
         let kernel = match self.enforcer.snapshot(&names) {
             Ok(kernel) => kernel,
@@ -789,9 +802,28 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         configs: Vec<JailConfig>,
         history: Duration,
         own: &Arc<[IpNet]>,
-    ) -> Result<(Vec<String>, Vec<String>), EngineError> {
+        now: SystemTime,
+    ) -> Result<Reloaded, EngineError> {
         let rules: Vec<_> = configs.iter().map(JailConfig::rules).collect();
-        if let Err(e) = self.enforcer.declare(&rules, &[]) {
+        let kept = |name: &str| configs.iter().any(|c| c.name == name);
+        let was = |name: &str| self.jails.iter().any(|j| j.name() == name);
+        // A jail that goes loses its sets and so its bans in the kernel; the ledger keeps
+        // them, and a jail that comes back gets its unexpired ones back in the same batch.
+        let active = self.ledger.active(now).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading the state store");
+            Vec::new()
+        });
+        let lifted = active
+            .iter()
+            .filter(|b| was(&b.jail) && !kept(&b.jail))
+            .count();
+        let back: Vec<Restore> = active
+            .iter()
+            .filter(|b| kept(&b.jail) && !was(&b.jail))
+            .filter_map(|b| b.to_restore(now))
+            .collect();
+        let fitted = crate::ban::fit(&BTreeMap::new(), back);
+        if let Err(e) = self.enforcer.declare(&rules, &fitted.fits) {
             return Err(self.enforcer_failed(&e));
         }
         let mut old: HashMap<String, Jail> = self
@@ -816,7 +848,12 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             .collect();
         let mut removed: Vec<String> = old.into_keys().collect();
         removed.sort();
-        Ok((added, removed))
+        Ok(Reloaded {
+            added,
+            removed,
+            lifted,
+            restored: fitted.fits.len(),
+        })
     }
 
     /// The bans of jail `j` in the enforcer, with their ban numbers.
@@ -1032,13 +1069,15 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             return;
         }
         let since = std::mem::replace(&mut self.expiry_checked, now);
-        let expired = match self.ledger.expired(since, now) {
+        let mut expired = match self.ledger.expired(since, now) {
             Ok(expired) => expired,
             Err(e) => {
                 tracing::error!(error = %e, "reading expired bans");
                 return;
             }
         };
+        // A disabled jail's bans were not in force here: nothing to announce.
+        expired.retain(|b| self.jails.iter().any(|j| j.name() == b.jail));
         let ended: Vec<(&str, IpNet)> = expired.iter().map(|b| (b.jail.as_str(), b.net)).collect();
         self.uncover(&ended, now);
         for b in expired {

@@ -126,7 +126,8 @@ pub trait Ledger {
         since: SystemTime,
     ) -> Result<u32, Self::Error>;
 
-    /// Drops expired bans, history older than `history` and bans of jails not listed.
+    /// Drops expired bans, history older than `history`, and bans of jails not listed once
+    /// they are older than `history` (until then a re-enabled jail gets them back).
     fn purge(
         &mut self,
         now: SystemTime,

@@ -550,14 +550,63 @@ fn reload_keeps_windows_of_jails_that_stay_and_drops_jails_that_go() {
     let web_only = jails(
         "[jails.web]\nignoreself = false\nfailregex = ['^fail <HOST>$']\nlogpath = \"/dev/null\"\nmaxretry = 3\n",
     );
-    let (added, removed) = e.reload(web_only, e.history, &own).unwrap();
+    let changes = e
+        .reload(web_only.clone(), e.history, &own, clock.now())
+        .unwrap();
     assert_eq!(
-        (added, removed),
+        (changes.added, changes.removed),
         (Vec::<String>::new(), vec!["ssh".to_owned()])
     );
     assert!(!e.enforcer.sets.contains_key("ssh"));
     feed(&mut e, "web", &fail("192.0.2.1", 1), &clock);
     assert_eq!(banned(&mut e, "web").len(), 1);
+}
+
+#[test]
+fn a_disabled_jail_keeps_its_bans_for_when_it_comes_back() {
+    let clock = Clock::new();
+    let mut e = engine(config(""), &clock);
+    feed(&mut e, "ssh", &fail("192.0.2.2", 2), &clock);
+    feed(&mut e, "ssh", &fail("192.0.2.3", 2), &clock);
+    assert_eq!(banned(&mut e, "ssh").len(), 2);
+    e.take_notices();
+    let own: Arc<[IpNet]> = Vec::new().into();
+    let everything = config("");
+    let web_only: Vec<JailConfig> = everything
+        .iter()
+        .filter(|c| c.name == "web")
+        .cloned()
+        .collect();
+    let changes = e.reload(web_only, e.history, &own, clock.now()).unwrap();
+    assert_eq!((changes.lifted, changes.restored), (2, 0));
+    assert!(!e.enforcer.sets.contains_key("ssh"));
+    // Neither a restart nor the hourly purge forgets them, nor announces them as expired.
+    clock.advance(Duration::from_secs(120));
+    e.purge(clock.now());
+    e.report_expired(clock.now());
+    assert!(e.take_notices().is_empty());
+    let web_only: Vec<JailConfig> = everything
+        .iter()
+        .filter(|c| c.name == "web")
+        .cloned()
+        .collect();
+    let (mut e, _) = restart(e, web_only, &clock);
+    // Enabled again: back in one batch, with the time they have left (10 min - 2 min).
+    let batches = e.enforcer.batches;
+    let changes = e.reload(everything, e.history, &own, clock.now()).unwrap();
+    assert_eq!(
+        (changes.added, changes.lifted, changes.restored),
+        (vec!["ssh".to_owned()], 0, 2)
+    );
+    assert_eq!(e.enforcer.batches, batches + 1);
+    let left: Vec<Option<Duration>> = e
+        .enforcer
+        .list("ssh")
+        .unwrap()
+        .iter()
+        .map(|el| el.expires_in)
+        .collect();
+    assert_eq!(left, [Some(Duration::from_secs(480)); 2]);
 }
 
 /// A remote ban of `origin`'s jail `jail`, started `ago` before now, for `secs` seconds.

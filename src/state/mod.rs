@@ -470,10 +470,12 @@ impl Store {
                 .into_iter()
                 .filter(|j| !keep_jails.contains(&j.as_str()))
                 .collect();
+            // A disabled jail's bans wait for it to come back, as long as the history.
             for jail in gone {
-                n += self
-                    .conn
-                    .execute("DELETE FROM bans WHERE jail = ?1", [jail])?;
+                n += self.conn.execute(
+                    "DELETE FROM bans WHERE jail = ?1 AND banned_at < ?2",
+                    params![jail, ms(oldest)],
+                )?;
             }
             Ok(n)
         };

@@ -65,7 +65,9 @@ fn reload_adds_removes_and_changes_jails_keeping_bans_and_counters() {
     std::fs::write(&path, format!("{header}{}", after.replace("{dir}", &dir))).unwrap();
     assert_eq!(
         daemon.ok(&["reload"]),
-        "reloaded: 3 jail(s); added: added; removed: dropped\n"
+        "reloaded: 3 jail(s); added: added; removed: dropped\n\
+         1 ban(s) of removed jails lifted from the kernel; kept in the state store: enabling \
+         the jail again puts back the unexpired ones\n"
     );
 
     // Kept jail: ban and counter survive.
@@ -143,4 +145,58 @@ fn invalid_reload_is_refused_and_the_old_config_keeps_enforcing() {
         .status
         .success()));
     assert!(!netns::connects("127.0.0.2", target));
+}
+
+/// `enabled = false` and a reload lift a jail's bans from the kernel, says how many, and keeps
+/// them in the store: enabling it again puts back the unexpired ones, with the time they have
+/// left; so does a restart in between.
+#[test]
+fn a_disabled_jail_gets_its_bans_back_when_enabled_again() {
+    let Some(()) = netns::enter("a_disabled_jail_gets_its_bans_back") else {
+        return;
+    };
+    let (pa, pb) = (netns::listen("127.0.0.1:0"), netns::listen("127.0.0.1:0"));
+    let on = config(&[jail("web", pa.port()), jail("mail", pb.port())]);
+    let mut daemon = Daemon::start("disable-jail", &on);
+    let dir = daemon.scratch.0.display().to_string();
+    for j in ["web", "mail"] {
+        std::fs::write(daemon.scratch.path(&format!("{j}.log")), "").unwrap();
+    }
+    daemon.ok(&["ban", "mail", "127.0.0.2", "--time", "1h"]);
+    daemon.ok(&["ban", "mail", "127.0.0.3", "--time", "1h"]);
+    assert!(!netns::connects("127.0.0.2", pb));
+    let path = daemon.scratch.path("banctl.toml");
+    let header = std::fs::read_to_string(&path).unwrap();
+    let header = header[..header.find("[defaults]").unwrap()].to_owned();
+    let write = |body: &str| {
+        std::fs::write(&path, format!("{header}{}", body.replace("{dir}", &dir))).unwrap();
+    };
+    write(&on.replace("[jails.mail]", "[jails.mail]\nenabled = false"));
+    let said = daemon.ok(&["reload"]);
+    assert!(
+        said.contains("removed: mail") && said.contains("2 ban(s) of removed jails lifted"),
+        "{said}"
+    );
+    assert!(
+        netns::connects("127.0.0.2", pb),
+        "the disabled jail still drops"
+    );
+    // A restart while it is disabled forgets nothing.
+    daemon.restart();
+    std::thread::sleep(Duration::from_millis(1100));
+    write(&on);
+    let said = daemon.ok(&["reload"]);
+    assert!(
+        said.contains("added: mail") && said.contains("2 ban(s) put back"),
+        "{said}"
+    );
+    assert!(!netns::connects("127.0.0.2", pb));
+    assert!(!netns::connects("127.0.0.3", pb));
+    let list: serde_json::Value =
+        serde_json::from_str(&daemon.ok(&["list", "--jail", "mail", "--json"])).unwrap();
+    for ban in list.as_array().unwrap() {
+        let left = ban["expires_in_s"].as_u64().unwrap();
+        assert!(left < 3600 && left > 3500, "{list}");
+        assert_eq!(ban["origin"], "manual", "{list}");
+    }
 }
