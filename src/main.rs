@@ -64,6 +64,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// "for 1h", or "permanently".
+fn for_how_long(time: banctl::duration::BanTime) -> String {
+    match time {
+        banctl::duration::BanTime::Permanent => "permanently".to_owned(),
+        finite => format!("for {finite}"),
+    }
+}
+
 fn broken_pipe(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         cause
@@ -187,14 +195,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Response::Banned {
                     jail,
                     target,
+                    already: true,
+                    ..
+                } => outln!(
+                    "{target} is already banned in jail {jail}: nothing changed (`banctl list --jail {jail}` shows its time left)"
+                ),
+                Response::Banned {
+                    jail,
+                    target,
                     time,
                     covered_by: Some(wider),
+                    ..
                 } => outln!(
-                    "{target} is already covered by the ban of {wider} in jail {jail}: recorded for {time}, nothing new to enforce"
+                    "{target} is already covered by the ban of {wider} in jail {jail}: recorded ({}), nothing new to enforce",
+                    for_how_long(time)
                 ),
                 Response::Banned {
                     jail, target, time, ..
-                } => outln!("banned {target} in jail {jail} for {time}"),
+                } => outln!("banned {target} in jail {jail} {}", for_how_long(time)),
                 other => return Err(unexpected(other)),
             }
             Ok(())

@@ -79,6 +79,9 @@ pub enum Response {
         /// the kernel (the ban is kept, and enforced once the wider one ends).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         covered_by: Option<IpNet>,
+        /// The target was banned in the jail already: nothing changed.
+        #[serde(default)]
+        already: bool,
     },
     Unbanned {
         removed: Vec<BanInfo>,

@@ -767,6 +767,7 @@ impl Daemon {
                     target,
                     time: banned.time,
                     covered_by: banned.covered_by,
+                    already: banned.already,
                 }),
             Request::Unban { target, jail } => {
                 self.engine

@@ -110,6 +110,9 @@ pub struct Banned {
     pub time: BanTime,
     /// A wider ban in force already covers the target: nothing new was enforced.
     pub covered_by: Option<IpNet>,
+    /// The target was banned in the jail already: nothing changed (no escalation, no new
+    /// time); `time` is that ban's.
+    pub already: bool,
 }
 
 /// A failure naming a host, not an address, in a jail with `usedns = "yes"`: to resolve, then
@@ -928,6 +931,18 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
                 target,
             });
         }
+        match self.ledger.in_force(jail, &target, now) {
+            Ok(Some(held)) => {
+                tracing::info!(jail, address = %target, "manual ban of an address banned already: nothing changed");
+                return Ok(Banned {
+                    time: held.time,
+                    covered_by: None,
+                    already: true,
+                });
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "reading the state store"),
+        }
         let ban = Ban {
             jail: jail.to_owned(),
             net: target,
@@ -947,6 +962,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         Ok(Banned {
             time,
             covered_by: overlaps.covered.first().map(|&(_, wider)| wider),
+            already: false,
         })
     }
 

@@ -466,3 +466,30 @@ fn a_second_daemon_refuses_to_start_and_names_the_first() {
     first.append("web.log", &failures("127.0.0.9", 3));
     first.wait_banned("web", "127.0.0.9");
 }
+
+/// A manual ban of an address banned already says so and changes nothing (no escalation, no
+/// new time); a permanent one reads right.
+#[test]
+fn a_manual_ban_of_a_banned_address_changes_nothing() {
+    let Some(()) = netns::enter("a_manual_ban_of_a_banned_address") else {
+        return;
+    };
+    let daemon = Daemon::start("ban-twice", &web_jail(2222, "escalation = { factor = 4 }"));
+    assert_eq!(
+        daemon.ok(&["ban", "web", "127.0.0.5"]),
+        "banned 127.0.0.5 in jail web for 1h\n"
+    );
+    let again = daemon.ok(&["ban", "web", "127.0.0.5"]);
+    assert!(
+        again.contains("127.0.0.5 is already banned in jail web: nothing changed"),
+        "{again}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&daemon.ok(&["list", "--jail", "web", "--json"])).unwrap();
+    assert_eq!(list[0]["bantime_s"], 3600, "{list}");
+    assert_eq!(list[0]["ban_count"], 1, "{list}");
+    assert_eq!(
+        daemon.ok(&["ban", "web", "127.0.0.6", "--time", "permanent"]),
+        "banned 127.0.0.6 in jail web permanently\n"
+    );
+}
