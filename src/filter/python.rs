@@ -64,6 +64,22 @@ pub fn python_to_rust(re: &str) -> String {
                 None => out.push_str(r"\{"),
             },
             '}' => out.push_str(r"\}"),
+            // Python's `(?(name)yes|no)` tests whether group `name` matched; fancy-regex reads
+            // a bare name there as a pattern to look for, and a group as `(?(<name>)…)`.
+            '(' if chars[i..].starts_with(&['(', '?', '(']) => {
+                let name: String = chars[i + 3..]
+                    .iter()
+                    .take_while(|c| c.is_ascii_alphanumeric() || **c == '_')
+                    .collect();
+                let closes = chars.get(i + 3 + name.len()) == Some(&')');
+                let is_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_');
+                if closes && is_name {
+                    out.push_str(&format!("(?(<{name}>)"));
+                    i += 4 + name.len();
+                    continue;
+                }
+                out.push('(');
+            }
             _ => out.push(c),
         }
         i += 1;
@@ -90,4 +106,30 @@ fn quantifier(chars: &[char]) -> Option<(String, usize)> {
         None => format!("{{{min}}}"),
     };
     Some((text, end + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::python_to_rust;
+
+    #[test]
+    fn conditionals_on_named_groups_test_the_group() {
+        assert_eq!(
+            python_to_rust(r"(?P<u>\S+)|x (?(u): |$)"),
+            r"(?P<u>\S+)|x (?(<u>): |$)"
+        );
+        // Numbered groups, escaped parentheses and classes are left as they are.
+        assert_eq!(python_to_rust(r"(a)?(?(1)b|c)"), r"(a)?(?(1)b|c)");
+        assert_eq!(python_to_rust(r"\(?(x)"), r"\(?(x)");
+        assert_eq!(python_to_rust(r"[(?(]"), r"[(?(]");
+        let re = fancy_regex::Regex::new(&python_to_rust(
+            r"^for (?:(?P<cond_user>\S+)|[^:]+) from (\S+)(?(cond_user): |$)",
+        ))
+        .unwrap();
+        let caps = re
+            .captures("for user from 127.0.0.1: ruser from 1.2.3.4")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&caps[2], "127.0.0.1");
+    }
 }

@@ -200,7 +200,7 @@ fn builtin_filters_count_what_fail2ban_counts_in_whole_sessions() {
         return;
     };
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fail2ban");
-    for (name, expected) in [("sshd", 9), ("nginx-http-auth", 2)] {
+    for (name, expected) in [("sshd", 11), ("nginx-http-auth", 2)] {
         let log = fixtures.join(format!("{name}-sessions.log"));
         let theirs = fail2ban_regex(
             &root,
