@@ -345,7 +345,16 @@ pub fn render_status(jails: &[JailStatus]) -> String {
         };
         out.push_str(&format!("jail {}\n", j.name));
         out.push_str(&format!("  filter:       {}\n", j.filter));
-        out.push_str(&format!("  sources:      {}\n", j.sources.join(", ")));
+        let sources: Vec<String> = j
+            .sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match j.source_states.get(i) {
+                Some(state) => format!("{s} ({state})"),
+                None => s.clone(),
+            })
+            .collect();
+        out.push_str(&format!("  sources:      {}\n", sources.join(", ")));
         out.push_str(&format!("  ports:        {} {}\n", j.protocol, ports));
         out.push_str(&format!(
             "  policy:       ban for {} after {} failures within {}\n",

@@ -129,6 +129,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::CheckConfig { path } => {
             let path = path.unwrap_or(config_path);
             let config = Config::load(&path)?;
+            for warning in config.warnings() {
+                eprintln!("warning: {}: {warning}", path.display());
+            }
             outln!(
                 "{}: OK, {} enabled jail(s)",
                 path.display(),
@@ -260,7 +263,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     removed,
                     lifted,
                     restored,
+                    warnings,
                 } => {
+                    for w in &warnings {
+                        eprintln!("warning: {w}");
+                    }
                     let list = |v: &[String]| {
                         if v.is_empty() {
                             "-".to_owned()

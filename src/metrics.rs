@@ -56,6 +56,8 @@ pub struct Snapshot {
     pub notifications_sent: u64,
     pub notifications_failed: u64,
     pub notifications_dropped: u64,
+    /// Log file patterns no file of which is being read (missing, or unreadable).
+    pub sources_not_following: u64,
     /// The fleet link and the remote bans, when this host is in a fleet.
     pub fleet: Option<FleetFigures>,
 }
@@ -169,6 +171,12 @@ pub fn render(snapshot: &Snapshot) -> String {
         "counter",
         "Times a log source waited for the daemon: lines arrive faster than the jails take them (nothing is dropped; reading pauses).",
         &single(snapshot.line_queue_full),
+    );
+    family(
+        "sources_not_following",
+        "gauge",
+        "Log file patterns of which no file is read now (missing file or directory, or unreadable): `banctl status` says which.",
+        &single(snapshot.sources_not_following),
     );
     family(
         "repairs_total",
@@ -389,12 +397,14 @@ mod tests {
             pattern_give_ups: 4,
             line_queue_full: 5,
             notifications_sent: 3,
+            sources_not_following: 2,
             ..Snapshot::default()
         };
         let text = render(&snapshot);
         for line in [
             "# TYPE banctl_lines_read_total counter",
             "banctl_lines_read_total{jail=\"sshd\"} 10",
+            "banctl_sources_not_following 2",
             "banctl_lines_matched_total{jail=\"sshd\"} 4",
             "banctl_lines_cut_total{jail=\"sshd\"} 1",
             "banctl_failures_total{jail=\"web\"} 0",

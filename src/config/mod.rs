@@ -197,6 +197,38 @@ pub struct JailConfig {
     pub usedns: UseDns,
 }
 
+impl Config {
+    /// What is valid but will not work yet: logpaths whose files or directories are missing
+    /// or unreadable now, with the jail's name (and the unit's sandbox, when it hides them).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for jail in &self.jails {
+            if jail.source == SourceChoice::Journal {
+                continue;
+            }
+            for path in &jail.logpaths {
+                let state = crate::source::path_state(path);
+                let waiting = matches!(
+                    state,
+                    crate::source::PathState::WaitingForFile
+                        | crate::source::PathState::WaitingForDirectory
+                );
+                // With a journal to fall back on, `source = "auto"` reads it meanwhile.
+                let journal_instead =
+                    waiting && jail.journal.is_some() && jail.source == SourceChoice::Auto;
+                if state != crate::source::PathState::Following && !journal_instead {
+                    out.push(format!(
+                        "jails.{}.logpath: {path}: {state}{}",
+                        jail.name,
+                        crate::source::sandbox_hint(path)
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
 impl JailConfig {
     pub fn rules(&self) -> JailRules {
         JailRules {
@@ -706,7 +738,26 @@ impl Context<'_> {
         let needs_files = source == SourceChoice::File || journal.is_none();
         let logpaths = match pick!(logpath) {
             _ if reads_no_log => Vec::new(),
-            Some((v, _)) => v.get_ref().to_vec(),
+            Some((v, k)) => {
+                let paths = v.get_ref().to_vec();
+                for (i, p) in paths.iter().enumerate() {
+                    if !p.starts_with('/') {
+                        let at = if paths.len() > 1 {
+                            format!("{k}[{i}]")
+                        } else {
+                            k.clone()
+                        };
+                        self.error(
+                            v.span(),
+                            at,
+                            format!(
+                                "{p:?} is not an absolute path (the daemon runs from /; write /var/log/…)"
+                            ),
+                        );
+                    }
+                }
+                paths
+            }
             None if !needs_files => Vec::new(),
             None => {
                 self.error(

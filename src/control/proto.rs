@@ -102,6 +102,9 @@ pub enum Response {
         /// Bans of added (re-enabled) jails put back from the state store.
         #[serde(default)]
         restored: u64,
+        /// What is valid but will not work yet (missing or unreadable log files).
+        #[serde(default)]
+        warnings: Vec<String>,
     },
     Error {
         kind: ErrorKind,
@@ -133,6 +136,10 @@ pub struct JailStatus {
     pub name: String,
     pub filter: String,
     pub sources: Vec<String>,
+    /// Each source's state, in the order of `sources`: `following`, `waiting for the file`,
+    /// `waiting for the directory`, `unreadable: …`.
+    #[serde(default)]
+    pub source_states: Vec<String>,
     pub ports: Vec<String>,
     pub protocol: String,
     pub maxretry: u32,

@@ -111,6 +111,13 @@ impl Daemon {
             notifications_sent: stats.sent.load(Ordering::Relaxed),
             notifications_failed: stats.failed.load(Ordering::Relaxed),
             notifications_dropped: stats.dropped.load(Ordering::Relaxed),
+            sources_not_following: self
+                .sources
+                .names()
+                .iter()
+                .filter_map(|n| n.strip_prefix("file:"))
+                .filter(|p| crate::source::path_state(p) != crate::source::PathState::Following)
+                .count() as u64,
             fleet: self.fleet.as_ref().map(|f| crate::metrics::FleetFigures {
                 link: f.status(),
                 counts: self.engine.remote_counts(),

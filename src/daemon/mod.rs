@@ -305,6 +305,9 @@ pub async fn run(
     privilege::drop_all_but_kept()?;
     instance.answer();
 
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
     let routing = routing(&config.jails);
     let routes = routing.routes.clone();
     let sources = Sources::start(routing, config.daemon.readback, &store)?;
@@ -668,6 +671,7 @@ impl Daemon {
                 };
             }
         };
+        let warnings = config.warnings();
         let routing = routing(&config.jails);
         let routes = routing.routes.clone();
         let new_sources = if routing.reads_the_same(&self.sources.routing) {
@@ -739,12 +743,16 @@ impl Daemon {
                 "bans of removed jails left the kernel; the state store keeps them, and enabling the jail again puts the unexpired ones back"
             );
         }
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
         Response::Reloaded {
             jails,
             added,
             removed,
             lifted: lifted as u64,
             restored: restored as u64,
+            warnings,
         }
     }
 
@@ -818,10 +826,12 @@ impl Daemon {
             let (dropped_packets, dropped_bytes) = self.engine.dropped(j)?;
             let jail = &self.engine.jails()[j];
             let c = jail.config();
+            let sources = self.sources_of(j);
             jails.push(JailStatus {
                 name: c.name.clone(),
                 filter: c.filter_name.clone(),
-                sources: self.sources_of(j),
+                source_states: sources.iter().map(|s| source_state(s)).collect(),
+                sources,
                 ports: c.ports.iter().map(ToString::to_string).collect(),
                 protocol: c.protocol.to_string(),
                 maxretry: c.maxretry,
@@ -845,6 +855,15 @@ impl Daemon {
             Box::new(status)
         });
         Ok(Response::Status { jails, fleet })
+    }
+}
+
+/// A source's state as `banctl status` shows it: a file pattern's from the filesystem now, a
+/// journal's from its reader.
+fn source_state(name: &str) -> String {
+    match name.strip_prefix("file:") {
+        Some(pattern) => crate::source::path_state(pattern).to_string(),
+        None => "following".to_owned(),
     }
 }
 

@@ -154,3 +154,104 @@ impl Source for Journal {
         Ok(Running::Thread { stop, handle })
     }
 }
+
+/// Where a logpath pattern stands now: what `banctl status` shows for it, and what
+/// `check-config` and a reload warn about.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum PathState {
+    /// At least one matching file is open for reading.
+    Following,
+    /// The directory is there, no file matches yet: followed once one appears.
+    WaitingForFile,
+    /// Not even the directory is there yet: followed once it and a file appear.
+    WaitingForDirectory,
+    /// Files match but none can be read (the reason).
+    Unreadable(String),
+}
+
+impl std::fmt::Display for PathState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathState::Following => f.write_str("following"),
+            PathState::WaitingForFile => f.write_str("waiting for the file"),
+            PathState::WaitingForDirectory => f.write_str("waiting for the directory"),
+            PathState::Unreadable(why) => write!(f, "unreadable: {why}"),
+        }
+    }
+}
+
+/// The state of logpath `pattern` (a path or a glob) now.
+pub fn path_state(pattern: &str) -> PathState {
+    let files: Vec<std::path::PathBuf> = glob::glob(pattern)
+        .map(|paths| paths.flatten().filter(|p| p.is_file()).collect())
+        .unwrap_or_default();
+    if files.is_empty() {
+        // The longest leading part without glob characters: the directory to wait for.
+        let fixed: std::path::PathBuf = std::path::Path::new(pattern)
+            .components()
+            .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
+            .collect();
+        let dir = if fixed.as_os_str() == pattern {
+            fixed.parent().map(std::path::Path::to_path_buf)
+        } else {
+            Some(fixed)
+        };
+        return match dir {
+            Some(d) if d.is_dir() => PathState::WaitingForFile,
+            _ => PathState::WaitingForDirectory,
+        };
+    }
+    let mut why = String::new();
+    for f in &files {
+        match std::fs::File::open(f) {
+            Ok(_) => return PathState::Following,
+            Err(e) => why = format!("{}: {e}", f.display()),
+        }
+    }
+    PathState::Unreadable(why)
+}
+
+/// What the systemd unit's sandbox hides of `path`, and the drop-in that shows it; empty when
+/// it hides nothing.
+pub fn sandbox_hint(path: &str) -> &'static str {
+    if path.starts_with("/home/") || path.starts_with("/root/") || path == "/root" {
+        " (the systemd unit has ProtectHome=yes: `systemctl edit banctl` and add \
+         `[Service]` `ProtectHome=read-only`)"
+    } else if path.starts_with("/tmp/") || path.starts_with("/var/tmp/") {
+        " (the systemd unit has PrivateTmp=yes and sees its own /tmp: log elsewhere, or \
+         `systemctl edit banctl` and add `[Service]` `PrivateTmp=no`)"
+    } else {
+        ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_states_say_what_is_missing() {
+        let dir = std::env::temp_dir().join(format!("banctl-pathstate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        assert_eq!(path_state(&format!("{d}/a.log")), PathState::WaitingForFile);
+        assert_eq!(path_state(&format!("{d}/*.log")), PathState::WaitingForFile);
+        assert_eq!(
+            path_state(&format!("{d}/sub/a.log")),
+            PathState::WaitingForDirectory
+        );
+        assert_eq!(
+            path_state(&format!("{d}/sub*/a.log")),
+            PathState::WaitingForFile,
+            "the fixed part exists"
+        );
+        std::fs::write(dir.join("a.log"), "").unwrap();
+        assert_eq!(path_state(&format!("{d}/*.log")), PathState::Following);
+        assert!(sandbox_hint("/home/u/app.log").contains("ProtectHome"));
+        assert!(sandbox_hint("/tmp/x.log").contains("PrivateTmp"));
+        assert_eq!(sandbox_hint("/var/log/auth.log"), "");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -28,7 +28,9 @@ use futures_util::StreamExt;
 use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::mpsc;
 
-pub use feed::{Files, Journal, Positions, Running, Source, StartFrom};
+pub use feed::{
+    Files, Journal, PathState, Positions, Running, Source, StartFrom, path_state, sandbox_hint,
+};
 
 /// Longest line passed on. A longer line is never passed on, not even cut: the cut could
 /// end inside attacker text and make it look like the end of a failure line. It is counted

@@ -140,3 +140,67 @@ fn client_commands_find_the_socket_in_the_configuration() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&config_arg));
 }
+
+/// A missing or mistyped log path is valid but will not work yet: `check-config`, the daemon
+/// and a reload warn with the jail's name; `banctl status` shows each source's state; a
+/// relative path is an error.
+#[test]
+fn missing_log_paths_are_warned_about_and_shown_in_status() {
+    use crate::daemon::{Daemon, Scratch, failures, web_jail};
+    let Some(()) = crate::netns::enter("missing_log_paths") else {
+        return;
+    };
+    let scratch = Scratch::new("relative-logpath");
+    let relative = scratch.write(
+        "banctl.toml",
+        "[jails.web]\nfailregex = ['^x <HOST>$']\nlogpath = [\"/var/log/ok.log\", \"logs/web.log\"]\n",
+    );
+    let out = crate::daemon::check_config(&relative);
+    assert_eq!(out.status.code(), Some(banctl::cli::exit::CONFIG));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("jails.web.logpath[1]: \"logs/web.log\" is not an absolute path"),
+        "{stderr}"
+    );
+
+    let extra = "\n[jails.typo]\nfailregex = ['^x <HOST>$']\nlogpath = \"{dir}/nodir/app.log\"\n";
+    let daemon = Daemon::start("missing-logpath", &web_jail(2222, extra));
+    let config = daemon.scratch.path("banctl.toml");
+    std::fs::remove_file(daemon.scratch.path("web.log")).ok();
+    let out = crate::daemon::check_config(&config);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("jails.web.logpath:") && stderr.contains("web.log: waiting for the file"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("jails.typo.logpath:")
+            && stderr.contains("nodir/app.log: waiting for the directory"),
+        "{stderr}"
+    );
+    let states = |jail: &str| {
+        let s: serde_json::Value =
+            serde_json::from_str(&daemon.ok(&["status", jail, "--json"])).unwrap();
+        s[0]["source_states"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(states("web"), "waiting for the file");
+    assert_eq!(states("typo"), "waiting for the directory");
+    assert!(
+        daemon
+            .ok(&["status", "typo"])
+            .contains("(waiting for the directory)")
+    );
+    // The file appears: followed, and its failures count.
+    daemon.append("web.log", &failures("127.0.0.7", 3));
+    daemon.wait_banned("web", "127.0.0.7");
+    assert_eq!(states("web"), "following");
+    // A reload warns too.
+    let out = daemon.cli(&["reload"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning: jails.typo.logpath:"), "{stderr}");
+}
