@@ -407,12 +407,13 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
     let path = Path::new(input);
     let reader: Box<dyn BufRead> = if path.is_file() {
         let file = std::fs::File::open(path).with_context(|| format!("opening {input}"))?;
-        Box::new(std::io::BufReader::new(file))
+        Box::new(std::io::BufReader::with_capacity(1 << 20, file))
     } else {
         Box::new(std::io::Cursor::new(input.as_bytes().to_vec()))
     };
     let mut report = Report::new(&filter);
-    let mut formats: BTreeMap<String, usize> = BTreeMap::new();
+    // Counted by format, named once at the end (no string per line).
+    let mut formats: Vec<(Option<banctl::filter::date::Format>, usize)> = Vec::new();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut buf = Vec::new();
@@ -428,14 +429,27 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
             break;
         }
         number += 1;
-        // Invalid UTF-8 is replaced, never skipped, as the daemon does.
-        let text = String::from_utf8_lossy(&buf);
+        // Invalid UTF-8 is replaced, never skipped, as the daemon does; valid text is not
+        // copied.
+        let text = match std::str::from_utf8(&buf) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(&buf),
+        };
         let line = text.trim_end_matches(['\n', '\r']);
         let verdict = report.add(&filter, line);
-        let date = dates.find(line, now);
-        *formats
-            .entry(date.map_or("(no date)".to_owned(), |d| d.format.to_string()))
-            .or_default() += 1;
+        // The JSON output dates matched lines only; the summary counts every line's format.
+        let date = if options.json && !matches!(verdict, Verdict::Matched(_)) {
+            None
+        } else {
+            dates.find(line, now)
+        };
+        if !options.json {
+            let format = date.as_ref().map(|d| d.format);
+            match formats.iter_mut().find(|(f, _)| *f == format) {
+                Some((_, n)) => *n += 1,
+                None => formats.push((format, 1)),
+            }
+        }
         let shown = match verdict {
             Verdict::Matched(hit) if options.json => {
                 let mut value = serde_json::json!({
@@ -479,7 +493,11 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
         )
         .context("writing the output")?;
         writeln!(out, "\nDates:").context("writing the output")?;
-        for (format, n) in &formats {
+        let named: BTreeMap<String, usize> = formats
+            .iter()
+            .map(|(f, n)| (f.map_or("(no date)".to_owned(), |f| f.to_string()), *n))
+            .collect();
+        for (format, n) in &named {
             writeln!(out, "  [{n}] {format}").context("writing the output")?;
         }
     }
