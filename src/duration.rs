@@ -19,7 +19,9 @@ pub enum BanTime {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DurationError {
-    #[error("{0:?} is not a duration: write a number with a unit, like 90s, 10m, 1h30m, 1d or 1w")]
+    #[error(
+        "{0:?} is not a duration: write a number with a unit, like 600 (seconds), 90s, 10min, 1h30m, 1d, 1w, 1mo or 1y"
+    )]
     Syntax(String),
     #[error("{0:?} must be longer than zero")]
     Zero(String),
@@ -49,19 +51,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
             return Err(syntax());
         }
         let value: u64 = rest[..digits].parse().map_err(|_| syntax())?;
-        rest = &rest[digits..];
+        rest = rest[digits..].trim_start();
         let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
+            .find(|c: char| c.is_ascii_digit() || c.is_whitespace())
             .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "s" | "sec" | "secs" | "second" | "seconds" => 1,
-            "m" | "min" | "mins" | "minute" | "minutes" => 60,
-            "h" | "hour" | "hours" => 3_600,
-            "d" | "day" | "days" => 86_400,
-            "w" | "week" | "weeks" => 604_800,
+        // The units fail2ban's bantime takes, in any case (`1H`, `10min`, `1mo`, `1y`).
+        let unit = match rest[..unit_len].to_ascii_lowercase().as_str() {
+            "s" | "ss" | "sec" | "secs" | "second" | "seconds" => 1,
+            "m" | "mm" | "min" | "mins" | "minute" | "minutes" => 60,
+            "h" | "hh" | "hr" | "hrs" | "hour" | "hours" => 3_600,
+            "d" | "dd" | "day" | "days" => 86_400,
+            "w" | "wk" | "wks" | "week" | "weeks" => 604_800,
+            // A twelfth of a year of 365.25 days, as fail2ban counts.
+            "mo" | "mon" | "month" | "months" => 2_629_800,
+            "y" | "yr" | "yrs" | "year" | "years" => 31_557_600,
             _ => return Err(syntax()),
         };
-        rest = &rest[unit_len..];
+        rest = rest[unit_len..].trim_start();
         total = value
             .checked_mul(unit)
             .and_then(|v| total.checked_add(v))
@@ -151,6 +157,14 @@ mod tests {
         assert_eq!(parse_duration("1w"), Ok(s(604_800)));
         assert_eq!(parse_duration("600"), Ok(s(600)));
         assert_eq!(parse_duration("12h"), Ok(s(43_200)));
+        // As people write them, and as fail2ban reads them.
+        assert_eq!(parse_duration("10min"), Ok(s(600)));
+        assert_eq!(parse_duration("1H"), Ok(s(3600)));
+        assert_eq!(parse_duration("1h 30m"), Ok(s(5400)));
+        assert_eq!(parse_duration("2 days"), Ok(s(172_800)));
+        assert_eq!(parse_duration("1mo"), Ok(s(2_629_800)));
+        assert_eq!(parse_duration("1y"), Ok(s(31_557_600)));
+        assert_eq!(parse_duration("1Y2mo"), Ok(s(31_557_600 + 2 * 2_629_800)));
     }
 
     #[test]

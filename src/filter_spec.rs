@@ -74,7 +74,8 @@ pub fn resolve_in(spec: &str, base: Option<&Path>) -> Result<Resolved, String> {
     }
     let known: Vec<&str> = BUILTIN.iter().map(|b| b.name).collect();
     Err(format!(
-        "no built-in filter {name:?}: it is neither a built-in filter ({}) nor a file",
+        "no built-in filter {name:?}{}: it is neither a built-in filter ({}) nor a file",
+        crate::suggest::did_you_mean(name, known.iter().copied()),
         known.join(", ")
     ))
 }

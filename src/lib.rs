@@ -25,3 +25,4 @@ pub mod privilege;
 pub mod sd_notify;
 pub mod source;
 pub mod state;
+pub mod suggest;

@@ -359,22 +359,64 @@ impl Context<'_> {
                 return None;
             }
         };
-        let mut unknown = Vec::new();
-        let de = toml::de::Deserializer::from(doc.clone());
-        let raw = serde_ignored::deserialize(de, |path| unknown.push(path_segments(&path)));
-        for segments in unknown {
-            let span = key_span(&doc, &segments).unwrap_or(0..0);
-            self.error(span, segments.join("."), "unknown key");
-        }
-        match raw {
-            Ok(raw) => Some(raw),
-            Err(e) => {
-                let span = e.span().unwrap_or(0..0);
-                let key = key_at(&doc, span.start).unwrap_or_else(|| "(value)".to_owned());
-                self.error(span, key, e.message().trim());
-                None
+        // A value of the wrong type stops serde at the first one: each is reported, taken
+        // out, and the rest read again, so that every error of the file is reported at once.
+        let mut doc = doc;
+        let mut unknown = std::collections::BTreeSet::new();
+        let mut raw = None;
+        for _ in 0..64 {
+            let de = toml::de::Deserializer::from(doc.clone());
+            let read = serde_ignored::deserialize(de, |path| {
+                unknown.insert(path_segments(&path));
+            });
+            match read {
+                Ok(read) => {
+                    raw = Some(read);
+                    break;
+                }
+                Err(e) => {
+                    let span = e.span().unwrap_or(0..0);
+                    let key = key_at(&doc, span.start).unwrap_or_else(|| "(value)".to_owned());
+                    let example = example_of(key.rsplit('.').next().unwrap_or_default());
+                    // serde's words for the value types that take two spellings.
+                    let message = e
+                        .message()
+                        .trim()
+                        .replace(
+                            "data did not match any variant of untagged enum DurationValue",
+                            "not a duration",
+                        )
+                        .replace(
+                            "data did not match any variant of untagged enum PortValue",
+                            "not a port",
+                        )
+                        .replace(
+                            "data did not match any variant of untagged enum OneOrMany",
+                            "not a path or a list of paths",
+                        );
+                    self.error(span.clone(), key, format!("{message}{example}"));
+                    if !remove_at(doc.get_mut(), span.start) {
+                        break;
+                    }
+                }
             }
         }
+        for segments in unknown {
+            let span = key_span(&doc, &segments).unwrap_or(0..0);
+            let (key, table) = segments
+                .split_last()
+                .map_or(("", &[][..]), |(k, t)| (k.as_str(), t));
+            // Notifiers are a list: the index is no table.
+            let table: Vec<String> = table
+                .iter()
+                .filter(|s| s.parse::<usize>().is_err())
+                .cloned()
+                .collect();
+            let hint = crate::suggest::did_you_mean(key, raw::keys_at(&table).iter().copied());
+            self.error(span, segments.join("."), format!("unknown key{hint}"));
+        }
+        // Values taken out were reported: the rest is still validated.
+        raw
     }
 
     fn validate(&mut self, raw: &RawConfig) -> Option<Config> {
@@ -1175,6 +1217,45 @@ fn key_span(doc: &Spanned<DeTable<'_>>, segments: &[String]) -> Option<Range<usi
     span
 }
 
+/// Takes out of `table` the value (not a table) whose key or value contains `offset`.
+fn remove_at(table: &mut DeTable<'_>, offset: usize) -> bool {
+    let found = table
+        .iter()
+        .find(|(k, v)| {
+            let here = v.span().contains(&offset) || k.span().contains(&offset);
+            here && !matches!(v.get_ref(), DeValue::Table(_))
+        })
+        .map(|(k, _)| k.get_ref().to_string());
+    if let Some(key) = found {
+        return table.remove(key.as_str()).is_some();
+    }
+    table.iter_mut().any(|(_, v)| match v.get_mut() {
+        DeValue::Table(t) => remove_at(t, offset),
+        _ => false,
+    })
+}
+
+/// How a value of `key` is written, for type errors.
+fn example_of(key: &str) -> &'static str {
+    match key {
+        "maxretry" | "max_tracked" | "retries" | "max_per_minute" | "queue" | "replicas" => {
+            ": write a number, like maxretry = 5"
+        }
+        "bantime" | "findtime" | "history" | "timeout" | "wait" | "keep" => {
+            ": write a duration in quotes, like bantime = \"1h\" (or seconds: 3600)"
+        }
+        "ports" => ": write a list, like ports = [80, 443] or ports = [\"8000-8100\"]",
+        "logpath" => ": write a path or a list, like logpath = \"/var/log/auth.log\"",
+        "ignoreip" | "failregex" | "ignoreregex" | "servers" | "on" | "jails" | "command" => {
+            ": write a list in brackets, like ignoreip = [\"10.0.0.0/8\"]"
+        }
+        "enabled" | "ignoreself" | "forward" | "recidive" | "readback" | "count_by_prefix" => {
+            ": write true or false"
+        }
+        _ => "",
+    }
+}
+
 /// The dotted key whose value contains `offset` (for type errors that only carry a span).
 fn key_at(doc: &Spanned<DeTable<'_>>, offset: usize) -> Option<String> {
     fn walk(table: &DeTable<'_>, offset: usize, prefix: &str) -> Option<String> {
@@ -1415,7 +1496,7 @@ colour = "blue"
             errors,
             vec![
                 "t.toml:2: jails.web.failregex[0]: pattern has no <HOST> or <ADDR>: the address to ban must be captured",
-                "t.toml:4: jails.web.bantime: \"10x\" is not a duration: write a number with a unit, like 90s, 10m, 1h30m, 1d or 1w",
+                "t.toml:4: jails.web.bantime: \"10x\" is not a duration: write a number with a unit, like 600 (seconds), 90s, 10min, 1h30m, 1d, 1w, 1mo or 1y",
                 "t.toml:5: jails.web.ignoreip[0]: prefix length 33 is out of range for IPv4 (max 32)",
                 "t.toml:6: jails.web.colour: unknown key",
             ]

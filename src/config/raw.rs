@@ -177,3 +177,81 @@ impl DurationValue {
         }
     }
 }
+
+/// The keys a table of type `T` takes, as serde's derive lists them (so a misspelt key can be
+/// answered with the closest real one, never with a list kept by hand).
+pub fn keys_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+    struct Fields(std::cell::Cell<&'static [&'static str]>);
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("fields read")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl de::Error for Stop {
+        fn custom<M: std::fmt::Display>(_: M) -> Stop {
+            Stop
+        }
+    }
+    impl<'de> de::Deserializer<'de> for &Fields {
+        type Error = Stop;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            self.0.set(fields);
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let fields = Fields(std::cell::Cell::new(&[]));
+    let _ = T::deserialize(&fields);
+    fields.0.get()
+}
+
+/// The keys of the table at `path` (segments of a key's path without the key itself), for
+/// "did you mean".
+pub fn keys_at(path: &[String]) -> &'static [&'static str] {
+    let names: Vec<&str> = path.iter().map(String::as_str).collect();
+    match names.as_slice() {
+        [] => keys_of::<RawConfig>(),
+        ["daemon"] => keys_of::<RawDaemon>(),
+        ["defaults"] | ["jails", _] => keys_of::<RawJail>(),
+        ["defaults", "escalation"] | ["jails", _, "escalation"] => keys_of::<RawEscalation>(),
+        ["defaults", "journal"] | ["jails", _, "journal"] => keys_of::<RawJournal>(),
+        ["jails", _, "fail2ban_filter"] => keys_of::<RawFail2banFilter>(),
+        ["defaults" | "jails", ..] if names.last().is_some_and(|l| l.ends_with("prefix")) => {
+            keys_of::<RawPrefixLens>()
+        }
+        ["notify", ..] => keys_of::<RawNotify>(),
+        ["fleet"] => keys_of::<RawFleet>(),
+        ["fleet", "min_prefix"] => keys_of::<RawPrefixLens>(),
+        _ => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_come_from_the_types() {
+        assert!(keys_of::<RawJail>().contains(&"maxretry"));
+        assert!(keys_of::<RawConfig>().contains(&"jails"));
+        assert_eq!(keys_of::<RawPrefixLens>(), ["v4", "v6"]);
+        assert!(keys_at(&["jails".into(), "sshd".into()]).contains(&"bantime"));
+        assert!(keys_at(&["fleet".into()]).contains(&"servers"));
+    }
+}

@@ -204,3 +204,38 @@ fn missing_log_paths_are_warned_about_and_shown_in_status() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("warning: jails.typo.logpath:"), "{stderr}");
 }
+
+/// Every error at once, each with its fix: a value of the wrong type no longer hides the
+/// others, misspelt keys, sections and filters get "did you mean", durations read as people
+/// write them.
+#[test]
+fn every_config_error_at_once_with_its_fix() {
+    let scratch = crate::daemon::Scratch::new("config-errors-at-once");
+    let path = scratch.write(
+        "banctl.toml",
+        "[jail.sshd]\nfilter = \"sshd\"\n\n[jails.web]\nfilter = \"nginx-limit-reqs\"\n\
+         logpath = \"/var/log/x\"\nmaxretry = \"5\"\nmaxretries = 5\nport = [80]\nports = 80\n\
+         bantime = \"soon\"\nfindtime = \"10min\"\n\n[jails.ok]\nfilter = \"sshd\"\n\
+         logpath = \"/var/log/y\"\nbantime = \"1H\"\nfindtime = \"1mo\"\n",
+    );
+    let out = crate::daemon::check_config(&path);
+    assert_eq!(out.status.code(), Some(banctl::cli::exit::CONFIG));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    for wanted in [
+        ":1: jail: unknown key (did you mean \"jails\"?)",
+        ":5: jails.web.filter: no built-in filter \"nginx-limit-reqs\" (did you mean \"nginx-limit-req\"?)",
+        ":7: jails.web.maxretry: invalid type: string \"5\", expected i64: write a number, like maxretry = 5",
+        ":8: jails.web.maxretries: unknown key (did you mean \"maxretry\"?)",
+        ":9: jails.web.port: unknown key (did you mean \"ports\"?)",
+        ":10: jails.web.ports: invalid type: integer `80`, expected a sequence: write a list, like ports = [80, 443]",
+        ":11: jails.web.bantime: \"soon\" is not a duration",
+    ] {
+        assert!(
+            stderr.contains(&format!("{file}{wanted}")),
+            "{wanted}\n{stderr}"
+        );
+    }
+    // 1H and 1mo are durations: jail ok has no error.
+    assert!(!stderr.contains("jails.ok"), "{stderr}");
+}
