@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use banctl::duration::BanTime;
 use banctl::firewall::{Ban, Firewall, Monitor, NFT_MSG_NEWGEN};
 use banctl::state::{Store, StoredBan};
-use common::Figure;
+use common::{Figure, percentile, until_committed};
 
 const BIN: &str = env!("CARGO_BIN_EXE_banctl");
 const FAILREGEX: &str = r"^\S+ app: auth failure from <HOST>$";
@@ -154,24 +154,6 @@ fn failures(addr: IpAddr, n: usize, out: &mut String) {
     }
 }
 
-/// Waits for committed transactions until `done` holds; returns when the commit that made it
-/// hold was announced by the kernel. Checking only after a commit keeps the bench from
-/// competing with the daemon for the CPU.
-fn until_committed(mon: &mut Monitor, start: Instant, mut done: impl FnMut() -> bool) -> Duration {
-    loop {
-        let left = Duration::from_secs(30).saturating_sub(start.elapsed());
-        assert!(
-            !left.is_zero(),
-            "no commit made the condition true within 30 s"
-        );
-        let types = mon.next(left).expect("monitor");
-        let at = start.elapsed();
-        if types.iter().any(|n| n.kind == NFT_MSG_NEWGEN) && done() {
-            return at;
-        }
-    }
-}
-
 /// Like [`until_committed`], but checks only once commits stop for 50 ms, and reports the time
 /// of the last commit: for bursts, where checking a large set after every commit would steal
 /// the CPU from the daemon being measured.
@@ -196,10 +178,6 @@ fn until_settled(mon: &mut Monitor, start: Instant, mut done: impl FnMut() -> bo
             return at;
         }
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// Enters a fresh network namespace (via a user namespace when not root).

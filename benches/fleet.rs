@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use banctl::firewall::{Firewall, Monitor, NFT_MSG_NEWGEN};
-use common::Figure;
+use common::{Figure, percentile, until_committed};
 use futures_util::StreamExt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_banctl");
@@ -192,24 +192,6 @@ fn failures(addr: IpAddr, out: &mut String) {
     for _ in 0..3 {
         out.push_str(&format!("{now} app: auth failure from {addr}\n"));
     }
-}
-
-/// Waits for commits in this namespace's kernel until `done` holds after one; the time of
-/// that commit since `start`.
-fn until_committed(mon: &mut Monitor, start: Instant, mut done: impl FnMut() -> bool) -> Duration {
-    loop {
-        let left = Duration::from_secs(30).saturating_sub(start.elapsed());
-        assert!(!left.is_zero(), "nothing within 30 s");
-        let kinds = mon.next(left).expect("monitor");
-        let at = start.elapsed();
-        if kinds.iter().any(|n| n.kind == NFT_MSG_NEWGEN) && done() {
-            return at;
-        }
-    }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn figure(

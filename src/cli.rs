@@ -258,6 +258,14 @@ pub enum Command {
         /// The file to check [default: --config's].
         path: Option<PathBuf>,
     },
+    /// Print the NATS permissions fleet host HOST needs (its user's `permissions` value in
+    /// the server's configuration): publish under its own name only.
+    #[command(after_help = "Example:\n  banctl nats-permissions web1")]
+    NatsPermissions {
+        host: String,
+        #[arg(long, default_value = "banctl")]
+        bucket: String,
+    },
     /// Print the version.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).

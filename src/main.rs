@@ -144,6 +144,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
             filter,
             options,
         } => test_filter(&input, &filter, &options),
+        Command::NatsPermissions { host, bucket } => {
+            outln!(
+                "{}",
+                banctl::fleet::wire::server_permissions(&host, &bucket)
+            );
+            Ok(())
+        }
         Command::Version => {
             outln!("banctl {}", env!("CARGO_PKG_VERSION"));
             Ok(())

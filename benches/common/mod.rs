@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// xorshift64*: deterministic, fast, good enough to mix log lines.
 pub struct Rng(u64);
@@ -162,4 +163,34 @@ pub fn access_log(lines: usize, seed: u64) -> String {
         ));
     }
     out
+}
+
+/// Waits for committed transactions until `done` holds; returns when the commit that made it
+/// hold was announced by the kernel. Checking only after a commit keeps the bench from
+/// competing with the daemon for the CPU.
+pub fn until_committed(
+    mon: &mut banctl::firewall::Monitor,
+    start: Instant,
+    mut done: impl FnMut() -> bool,
+) -> Duration {
+    loop {
+        let left = Duration::from_secs(30).saturating_sub(start.elapsed());
+        assert!(
+            !left.is_zero(),
+            "no commit made the condition true within 30 s"
+        );
+        let types = mon.next(left).expect("monitor");
+        let at = start.elapsed();
+        if types
+            .iter()
+            .any(|n| n.kind == banctl::firewall::NFT_MSG_NEWGEN)
+            && done()
+        {
+            return at;
+        }
+    }
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }

@@ -83,6 +83,31 @@ pub fn parse_net_token(token: &str) -> Option<IpNet> {
     (net.addr() == addr && net_token(&net) == token).then_some(net)
 }
 
+/// What fleet host `host` must be allowed on the NATS server (a `permissions` value of its
+/// user): publish under its own name only, and use the JetStream API of the bucket's stream;
+/// read replies. The README, the tests and `cargo xtask demo fleet` use this.
+pub fn server_permissions(host: &str, bucket: &str) -> String {
+    let stream = format!("KV_{bucket}");
+    let publish = [
+        format!("$KV.{bucket}.{host}.>"),
+        "$JS.API.INFO".to_owned(),
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.STREAM.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+        format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+        format!("$JS.API.CONSUMER.INFO.{stream}.>"),
+        format!("$JS.API.DIRECT.GET.{stream}.>"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        format!("$JS.FC.{stream}.>"),
+    ];
+    let publish: Vec<String> = publish.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "{{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }}",
+        publish.join(", ")
+    )
+}
+
 pub fn ban_key(origin: &str, jail: &str, net: &IpNet) -> String {
     format!("{origin}.ban.{jail}.{}", net_token(net))
 }

@@ -32,30 +32,6 @@ pub fn available(test: &str) -> bool {
     found
 }
 
-/// The permissions of fleet host `host` on bucket `bucket`: publish its own keys and use the
-/// JetStream API of the bucket's stream; read replies.
-pub fn host_permissions(host: &str, bucket: &str) -> String {
-    let stream = format!("KV_{bucket}");
-    let publish = [
-        format!("$KV.{bucket}.{host}.>"),
-        "$JS.API.INFO".to_owned(),
-        format!("$JS.API.STREAM.INFO.{stream}"),
-        format!("$JS.API.STREAM.CREATE.{stream}"),
-        format!("$JS.API.CONSUMER.CREATE.{stream}"),
-        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
-        format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
-        format!("$JS.API.CONSUMER.INFO.{stream}.>"),
-        format!("$JS.API.DIRECT.GET.{stream}.>"),
-        format!("$JS.API.STREAM.MSG.GET.{stream}"),
-        format!("$JS.FC.{stream}.>"),
-    ];
-    let publish: Vec<String> = publish.iter().map(|s| format!("\"{s}\"")).collect();
-    format!(
-        "{{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }}",
-        publish.join(", ")
-    )
-}
-
 /// A running server, killed on drop; [`Nats::stop`] and [`Nats::start`] keep its store.
 pub struct Nats {
     child: Option<Child>,
@@ -120,7 +96,7 @@ impl Nats {
             .map(|h| {
                 format!(
                     "{{ user: \"{h}\", password: \"pw-{h}\", permissions: {} }}",
-                    host_permissions(h, "banctl")
+                    banctl::fleet::wire::server_permissions(h, "banctl")
                 )
             })
             .collect();

@@ -65,29 +65,6 @@ impl Host {
     }
 }
 
-/// The permissions of fleet host `host`: publish under its own name only (the README's).
-pub fn permissions(host: &str) -> String {
-    let stream = "KV_banctl";
-    let publish = [
-        format!("$KV.banctl.{host}.>"),
-        "$JS.API.INFO".into(),
-        format!("$JS.API.STREAM.INFO.{stream}"),
-        format!("$JS.API.STREAM.CREATE.{stream}"),
-        format!("$JS.API.CONSUMER.CREATE.{stream}"),
-        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
-        format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
-        format!("$JS.API.CONSUMER.INFO.{stream}.>"),
-        format!("$JS.API.DIRECT.GET.{stream}.>"),
-        format!("$JS.API.STREAM.MSG.GET.{stream}"),
-        format!("$JS.FC.{stream}.>"),
-    ];
-    let publish: Vec<String> = publish.iter().map(|s| format!("\"{s}\"")).collect();
-    format!(
-        "{{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [\"_INBOX.>\"] }} }}",
-        publish.join(", ")
-    )
-}
-
 pub fn run() -> Result<()> {
     sys::ensure_packages()?;
     crate::cargo(&["build", "--quiet", "--package", "banctl", "--bin", "banctl"])?;
@@ -109,15 +86,18 @@ pub fn run() -> Result<()> {
         "a NATS server with JetStream on {NATS}: each host may publish under its own name only"
     ));
     let hosts = ["web1", "web2", "edge"];
-    let users: Vec<String> = hosts
-        .iter()
-        .map(|h| {
-            format!(
-                "{{ user: \"{h}\", password: \"demo-{h}\", permissions: {} }}",
-                permissions(h)
-            )
-        })
-        .collect();
+    // Each host's rights, as `banctl nats-permissions HOST` prints them.
+    let mut users = Vec::new();
+    for h in hosts {
+        let out = Command::new(&banctl)
+            .args(["nats-permissions", h])
+            .output()
+            .context("banctl nats-permissions")?;
+        let permissions = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        users.push(format!(
+            "{{ user: \"{h}\", password: \"demo-{h}\", permissions: {permissions} }}"
+        ));
+    }
     let conf = format!(
         "listen: \"{NATS}\"\njetstream {{ store_dir: \"{}/nats\" }}\naccounts {{\n  FLEET {{\n    jetstream: enabled\n    users: [\n      {}\n    ]\n  }}\n}}\n",
         dir.display(),

@@ -51,20 +51,32 @@ pub fn fail2ban_root() -> Result<PathBuf> {
     if root.join("usr/bin/fail2ban-regex").is_file() {
         return Ok(root);
     }
-    let download = workspace_root().join("target/fail2ban-deb");
+    unpack("fail2ban", &root)?;
+    Ok(root)
+}
+
+/// Debian's `package` downloaded (never installed) and unpacked into `root`.
+fn unpack(package: &str, root: &std::path::Path) -> Result<()> {
+    let download = workspace_root().join(format!("target/{package}-deb"));
     std::fs::create_dir_all(&download)?;
-    crate::run(
-        Command::new("apt-get")
-            .args(["download", "-qq", "fail2ban"])
-            .current_dir(&download),
-    )?;
+    let fetch = || {
+        crate::run(
+            Command::new("apt-get")
+                .args(["download", "-qq", package])
+                .current_dir(&download),
+        )
+    };
+    if fetch().is_err() {
+        // A fresh machine's package lists may not be there yet.
+        crate::run(Command::new("apt-get").args(["update", "-qq"]))?;
+        fetch().with_context(|| format!("apt-get download {package}"))?;
+    }
     let deb = std::fs::read_dir(&download)?
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .ok_or_else(|| anyhow::anyhow!("apt-get download fail2ban left no .deb"))?;
-    crate::run(Command::new("dpkg").arg("-x").arg(&deb).arg(&root))?;
-    Ok(root)
+        .ok_or_else(|| anyhow::anyhow!("apt-get download {package} left no .deb"))?;
+    crate::run(Command::new("dpkg").arg("-x").arg(&deb).arg(root))
 }
 
 /// The `nats-server` the fleet tests start: the installed one, else Debian's package unpacked
@@ -81,29 +93,9 @@ pub fn nats_server() -> Result<PathBuf> {
     if binary.is_file() {
         return Ok(binary);
     }
-    let download = workspace_root().join("target/nats-deb");
-    std::fs::create_dir_all(&download)?;
-    let fetch = |cx: &str| {
-        crate::run(
-            Command::new("apt-get")
-                .args(["download", "-qq", "nats-server"])
-                .current_dir(&download),
-        )
-        .with_context(|| cx.to_owned())
-    };
-    if fetch("apt-get download nats-server").is_err() {
-        // A fresh machine's package lists may not be there yet.
-        crate::run(Command::new("apt-get").args(["update", "-qq"]))?;
-        fetch("apt-get download nats-server (after apt-get update)")?;
-    }
-    let deb = std::fs::read_dir(&download)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .ok_or_else(|| anyhow::anyhow!("apt-get download nats-server left no .deb"))?;
-    crate::run(Command::new("dpkg").arg("-x").arg(&deb).arg(&root))?;
+    unpack("nats-server", &root)?;
     if !binary.is_file() {
-        bail!("{} has no usr/sbin/nats-server", deb.display());
+        bail!("the nats-server package has no usr/sbin/nats-server");
     }
     Ok(binary)
 }
