@@ -4,19 +4,17 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use banctl::duration::BanTime;
 use banctl::firewall::{Ban, Firewall, Monitor, NFT_MSG_NEWGEN};
 use banctl::state::{Store, StoredBan};
-use common::{Figure, percentile, until_committed};
+use common::{FAILREGEX, Figure, failures, percentile, until_committed};
 
 const BIN: &str = env!("CARGO_BIN_EXE_banctl");
-const FAILREGEX: &str = r"^\S+ app: auth failure from <HOST>$";
 
 struct Daemon {
     child: Child,
@@ -137,23 +135,6 @@ impl Drop for Daemon {
     }
 }
 
-fn write_all(path: &Path, text: &str) {
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-}
-
-/// `n` failure lines of `addr`, dated now.
-fn failures(addr: IpAddr, n: usize, out: &mut String) {
-    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ");
-    for _ in 0..n {
-        out.push_str(&format!("{now} app: auth failure from {addr}\n"));
-    }
-}
-
 /// Like [`until_committed`], but checks only once commits stop for 50 ms, and reports the time
 /// of the last commit: for bursts, where checking a large set after every commit would steal
 /// the CPU from the daemon being measured.
@@ -209,7 +190,7 @@ fn latency(figures: &mut Vec<Figure>) {
         failures(addr, 3, &mut text);
         std::thread::sleep(Duration::from_millis(20));
         let start = Instant::now();
-        write_all(&daemon.log("lat"), &text);
+        common::append(&daemon.log("lat"), &text);
         let took = until_committed(&mut mon, start, || {
             fw.list("lat").unwrap().iter().any(|e| e.net.addr() == addr)
         });
@@ -260,7 +241,7 @@ fn burst(figures: &mut Vec<Figure>) {
         failures(IpAddr::from(v6.to_be_bytes()), 3, &mut text);
     }
     let start = Instant::now();
-    write_all(&daemon.log("burst"), &text);
+    common::append(&daemon.log("burst"), &text);
     let ms = until_settled(&mut mon, start, || fw.list("burst").unwrap().len() == 2000)
         .as_secs_f64()
         * 1000.0;
@@ -395,7 +376,7 @@ fn memory(figures: &mut Vec<Figure>) {
         );
     }
     let start = Instant::now();
-    write_all(&daemon.log("many"), &text);
+    common::append(&daemon.log("many"), &text);
     while daemon.tracked("many") < 1_000_000 {
         assert!(
             start.elapsed() < Duration::from_secs(120),

@@ -15,16 +15,15 @@
 mod common;
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use banctl::firewall::{Firewall, Monitor, NFT_MSG_NEWGEN};
-use common::{Figure, percentile, until_committed};
+use common::{FAILREGEX, Figure, failures, percentile, until_committed};
 use futures_util::StreamExt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_banctl");
-const FAILREGEX: &str = r"^\S+ app: auth failure from <HOST>$";
 const NATS: &str = "10.7.0.1:4222";
 
 fn nats_bin() -> String {
@@ -177,23 +176,6 @@ impl Drop for Daemon {
     }
 }
 
-fn append(path: &Path, text: &str) {
-    use std::io::Write;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-}
-
-fn failures(addr: IpAddr, out: &mut String) {
-    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ");
-    for _ in 0..3 {
-        out.push_str(&format!("{now} app: auth failure from {addr}\n"));
-    }
-}
-
 fn figure(
     name: &'static str,
     value: f64,
@@ -252,10 +234,10 @@ fn main() {
         for i in 0..30u8 {
             let addr = IpAddr::from([10, 50, 0, i + 1]);
             let mut text = String::new();
-            failures(addr, &mut text);
+            failures(addr, 3, &mut text);
             std::thread::sleep(Duration::from_millis(30));
             let start = Instant::now();
-            append(&a.log(), &text);
+            common::append(&a.log(), &text);
             let took = until_committed(&mut mon, start, || {
                 fw.list("web").unwrap().iter().any(|e| e.net.addr() == addr)
             });
@@ -263,13 +245,17 @@ fn main() {
         }
         let mut text = String::new();
         for i in 0..1000u32 {
-            failures(IpAddr::from([10, 60, (i >> 8) as u8, i as u8]), &mut text);
+            failures(
+                IpAddr::from([10, 60, (i >> 8) as u8, i as u8]),
+                3,
+                &mut text,
+            );
             let v6 = 0x2001_0db8_0060_0000_0000_0000_0000_0001u128 | (u128::from(i) << 16);
-            failures(IpAddr::from(v6.to_be_bytes()), &mut text);
+            failures(IpAddr::from(v6.to_be_bytes()), 3, &mut text);
         }
         std::thread::sleep(Duration::from_millis(100));
         let start = Instant::now();
-        append(&a.log(), &text);
+        common::append(&a.log(), &text);
         // Check after commits that leave 50 ms of quiet: counting 2,000 elements after each
         // commit would take B's CPU.
         let mut last = None;

@@ -194,3 +194,25 @@ pub fn until_committed(
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
+
+/// The failregex that matches [`failures`].
+pub const FAILREGEX: &str = r"^\S+ app: auth failure from <HOST>$";
+
+/// `n` failure lines of `addr`, dated now.
+pub fn failures(addr: std::net::IpAddr, n: usize, out: &mut String) {
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ");
+    for _ in 0..n {
+        out.push_str(&format!("{now} app: auth failure from {addr}\n"));
+    }
+}
+
+/// Appends `text` in one write, as a logging daemon would.
+pub fn append(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+}
