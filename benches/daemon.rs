@@ -10,9 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use banctl::duration::BanTime;
-use banctl::firewall::{Ban, Firewall, Monitor, NFT_MSG_NEWGEN};
+use banctl::firewall::{Ban, Firewall, Monitor};
 use banctl::state::{Store, StoredBan};
-use common::{FAILREGEX, Figure, failures, percentile, until_committed};
+use common::{FAILREGEX, Figure, failures, percentile, until_committed, until_settled};
 
 const BIN: &str = env!("CARGO_BIN_EXE_banctl");
 
@@ -132,32 +132,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Like [`until_committed`], but checks only once commits stop for 50 ms, and reports the time
-/// of the last commit: for bursts, where checking a large set after every commit would steal
-/// the CPU from the daemon being measured.
-fn until_settled(mon: &mut Monitor, start: Instant, mut done: impl FnMut() -> bool) -> Duration {
-    let mut last_commit = None;
-    loop {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "not done within 30 s"
-        );
-        let wait = if last_commit.is_some() {
-            Duration::from_millis(50)
-        } else {
-            Duration::from_secs(30)
-        };
-        let types = mon.next(wait).expect("monitor");
-        if types.iter().any(|n| n.kind == NFT_MSG_NEWGEN) {
-            last_commit = Some(start.elapsed());
-        } else if types.is_empty()
-            && let Some(at) = last_commit.filter(|_| done())
-        {
-            return at;
-        }
     }
 }
 

@@ -19,8 +19,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use banctl::firewall::{Firewall, Monitor, NFT_MSG_NEWGEN};
-use common::{FAILREGEX, Figure, failures, percentile, until_committed};
+use banctl::firewall::{Firewall, Monitor};
+use common::{FAILREGEX, Figure, failures, percentile, until_committed, until_settled};
 use futures_util::StreamExt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_banctl");
@@ -256,28 +256,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
         let start = Instant::now();
         common::append(&a.log(), &text);
-        // Check after commits that leave 50 ms of quiet: counting 2,000 elements after each
-        // commit would take B's CPU.
-        let mut last = None;
-        let burst = loop {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "burst not in B within 30 s"
-            );
-            let wait = if last.is_some() {
-                Duration::from_millis(50)
-            } else {
-                Duration::from_secs(30)
-            };
-            let kinds = mon.next(wait).expect("monitor");
-            if kinds.iter().any(|n| n.kind == NFT_MSG_NEWGEN) {
-                last = Some(start.elapsed());
-            } else if kinds.is_empty()
-                && let Some(at) = last.filter(|_| fw.list("web").unwrap().len() >= 2030)
-            {
-                break at;
-            }
-        };
+        let burst = until_settled(&mut mon, start, || fw.list("web").unwrap().len() >= 2030);
         (samples, burst)
     });
     let mut samples = samples;

@@ -216,3 +216,36 @@ pub fn append(path: &std::path::Path, text: &str) {
         .write_all(text.as_bytes())
         .unwrap();
 }
+
+/// Like [`until_committed`], but checks only once commits stop for 50 ms, and reports the time
+/// of the last commit: for bursts, where checking a large set after every commit would steal
+/// the CPU from the daemon being measured.
+pub fn until_settled(
+    mon: &mut banctl::firewall::Monitor,
+    start: Instant,
+    mut done: impl FnMut() -> bool,
+) -> Duration {
+    let mut last_commit = None;
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not done within 30 s"
+        );
+        let wait = if last_commit.is_some() {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_secs(30)
+        };
+        let types = mon.next(wait).expect("monitor");
+        if types
+            .iter()
+            .any(|n| n.kind == banctl::firewall::NFT_MSG_NEWGEN)
+        {
+            last_commit = Some(start.elapsed());
+        } else if types.is_empty()
+            && let Some(at) = last_commit.filter(|_| done())
+        {
+            return at;
+        }
+    }
+}
