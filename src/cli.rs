@@ -296,18 +296,24 @@ pub fn render_bans(bans: &[BanInfo]) -> String {
         .max()
         .unwrap_or(0)
         .max(7);
+    // Every column as wide as its longest value (`6d23h59m58s`, a ban number of 6 digits).
+    let left: Vec<String> = bans.iter().map(remaining).collect();
+    let counts: Vec<String> = bans
+        .iter()
+        .map(|b| b.ban_count.map_or("-".to_owned(), |n| n.to_string()))
+        .collect();
+    let width_left = left.iter().map(String::len).max().unwrap_or(0).max(10);
+    let width_count = counts.iter().map(String::len).max().unwrap_or(0).max(5);
     let mut out = format!(
-        "{:width_jail$}  {:width_addr$}  {:10}  BAN #  ORIGIN\n",
-        "JAIL", "ADDRESS", "EXPIRES IN"
+        "{:width_jail$}  {:width_addr$}  {:width_left$}  {:width_count$}  ORIGIN\n",
+        "JAIL", "ADDRESS", "EXPIRES IN", "BAN #"
     );
-    for b in bans {
-        let count = b.ban_count.map_or("-".to_owned(), |n| n.to_string());
+    for ((b, left), count) in bans.iter().zip(&left).zip(&counts) {
         let origin = b.origin.as_deref().unwrap_or("-");
         out.push_str(&format!(
-            "{:width_jail$}  {:width_addr$}  {:10}  {count:5}  {origin}\n",
+            "{:width_jail$}  {:width_addr$}  {left:width_left$}  {count:width_count$}  {origin}\n",
             b.jail,
             b.address.to_string(),
-            remaining(b)
         ));
     }
     out
@@ -529,6 +535,20 @@ mod tests {
              sshd      198.51.100.7     <1s         2      failures\n"
         );
         assert_eq!(render_bans(&[]), "no active bans\n");
+        // Long values widen their column; the rows stay aligned.
+        let long = render_bans(&[
+            ban("sshd", "203.0.113.5", Some(604_798)),
+            BanInfo {
+                ban_count: Some(123_456),
+                ..ban("web", "198.51.100.7", Some(60))
+            },
+        ]);
+        assert_eq!(
+            long,
+            "JAIL  ADDRESS       EXPIRES IN   BAN #   ORIGIN\n\
+             sshd  203.0.113.5   6d23h59m58s  2       failures\n\
+             web   198.51.100.7  1m           123456  remote:web2\n"
+        );
     }
 
     #[test]

@@ -386,8 +386,8 @@ pub async fn run(
         .map_err(|e| DaemonError::Monitor(e.to_string()))?;
     let (ctl_tx, mut requests) = mpsc::channel(64);
     let (scrape_tx, mut scrapes) = mpsc::channel::<Scrape>(8);
-    if metrics_listener.is_some() {
-        tracing::info!(address = ?config.daemon.metrics, "serving metrics");
+    if let Some(address) = config.daemon.metrics.filter(|_| metrics_listener.is_some()) {
+        tracing::info!(%address, "serving metrics");
     }
     let servers = Servers::start(listener, ctl_tx, access, metrics_listener, scrape_tx)?;
     let mut expiry = tokio::time::interval(EXPIRY_EVERY);
