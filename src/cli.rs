@@ -225,7 +225,7 @@ pub enum Command {
     Reload,
     /// Try a filter on a log file or on one line, as fail2ban-regex does.
     #[command(
-        after_help = "FILTER is a built-in filter name (see `banctl filters`) or a banctl filter file (TOML with failregex, ignoreregex).\n\nExamples:\n  banctl test /var/log/auth.log sshd\n  banctl test 'Nov 21 10:00:00 web sshd[7]: Invalid user x from 203.0.113.5 port 22' sshd\n  banctl test /var/log/tightvnc.log /etc/banctl/filter.d/tightvnc.toml --print-missed"
+        after_help = "LOG is a log file, one line, or - (standard input). FILTER is a built-in filter name (see `banctl filters`), a banctl filter file (TOML with failregex, ignoreregex), a fail2ban filter file (.conf), or a failregex itself (it holds <HOST>, as fail2ban-regex takes one).\n\nExamples:\n  banctl test /var/log/auth.log sshd\n  journalctl -u ssh -o short | banctl test - sshd\n  banctl test /var/log/app.log 'login failed for .* from <HOST>'\n  banctl test 'Nov 21 10:00:00 web sshd[7]: Invalid user x from 203.0.113.5 port 22' sshd\n  banctl test /var/log/tightvnc.log /etc/banctl/filter.d/tightvnc.toml --print-missed"
     )]
     Test {
         /// A log file, or a single log line.

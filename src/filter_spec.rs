@@ -22,6 +22,27 @@ pub struct Resolved {
 /// Reads the filter `spec` names, a relative file name taken from the working directory;
 /// the error says why not.
 pub fn resolve(spec: &str) -> Result<Resolved, String> {
+    // A failregex written on the command line, as fail2ban-regex takes one.
+    if ["<HOST>", "<ADDR>", "<IP4>", "<IP6>", "<DNS>"]
+        .iter()
+        .any(|tag| spec.contains(tag))
+    {
+        let definition = crate::fail2ban::Definition {
+            failregex: vec![spec.to_owned()],
+            ignoreregex: Vec::new(),
+            prefregex: None,
+            maxlines: 1,
+            journalmatch: None,
+            datepattern: None,
+        };
+        let read = definition
+            .compile(Path::new("the regex"))
+            .map_err(|e| e.to_string())?;
+        return Ok(Resolved {
+            filter: read.filter,
+            label: format!("{spec} (a failregex, fail2ban's syntax)"),
+        });
+    }
     resolve_in(spec, None)
 }
 

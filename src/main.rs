@@ -412,7 +412,9 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
         None => std::time::SystemTime::now(),
     };
     let path = Path::new(input);
-    let reader: Box<dyn BufRead> = if path.is_file() {
+    let reader: Box<dyn BufRead> = if input == "-" {
+        Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin()))
+    } else if path.is_file() {
         let file = std::fs::File::open(path).with_context(|| format!("opening {input}"))?;
         Box::new(std::io::BufReader::with_capacity(1 << 20, file))
     } else {
@@ -492,7 +494,13 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
         if options.print_matched || options.print_missed {
             writeln!(out).context("writing the output")?;
         }
-        let source = if path.is_file() { input } else { "(one line)" };
+        let source = if input == "-" {
+            "(standard input)"
+        } else if path.is_file() {
+            input
+        } else {
+            "(one line)"
+        };
         write!(
             out,
             "Filter: {label}\nInput:  {source}\n\n{}",

@@ -498,3 +498,47 @@ fn stock_filters_agree_with_fail2ban_regex_on_adversarial_lines() {
     }
     println!("{total} adversarial lines agree with fail2ban-regex");
 }
+
+/// `banctl test LOG REGEX` takes a failregex as fail2ban-regex does (fail2ban's syntax, the
+/// date cut out first), and `-` reads standard input: the same failures as fail2ban-regex.
+#[test]
+fn an_inline_failregex_and_standard_input_as_fail2ban_regex() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let Some(root) = fail2ban_root("an_inline_failregex_and_standard_input") else {
+        return;
+    };
+    let scratch = crate::daemon::Scratch::new("inline-regex");
+    let log = scratch.write(
+        "app.log",
+        "Nov 30 10:00:00 web app[1]: login failed for bob from 192.0.2.9\n\
+         Nov 30 10:00:01 web app[1]: login ok for bob from 192.0.2.9\n\
+         2026-11-30 10:00:02 login failed for eve from 2001:db8::7\n\
+         Nov 30 10:00:03 web app[1]: login failed for x from 6.6.6.6 from 192.0.2.10\n",
+    );
+    let regex = r"login failed for \S+ from <HOST>$";
+    let theirs = fail2ban_regex(&root, &log, Path::new(regex));
+    let ours = banctl_test(&log, Path::new(regex));
+    assert_eq!(ours, theirs, "banctl (left), fail2ban-regex (right)");
+    assert_eq!(ours.len(), 2, "{ours:?}");
+    // The same lines on standard input.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_banctl"))
+        .args(["test", "-", regex, "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&std::fs::read(&log).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hosts: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["host"].to_string())
+        .collect();
+    assert_eq!(hosts, ["\"192.0.2.9\"", "\"2001:db8::7\""]);
+}
