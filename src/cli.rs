@@ -416,11 +416,11 @@ pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
 /// How `banctl test` reads and reports.
 #[derive(Debug, Args)]
 pub struct TestOptions {
-    /// Print every line that matched.
-    #[arg(long)]
+    /// Print every line that matched (fail2ban-regex's --print-all-matched).
+    #[arg(long, visible_alias = "print-all-matched")]
     pub print_matched: bool,
-    /// Print every line that no failregex matched.
-    #[arg(long)]
+    /// Print every line that no failregex matched (fail2ban-regex's --print-all-missed).
+    #[arg(long, visible_alias = "print-all-missed")]
     pub print_missed: bool,
     /// Print one JSON object per matching line instead of the summary.
     #[arg(long)]

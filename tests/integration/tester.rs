@@ -74,3 +74,25 @@ fn test_command_summarises_prints_and_emits_json() {
     assert_eq!(code, Some(banctl::cli::exit::CONFIG));
     assert!(err.contains("neither a built-in filter"), "{err}");
 }
+
+/// fail2ban-regex's option names work: --print-all-matched, --print-all-missed.
+#[test]
+fn fail2ban_regex_option_names_are_taken() {
+    let scratch = Scratch::new("tester-f2b-options");
+    let log = scratch.write(
+        "app.log",
+        "Nov 30 10:00:00 web app[1]: login failed for bob from 192.0.2.9\n\
+         Nov 30 10:00:01 web app[1]: login ok for bob from 192.0.2.9\n",
+    );
+    let log = log.display().to_string();
+    let regex = r"login failed for \S+ from <HOST>$";
+    let (code, out, err) = banctl(&["test", &log, regex, "--print-all-matched"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("matched      1:") && out.contains("[192.0.2.9]"),
+        "{out}"
+    );
+    let (code, out, err) = banctl(&["test", &log, regex, "--print-all-missed"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("missed       2: Nov 30 10:00:01"), "{out}");
+}
