@@ -30,6 +30,14 @@ pub enum Format {
     Iso8601,
     /// `2026/11/21 10:00:00` (nginx error log).
     Slashed,
+    /// `2026.11.21 10:00:00` (stunnel).
+    Dotted,
+    /// `21-11-2026 10:00:00`, `21/11/26 10:00:00` (3proxy, Domino): day first.
+    DayFirst,
+    /// `21-Nov-2026 10:00:00.123` (BIND), also in brackets with a zone (Roundcube).
+    DayMonthName,
+    /// `261121  1:00:00` (MySQL before 5.7).
+    Compact,
     /// `Nov 21 10:00:00`, year inferred; also with a weekday and a trailing year (ctime).
     Syslog,
     /// `[21/Nov/2026:10:00:00 +0100]` (Apache and nginx access logs).
@@ -47,6 +55,10 @@ impl fmt::Display for Format {
         f.write_str(match self {
             Format::Iso8601 => "ISO 8601 (YYYY-MM-DD hh:mm:ss)",
             Format::Slashed => "YYYY/MM/DD hh:mm:ss",
+            Format::Dotted => "YYYY.MM.DD hh:mm:ss",
+            Format::DayFirst => "DD-MM-YYYY hh:mm:ss",
+            Format::DayMonthName => "DD-Mon-YYYY hh:mm:ss",
+            Format::Compact => "YYMMDD hh:mm:ss",
             Format::Syslog => "syslog (Mon DD hh:mm:ss)",
             Format::Clf => "access log ([DD/Mon/YYYY:hh:mm:ss zone])",
             Format::Epoch => "Unix seconds",
@@ -182,20 +194,78 @@ impl Dates {
         })
     }
 
-    /// `YYYY-MM-DD[T ]hh:mm:ss[.frac][zone]` or `YYYY/MM/DD hh:mm:ss`.
+    /// A date that starts with a digit, in fail2ban's order of preference: year first
+    /// (`YYYY-MM-DD`, `YYYY/MM/DD`, `YYYY.MM.DD`), day first (`DD-MM-YYYY`, `DD/MM/YY`,
+    /// `DD-Mon-YYYY`), then `YYMMDD`.
     fn numeric(&self, c: &mut Cursor) -> Option<(Timestamp, Format)> {
+        let start = c.i;
+        if let Some(found) = self.year_first(c) {
+            return Some(found);
+        }
+        c.i = start;
+        if let Some(found) = self.day_first(c) {
+            return Some(found);
+        }
+        c.i = start;
+        self.compact(c)
+    }
+
+    /// `DD-MM-YYYY hh:mm:ss`, `DD/MM/YYYY`, two-digit years; `DD-Mon-YYYY hh:mm:ss[.frac][ zone]`.
+    fn day_first(&self, c: &mut Cursor) -> Option<(Timestamp, Format)> {
+        let day = c.digits(2)?;
+        let sep = c.next().filter(|b| matches!(b, b'-' | b'/'))?;
+        let (month, format) = match c.peek()? {
+            b'0'..=b'9' => (c.digits(2)?, Format::DayFirst),
+            _ if sep == b'-' => (c.month().filter(|m| *m > 0)?, Format::DayMonthName),
+            _ => return None,
+        };
+        c.expect(sep)?;
+        let year = match c.digits(4) {
+            Some(y) => y,
+            None => 2000 + c.digits(2)?,
+        };
+        if !matches!(c.next()?, b' ' | b':') {
+            return None;
+        }
+        let (hour, minute, second, nanos) = clock(c)?;
+        let dt = civil(year, month, day, hour, minute, second, nanos)?;
+        Some((self.resolve(dt, offset(c))?, format))
+    }
+
+    /// `YYMMDD  h:mm:ss` (one or two spaces).
+    fn compact(&self, c: &mut Cursor) -> Option<(Timestamp, Format)> {
+        let (year, month, day) = (c.digits(2)?, c.digits(2)?, c.digits(2)?);
+        c.expect(b' ')?;
+        if c.peek() == Some(b' ') {
+            c.i += 1;
+        }
+        let (hour, minute, second, nanos) = clock(c)?;
+        let dt = civil(2000 + year, month, day, hour, minute, second, nanos)?;
+        Some((self.resolve(dt, None)?, Format::Compact))
+    }
+
+    /// `YYYY-MM-DD[T ]hh:mm:ss[.frac][zone]`, `YYYY/MM/DD hh:mm:ss` or `YYYY.MM.DD …`; two
+    /// spaces and a one-digit hour too (MySQL).
+    fn year_first(&self, c: &mut Cursor) -> Option<(Timestamp, Format)> {
         let year = c.digits(4)?;
         let sep = c.next()?;
         let format = match sep {
             b'-' => Format::Iso8601,
             b'/' => Format::Slashed,
+            b'.' => Format::Dotted,
             _ => return None,
         };
         let month = c.digits(2)?;
         c.expect(sep)?;
         let day = c.digits(2)?;
-        if !matches!(c.next()?, b'T' | b' ') {
-            return None;
+        match c.next()? {
+            b'T' => {}
+            b' ' => {
+                if c.peek() == Some(b' ') {
+                    c.i += 1;
+                }
+            }
+            _ => return None,
         }
         let (hour, minute, second, nanos) = clock(c)?;
         let dt = civil(year, month, day, hour, minute, second, nanos)?;
@@ -216,12 +286,31 @@ impl Dates {
             c.expect(b' ')?;
             month = c.month().filter(|m| *m > 0)?;
         }
+        if c.peek() == Some(b'-') {
+            // `Mon-DD-YY hh:mm:ss` (ASSP).
+            c.i += 1;
+            let day = c.digits(2)?;
+            c.expect(b'-')?;
+            let year = 2000 + c.digits(2)?;
+            c.expect(b' ')?;
+            let (hour, minute, second, nanos) = clock(c)?;
+            return self.resolve(civil(year, month, day, hour, minute, second, nanos)?, None);
+        }
         c.expect(b' ')?;
         if c.peek() == Some(b' ') {
             c.i += 1;
         }
         let day = c.up_to_digits(2)?;
         c.expect(b' ')?;
+        // `Mon DD YYYY hh:mm:ss` (macOS).
+        let save = c.i;
+        if let Some(year) = c.digits(4)
+            && c.expect(b' ').is_some()
+            && let Some((hour, minute, second, nanos)) = clock(c)
+        {
+            return self.resolve(civil(year, month, day, hour, minute, second, nanos)?, None);
+        }
+        c.i = save;
         let (hour, minute, second, nanos) = clock(c)?;
         let save = c.i;
         if c.next() == Some(b' ')
@@ -353,7 +442,7 @@ fn epoch(c: &mut Cursor) -> Option<(Timestamp, Format)> {
 
 /// `hh:mm:ss[.frac|,frac]`.
 fn clock(c: &mut Cursor) -> Option<(u32, u32, u32, u32)> {
-    let hour = c.digits(2)?;
+    let hour = c.up_to_digits(2)?;
     c.expect(b':')?;
     let minute = c.digits(2)?;
     c.expect(b':')?;
@@ -603,6 +692,75 @@ mod tests {
                 Some((want.to_string(), format)),
                 "{line}"
             );
+        }
+    }
+
+    #[test]
+    fn fail2ban_default_templates_services_write() {
+        for (line, want, format) in [
+            (
+                "30-11-2026 10:00:01 x",
+                "2026-11-30T10:00:01Z",
+                Format::DayFirst,
+            ),
+            (
+                "05/11/2026 10:00:10 x",
+                "2026-11-05T10:00:10Z",
+                Format::DayFirst,
+            ),
+            (
+                "30/11/26 9:00:00 x",
+                "2026-11-30T09:00:00Z",
+                Format::DayFirst,
+            ),
+            (
+                "2026.11.30 10:00:03 x",
+                "2026-11-30T10:00:03Z",
+                Format::Dotted,
+            ),
+            (
+                "30-Nov-2026 10:00:04.123 x",
+                "2026-11-30T10:00:04.123Z",
+                Format::DayMonthName,
+            ),
+            (
+                "[30-Nov-2026 10:00:11 +0100] x",
+                "2026-11-30T09:00:11Z",
+                Format::DayMonthName,
+            ),
+            ("261130  1:00:05 x", "2026-11-30T01:00:05Z", Format::Compact),
+            (
+                "2026-11-30  1:00:06 x",
+                "2026-11-30T01:00:06Z",
+                Format::Iso8601,
+            ),
+            (
+                "Nov-30-26 10:00:07 x",
+                "2026-11-30T10:00:07Z",
+                Format::Syslog,
+            ),
+            (
+                "Nov 30 2026 10:00:08 x",
+                "2026-11-30T10:00:08Z",
+                Format::Syslog,
+            ),
+            (
+                "[Nov 30 10:00:09] x",
+                "2026-11-30T10:00:09Z",
+                Format::Syslog,
+            ),
+        ] {
+            let got = find("UTC", line, "2026-12-01T00:00:00Z");
+            assert_eq!(got, Some((want.to_owned(), format)), "{line}");
+        }
+        // Month first with slashes is no default template (SquirrelMail says so with its
+        // datepattern); neither is a seventh digit nor a 32nd day.
+        for line in [
+            "11/30/2026 10:00:02 x",
+            "2611301 1:00:05 x",
+            "32-11-2026 10:00:00 x",
+        ] {
+            assert_eq!(find("UTC", line, "2026-12-01T00:00:00Z"), None, "{line}");
         }
     }
 
