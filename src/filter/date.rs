@@ -179,7 +179,16 @@ impl Dates {
                 epoch(&mut c)?
             }
         } else if first.is_ascii_uppercase() {
-            (self.syslog(&mut c, now)?, Format::Syslog)
+            match self.syslog(&mut c, now, None) {
+                Some(at) => (at, Format::Syslog),
+                // `[CET Nov 21 10:00:00]` (Monit): a zone's abbreviation, then the date.
+                None => {
+                    c.i = start;
+                    let zone = abbreviation(&mut c)?;
+                    c.expect(b' ')?;
+                    (self.syslog(&mut c, now, Some(zone))?, Format::Syslog)
+                }
+            }
         } else {
             return None;
         };
@@ -279,7 +288,7 @@ impl Dates {
     }
 
     /// `[Www ]Mon [D]D hh:mm:ss[ YYYY]`.
-    fn syslog(&self, c: &mut Cursor, now: SystemTime) -> Option<Timestamp> {
+    fn syslog(&self, c: &mut Cursor, now: SystemTime, zone: Option<Offset>) -> Option<Timestamp> {
         let mut month = c.month()?;
         if month == 0 {
             // A weekday came first (ctime): the month follows.
@@ -294,7 +303,7 @@ impl Dates {
             let year = 2000 + c.digits(2)?;
             c.expect(b' ')?;
             let (hour, minute, second, nanos) = clock(c)?;
-            return self.resolve(civil(year, month, day, hour, minute, second, nanos)?, None);
+            return self.resolve(civil(year, month, day, hour, minute, second, nanos)?, zone);
         }
         c.expect(b' ')?;
         if c.peek() == Some(b' ') {
@@ -308,7 +317,7 @@ impl Dates {
             && c.expect(b' ').is_some()
             && let Some((hour, minute, second, nanos)) = clock(c)
         {
-            return self.resolve(civil(year, month, day, hour, minute, second, nanos)?, None);
+            return self.resolve(civil(year, month, day, hour, minute, second, nanos)?, zone);
         }
         c.i = save;
         let (hour, minute, second, nanos) = clock(c)?;
@@ -316,7 +325,7 @@ impl Dates {
         if c.next() == Some(b' ')
             && let Some(year) = c.digits(4)
         {
-            return self.resolve(civil(year, month, day, hour, minute, second, nanos)?, None);
+            return self.resolve(civil(year, month, day, hour, minute, second, nanos)?, zone);
         }
         c.i = save;
         // No year: the latest one that does not put the date more than a day ahead of now.
@@ -336,7 +345,7 @@ impl Dates {
                     second,
                     nanos,
                 )?;
-                self.resolve(dt, None)
+                self.resolve(dt, zone)
             })
             .find(|t| t.as_second() <= limit)
     }
@@ -371,14 +380,15 @@ impl Dates {
         let year = c.digits(4)?;
         c.expect(b':')?;
         let (hour, minute, second, nanos) = clock(c)?;
-        let zone = offset(c)?;
+        // Without a zone (some proxies write none, or a blank): the log's zone, as fail2ban.
+        let zone = offset(c);
+        if zone.is_none() && c.peek() == Some(b' ') {
+            c.i += 1;
+        }
         if quoted && !c.rest().starts_with(b"] \"") {
             return None;
         }
-        let at = self.resolve(
-            civil(year, month, day, hour, minute, second, nanos)?,
-            Some(zone),
-        )?;
+        let at = self.resolve(civil(year, month, day, hour, minute, second, nanos)?, zone)?;
         Some(Found {
             at: SystemTime::from(at),
             format: Format::Clf,
@@ -410,6 +420,35 @@ fn lead(bytes: &[u8]) -> usize {
         i += 1;
     }
     i
+}
+
+/// A time zone's abbreviation as loggers write it before a date (`CET`, `UTC`), as an offset;
+/// `None` for one that is unknown or means several offsets.
+fn abbreviation(c: &mut Cursor) -> Option<Offset> {
+    let len = c
+        .rest()
+        .iter()
+        .take(5)
+        .take_while(|b| b.is_ascii_uppercase())
+        .count();
+    let word = c.rest().get(..len)?;
+    let hours: i8 = match word {
+        b"UTC" | b"GMT" | b"UT" | b"WET" => 0,
+        b"CET" | b"WEST" | b"BST" | b"MET" => 1,
+        b"CEST" | b"EET" | b"MEST" | b"SAST" => 2,
+        b"EEST" | b"MSK" => 3,
+        b"EST" => -5,
+        b"EDT" => -4,
+        b"CDT" => -5,
+        b"MST" => -7,
+        b"MDT" => -6,
+        b"PST" => -8,
+        b"PDT" => -7,
+        b"JST" | b"KST" => 9,
+        _ => return None,
+    };
+    c.i += len;
+    Offset::from_hours(hours).ok()
 }
 
 /// Unix seconds (10 digits, optional fraction) or milliseconds (13 digits) from 2001 to 2286.
@@ -749,6 +788,26 @@ mod tests {
                 "2026-11-30T10:00:09Z",
                 Format::Syslog,
             ),
+            (
+                "[CET Nov 30 10:00:01] x",
+                "2026-11-30T09:00:01Z",
+                Format::Syslog,
+            ),
+            (
+                "[CEST Nov 30 10:00:06] x",
+                "2026-11-30T08:00:06Z",
+                Format::Syslog,
+            ),
+            (
+                "192.0.2.9 - - [30/Nov/2026:10:00:02] \"GET / HTTP/1.1\" 401",
+                "2026-11-30T10:00:02Z",
+                Format::Clf,
+            ),
+            (
+                "192.0.2.9 - - [30/Nov/2026:10:00:03 ] \"GET / HTTP/1.1\" 401",
+                "2026-11-30T10:00:03Z",
+                Format::Clf,
+            ),
         ] {
             let got = find("UTC", line, "2026-12-01T00:00:00Z");
             assert_eq!(got, Some((want.to_owned(), format)), "{line}");
@@ -759,6 +818,7 @@ mod tests {
             "11/30/2026 10:00:02 x",
             "2611301 1:00:05 x",
             "32-11-2026 10:00:00 x",
+            "[XYZ Nov 30 10:00:01] x",
         ] {
             assert_eq!(find("UTC", line, "2026-12-01T00:00:00Z"), None, "{line}");
         }

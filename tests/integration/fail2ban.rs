@@ -555,6 +555,6 @@ fn dates_fail2ban_reads_are_read_the_same() {
     let regex = Path::new(r"failure from <HOST>$");
     let theirs = fail2ban_regex(&root, &log, regex);
     let ours = banctl_test(&log, regex);
-    assert_eq!(theirs.len(), 10, "{theirs:?}");
+    assert_eq!(theirs.len(), 15, "{theirs:?}");
     assert_eq!(ours, theirs, "banctl (left), fail2ban-regex (right)");
 }
