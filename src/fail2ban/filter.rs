@@ -108,7 +108,7 @@ pub fn read_definition(
         maxlines: init_or_definition("maxlines")?
             .and_then(|m| m.trim().parse().ok())
             .unwrap_or(1),
-        journalmatch: value("journalmatch")?.filter(|j| !j.trim().is_empty()),
+        journalmatch: init_or_definition("journalmatch")?.filter(|j| !j.trim().is_empty()),
         datepattern: init_or_definition("datepattern")?
             .map(|p| p.trim().to_owned())
             .filter(|p| !p.is_empty()),

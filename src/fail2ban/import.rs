@@ -137,6 +137,17 @@ pub fn import(dir: &Path, inline: bool) -> Result<Import, Fail2banError> {
                 } else {
                     emit!(body, "logpath = [{}]", paths.join(", "));
                 }
+                // backend = auto: fail2ban users expect the journal when the files are not
+                // there (no rsyslog on a stock Debian 12): banctl's `source = "auto"` reads
+                // it while no file of logpath exists.
+                if let Some(m) = journalmatch.as_ref().filter(|_| backend == "auto") {
+                    let matches: Vec<String> = m.split_whitespace().map(quote).collect();
+                    emit!(
+                        body,
+                        "# the journal is read while no file of logpath exists (backend = auto)\njournal = {{ matches = [{}] }}",
+                        matches.join(", ")
+                    );
+                }
             }
         }
         match get("port").as_deref() {

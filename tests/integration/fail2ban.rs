@@ -558,3 +558,51 @@ fn dates_fail2ban_reads_are_read_the_same() {
     assert_eq!(theirs.len(), 15, "{theirs:?}");
     assert_eq!(ours, theirs, "banctl (left), fail2ban-regex (right)");
 }
+
+/// `backend = auto` users expect the journal when the log files are not there (a stock
+/// Debian 12 has no rsyslog): the import gives each jail whose filter has a journalmatch
+/// (in `[Definition]` or `[Init]`, as postfix.conf has it) the journal beside its files, and
+/// the output passes check-config.
+#[test]
+fn import_gives_auto_jails_the_journal_of_their_filter() {
+    let Some(root) = fail2ban_root("import_gives_auto_jails_the_journal") else {
+        return;
+    };
+    let scratch = crate::daemon::Scratch::new("import-journal");
+    let dir = scratch.path("fail2ban");
+    copy_tree(&root.join("etc/fail2ban"), &dir);
+    std::fs::write(dir.join("jail.local"), "[postfix]\nenabled = true\n").unwrap();
+    let output = scratch.path("banctl.toml");
+    stdout_of(
+        Command::new(env!("CARGO_BIN_EXE_banctl"))
+            .arg("import-fail2ban")
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--output")
+            .arg(&output),
+    );
+    let text = std::fs::read_to_string(&output).unwrap();
+    assert!(
+        text.contains(
+            "journal = { matches = [\"_SYSTEMD_UNIT=sshd.service\", \"+\", \"_COMM=sshd\"] }"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("journal = { matches = [\"_SYSTEMD_UNIT=postfix.service\"] }"),
+        "{text}"
+    );
+    let checked = crate::daemon::check_config(&output);
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let config = banctl::config::Config::load(&output).unwrap();
+    assert!(
+        config
+            .jails
+            .iter()
+            .all(|j| j.journal.is_some() && !j.logpaths.is_empty())
+    );
+}
