@@ -239,3 +239,79 @@ fn every_config_error_at_once_with_its_fix() {
     // 1H and 1mo are durations: jail ok has no error.
     assert!(!stderr.contains("jails.ok"), "{stderr}");
 }
+
+/// Every banctl command of the README's fail2ban/banctl table runs, as written, against a
+/// daemon with an `sshd` jail (found through `BANCTL_CONFIG`); `/var/log/auth.log` is a
+/// sample log here.
+#[test]
+fn the_readme_command_table_runs() {
+    use crate::daemon::Daemon;
+    let Some(()) = crate::netns::enter("the_readme_command_table_runs") else {
+        return;
+    };
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme
+        .find("The commands, side by side")
+        .expect("the table");
+    let end = start + readme[start..].find("\n## ").unwrap();
+    let commands: Vec<String> = readme[start..end]
+        .lines()
+        .filter_map(|row| {
+            let cell = row.trim_end_matches('|').rsplit('|').next()?.trim();
+            let inner = cell.strip_prefix('`')?;
+            let command = &inner[..inner.find('`')?];
+            command.starts_with("banctl ").then(|| command.to_owned())
+        })
+        .collect();
+    assert!(commands.len() >= 15, "{commands:?}");
+    let daemon = Daemon::start(
+        "readme-table",
+        "[jails.sshd]\nfilter = \"sshd\"\nlogpath = \"{dir}/auth.log\"\nignoreself = false\n",
+    );
+    let sample = daemon.scratch.write(
+        "sample-auth.log",
+        "Nov 30 10:00:00 web sshd[7]: Failed password for root from 192.0.2.12 port 22 ssh2\n",
+    );
+    let config = daemon.scratch.path("banctl.toml");
+    for command in &commands {
+        let command = command.replace("/var/log/auth.log", &sample.display().to_string());
+        if command.starts_with("banctl unban 192.0.2.10") {
+            let _ = daemon.cli(&["ban", "sshd", "192.0.2.10"]);
+        }
+        // Words, 'quoted' ones whole, and `< FILE` as standard input.
+        let mut words = Vec::new();
+        let mut stdin = None;
+        let mut rest = command.trim_start_matches("banctl ").trim();
+        while !rest.is_empty() {
+            let (word, after) = if let Some(q) = rest.strip_prefix('\'') {
+                let close = q.find('\'').unwrap();
+                (q[..close].to_owned(), &q[close + 1..])
+            } else {
+                let end = rest.find(' ').unwrap_or(rest.len());
+                (rest[..end].to_owned(), &rest[end..])
+            };
+            rest = after.trim_start();
+            if word == "<" {
+                let end = rest.find(' ').unwrap_or(rest.len());
+                stdin = Some(rest[..end].to_owned());
+                rest = rest[end..].trim_start();
+            } else {
+                words.push(word);
+            }
+        }
+        let mut cmd = Command::new(BIN);
+        cmd.args(&words)
+            .env("BANCTL_CONFIG", &config)
+            .env_remove("BANCTL_SOCKET");
+        if let Some(file) = stdin {
+            cmd.stdin(std::fs::File::open(file).unwrap());
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
