@@ -169,8 +169,8 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         }
         // Lifts first: a ban of the round is newer than every lift of the round that could
         // take it back (the link settled those).
-        for lift in lifts {
-            round.lifted += self.lift_remote(lift, now);
+        if !lifts.is_empty() {
+            round.lifted = self.lift_remote(lifts, now);
         }
         let held = self.held_for(&bans, now);
         let mut stored = Vec::new();
@@ -345,39 +345,58 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         }
     }
 
-    /// Lifts what `lift` names; returns how many bans went.
-    fn lift_remote(&mut self, lift: &RemoteLift, now: SystemTime) -> usize {
+    /// Lifts what `lifts` name, in one batch; returns how many bans went. One read of the
+    /// ledger and one listing per jail touched, whatever the number of lifts (a catch-up
+    /// brings many). A jail not configured now (disabled) has its bans in the ledger only.
+    fn lift_remote(&mut self, lifts: &[RemoteLift], now: SystemTime) -> usize {
         let active = match self.ledger.active(now) {
             Ok(active) => active,
             Err(e) => {
-                tracing::error!(error = %e, "reading the state store");
+                tracing::error!(error = %e, "reading the state store: fleet lifts not applied");
                 return 0;
             }
         };
-        let picked: Vec<&StoredBan> = match lift {
-            RemoteLift::Unban { net, jail, .. } => active
-                .iter()
-                .filter(|b| b.net.covers(net))
-                .filter(|b| jail.as_ref().is_none_or(|j| self.maps_to(j, &b.jail)))
-                .collect(),
-            RemoteLift::Withdrawn { origin, jail, net } => active
-                .iter()
-                .filter(|b| b.net == *net && b.origin == Origin::Remote(origin.clone()))
-                .filter(|b| self.maps_to(jail, &b.jail))
-                .collect(),
+        let takes = |lift: &RemoteLift, b: &StoredBan| match lift {
+            RemoteLift::Unban { net, jail, .. } => {
+                b.net.covers(net) && jail.as_ref().is_none_or(|j| self.maps_to(j, &b.jail))
+            }
+            RemoteLift::Withdrawn { origin, jail, net } => {
+                b.net == *net
+                    && matches!(&b.origin, Origin::Remote(o) if o == origin)
+                    && self.maps_to(jail, &b.jail)
+            }
         };
+        let picked: Vec<&StoredBan> = active
+            .iter()
+            .filter(|b| lifts.iter().any(|lift| takes(lift, b)))
+            .collect();
         if picked.is_empty() {
             return 0;
         }
+        let mut held: HashMap<&str, Vec<crate::ban::Element>> = HashMap::new();
+        for b in &picked {
+            if held.contains_key(b.jail.as_str()) || !self.jails.iter().any(|j| j.name() == b.jail)
+            {
+                continue;
+            }
+            match self.enforcer.list(&b.jail) {
+                Ok(elements) => {
+                    held.insert(&b.jail, elements);
+                }
+                Err(e) => {
+                    let e = self.enforcer_failed(&e);
+                    tracing::error!(error = %e, "fleet lifts not applied");
+                    return 0;
+                }
+            }
+        }
         let mut lifted = Vec::new();
         let mut waiting = Vec::new();
-        let elements = |jail: &str, me: &mut Self| me.enforcer.list(jail).unwrap_or_default();
-        let mut cache: HashMap<String, Vec<crate::ban::Element>> = HashMap::new();
         for b in picked {
-            let held = cache
-                .entry(b.jail.clone())
-                .or_insert_with(|| elements(&b.jail, self));
-            match held.iter().find(|e| e.net == b.net) {
+            let element = held
+                .get(b.jail.as_str())
+                .and_then(|elements| elements.iter().find(|e| e.net == b.net));
+            match element {
                 Some(element) => lifted.push(Listed {
                     jail: b.jail.clone(),
                     element: element.clone(),
@@ -388,10 +407,15 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             }
         }
         let count = lifted.len() + waiting.len();
-        let by = match lift {
-            RemoteLift::Unban { origin, .. } | RemoteLift::Withdrawn { origin, .. } => origin,
-        };
-        tracing::info!(origin = by.as_str(), count, "bans lifted from the fleet");
+        let from: Vec<&str> = lifts
+            .iter()
+            .map(|lift| match lift {
+                RemoteLift::Unban { origin, .. } | RemoteLift::Withdrawn { origin, .. } => {
+                    origin.as_str()
+                }
+            })
+            .collect();
+        tracing::info!(?from, count, "bans lifted from the fleet");
         match self.lift(&lifted, &waiting, "remote", now) {
             Ok(()) => count,
             Err(e) => {
