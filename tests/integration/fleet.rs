@@ -225,6 +225,38 @@ fn a_ban_on_one_host_is_enforced_by_the_whole_fleet_and_lifted_everywhere() {
     drop(b.peer);
 }
 
+/// How many of the fleet stream's followers are current, asked as fleet user `user`.
+fn replicas_current(url: &str, user: &str) -> usize {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let Ok(client) = async_nats::ConnectOptions::new()
+            .user_and_password(user.into(), format!("pw-{user}"))
+            .connect(url)
+            .await
+        else {
+            return 0;
+        };
+        let js = async_nats::jetstream::new(client);
+        let Ok(Ok(mut stream)) =
+            tokio::time::timeout(Duration::from_secs(2), js.get_stream("KV_banctl")).await
+        else {
+            return 0;
+        };
+        match tokio::time::timeout(Duration::from_secs(2), stream.info()).await {
+            Ok(Ok(info)) => info.cluster.as_ref().map_or(0, |c| {
+                c.replicas
+                    .iter()
+                    .filter(|p| p.current && !p.offline)
+                    .count()
+            }),
+            _ => 0,
+        }
+    })
+}
+
 /// Publishes a ban value as fleet user `user` on `subject`; the stream's answer.
 fn publish_as(user: &str, url: &str, subject: &str) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -290,6 +322,13 @@ fn a_replicated_stream_loses_no_ban_when_a_server_dies_during_a_burst() {
     b.wait("B's link is up", || {
         b.status()["fleet"]["caught_up"] == true
     });
+    // The scenario is a formed cluster losing a server: the stream has its three copies,
+    // all current, before one goes.
+    assert!(
+        netns::eventually(Duration::from_secs(30), || replicas_current(&urls[2], "b")
+            == 2),
+        "the stream's replicas did not catch up"
+    );
 
     // 300 attackers in one write; the first server dies while the bans go out.
     let attackers: Vec<String> = (0..300u32)
