@@ -539,8 +539,47 @@ impl Context<'_> {
         let raw = spanned.get_ref();
         let key = |k: &str| format!("notify[{i}].{k}");
         let errors = self.errors.len();
-        let target = match (&raw.url, &raw.command) {
-            (Some(url), None) => {
+        let mail_only = [
+            ("from", raw.from.as_ref().map(Spanned::span)),
+            ("smtp", raw.smtp.as_ref().map(Spanned::span)),
+            ("starttls", raw.starttls.as_ref().map(Spanned::span)),
+            ("user", raw.user.as_ref().map(Spanned::span)),
+            (
+                "password_file",
+                raw.password_file.as_ref().map(Spanned::span),
+            ),
+        ];
+        if raw.mail.is_none() {
+            for (k, span) in mail_only {
+                if let Some(span) = span {
+                    self.error(
+                        span,
+                        key(k),
+                        "only for a mail notifier (`mail = \"root@localhost\"`)",
+                    );
+                }
+            }
+        }
+        let retries = |this: &mut Self| {
+            raw.retries.as_ref().map_or(DEFAULT_WEBHOOK_RETRIES, |r| {
+                u32::try_from(*r.get_ref())
+                    .ok()
+                    .filter(|n| *n <= 10)
+                    .unwrap_or_else(|| {
+                        this.error(r.span(), key("retries"), "retries is 0 to 10");
+                        0
+                    })
+            })
+        };
+        let target = match (&raw.url, &raw.command, &raw.mail) {
+            (None, None, Some(to)) => {
+                if let Some(h) = &raw.headers {
+                    self.error(h.span(), key("headers"), "only for a webhook");
+                }
+                let retries = retries(self);
+                self.mail_target(i, raw, to, retries)
+            }
+            (Some(url), None, None) => {
                 let headers: Vec<(String, String)> = raw
                     .headers
                     .as_ref()
@@ -553,15 +592,7 @@ impl Context<'_> {
                         }
                     }
                 }
-                let retries = raw.retries.as_ref().map_or(DEFAULT_WEBHOOK_RETRIES, |r| {
-                    u32::try_from(*r.get_ref())
-                        .ok()
-                        .filter(|n| *n <= 10)
-                        .unwrap_or_else(|| {
-                            self.error(r.span(), key("retries"), "retries is 0 to 10");
-                            0
-                        })
-                });
+                let retries = retries(self);
                 match url.get_ref().parse() {
                     Ok(url) => Some(Target::Webhook {
                         url,
@@ -574,7 +605,7 @@ impl Context<'_> {
                     }
                 }
             }
-            (None, Some(command)) => {
+            (None, Some(command), None) => {
                 let misplaced = [
                     ("headers", raw.headers.as_ref().map(Spanned::span)),
                     ("retries", raw.retries.as_ref().map(Spanned::span)),
@@ -603,7 +634,8 @@ impl Context<'_> {
                 self.error(
                     spanned.span(),
                     format!("notify[{i}]"),
-                    "a notifier has either `url` (a webhook) or `command` (a program)",
+                    "a notifier has one of `url` (a webhook), `command` (a program) and `mail` \
+                     (recipients)",
                 );
                 None
             }
@@ -650,6 +682,87 @@ impl Context<'_> {
             on_unban,
             jails,
             timeout,
+        })
+    }
+
+    /// The SMTP settings of a `mail` notifier.
+    fn mail_target(
+        &mut self,
+        i: usize,
+        raw: &RawNotify,
+        to: &Spanned<String>,
+        retries: u32,
+    ) -> Option<Target> {
+        use crate::notify::mail;
+        let key = |k: &str| format!("notify[{i}].{k}");
+        let errors = self.errors.len();
+        let recipients = mail::recipients(to.get_ref()).unwrap_or_else(|e| {
+            self.error(to.span(), key("mail"), e);
+            Vec::new()
+        });
+        let from = match &raw.from {
+            Some(from) => match mail::mailbox(from.get_ref()) {
+                Ok(from) => Some(from),
+                Err(e) => {
+                    self.error(from.span(), key("from"), e);
+                    None
+                }
+            },
+            // banctl@<this host>, or @localhost for a host name no address may hold.
+            None => mail::mailbox(&format!(
+                "banctl@{}",
+                crate::notify::hostname_or_localhost()
+            ))
+            .or_else(|_| mail::mailbox("banctl@localhost"))
+            .ok(),
+        };
+        let (host, port) = match &raw.smtp {
+            Some(smtp) => mail::server(smtp.get_ref()).unwrap_or_else(|e| {
+                self.error(smtp.span(), key("smtp"), e);
+                (String::new(), 0)
+            }),
+            None => mail::server(mail::DEFAULT_SMTP).unwrap_or_default(),
+        };
+        let credentials = match (&raw.user, &raw.password_file) {
+            (Some(user), Some(file)) => {
+                if !file.get_ref().starts_with('/') {
+                    self.error(
+                        file.span(),
+                        key("password_file"),
+                        "must be an absolute path (a file, never the secret itself)",
+                    );
+                }
+                Some((user.get_ref().clone(), PathBuf::from(file.get_ref())))
+            }
+            (Some(user), None) => {
+                self.error(user.span(), key("user"), "a user needs password_file");
+                None
+            }
+            (None, Some(file)) => {
+                self.error(
+                    file.span(),
+                    key("password_file"),
+                    "missing: password_file needs a user",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        let target = mail::MailTarget {
+            to: recipients,
+            from: from?,
+            host,
+            port,
+            starttls: raw.starttls.as_ref().is_some_and(|t| *t.get_ref()),
+            credentials,
+        };
+        if let Err(e) = target.validate() {
+            let span = raw.user.as_ref().map_or(to.span(), Spanned::span);
+            self.error(span, key("starttls"), e);
+        }
+        (self.errors.len() == errors).then(|| Target::Mail {
+            mail: Box::new(target),
+            retries,
         })
     }
 
@@ -1529,6 +1642,20 @@ url = "http://127.0.0.1:8080/"
 headers = { "X-Bad" = "a\r\nInjected: 1" }
 on = ["ban", "expiry"]
 jails = ["web", "nope"]
+
+[[notify]]
+mail = "root@@localhost"
+smtp = "mx example:25"
+
+[[notify]]
+mail = "root@localhost, security@example.org"
+smtp = "mx.example.org:587"
+user = "banctl"
+password_file = "/etc/banctl/smtp.password"
+
+[[notify]]
+command = ["/bin/true"]
+from = "banctl@example.org"
 "#,
         )
         .unwrap_err();
@@ -1537,10 +1664,14 @@ jails = ["web", "nope"]
             "t.toml:9: notify[0].url: https is not built in",
             "t.toml:12: notify[1].command: \"notify-send\": the program is named by its absolute path",
             "t.toml:13: notify[1].retries: only for a webhook",
-            "t.toml:15: notify[2]: a notifier has either `url` (a webhook) or `command`",
+            "t.toml:15: notify[2]: a notifier has one of `url` (a webhook), `command` (a program) and `mail`",
             "t.toml:21: notify[3].headers: the value of X-Bad holds a control character",
             "t.toml:22: notify[3].on: \"expiry\" is not an event (ban, unban)",
             "t.toml:23: notify[3].jails: no jail \"nope\" in this file",
+            "t.toml:26: notify[4].mail: \"root@@localhost\" is not a mail address",
+            "t.toml:27: notify[4].smtp: \"mx example:25\" is not host:port",
+            "t.toml:32: notify[5].starttls: a user name and password would cross the network in clear to mx.example.org",
+            "t.toml:37: notify[6].from: only for a mail notifier",
         ];
         assert_eq!(errors.len(), expected.len(), "{errors:#?}");
         for (error, start) in errors.iter().zip(expected) {
@@ -1561,9 +1692,27 @@ logpath = "/x"
 command = ["/bin/true", "{jail}"]
 on = ["unban"]
 timeout = "3s"
+[[notify]]
+mail = "Admin <root@localhost>"
 "#,
         )
         .unwrap();
+        match &config.notify[1].target {
+            Target::Mail { mail, retries } => {
+                assert_eq!(mail.to[0].to_string(), "Admin <root@localhost>");
+                assert!(
+                    mail.from.to_string().starts_with("banctl@"),
+                    "{}",
+                    mail.from
+                );
+                assert_eq!(
+                    (mail.host.as_str(), mail.port, mail.starttls),
+                    ("localhost", 25, false)
+                );
+                assert_eq!(*retries, DEFAULT_WEBHOOK_RETRIES);
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(config.daemon.metrics, Some("[::1]:9617".parse().unwrap()));
         let n = &config.notify[0];
         assert_eq!(

@@ -1,5 +1,5 @@
-//! Notifications on ban and unban: webhooks (an HTTP POST of a JSON [`Event`]) and programs
-//! run directly (an argv, the same JSON on stdin), never through a shell.
+//! Notifications on ban and unban: webhooks (an HTTP POST of a JSON [`Event`]), programs
+//! run directly (an argv, the same JSON on stdin), never through a shell, and mail over SMTP.
 //!
 //! **Invariants:**
 //! - Notifying never delays a ban. The daemon hands events to [`Notifications::send`], which
@@ -11,6 +11,7 @@
 //!   substituted into a program's arguments are typed (jail name, address, prefix, event).
 
 pub mod exec;
+pub mod mail;
 pub mod webhook;
 
 use std::net::IpAddr;
@@ -111,6 +112,13 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
+/// This host's name, or `localhost` when it has none (the default sender's domain).
+pub fn hostname_or_localhost() -> String {
+    Some(hostname())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
 /// What to do when the service manager forbids IP sockets (the unit's default), for an error
 /// that says so; empty for other errors.
 pub fn sandbox_hint(e: &std::io::Error) -> &'static str {
@@ -138,6 +146,12 @@ pub enum Target {
     /// A program and its arguments; `{jail}`, `{address}`, `{prefix}` and `{event}` in the
     /// arguments are replaced by the event's typed values.
     Exec { argv: Vec<String> },
+    /// A message per event over SMTP (the local MTA by default).
+    Mail {
+        mail: Box<mail::MailTarget>,
+        /// Attempts after the first one that failed for a reason worth retrying.
+        retries: u32,
+    },
 }
 
 /// One validated `[[notify]]` entry.
@@ -171,6 +185,7 @@ impl NotifyConfig {
         match &self.target {
             Target::Webhook { url, .. } => format!("webhook {url}"),
             Target::Exec { argv } => format!("exec {}", argv.first().map_or("", String::as_str)),
+            Target::Mail { mail, .. } => mail.name(),
         }
     }
 }
@@ -197,13 +212,15 @@ pub enum NotifyError {
     BadResponse(String),
     #[error("exited with {status}: {stderr}")]
     Exit { status: String, stderr: String },
+    #[error("SMTP: {message}")]
+    Smtp { message: String, retry: bool },
 }
 
 impl NotifyError {
     /// Whether another attempt may succeed (a refused request will be refused again).
     fn retryable(&self) -> bool {
         match self {
-            NotifyError::Status { retry, .. } => *retry,
+            NotifyError::Status { retry, .. } | NotifyError::Smtp { retry, .. } => *retry,
             NotifyError::Timeout(_) | NotifyError::Io(_) | NotifyError::BadResponse(_) => true,
             NotifyError::Exit { .. } => false,
         }
@@ -291,6 +308,9 @@ async fn deliver(config: Arc<NotifyConfig>, mut rx: mpsc::Receiver<Arc<Event>>, 
                 .await
             }
             Target::Exec { argv } => exec::run(argv, &event, &body, config.timeout).await,
+            Target::Mail { mail, retries } => {
+                with_retries(*retries, || mail::send(mail, &event, config.timeout)).await
+            }
         };
         match result {
             Ok(()) => {

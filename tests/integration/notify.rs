@@ -173,6 +173,171 @@ timeout = "5s"
     drop(hole);
 }
 
+/// A quoted-printable body decoded (soft line breaks and `=XX` escapes).
+fn quoted_printable(text: &str) -> String {
+    let joined = text.replace("=\r\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'=', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// One message an SMTP receiver got: the envelope's recipients and the DATA.
+struct Mail {
+    rcpt: Vec<String>,
+    data: String,
+}
+
+/// A minimal SMTP receiver on loopback (an MTA's side of RFC 5321, no extensions): one
+/// message per DATA, handed over as received (dot-stuffing undone).
+fn smtp_receiver() -> (SocketAddr, mpsc::Receiver<Mail>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let _ = stream.write_all(b"220 receiver.test ESMTP\r\n");
+            let mut rcpt = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                let answer: &[u8] = match verb.as_str() {
+                    "EHLO" | "HELO" => b"250 receiver.test\r\n",
+                    "RCPT" => {
+                        rcpt.push(line.trim_end().to_owned());
+                        b"250 OK\r\n"
+                    }
+                    "DATA" => {
+                        stream.write_all(b"354 go on\r\n").unwrap();
+                        let mut data = String::new();
+                        loop {
+                            let mut l = String::new();
+                            if reader.read_line(&mut l).unwrap_or(0) == 0 || l == ".\r\n" {
+                                break;
+                            }
+                            data.push_str(l.strip_prefix('.').unwrap_or(&l));
+                        }
+                        let mail = Mail {
+                            rcpt: std::mem::take(&mut rcpt),
+                            data,
+                        };
+                        if tx.send(mail).is_err() {
+                            return;
+                        }
+                        b"250 queued\r\n"
+                    }
+                    "QUIT" => {
+                        let _ = stream.write_all(b"221 bye\r\n");
+                        break;
+                    }
+                    _ => b"250 OK\r\n",
+                };
+                if stream.write_all(answer).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn mail_reports_bans_and_unbans_with_the_lines_over_smtp() {
+    let Some(()) = netns::enter("mail_reports_bans_and_unbans_with_the_lines_over_smtp") else {
+        return;
+    };
+    let target = netns::listen("127.0.0.1:0");
+    let (smtp, mails) = smtp_receiver();
+    let extra = format!(
+        r#"
+[[notify]]
+mail = "root@localhost, Security Team <security@example.org>"
+from = "banctl@web1.example.org"
+smtp = "{smtp}"
+on = ["ban", "unban"]
+"#
+    );
+    let daemon = Daemon::start("mail", &web_jail(target.port(), &extra));
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ");
+    // User names shaped as SMTP commands and headers.
+    let lines: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                "{now} app: login failed for x\rSubject: pwned\r. QUIT from 127.0.0.2 port 4{i}"
+            )
+        })
+        .collect();
+    daemon.append("web.log", &lines);
+    daemon.wait_banned("web", "127.0.0.2");
+    let next = |what: &str| {
+        mails
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no mail: {what}"))
+    };
+    let ban = next("ban");
+    assert_eq!(
+        ban.rcpt,
+        ["RCPT TO:<root@localhost>", "RCPT TO:<security@example.org>"]
+    );
+    let data = &ban.data;
+    assert!(data.contains("From: banctl@web1.example.org\r\n"), "{data}");
+    assert!(data.contains("Subject: [banctl] "), "{data}");
+    assert!(
+        data.contains(" banned 127.0.0.2 in web (ban #1)\r\n"),
+        "{data}"
+    );
+    // One header block; the log text stays in the body, its CRs shown escaped.
+    let (head, body) = data.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.contains("Content-Transfer-Encoding: quoted-printable"),
+        "{head}"
+    );
+    let body = &quoted_printable(body);
+    assert_eq!(head.matches("Subject:").count(), 1, "{data}");
+    assert!(
+        !body.contains('\r') || !body.replace("\r\n", "").contains('\r'),
+        "{data}"
+    );
+    assert!(data.contains("for:      1h"), "{data}");
+    for line in &lines {
+        assert!(
+            body.contains(&format!("    {}", line.replace('\r', "\\r"))),
+            "{data}"
+        );
+    }
+    assert!(data.contains("banctl unban 127.0.0.2 --jail web"), "{data}");
+
+    daemon.ok(&["unban", "127.0.0.2"]);
+    let unban = next("unban");
+    assert!(
+        unban.data.contains(" unbanned 127.0.0.2 in web\r\n"),
+        "{}",
+        unban.data
+    );
+    assert!(unban.data.contains("reason:   manual"), "{}", unban.data);
+}
+
 /// A capability set from a `/proc/…/status` text.
 fn capability(status: &str, set: &str) -> u64 {
     let hex = status
