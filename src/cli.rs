@@ -253,6 +253,21 @@ pub enum Command {
         #[arg(long)]
         inline: bool,
     },
+    /// Print the configuration the daemon runs, as TOML with every default applied (read
+    /// from the file, and said so, when the daemon is down).
+    #[command(
+        after_help = "Examples:\n  banctl config\n  banctl config | grep -A20 '\\[jails.sshd\\]'"
+    )]
+    Config,
+    /// Change the running daemon's log level until it stops (as BANCTL_LOG at start).
+    #[command(
+        name = "log-level",
+        after_help = "Examples:\n  banctl log-level debug\n  banctl log-level 'info,banctl::source=debug'\n  banctl log-level info"
+    )]
+    LogLevel {
+        /// error, warn, info, debug, trace, or a filter (`info,banctl::source=debug`).
+        level: String,
+    },
     /// Validate a configuration file and print every error.
     CheckConfig {
         /// The file to check [default: --config's].
@@ -385,6 +400,34 @@ pub fn render_status(jails: &[JailStatus]) -> String {
             "  dropped:      {} packets, {} bytes\n",
             j.dropped_packets, j.dropped_bytes
         ));
+        out.push_str(&format!(
+            "  since start:  {} failures, {} bans\n",
+            j.failures_total, j.bans_total
+        ));
+        // The settings and bans of one jail asked for by name.
+        if let Some(bans) = &j.bans {
+            let mut ignored = j.ignoreip.clone();
+            if j.ignoreself {
+                ignored.push("loopback and this host's addresses (ignoreself)".to_owned());
+            }
+            let ignored = if ignored.is_empty() {
+                "nothing".to_owned()
+            } else {
+                ignored.join(", ")
+            };
+            out.push_str(&format!("  ignores:      {ignored}\n"));
+            let escalation = j
+                .escalation
+                .as_deref()
+                .unwrap_or("none (every ban lasts bantime)");
+            out.push_str(&format!("  escalation:   {escalation}\n"));
+            if !bans.is_empty() {
+                out.push_str("  banned:\n");
+                for line in render_bans(bans).lines() {
+                    out.push_str(&format!("    {line}\n"));
+                }
+            }
+        }
     }
     out
 }

@@ -19,6 +19,7 @@ pub mod firewall;
 pub mod fleet;
 pub mod instance;
 pub mod jail;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod privilege;

@@ -1,6 +1,5 @@
 //! `banctl`: the daemon and its command line, in one binary.
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -52,7 +51,7 @@ macro_rules! outp {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    banctl::logging::init();
     match run(cli) {
         Ok(()) => ExitCode::from(exit::OK as u8),
         // The reader of our output left: nothing went wrong that anyone can see.
@@ -78,23 +77,6 @@ fn broken_pipe(error: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
     })
-}
-
-fn init_logging() {
-    let wanted = std::env::var("BANCTL_LOG").unwrap_or_else(|_| "info".to_owned());
-    // The NATS client logs every message at debug: only its warnings, unless asked by name.
-    let wanted = if wanted.contains("async_nats") {
-        wanted
-    } else {
-        format!("{wanted},async_nats=warn")
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(&wanted)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
@@ -132,8 +114,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
             for warning in config.warnings() {
                 eprintln!("warning: {}: {warning}", path.display());
             }
+            let drop_ins: Vec<String> = config
+                .drop_ins
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            let with = if drop_ins.is_empty() {
+                String::new()
+            } else {
+                format!(" (with {})", drop_ins.join(", "))
+            };
             outln!(
-                "{}: OK, {} enabled jail(s)",
+                "{}: OK, {} enabled jail(s){with}",
                 path.display(),
                 config.jails.len()
             );
@@ -171,18 +163,45 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Config => {
+            match control::call(&socket, Request::Config) {
+                Ok(response) => match answer(response)? {
+                    Response::Config { files, toml } => {
+                        outln!(
+                            "# the configuration the daemon runs, from {}",
+                            files.join(", ")
+                        );
+                        outp!("{toml}");
+                    }
+                    other => return Err(unexpected(other)),
+                },
+                Err(ControlError::Connect { source, .. }) if daemon_down(&source) => {
+                    eprintln!(
+                        "banctl: the daemon is not running; the configuration as {} reads",
+                        config_path.display()
+                    );
+                    let config = Config::load(&config_path)?;
+                    outln!("# the configuration in {}", config.files().join(", "));
+                    outp!("{}", banctl::config::effective::render(&config));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            Ok(())
+        }
+        Command::LogLevel { level } => {
+            match answer(control::call(&socket, Request::LogLevel { level })?)? {
+                Response::LogLevel { level } => outln!("log level: {level}"),
+                other => return Err(unexpected(other)),
+            }
+            Ok(())
+        }
         Command::List { jail, json } => {
             let bans = match control::call(&socket, Request::List { jail: jail.clone() }) {
                 Ok(response) => match answer(response)? {
                     Response::Bans { bans } => bans,
                     other => return Err(unexpected(other)),
                 },
-                Err(ControlError::Connect { source, .. })
-                    if matches!(
-                        source.kind(),
-                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                    ) =>
-                {
+                Err(ControlError::Connect { source, .. }) if daemon_down(&source) => {
                     eprintln!(
                         "banctl: the daemon is not running; bans read directly from the kernel"
                     );
@@ -338,6 +357,14 @@ fn answer(response: Response) -> Result<Response, Failure> {
         }
         ok => Ok(ok),
     }
+}
+
+/// Whether a failed connection means no daemon is listening (as opposed to a refusal).
+fn daemon_down(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 fn unexpected(response: Response) -> Failure {

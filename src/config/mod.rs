@@ -4,6 +4,7 @@
 //! loading never stops at the first problem: all of them are reported, each with file, line
 //! and key.
 
+pub mod effective;
 mod fleet;
 mod raw;
 
@@ -92,6 +93,8 @@ pub enum SourceChoice {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
+    /// The drop-ins read after it (`conf.d/*.toml`), in order.
+    pub drop_ins: Vec<PathBuf>,
     pub daemon: DaemonConfig,
     /// Enabled jails only, sorted by name.
     pub jails: Vec<JailConfig>,
@@ -133,6 +136,26 @@ pub struct Escalation {
 }
 
 impl Escalation {
+    /// In words, as `banctl status JAIL` shows it: `bantime × 2^n, at most 1w, counting
+    /// this jail's bans`.
+    pub fn describe(&self) -> String {
+        let growth = if self.multipliers.is_empty() {
+            format!("bantime × {}^n", self.factor)
+        } else {
+            let list: Vec<String> = self.multipliers.iter().map(u32::to_string).collect();
+            format!("bantime × [{}] (the last repeats)", list.join(", "))
+        };
+        let max = self.max.map_or(String::new(), |m| {
+            format!(", at most {}", crate::duration::format_duration(m))
+        });
+        let scope = if self.across_jails {
+            "every jail's"
+        } else {
+            "this jail's"
+        };
+        format!("{growth} for the n-th earlier ban{max}, counting {scope} bans")
+    }
+
     /// The ban time for an address with `previous` earlier bans.
     pub fn bantime(&self, base: BanTime, previous: u32) -> BanTime {
         let BanTime::Finite(base) = base else {
@@ -195,6 +218,9 @@ pub struct JailConfig {
     /// carry none; the system's by default).
     pub dates: Dates,
     pub usedns: UseDns,
+    /// The `failregex` and `ignoreregex` written in the jail (or its defaults), as written:
+    /// they add to the filter's (`banctl config` shows them).
+    pub written_patterns: (Vec<String>, Vec<String>),
 }
 
 impl Config {
@@ -287,21 +313,43 @@ pub enum ConfigError {
     Invalid(Vec<Diagnostic>),
 }
 
+/// The directory of drop-ins beside the main file: `conf.d/*.toml`, merged in name order.
+pub const DROP_IN_DIR: &str = "conf.d";
+
 impl Config {
-    /// Reads and validates a configuration file.
+    /// The files it was read from: the main one, then its drop-ins.
+    pub fn files(&self) -> Vec<String> {
+        std::iter::once(&self.path)
+            .chain(&self.drop_ins)
+            .map(|p| p.display().to_string())
+            .collect()
+    }
+
+    /// Reads and validates a configuration file and its drop-ins ([`drop_ins`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::parse(path, &text)
+        let mut files = Vec::new();
+        for file in std::iter::once(path.to_owned()).chain(drop_ins(path)?) {
+            let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            files.push((file, text));
+        }
+        Config::parse_files(&files)
     }
 
     /// Validates configuration text; `path` is only used in messages.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Config::parse_files(&[(path.to_owned(), text.to_owned())])
+    }
+
+    /// Validates a main file and its drop-ins, given as (path, text), the main file first.
+    /// Tables merge key by key (a later file's value wins), `[[notify]]` entries add up;
+    /// every error names the file it is in.
+    pub fn parse_files(files: &[(PathBuf, String)]) -> Result<Config, ConfigError> {
+        let texts = Text::place(files);
         let mut cx = Context {
-            file: path.to_owned(),
-            text,
+            files: &texts,
             errors: Vec::new(),
             fleet_jail: false,
         };
@@ -310,26 +358,107 @@ impl Config {
         match config {
             Some(config) if cx.errors.is_empty() => Ok(config),
             _ => {
-                cx.errors.sort_by_key(|d| d.line);
+                cx.errors.sort_by(|a, b| {
+                    (texts.iter().position(|t| t.path == a.file), a.line)
+                        .cmp(&(texts.iter().position(|t| t.path == b.file), b.line))
+                });
                 Err(ConfigError::Invalid(cx.errors))
             }
         }
     }
 }
 
-/// The control socket a configuration file names (`[daemon] socket`), read leniently: the
-/// CLI finds the daemon even when the file has errors elsewhere. `None` when the file cannot
-/// be read or names none.
+/// The drop-ins of the configuration at `path`: `conf.d/*.toml` beside it, in name order
+/// (none when there is no such directory).
+pub fn drop_ins(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join(DROP_IN_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(ConfigError::Read { path: dir, source }),
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "toml")
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The control socket a configuration file names (`[daemon] socket`, also in a drop-in),
+/// read leniently: the CLI finds the daemon even when the file has errors elsewhere. `None`
+/// when the file cannot be read or names none.
 pub fn socket_named_in(path: &Path) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let table: toml::Table = toml::from_str(&text).ok()?;
-    let socket = table.get("daemon")?.get("socket")?.as_str()?;
-    Some(PathBuf::from(socket))
+    let mut socket = None;
+    for file in std::iter::once(path.to_owned()).chain(drop_ins(path).unwrap_or_default()) {
+        let Some(table) = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
+        else {
+            continue;
+        };
+        if let Some(s) = table
+            .get("daemon")
+            .and_then(|d| d.get("socket"))
+            .and_then(|s| s.as_str())
+        {
+            socket = Some(PathBuf::from(s));
+        }
+    }
+    socket
+}
+
+/// One file of a configuration, its text preceded by as many line ends as the files before it
+/// are long: the spans of every file's values are then distinct, so that one merged document
+/// still says which file and line each value came from.
+struct Text {
+    path: PathBuf,
+    /// Where the file's own text begins in `padded`.
+    start: usize,
+    padded: String,
+}
+
+impl Text {
+    fn place(files: &[(PathBuf, String)]) -> Vec<Text> {
+        let mut start = 0;
+        files
+            .iter()
+            .map(|(path, text)| {
+                let mut padded = "\n".repeat(start);
+                padded.push_str(text);
+                let placed = Text {
+                    path: path.clone(),
+                    start,
+                    padded,
+                };
+                start += text.len() + 1;
+                placed
+            })
+            .collect()
+    }
+
+    /// The line of `offset` in this file.
+    fn line(&self, offset: usize) -> usize {
+        line_of(
+            &self.padded[self.start.min(self.padded.len())..],
+            offset.saturating_sub(self.start),
+        )
+    }
 }
 
 struct Context<'t> {
-    file: PathBuf,
-    text: &'t str,
+    /// The main file first, then its drop-ins.
+    files: &'t [Text],
     errors: Vec<Diagnostic>,
     /// Whether the jail named `fleet` takes the fleet's bans (and so reads no log).
     fleet_jail: bool,
@@ -340,10 +469,21 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 impl Context<'_> {
+    /// The main configuration file.
+    fn main_file(&self) -> &Path {
+        &self.files[0].path
+    }
+
     fn error(&mut self, span: Range<usize>, key: impl Into<String>, message: impl fmt::Display) {
+        let file = self
+            .files
+            .iter()
+            .rev()
+            .find(|f| f.start <= span.start)
+            .unwrap_or(&self.files[0]);
         self.errors.push(Diagnostic {
-            file: self.file.clone(),
-            line: line_of(self.text, span.start),
+            file: file.path.clone(),
+            line: file.line(span.start),
             key: key.into(),
             message: message.to_string(),
         });
@@ -351,17 +491,26 @@ impl Context<'_> {
 
     /// TOML syntax, types and unknown keys.
     fn deserialize(&mut self) -> Option<RawConfig> {
-        let doc = match DeTable::parse(self.text) {
-            Ok(doc) => doc,
-            Err(e) => {
-                let span = e.span().unwrap_or(0..0);
-                self.error(span, "(syntax)", e.message().trim());
-                return None;
+        let mut docs = Vec::new();
+        for file in self.files {
+            match DeTable::parse(&file.padded) {
+                Ok(doc) => docs.push(doc),
+                Err(e) => {
+                    let span = e.span().unwrap_or(file.start..file.start);
+                    self.error(span, "(syntax)", e.message().trim());
+                }
             }
-        };
+        }
+        if docs.len() < self.files.len() {
+            return None;
+        }
+        let mut docs = docs.into_iter();
+        let mut doc = docs.next()?;
+        for drop_in in docs {
+            merge(doc.get_mut(), drop_in.into_inner());
+        }
         // A value of the wrong type stops serde at the first one: each is reported, taken
         // out, and the rest read again, so that every error of the file is reported at once.
-        let mut doc = doc;
         let mut unknown = std::collections::BTreeSet::new();
         let mut raw = None;
         for _ in 0..64 {
@@ -521,7 +670,8 @@ impl Context<'_> {
             .filter_map(|(i, n)| self.notifier(i, n, &names))
             .collect();
         Some(Config {
-            path: self.file.clone(),
+            path: self.main_file().to_owned(),
+            drop_ins: self.files[1..].iter().map(|f| f.path.clone()).collect(),
             daemon,
             jails,
             notify,
@@ -1026,6 +1176,19 @@ impl Context<'_> {
             },
             None => UseDns::No,
         };
+        let written = |list: Option<&Spanned<Vec<Spanned<String>>>>| -> Vec<String> {
+            list.iter()
+                .flat_map(|l| l.get_ref().iter().map(|p| p.get_ref().clone()))
+                .collect()
+        };
+        let written_patterns = if reads_no_log || jail.fail2ban_filter.is_some() {
+            (Vec::new(), Vec::new())
+        } else {
+            (
+                written(jail.failregex.as_ref().or(defaults.failregex.as_ref())),
+                written(jail.ignoreregex.as_ref().or(defaults.ignoreregex.as_ref())),
+            )
+        };
         // The jail's `datepattern` over its filter's.
         let datepattern = match pick!(datepattern) {
             Some((v, k)) => match DatePattern::new(v.get_ref()) {
@@ -1067,6 +1230,7 @@ impl Context<'_> {
             recidive,
             dates,
             usedns,
+            written_patterns,
         })
     }
 
@@ -1232,7 +1396,10 @@ impl Context<'_> {
         // file (a path) or a built-in name, each with its options.
         let filter_name = match filter {
             Some(f) => {
-                let base = self.file.parent().filter(|d| !d.as_os_str().is_empty());
+                let base = self
+                    .main_file()
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty());
                 let read = crate::filter_spec::resolve_in(f.get_ref(), base).map(|r| r.filter);
                 match read {
                     Ok(filter) => {
@@ -1328,6 +1495,31 @@ fn key_span(doc: &Spanned<DeTable<'_>>, segments: &[String]) -> Option<Range<usi
         }
     }
     span
+}
+
+/// Merges a drop-in into the document: tables key by key, the drop-in's value winning;
+/// arrays of tables (`[[notify]]`) add up.
+fn merge<'i>(into: &mut DeTable<'i>, from: DeTable<'i>) {
+    for (key, value) in from {
+        let Some(old) = into.get_mut(key.get_ref().as_ref()) else {
+            into.insert(key, value);
+            continue;
+        };
+        let span = value.span();
+        match (old.get_mut(), value.into_inner()) {
+            (DeValue::Table(old), DeValue::Table(new)) => merge(old, new),
+            (DeValue::Array(old), DeValue::Array(new))
+                if [&*old, &new]
+                    .iter()
+                    .all(|a| a.iter().all(|v| matches!(v.get_ref(), DeValue::Table(_)))) =>
+            {
+                for table in new {
+                    old.push(table);
+                }
+            }
+            (_, new) => *old = Spanned::new(span, new),
+        }
+    }
 }
 
 /// Takes out of `table` the value (not a table) whose key or value contains `offset`.
@@ -1613,6 +1805,82 @@ colour = "blue"
                 "t.toml:5: jails.web.ignoreip[0]: prefix length 33 is out of range for IPv4 (max 32)",
                 "t.toml:6: jails.web.colour: unknown key",
             ]
+        );
+    }
+
+    #[test]
+    fn drop_ins_merge_in_order_and_errors_name_their_file() {
+        let files = |dropins: &[(&str, &str)]| {
+            let mut files = vec![(
+                PathBuf::from("/etc/banctl/banctl.toml"),
+                r#"[defaults]
+bantime = "1h"
+ignoreip = ["10.0.0.0/8"]
+
+[jails.sshd]
+filter = "sshd"
+logpath = "/var/log/auth.log"
+maxretry = 5
+
+[[notify]]
+command = ["/bin/true"]
+"#
+                .to_owned(),
+            )];
+            for (name, text) in dropins {
+                files.push((
+                    PathBuf::from(format!("/etc/banctl/conf.d/{name}")),
+                    (*text).to_owned(),
+                ));
+            }
+            files
+        };
+        let config = Config::parse_files(&files(&[
+            (
+                "10-sshd.toml",
+                "[jails.sshd]\nmaxretry = 3\n\n[jails.nginx]\nfilter = \"nginx-http-auth\"\nlogpath = \"/var/log/nginx/error.log\"\n",
+            ),
+            ("20-more.toml", "[defaults]\nignoreip = [\"192.0.2.0/24\"]\n\n[[notify]]\ncommand = [\"/bin/false\"]\n[jails.sshd]\nmaxretry = 4\n"),
+        ]))
+        .unwrap();
+        let sshd = config.jails.iter().find(|j| j.name == "sshd").unwrap();
+        // The later file wins; the keys it does not set stay.
+        assert_eq!(sshd.maxretry, 4);
+        assert_eq!(sshd.logpaths, ["/var/log/auth.log"]);
+        assert_eq!(sshd.bantime, BanTime::Finite(Duration::from_secs(3600)));
+        assert_eq!(sshd.ignoreip.len(), 1);
+        assert!(sshd.ignoreip[0].contains("192.0.2.1".parse().unwrap()));
+        assert!(config.jails.iter().any(|j| j.name == "nginx"));
+        assert_eq!(config.notify.len(), 2);
+        assert_eq!(config.path, Path::new("/etc/banctl/banctl.toml"));
+
+        let errors: Vec<String> = match Config::parse_files(&files(&[
+            ("10-a.toml", "[jails.sshd]\nmaxretries = 3\n"),
+            (
+                "20-b.toml",
+                "\n\n[jails.web]\nfilter = \"sshd\"\nlogpath = \"/x\"\nbantime = \"soon\"\n",
+            ),
+        ])) {
+            Err(ConfigError::Invalid(d)) => d.iter().map(ToString::to_string).collect(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(
+            errors[0]
+                .starts_with("/etc/banctl/conf.d/10-a.toml:2: jails.sshd.maxretries: unknown key"),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[1].starts_with("/etc/banctl/conf.d/20-b.toml:6: jails.web.bantime:"),
+            "{errors:#?}"
+        );
+        let syntax = match Config::parse_files(&files(&[("10-a.toml", "[jails.sshd\n")])) {
+            Err(ConfigError::Invalid(d)) => d[0].to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            syntax.starts_with("/etc/banctl/conf.d/10-a.toml:1: (syntax)"),
+            "{syntax}"
         );
     }
 

@@ -43,6 +43,11 @@ pub enum Request {
     Status { jail: Option<String> },
     /// Read the configuration file again and apply it (or change nothing if it is invalid).
     Reload,
+    /// The configuration the daemon runs, as TOML with every default applied.
+    Config,
+    /// Change the daemon's log level (`debug`, or a filter such as
+    /// `info,banctl::source=debug`) until it stops or is told another.
+    LogLevel { level: String },
 }
 
 impl Request {
@@ -55,6 +60,7 @@ impl Request {
                 | Request::UnbanAll { .. }
                 | Request::UnbanOrigin { .. }
                 | Request::Reload
+                | Request::LogLevel { .. }
         )
     }
 }
@@ -106,6 +112,14 @@ pub enum Response {
         #[serde(default)]
         warnings: Vec<String>,
     },
+    Config {
+        /// The main file, then its drop-ins (`conf.d/*.toml`), as read at start or last reload.
+        files: Vec<String>,
+        toml: String,
+    },
+    LogLevel {
+        level: String,
+    },
     Error {
         kind: ErrorKind,
         message: String,
@@ -150,6 +164,25 @@ pub struct JailStatus {
     pub active_bans: usize,
     pub dropped_packets: u64,
     pub dropped_bytes: u64,
+    /// Failures counted since the daemon started.
+    #[serde(default)]
+    pub failures_total: u64,
+    /// Bans made since the daemon started.
+    #[serde(default)]
+    pub bans_total: u64,
+    /// The addresses and prefixes the jail never bans (its `ignoreip`; loopback and the
+    /// host's own addresses too when `ignoreself` is on).
+    #[serde(default)]
+    pub ignoreip: Vec<String>,
+    #[serde(default)]
+    pub ignoreself: bool,
+    /// How repeated bans grow (`factor 2, at most 1w, counting this jail's bans`); `null`
+    /// without escalation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<String>,
+    /// The jail's active bans; only when `status` was asked for this one jail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bans: Option<Vec<BanInfo>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,7 +201,8 @@ pub enum ErrorKind {
     TooBroad,
     /// The kernel refused the change.
     Firewall,
-    /// The configuration file is invalid (the message lists every error).
+    /// The configuration file is invalid (the message lists every error), or a setting sent
+    /// (a log level) is.
     Config,
     PermissionDenied,
     /// The daemon is shutting down.

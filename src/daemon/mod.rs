@@ -88,6 +88,11 @@ pub struct Daemon {
     sources: Sources,
     /// Where the configuration is read from again on reload.
     config_path: PathBuf,
+    /// The configuration running, as `banctl config` shows it: its files and the TOML.
+    effective: (Vec<String>, String),
+    /// `[daemon]` as the daemon started with it: its socket, state directory, metrics address
+    /// and groups stay until a restart.
+    started: crate::config::DaemonConfig,
     /// The `[[notify]]` entries' delivery tasks (replaced on reload, their counts kept).
     notifications: Notifications,
     /// Host names of jails with `usedns = "yes"`, resolved off the loop.
@@ -345,6 +350,8 @@ pub async fn run(
         own: own.clone(),
         sources,
         config_path,
+        effective: (config.files(), crate::config::effective::render(&config)),
+        started: config.daemon.clone(),
         notifications: Notifications::start(&config.notify, Arc::default()),
         resolver,
         fleet,
@@ -672,6 +679,15 @@ impl Daemon {
             }
         };
         let warnings = config.warnings();
+        let running = crate::config::DaemonConfig {
+            history: config.daemon.history,
+            readback: config.daemon.readback,
+            ..self.started.clone()
+        };
+        let effective = (
+            config.files(),
+            crate::config::effective::render_running(&config, &running, self.fleet_config.as_ref()),
+        );
         let routing = routing(&config.jails);
         let routes = routing.routes.clone();
         let new_sources = if routing.reads_the_same(&self.sources.routing) {
@@ -713,6 +729,7 @@ impl Daemon {
             None => self.sources.routing.routes = routes.clone(),
         }
         self.routes = routes;
+        self.effective = effective;
         if config.fleet != self.fleet_config {
             tracing::warn!(
                 "[fleet] changed: the link keeps its running settings until the daemon restarts"
@@ -800,6 +817,20 @@ impl Daemon {
             }
             Request::Status { jail } => self.status(jail.as_deref(), now),
             Request::Reload => Ok(self.reload()),
+            Request::Config => Ok(Response::Config {
+                files: self.effective.0.clone(),
+                toml: self.effective.1.clone(),
+            }),
+            Request::LogLevel { level } => Ok(match crate::logging::set_level(&level) {
+                Ok(()) => {
+                    tracing::info!(level = level.as_str(), "log level changed");
+                    Response::LogLevel { level }
+                }
+                Err(e) => Response::Error {
+                    kind: ErrorKind::Config,
+                    message: e.to_string(),
+                },
+            }),
         };
         self.announce();
         result.unwrap_or_else(engine_error)
@@ -820,6 +851,11 @@ impl Daemon {
         let mut jails = Vec::new();
         // Counted by the ledger: listing 100,000 elements to count them takes a second.
         let active = self.engine.active_by_jail(now);
+        // One jail asked for by name: its bans too.
+        let mut bans = match jail {
+            Some(name) => Some(self.engine.list(Some(name), now)?),
+            None => None,
+        };
         for j in self.engine.selected(jail)? {
             let name = self.engine.jails()[j].name().to_owned();
             let active_bans = active.get(&name).copied().unwrap_or(0) as usize;
@@ -841,6 +877,15 @@ impl Daemon {
                 active_bans,
                 dropped_packets,
                 dropped_bytes,
+                failures_total: jail.counters().failures,
+                bans_total: jail.counters().bans,
+                ignoreip: c.ignoreip.iter().map(ToString::to_string).collect(),
+                ignoreself: c.ignoreself,
+                escalation: c
+                    .escalation
+                    .as_ref()
+                    .map(crate::config::Escalation::describe),
+                bans: bans.take().map(|bans| bans.iter().map(ban_info).collect()),
             });
         }
         let fleet = self.fleet.as_ref().map(|f| {

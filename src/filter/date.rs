@@ -116,6 +116,18 @@ impl Dates {
         &self.tz
     }
 
+    /// The zone of dates that carry none, as `logtimezone` writes it (`Europe/Berlin`, or
+    /// an offset such as `+01:00` for a fixed zone).
+    pub fn zone_name(&self) -> String {
+        match self.tz.iana_name() {
+            Some(name) => name.to_owned(),
+            None => self
+                .tz
+                .to_fixed_offset()
+                .map_or_else(|_| "UTC".to_owned(), |o| o.to_string()),
+        }
+    }
+
     /// The time zone named `name` (IANA name such as `Europe/Berlin`, or `UTC`), or an offset
     /// such as `+01:00`.
     pub fn zone(name: &str) -> Option<TimeZone> {

@@ -95,6 +95,16 @@ impl Daemon {
         );
     }
 
+    /// Starts the daemon again with `env`, its log going to the file returned.
+    pub fn restart_logging(&mut self, env: &[(&str, &str)]) -> PathBuf {
+        self.stop();
+        let log = self.scratch.path("daemon.log");
+        let wrapper: Vec<&str> = self.wrapper.iter().map(String::as_str).collect();
+        self.child = spawn_logging(&self.scratch.path("banctl.toml"), env, &wrapper, Some(&log));
+        self.wait_ready();
+        log
+    }
+
     /// Starts the daemon again (after [`Daemon::stop`]) with the same configuration and state.
     pub fn restart(&mut self) {
         self.restart_with(&[]);
@@ -174,6 +184,15 @@ impl Drop for Daemon {
 }
 
 fn spawn_under(config: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> Child {
+    spawn_logging(config, env, wrapper, None)
+}
+
+fn spawn_logging(
+    config: &Path,
+    env: &[(&str, &str)],
+    wrapper: &[&str],
+    log: Option<&Path>,
+) -> Child {
     let mut command = match wrapper.split_first() {
         Some((program, args)) => {
             let mut c = Command::new(program);
@@ -188,7 +207,10 @@ fn spawn_under(config: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> Child {
         .env("BANCTL_LOG", "debug")
         .envs(env.iter().copied())
         .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
+        .stderr(match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::inherit(),
+        })
         .spawn()
         .expect("start banctl daemon")
 }

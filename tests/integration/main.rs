@@ -15,6 +15,7 @@ mod lifecycle;
 mod nats;
 mod netns;
 mod notify;
+mod operator;
 mod packaging;
 mod permissions;
 mod reliability;
