@@ -268,6 +268,21 @@ pub enum Command {
         /// error, warn, info, debug, trace, or a filter (`info,banctl::source=debug`).
         level: String,
     },
+    /// Write a first configuration from what this machine shows: one jail per service found
+    /// (systemd units, journal, log files, Docker containers, listening ports), each with its
+    /// evidence, never banning the SSH session that runs it nor the host's networks.
+    #[command(
+        after_help = "Never overwrites a file: the configuration goes to --config's path (/etc/banctl/banctl.toml) only when none is there.\n\nExamples:\n  banctl init --dry-run\n  banctl init\n  banctl init --root /mnt/oldserver --dry-run"
+    )]
+    Init {
+        /// Print the configuration instead of writing it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Survey the system whose root directory this is (a mounted disk, a container's
+        /// tree) instead of this one.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
     /// Validate a configuration file and print every error.
     CheckConfig {
         /// The file to check [default: --config's].

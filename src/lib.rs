@@ -17,6 +17,7 @@ pub mod filter;
 pub mod filter_spec;
 pub mod firewall;
 pub mod fleet;
+pub mod init;
 pub mod instance;
 pub mod jail;
 pub mod logging;

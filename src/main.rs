@@ -163,6 +163,61 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Init { dry_run, root } => {
+            let survey =
+                banctl::init::Survey::of(&root, std::env::var("SSH_CONNECTION").ok().as_deref());
+            let text = banctl::init::render(&survey);
+            // What init writes must be a valid configuration: checked before anyone sees it.
+            let config = Config::parse(&config_path, &text)
+                .context("banctl init wrote an invalid configuration (a bug: please report it)")?;
+            if dry_run {
+                outp!("{text}");
+                return Ok(());
+            }
+            if let Some(dir) = config_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            // The example the package installs, untouched, is not the admin's: it makes way
+            // (kept beside, as .example). Anything else is never overwritten.
+            let example_kept = replace_shipped_example(&config_path)?;
+            let mut file = match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&config_path)
+            {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(anyhow::anyhow!(
+                        "{} exists: banctl init never overwrites a configuration (`banctl init --dry-run` prints what it would write)",
+                        config_path.display()
+                    )
+                    .into());
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("creating {}", config_path.display()))
+                        .into());
+                }
+            };
+            std::io::Write::write_all(&mut file, text.as_bytes())
+                .with_context(|| format!("writing {}", config_path.display()))?;
+            if let Some(kept) = example_kept {
+                outln!(
+                    "the shipped example (unchanged) was at {}: kept as {}",
+                    config_path.display(),
+                    kept.display()
+                );
+            }
+            let names: Vec<&str> = config.jails.iter().map(|j| j.name.as_str()).collect();
+            outln!(
+                "wrote {}: {} jail(s) ({}); check it with `banctl check-config`, then `systemctl enable --now banctl`",
+                config_path.display(),
+                names.len(),
+                names.join(", ")
+            );
+            Ok(())
+        }
         Command::Config => {
             match control::call(&socket, Request::Config) {
                 Ok(response) => match answer(response)? {
@@ -356,6 +411,24 @@ fn answer(response: Response) -> Result<Response, Failure> {
             })
         }
         ok => Ok(ok),
+    }
+}
+
+/// The example configuration `cargo xtask install` and the package put in place.
+const SHIPPED_EXAMPLE: &str = include_str!("../etc/banctl.toml");
+
+/// Moves `path` to `path.example` when it holds the shipped example unchanged; returns where.
+fn replace_shipped_example(path: &std::path::Path) -> Result<Option<std::path::PathBuf>, Failure> {
+    match std::fs::read(path) {
+        Ok(text) if text == SHIPPED_EXAMPLE.as_bytes() => {
+            let mut kept = path.as_os_str().to_owned();
+            kept.push(".example");
+            let kept = std::path::PathBuf::from(kept);
+            std::fs::rename(path, &kept)
+                .with_context(|| format!("moving the shipped example to {}", kept.display()))?;
+            Ok(Some(kept))
+        }
+        _ => Ok(None),
     }
 }
 

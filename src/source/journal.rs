@@ -7,7 +7,7 @@
 //! with the lines; the daemon saves it once the lines are processed, and a restart resumes just
 //! after it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -39,6 +39,34 @@ impl JournalSpec {
         key.push_str(&self.matches.join(" "));
         key
     }
+}
+
+/// The distinct values of `field` in the journal of the system whose root directory is
+/// `root` (`/` for this one): what `banctl init` learns which services log there from. The
+/// journal's field index answers without reading entries.
+pub fn unique_values(root: &Path, field: &str) -> Result<Vec<String>, SourceError> {
+    let fail = |e: &dyn std::fmt::Display| SourceError::Journal {
+        source_key: format!("journal of {}", root.display()),
+        message: e.to_string(),
+    };
+    let mut journal = if root == Path::new("/") {
+        OpenOptions::default().system(true).open()
+    } else {
+        OpenDirectoryOptions::default()
+            .os_root(true)
+            .open_directory(root.as_os_str().as_encoded_bytes())
+    }
+    .map_err(|e| fail(&e))?;
+    journal.query_unique(field).map_err(|e| fail(&e))?;
+    let mut values = Vec::new();
+    while let Some(data) = journal.enumerate_unique().map_err(|e| fail(&e))? {
+        if let Some(value) = data.value() {
+            values.push(String::from_utf8_lossy(value).into_owned());
+        }
+    }
+    values.sort();
+    values.dedup();
+    Ok(values)
 }
 
 /// Where to start reading.

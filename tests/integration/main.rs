@@ -10,6 +10,7 @@ mod exit_codes;
 mod fail2ban;
 mod firewall;
 mod fleet;
+mod init;
 mod journal;
 mod lifecycle;
 mod nats;
