@@ -175,6 +175,7 @@ pub enum Command {
     /// Show active bans (read from the kernel when the daemon is down).
     #[command(after_help = "Examples:\n  banctl list\n  banctl list --jail sshd --json")]
     List {
+        /// Only this jail's bans.
         #[arg(long)]
         jail: Option<String>,
         /// Print a JSON array of {jail, address, expires_in_s, bantime_s, ban_count}.
@@ -186,7 +187,9 @@ pub enum Command {
         after_help = "Examples:\n  banctl ban sshd 203.0.113.5\n  banctl ban sshd 2001:db8:1::/64 --time 1w"
     )]
     Ban {
+        /// The jail whose sets (ports) hold the ban.
         jail: String,
+        /// An address (203.0.113.5) or a prefix (2001:db8:1::/64).
         target: IpNet,
         /// Ban length (90s, 10m, 1h, 1d, 1w, permanent); default: the jail's bantime.
         #[arg(long)]
@@ -206,6 +209,7 @@ pub enum Command {
         /// Lift every ban (of one jail with --jail).
         #[arg(long, conflicts_with = "origin")]
         all: bool,
+        /// Only in this jail (default: every jail).
         #[arg(long, conflicts_with = "origin")]
         jail: Option<String>,
         /// Lift every ban that host HOST of the fleet made here.
@@ -216,7 +220,9 @@ pub enum Command {
     Filters,
     /// Show jails: sources, counters, bans and dropped packets.
     Status {
+        /// One jail: with its settings and banned addresses.
         jail: Option<String>,
+        /// Print JSON (see README, "JSON output").
         #[arg(long)]
         json: bool,
     },
@@ -292,7 +298,9 @@ pub enum Command {
     /// the server's configuration): publish under its own name only.
     #[command(after_help = "Example:\n  banctl nats-permissions web1")]
     NatsPermissions {
+        /// The fleet host's name (its `[fleet] name`).
         host: String,
+        /// The fleet's key-value bucket (`[fleet] bucket`).
         #[arg(long, default_value = "banctl")]
         bucket: String,
     },
@@ -300,10 +308,16 @@ pub enum Command {
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "Example:\n  banctl completions bash > /etc/bash_completion.d/banctl")]
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Write the man pages (banctl.8, banctl-<command>.8) into DIR; used by packaging.
     #[command(hide = true)]
-    Manpages { dir: PathBuf },
+    Manpages {
+        /// The directory to write into.
+        dir: PathBuf,
+    },
 }
 
 fn remaining(b: &BanInfo) -> String {
@@ -447,19 +461,144 @@ pub fn render_status(jails: &[JailStatus]) -> String {
     out
 }
 
-/// Writes `banctl.8` and one `banctl-<command>.8` per visible subcommand into `dir`; returns
-/// the files written.
-pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+/// Every exit code and what it means: the README's table and the man pages' EXIT STATUS
+/// are this list (a test holds the README to it).
+pub const EXIT_CODES: &[(Exit, &str)] = &[
+    (Exit::Ok, "success"),
+    (Exit::Failure, "any other failure"),
+    (Exit::Usage, "bad command line"),
+    (Exit::Config, "invalid or unreadable configuration"),
+    (
+        Exit::Unavailable,
+        "the daemon cannot be reached on its socket (not running, no socket file), or is shutting down",
+    ),
+    (
+        Exit::NotFound,
+        "nothing matched: no such ban, or no such jail",
+    ),
+    (
+        Exit::Refused,
+        "refused: the address is ignored by the jail, the prefix is broader than `min_prefix`, or permission denied (by the socket's mode or by the daemon)",
+    ),
+    (Exit::Firewall, "the kernel refused the firewall change"),
+];
+
+/// The README's exit code table, as [`EXIT_CODES`] gives it.
+pub fn exit_code_table() -> String {
+    let mut out = String::from("| code | meaning |\n| --- | --- |\n");
+    for (code, meaning) in EXIT_CODES {
+        out.push_str(&format!("| {} | {meaning} |\n", *code as u8));
+    }
+    out
+}
+
+/// The command line as parsed, documented and completed: `--socket` (global, so that
+/// `banctl --socket S list` works) is shown only on the commands that talk to the daemon.
+pub fn command() -> clap::Command {
     use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    // Global arguments reach the subcommands when the command is built.
+    cmd.build();
+    for name in LOCAL_COMMANDS {
+        cmd = cmd.mut_subcommand(*name, |sub| sub.mut_arg("socket", |a| a.hide(true)));
+    }
+    cmd
+}
+
+/// The subcommands that never talk to the daemon.
+const LOCAL_COMMANDS: &[&str] = &[
+    "daemon",
+    "filters",
+    "test",
+    "import-fail2ban",
+    "init",
+    "check-config",
+    "nats-permissions",
+    "version",
+    "completions",
+    "manpages",
+];
+
+/// Text for roff: backslashes escaped, no line starting a request.
+fn roff(text: &str) -> String {
+    text.replace('\\', "\\e")
+        .lines()
+        .map(|l| {
+            if l.starts_with('.') || l.starts_with('\'') {
+                format!("\\&{l}")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A command's `after_help` as NOTES and EXAMPLES sections.
+fn render_after_help(cmd: &clap::Command, out: &mut String) {
+    let Some(text) = cmd.get_after_help().map(ToString::to_string) else {
+        return;
+    };
+    let (notes, examples) = match text.split_once("Examples:") {
+        Some((notes, examples)) => (notes.trim(), examples),
+        None => match text.split_once("Example:") {
+            Some((notes, example)) => (notes.trim(), example),
+            None => (text.trim(), ""),
+        },
+    };
+    if !notes.is_empty() {
+        out.push_str(&format!(".SH NOTES\n{}\n", roff(notes)));
+    }
+    let lines: Vec<&str> = examples
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if !lines.is_empty() {
+        out.push_str(".SH EXAMPLES\n.nf\n");
+        for l in lines {
+            out.push_str(&roff(l));
+            out.push('\n');
+        }
+        out.push_str(".fi\n");
+    }
+}
+
+/// Writes `banctl.8` and one `banctl-<command>.8` per visible subcommand into `dir`, each with
+/// its examples, the exit codes, files and see-also; returns the files written.
+pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
-    let root = Cli::command().name("banctl");
+    let root = command().name("banctl");
+    let mut exit_status = String::from(".SH \"EXIT STATUS\"\n");
+    for (code, meaning) in EXIT_CODES {
+        exit_status.push_str(&format!(".TP\n.B {}\n{}\n", *code as u8, roff(meaning)));
+    }
+    let files = format!(
+        ".SH FILES\n.TP\n.I {DEFAULT_CONFIG}\nthe configuration (see \\fBbanctl.toml\\fR(5)); drop-ins in \\fIconf.d/*.toml\\fR beside it\n\
+         .TP\n.I {DEFAULT_SOCKET}\nthe daemon's control socket\n.TP\n.I /var/lib/banctl/banctl.db\nthe state store: bans, history, log positions\n\
+         .SH \"SEE ALSO\"\n\\fBbanctl\\fR(8), \\fBbanctl.toml\\fR(5), \\fBnft\\fR(8), \\fBsystemd.exec\\fR(5)\n"
+    );
     let mut written = Vec::new();
     let mut page = |cmd: clap::Command, name: String| -> std::io::Result<()> {
         let path = dir.join(format!("{name}.8"));
+        let man = clap_mangen::Man::new(cmd.clone().name(&name)).section("8");
         let mut out = Vec::new();
-        clap_mangen::Man::new(cmd.name(name))
-            .section("8")
-            .render(&mut out)?;
+        man.render_title(&mut out)?;
+        man.render_name_section(&mut out)?;
+        man.render_synopsis_section(&mut out)?;
+        man.render_description_section(&mut out)?;
+        man.render_options_section(&mut out)?;
+        if cmd.has_subcommands() {
+            man.render_subcommands_section(&mut out)?;
+        }
+        let mut extra = String::new();
+        render_after_help(&cmd, &mut extra);
+        extra.push_str(&exit_status);
+        extra.push_str(&files);
+        out.extend_from_slice(extra.as_bytes());
+        if cmd.get_version().is_some() {
+            man.render_version_section(&mut out)?;
+        }
         std::fs::write(&path, out)?;
         written.push(path);
         Ok(())
@@ -559,6 +698,51 @@ mod tests {
     }
 
     use super::*;
+
+    /// The README's exit code table is [`EXIT_CODES`], and `Exit` has no code left out.
+    #[test]
+    fn the_readme_lists_every_exit_code() {
+        let readme = include_str!("../README.md");
+        assert!(
+            readme.contains(&exit_code_table()),
+            "README's exit code table differs from:\n{}",
+            exit_code_table()
+        );
+        let codes: Vec<u8> = EXIT_CODES.iter().map(|(c, _)| *c as u8).collect();
+        assert_eq!(codes, (0..=7).collect::<Vec<u8>>());
+    }
+
+    /// Every option says what it does, and `--socket` shows only where the daemon is asked.
+    #[test]
+    fn every_option_has_help_and_socket_shows_where_it_matters() {
+        let root = command();
+        let mut silent = Vec::new();
+        for sub in root
+            .get_subcommands()
+            .filter(|s| s.get_name() != "help" && !s.is_hide_set())
+        {
+            for arg in sub.get_arguments().chain(sub.get_positionals()) {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") || arg.is_hide_set() {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    silent.push(format!("banctl {} {id}", sub.get_name()));
+                }
+            }
+            let socket_shown = sub
+                .get_arguments()
+                .any(|a| a.get_id() == "socket" && !a.is_hide_set());
+            assert_eq!(
+                socket_shown,
+                !LOCAL_COMMANDS.contains(&sub.get_name()),
+                "banctl {}: --socket",
+                sub.get_name()
+            );
+        }
+        silent.dedup();
+        assert!(silent.is_empty(), "no help text: {silent:#?}");
+    }
 
     fn ban(jail: &str, addr: &str, left: Option<u64>) -> BanInfo {
         BanInfo {

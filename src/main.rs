@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::FromArgMatches;
 
 use banctl::cli::{Cli, Command, Exit, TestOptions, exit, render_bans, render_status};
 use banctl::config::Config;
@@ -50,7 +50,10 @@ macro_rules! outp {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The same command line the man pages and completions describe (`--socket` shown only
+    // where it matters).
+    let matches = banctl::cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     banctl::logging::init();
     match run(cli) {
         Ok(()) => ExitCode::from(exit::OK as u8),
@@ -148,8 +151,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Completions { shell } => {
-            use clap::CommandFactory;
-            let mut cmd = Cli::command();
+            let mut cmd = banctl::cli::command();
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut cmd, "banctl", &mut script);
             outp!("{}", String::from_utf8_lossy(&script));

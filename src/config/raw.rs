@@ -261,3 +261,66 @@ mod tests {
         assert!(keys_at(&["fleet".into()]).contains(&"servers"));
     }
 }
+
+/// The README's configuration reference is the documentation of these types (and the source
+/// of `banctl.toml(5)`): every key a section takes has its row.
+#[cfg(test)]
+mod documented {
+    use super::*;
+
+    const README: &str = include_str!("../../README.md");
+
+    /// The keys in the first column of the reference table under `heading`.
+    fn documented(heading: &str) -> Vec<String> {
+        let section = README
+            .split("## Configuration reference")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README: Configuration reference");
+        let table = section
+            .split(&format!("### {heading}\n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("README: no \"### {heading}\""));
+        let mut keys = Vec::new();
+        for row in table.split("\n### ").next().unwrap_or("").lines() {
+            let Some(first) = row.strip_prefix("| `") else {
+                continue;
+            };
+            // `a` + `b` rows document two keys.
+            let cell = first.split(" |").next().unwrap_or("");
+            for key in cell.split(" + ").flat_map(|k| k.split(", ")) {
+                keys.push(key.trim_matches('`').to_owned());
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn every_key_is_documented_in_the_readme() {
+        let tables: [(&str, &[&str]); 4] = [
+            ("`[daemon]`", keys_of::<RawDaemon>()),
+            ("`[defaults]` and `[jails.<name>]`", keys_of::<RawJail>()),
+            ("`[[notify]]`", keys_of::<RawNotify>()),
+            ("`[fleet]`", keys_of::<RawFleet>()),
+        ];
+        for (heading, keys) in tables {
+            let documented = documented(heading);
+            let missing: Vec<&&str> = keys
+                .iter()
+                .filter(|k| !documented.iter().any(|d| d == *k))
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "{heading}: undocumented keys {missing:?}"
+            );
+            let unknown: Vec<&String> = documented
+                .iter()
+                .filter(|d| !keys.contains(&d.as_str()))
+                .collect();
+            assert!(
+                unknown.is_empty(),
+                "{heading}: documented keys that do not exist {unknown:?}"
+            );
+        }
+    }
+}

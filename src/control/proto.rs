@@ -158,7 +158,11 @@ pub struct JailStatus {
     pub protocol: String,
     pub maxretry: u32,
     pub findtime_s: u64,
+    /// The ban length as written: `1h`, `permanent`.
     pub bantime: BanTime,
+    /// The ban length in seconds; `null` for permanent bans.
+    #[serde(default)]
+    pub bantime_s: Option<u64>,
     /// Addresses with failures inside the window.
     pub tracked: usize,
     pub active_bans: usize,
@@ -242,6 +246,68 @@ mod tests {
             serde_json::to_string(&resp).unwrap(),
             r#"{"version":1,"response":{"type":"error","kind":"not_banned","message":"x"}}"#
         );
+    }
+
+    /// The fields of `list --json` and `status --json` are the README's "JSON output" tables.
+    #[test]
+    fn json_fields_are_the_documented_ones() {
+        let readme = include_str!("../../README.md");
+        let section = readme.split("### JSON output").nth(1).unwrap();
+        let table = |after: &str| -> Vec<String> {
+            section
+                .split(after)
+                .nth(1)
+                .unwrap()
+                .lines()
+                .skip_while(|l| !l.starts_with("| field"))
+                .skip(2)
+                .take_while(|l| l.starts_with("| `"))
+                .map(|l| l[3..].split('`').next().unwrap().to_owned())
+                .collect()
+        };
+        let ban = BanInfo {
+            jail: "sshd".into(),
+            address: "192.0.2.1".parse().unwrap(),
+            expires_in_s: Some(10),
+            bantime_s: Some(60),
+            ban_count: Some(1),
+            origin: Some("failures".into()),
+        };
+        let status = JailStatus {
+            name: "sshd".into(),
+            filter: "sshd".into(),
+            sources: vec![],
+            source_states: vec![],
+            ports: vec![],
+            protocol: "tcp".into(),
+            maxretry: 5,
+            findtime_s: 600,
+            bantime: BanTime::Permanent,
+            bantime_s: None,
+            tracked: 0,
+            active_bans: 0,
+            dropped_packets: 0,
+            dropped_bytes: 0,
+            failures_total: 0,
+            bans_total: 0,
+            ignoreip: vec![],
+            ignoreself: true,
+            escalation: Some("x".into()),
+            bans: Some(vec![ban.clone()]),
+        };
+        let keys = |v: serde_json::Value| -> Vec<String> {
+            v.as_object().unwrap().keys().cloned().collect()
+        };
+        let mut documented = table("`banctl list --json`: an array");
+        documented.sort();
+        let mut actual = keys(serde_json::to_value(&ban).unwrap());
+        actual.sort();
+        assert_eq!(actual, documented);
+        let mut documented = table("`banctl status --json`: an array");
+        documented.sort();
+        let mut actual = keys(serde_json::to_value(&status).unwrap());
+        actual.sort();
+        assert_eq!(actual, documented);
     }
 
     #[test]

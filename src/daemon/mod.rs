@@ -873,6 +873,10 @@ impl Daemon {
                 maxretry: c.maxretry,
                 findtime_s: c.findtime.as_secs(),
                 bantime: c.bantime,
+                bantime_s: match c.bantime {
+                    crate::duration::BanTime::Finite(d) => Some(d.as_secs()),
+                    crate::duration::BanTime::Permanent => None,
+                },
                 tracked: jail.tracked(),
                 active_bans,
                 dropped_packets,

@@ -85,9 +85,14 @@ fn deb_from_xtask_dist_holds_binary_unit_config_man_pages_and_completions() {
         "banctl-unban",
         "banctl-daemon",
         "banctl-status",
+        "banctl-init",
+        "banctl-config",
+        "banctl-log-level",
     ] {
         entry(&format!("usr/share/man/man8/{page}.8.gz"));
     }
+    // The configuration's page, made from the README's reference.
+    entry("usr/share/man/man5/banctl.toml.5.gz");
     entry("usr/share/bash-completion/completions/banctl");
     entry("usr/share/zsh/vendor-completions/_banctl");
     entry("usr/share/fish/vendor_completions.d/banctl.fish");

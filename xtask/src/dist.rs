@@ -15,6 +15,7 @@ struct Layout {
     bin: &'static str,
     unit: &'static str,
     man: &'static str,
+    man5: &'static str,
     bash: &'static str,
     zsh: &'static str,
     fish: &'static str,
@@ -26,6 +27,7 @@ const PACKAGE: Layout = Layout {
     bin: "usr/bin",
     unit: "lib/systemd/system",
     man: "usr/share/man/man8",
+    man5: "usr/share/man/man5",
     bash: "usr/share/bash-completion/completions/banctl",
     zsh: "usr/share/zsh/vendor-completions/_banctl",
     fish: "usr/share/fish/vendor_completions.d/banctl.fish",
@@ -37,6 +39,7 @@ const LOCAL: Layout = Layout {
     bin: "usr/local/bin",
     unit: "etc/systemd/system",
     man: "usr/local/share/man/man8",
+    man5: "usr/local/share/man/man5",
     bash: "usr/local/share/bash-completion/completions/banctl",
     zsh: "usr/local/share/zsh/site-functions/_banctl",
     fish: "usr/local/share/fish/vendor_completions.d/banctl.fish",
@@ -98,7 +101,13 @@ fn stage(bin: &Path, root: &Path, layout: &Layout, exec: &str) -> Result<()> {
 
     let man = root.join(layout.man);
     let pages = output(Command::new(bin).arg("manpages").arg(&man))?;
-    for page in String::from_utf8_lossy(&pages).lines() {
+    let readme = std::fs::read_to_string(ws.join("README.md"))?;
+    let config_page = crate::man::config_page(&readme, VERSION).map_err(anyhow::Error::msg)?;
+    let config_page_path = root.join(layout.man5).join("banctl.toml.5");
+    write(&config_page_path, config_page.as_bytes(), 0o644)?;
+    let pages =
+        String::from_utf8_lossy(&pages).into_owned() + &format!("{}\n", config_page_path.display());
+    for page in pages.lines() {
         // -n: no name or time stamp in the archive, so the package is reproducible.
         run(Command::new("gzip").args(["-9", "-n", "-f", page]))?;
     }
@@ -210,7 +219,7 @@ pub fn install() -> Result<()> {
         run(Command::new("systemctl").arg("daemon-reload"))?;
     }
     eprintln!(
-        "xtask: installed. Edit /etc/banctl/banctl.toml, check it with `banctl check-config`, then `systemctl enable --now banctl`."
+        "xtask: installed. Write the configuration with `banctl init` (or edit /etc/banctl/banctl.toml), check it with `banctl check-config`, then `systemctl enable --now banctl`."
     );
     Ok(())
 }

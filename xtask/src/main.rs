@@ -15,6 +15,7 @@ mod demo;
 mod demo_fleet;
 mod dist;
 mod fuzz;
+mod man;
 mod sys;
 
 use std::process::Command;
