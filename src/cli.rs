@@ -461,6 +461,23 @@ pub fn render_status(jails: &[JailStatus]) -> String {
     out
 }
 
+/// An error and its causes on one line, each cause said once: a message that already quotes
+/// its cause (`cannot read x: No such file…`) is not followed by the cause again.
+pub fn error_text(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// Every exit code and what it means: the README's table and the man pages' EXIT STATUS
 /// are this list (a test holds the README to it).
 pub const EXIT_CODES: &[(Exit, &str)] = &[
@@ -698,6 +715,22 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn an_error_says_its_cause_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let read = crate::config::ConfigError::Read {
+            path: "/etc/banctl/banctl.toml".into(),
+            source: io,
+        };
+        let error = anyhow::Error::new(read).context("loading the configuration");
+        assert_eq!(
+            error_text(&error),
+            "loading the configuration: cannot read /etc/banctl/banctl.toml: entity not found"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_text(&plain), "outer: inner");
+    }
 
     /// The README's exit code table is [`EXIT_CODES`], and `Exit` has no code left out.
     #[test]

@@ -60,7 +60,7 @@ fn main() -> ExitCode {
         // The reader of our output left: nothing went wrong that anyone can see.
         Err(Failure { error, .. }) if broken_pipe(&error) => ExitCode::from(exit::OK as u8),
         Err(Failure { code, error }) => {
-            eprintln!("banctl: {error:#}");
+            eprintln!("banctl: {}", banctl::cli::error_text(&error));
             ExitCode::from(code as u8)
         }
     }

@@ -76,3 +76,28 @@ fn a_closed_pipe_ends_every_command_quietly() {
     }
     let _ = std::fs::remove_file(&log);
 }
+
+/// An error names its cause once: `cannot read X: No such file…`, not the cause twice.
+#[test]
+fn an_error_says_its_cause_once() {
+    let missing = std::env::temp_dir().join(format!("banctl-nothing-{}", std::process::id()));
+    let missing = missing.display().to_string();
+    for (args, code, said) in [
+        (
+            vec!["check-config", missing.as_str()],
+            exit::CONFIG,
+            format!("banctl: cannot read {missing}: No such file or directory (os error 2)\n"),
+        ),
+        (
+            vec!["--socket", missing.as_str(), "status"],
+            exit::UNAVAILABLE,
+            format!(
+                "banctl: cannot reach the banctl daemon at {missing}: No such file or directory (os error 2)\n"
+            ),
+        ),
+    ] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), said, "{args:?}");
+    }
+}
