@@ -37,6 +37,8 @@ pub struct Import {
 /// Reads the fail2ban configuration in `dir` (usually `/etc/fail2ban`); with `inline`, each
 /// jail's filter is written into the output instead of referenced by its path.
 pub fn import(dir: &Path, inline: bool) -> Result<Import, Fail2banError> {
+    // Filters are referred to by path: an absolute one, wherever the output is written.
+    let dir = &std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
     let ini = read_jails(dir)?;
     let services = Services::read(Path::new("/etc/services"));
     let mut out = Import::default();
@@ -88,7 +90,10 @@ pub fn import(dir: &Path, inline: bool) -> Result<Import, Fail2banError> {
                 .and_then(|d| d.clone().compile(&filter_path).map(|_| d));
             match read {
                 Ok(d) => {
-                    journalmatch = d.journalmatch.clone();
+                    // A jail's own journalmatch wins over its filter's, as in fail2ban.
+                    journalmatch = get("journalmatch")
+                        .filter(|m| !m.is_empty())
+                        .or_else(|| d.journalmatch.clone());
                     definition = Some(d);
                 }
                 Err(e) => skip(&format!("filter {filter_spec}: {e}")),
@@ -150,7 +155,23 @@ pub fn import(dir: &Path, inline: bool) -> Result<Import, Fail2banError> {
                 }
             }
         }
+        // An action that bans every port (iptables-allports, nftables-allports) or the
+        // containers' chain (DOCKER-USER, where the port seen is the container's, not the
+        // published one): every port, as fail2ban enforced it.
+        let action = get("action").unwrap_or_default();
+        let all_ports = action.contains("-allports")
+            || action.contains("chain=\"DOCKER-USER\"")
+            || action.contains("chain=DOCKER-USER")
+            || (action.is_empty() && get("banaction").is_some_and(|b| b.contains("-allports")));
+        if all_ports && !recidive {
+            emit!(
+                body,
+                "# every port: fail2ban's action banned all ports ({})",
+                action.split(['[', '\n']).next().unwrap_or_default().trim()
+            );
+        }
         match get("port").as_deref() {
+            _ if all_ports => {}
             None | Some("0:65535") | Some("") => {}
             Some(list) => {
                 let mut ports = Vec::new();
@@ -260,6 +281,41 @@ pub fn import(dir: &Path, inline: bool) -> Result<Import, Fail2banError> {
         if get("ignorecommand").is_some_and(|c| !c.is_empty()) {
             skip("ignorecommand — banctl runs no command to decide; use ignoreip");
         }
+        if let Some(p) = ini
+            .keys(name)
+            .contains(&"datepattern")
+            .then(|| get("datepattern"))
+            .flatten()
+        {
+            emit!(body, "datepattern = {}", quote(&p));
+        }
+        if ini.keys(name).contains(&"usedns") {
+            match get("usedns").as_deref() {
+                Some("yes") => emit!(body, "usedns = \"yes\""),
+                Some("no") => emit!(body, "usedns = \"no\""),
+                other => skip(&format!(
+                    "usedns = {} — {USEDNS}",
+                    other.unwrap_or_default()
+                )),
+            }
+        }
+        // A key the filter or the action reads (`%(knocking_url)s`) travels with them.
+        let referenced = |key: &str| {
+            let needle = format!("%({key})s");
+            ["filter", "action"]
+                .iter()
+                .any(|k| ini.raw(name, k).is_some_and(|v| v.contains(&needle)))
+        };
+        for key in ini.keys(name) {
+            let why = match not_carried(key) {
+                Some(why) => why,
+                None if KNOWN.contains(&key) || key.starts_with("action_") => continue,
+                None if referenced(key) => continue,
+                None => "not a jail setting banctl knows",
+            };
+            let value = ini.raw(name, key).unwrap_or_default().trim();
+            skip(&format!("{key} = {value} — {why}"));
+        }
         // A table: after every key of the jail.
         if let Some(d) = &definition {
             emit!(body, "\n[jails.{jail_name}.fail2ban_filter]");
@@ -268,6 +324,19 @@ pub fn import(dir: &Path, inline: bool) -> Result<Import, Fail2banError> {
         body.push('\n');
         out.jails.push(jail_name);
     }
+    // [DEFAULT] keys that change what fail2ban does and have no banctl equivalent: said once,
+    // not once per jail (fail2ban's stock values say nothing).
+    let mut defaults = Vec::new();
+    for key in ini.keys("DEFAULT") {
+        let value = ini.raw("DEFAULT", key).unwrap_or_default().trim();
+        if STOCK_DEFAULTS.contains(&(key, value)) {
+            continue;
+        }
+        if let Some(why) = not_carried(key).or_else(|| (key == "usedns").then_some(USEDNS)) {
+            defaults.push(format!("[DEFAULT]: {key} = {value} — {why}"));
+        }
+    }
+    out.skipped.splice(0..0, defaults);
     let mut toml = format!(
         "# Imported from fail2ban ({}) by banctl import-fail2ban.\n# Check it with: banctl check-config FILE\n",
         dir.display()
@@ -283,6 +352,80 @@ pub fn import(dir: &Path, inline: bool) -> Result<Import, Fail2banError> {
     out.toml = toml;
     Ok(out)
 }
+
+/// What fail2ban does with `usedns` other than yes/no, and what banctl does instead.
+const USEDNS: &str = "fail2ban resolves host names found in logs (warn: and logs it); banctl never resolves a name unless the jail says usedns = \"yes\" (a name is the attacker's choice): set it on the jails whose logs hold names you trust";
+
+/// [DEFAULT] values as fail2ban ships them: nothing to say about these.
+const STOCK_DEFAULTS: &[(&str, &str)] = &[
+    ("maxmatches", "%(maxretry)s"),
+    ("logencoding", "auto"),
+    ("ignorecommand", ""),
+    ("usedns", "no"),
+    ("usedns", "yes"),
+];
+
+/// Why a jail key has no banctl equivalent (with the closest feature); `None` for the keys
+/// the import carries over or that only feed other keys (`banaction`, `mta`, `mode`, …).
+fn not_carried(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "bantime.rndtime" => {
+            "banctl adds no random time to a ban (escalation lengthens repeated ones)"
+        }
+        "maxmatches" => "banctl keeps up to maxretry matched lines (at most 20) for notifications",
+        "logencoding" => {
+            "banctl reads logs as UTF-8 (other bytes are replaced); convert the log or set the service's encoding"
+        }
+        "failregex" | "ignoreregex" | "prefregex" => {
+            "patterns in fail2ban's dialect set in the jail: put them in the filter file, or write them as banctl patterns (`failregex`, README)"
+        }
+        "maxlines" => {
+            "a multi-line window set in the jail: set it in the filter file (or its fail2ban_filter table)"
+        }
+        "ignorecache" => "banctl checks ignoreip itself, without a cache",
+        k if k.starts_with("bantime.") && !KNOWN.contains(&k) => {
+            "a bantime.* setting banctl has no equivalent for"
+        }
+        _ => return None,
+    })
+}
+
+/// Jail keys the import carries over, or that only feed other keys (actions' inputs, the
+/// filter's mode): nothing to list.
+const KNOWN: &[&str] = &[
+    "enabled",
+    "filter",
+    "backend",
+    "logpath",
+    "port",
+    "protocol",
+    "bantime",
+    "findtime",
+    "maxretry",
+    "ignoreself",
+    "ignoreip",
+    "bantime.increment",
+    "bantime.multipliers",
+    "bantime.maxtime",
+    "bantime.overalljails",
+    "bantime.formula",
+    "bantime.factor",
+    "action",
+    "ignorecommand",
+    "banaction",
+    "banaction_allports",
+    "chain",
+    "journalmatch",
+    "datepattern",
+    "mode",
+    "usedns",
+    "mta",
+    "destemail",
+    "sender",
+    "sendername",
+    "before",
+    "after",
+];
 
 /// jail.conf, jail.d/*.conf, jail.local, jail.d/*.local, as fail2ban reads them.
 fn read_jails(dir: &Path) -> Result<Ini, Fail2banError> {
@@ -418,5 +561,91 @@ impl Services {
 
     fn number(&self, item: &str) -> Option<u16> {
         item.parse().ok().or_else(|| self.0.get(item).copied())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fail2ban_dir(jail_local: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "banctl-import-{}-{}",
+            std::process::id(),
+            jail_local.len()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("filter.d")).unwrap();
+        std::fs::write(
+            dir.join("filter.d/app.conf"),
+            "[Definition]\nfailregex = ^login failed from <HOST>$\n[Init]\njournalmatch = _SYSTEMD_UNIT=app.service\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("jail.conf"),
+            "[DEFAULT]\nbantime = 10m\nmaxretry = 5\nmaxmatches = %(maxretry)s\nusedns = warn\n\
+             logencoding = auto\nchain = INPUT\nbanaction = iptables-multiport\n\
+             banaction_allports = iptables-allports\n\
+             action_ = %(banaction)s[port=\"%(port)s\", protocol=\"tcp\", chain=\"%(chain)s\"]\n\
+             action = %(action_)s\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("jail.local"), jail_local).unwrap();
+        dir
+    }
+
+    #[test]
+    fn all_ports_actions_and_every_key_not_carried_are_said() {
+        let dir = fail2ban_dir(
+            "[DEFAULT]\nbantime.rndtime = 5m\n\n\
+             [app]\nenabled = true\nport = 8080\nlogpath = /var/log/app.log\nmaxmatches = 2\n\
+             logencoding = utf-16\nknocking_url = /knock\ndatepattern = ^%%Y-%%m-%%d %%H:%%M:%%S\n\n\
+             [app-all]\nenabled = true\nfilter = app\nport = 8080\nlogpath = /var/log/app.log\n\
+             banaction = nftables-allports\n\n\
+             [app-docker]\nenabled = true\nfilter = app\nport = 8096\nlogpath = /var/log/app.log\n\
+             chain = DOCKER-USER\njournalmatch = _SYSTEMD_UNIT=docker.service\n",
+        );
+        let import = import(&dir, false).unwrap();
+        let toml = &import.toml;
+        let jail = |name: &str| -> &str {
+            let start = toml.find(&format!("[jails.{name}]\n")).unwrap();
+            let rest = &toml[start + 1..];
+            &toml[start..start + 1 + rest.find("\n[jails.").unwrap_or(rest.len())]
+        };
+        assert!(jail("app").contains("ports = [8080]"), "{toml}");
+        assert!(
+            jail("app").contains("datepattern = \"^%Y-%m-%d %H:%M:%S\""),
+            "{toml}"
+        );
+        for all in ["app-all", "app-docker"] {
+            assert!(!jail(all).contains("ports ="), "{toml}");
+            assert!(
+                jail(all).contains("# every port: fail2ban's action banned all ports"),
+                "{toml}"
+            );
+        }
+        // The jail's own journalmatch over the filter's.
+        assert!(
+            jail("app-docker")
+                .contains("journal = { matches = [\"_SYSTEMD_UNIT=docker.service\"] }"),
+            "{toml}"
+        );
+        let said = import.skipped.join("\n");
+        for expected in [
+            "[DEFAULT]: usedns = warn — fail2ban resolves host names",
+            "[DEFAULT]: bantime.rndtime = 5m — banctl adds no random time",
+            "app: maxmatches = 2 — banctl keeps up to maxretry matched lines",
+            "app: logencoding = utf-16 — banctl reads logs as UTF-8",
+            "app: knocking_url = /knock — not a jail setting banctl knows",
+        ] {
+            assert!(said.contains(expected), "{expected:?} in\n{said}");
+        }
+        // Said once, however many jails inherit it; stock values not at all.
+        assert_eq!(said.matches("usedns = warn").count(), 1, "{said}");
+        assert!(!said.contains("maxmatches = %(maxretry)s"), "{said}");
+        assert!(!said.contains("logencoding = auto"), "{said}");
+        crate::config::Config::parse(Path::new("imported.toml"), toml)
+            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
