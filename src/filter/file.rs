@@ -139,11 +139,8 @@ pub fn parse_filter_file_in_mode(
             )
         })?),
     };
-    let prefix = raw
-        .prefix
-        .as_deref()
-        .map(|p| p.replace("{syslog}", SYSLOG_START))
-        .unwrap_or_default();
+    let written_prefix = raw.prefix.as_deref().unwrap_or_default();
+    let prefix = written_prefix.replace("{syslog}", SYSLOG_START);
     let base = chosen.is_none_or(|m| m.base);
     let patterns = raw
         .failregex
@@ -161,7 +158,8 @@ pub fn parse_filter_file_in_mode(
     let mut fail = Vec::new();
     for (key, p) in patterns {
         let pattern = Pattern::fail(&format!("{prefix}{}", p.get_ref()))
-            .map_err(|e| error(p.span(), &key, e.to_string()))?;
+            .map_err(|e| error(p.span(), &key, e.to_string()))?
+            .shown_as(format!("{written_prefix}{}", p.get_ref()));
         fail.push(pattern);
     }
     let mut ignore = Vec::new();
@@ -212,6 +210,11 @@ failregex = ['dropped <HOST>$']
         let line = |rest: &str| format!("Nov 21 10:00:00 host vnc[1]: {rest}");
         let normal = parse_filter_file("f", text).unwrap();
         assert_eq!(normal.modes, ["extra", "only"]);
+        // Shown as written: the prefix's `{syslog}` is not expanded in `banctl test`'s list.
+        assert_eq!(
+            normal.filter.patterns()[0].source(),
+            r"{syslog}vnc\[\d+\]: auth failed from <HOST>$"
+        );
         assert!(
             normal
                 .filter

@@ -379,6 +379,13 @@ impl Pattern {
         &self.source
     }
 
+    /// The same pattern, shown as `written` (a filter file's failregex with its `prefix`
+    /// as written, `{syslog}` and all, rather than expanded).
+    pub(crate) fn shown_as(mut self, written: String) -> Pattern {
+        self.source = written;
+        self
+    }
+
     /// Has a `<F-MLFID>` group.
     fn names_session(&self) -> bool {
         self.engine.names().iter().any(|n| n == MLFID_GROUP)
