@@ -650,6 +650,19 @@ pub struct TestOptions {
     /// (`^%Y-%m-%d %H:%M:%S`, `{^LN-BEG}EPOCH` …); overrides the filter's.
     #[arg(long, short = 'd')]
     pub datepattern: Option<String>,
+    /// A failure that names a host, not an address: `yes` resolves it (a name with no
+    /// address is missed), `no` misses it, `warn` counts it apart unresolved; as
+    /// fail2ban-regex's --usedns. The daemon resolves names only in jails with usedns = "yes".
+    #[arg(long, value_enum, default_value = "yes")]
+    pub usedns: UseDnsArg,
+}
+
+/// `banctl test --usedns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UseDnsArg {
+    Yes,
+    No,
+    Warn,
 }
 
 #[cfg(test)]

@@ -514,6 +514,19 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
         None => std::time::SystemTime::now(),
     };
     let path = Path::new(input);
+    // A path that is not there is a mistake, not a log line: a line has spaces.
+    if input != "-"
+        && !path.is_file()
+        && (input.starts_with('/') || input.starts_with("./"))
+        && !input.contains(' ')
+    {
+        return Err(Failure {
+            code: exit::FAILURE,
+            error: anyhow::anyhow!(
+                "{input}: no such file (a single log line is given in quotes, with its spaces)"
+            ),
+        });
+    }
     let reader: Box<dyn BufRead> = if input == "-" {
         Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin()))
     } else if path.is_file() {
@@ -522,7 +535,21 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
     } else {
         Box::new(std::io::Cursor::new(input.as_bytes().to_vec()))
     };
-    let mut report = Report::new(&filter);
+    let names = match options.usedns {
+        banctl::cli::UseDnsArg::No => banctl::filter::Names::Miss,
+        banctl::cli::UseDnsArg::Warn => banctl::filter::Names::Report,
+        banctl::cli::UseDnsArg::Yes => banctl::filter::Names::Resolve(Box::new(|name: &str| {
+            use std::net::ToSocketAddrs;
+            let mut addrs: Vec<std::net::IpAddr> = (name, 0u16)
+                .to_socket_addrs()
+                .map(|found| found.map(|a| a.ip()).collect())
+                .unwrap_or_default();
+            addrs.sort();
+            addrs.dedup();
+            addrs
+        })),
+    };
+    let mut report = Report::new(&filter).with_names(names);
     // Counted by format, named once at the end (no string per line).
     let mut formats: Vec<(Option<banctl::filter::date::Format>, usize)> = Vec::new();
     let stdout = std::io::stdout();
@@ -549,7 +576,8 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
         let line = text.trim_end_matches(['\n', '\r']);
         let verdict = report.add(&filter, line);
         // The JSON output dates matched lines only; the summary counts every line's format.
-        let date = if options.json && !matches!(verdict, Verdict::Matched(_)) {
+        let date = if options.json && !matches!(verdict, Verdict::Matched(_) | Verdict::Name { .. })
+        {
             None
         } else {
             dates.find(line, now)
@@ -584,6 +612,42 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
             }
             Verdict::Matched(hit) if options.print_matched => {
                 writeln!(out, "matched {:>6}: {}  [{}]", number, line, hit.addr)
+            }
+            Verdict::Name { pattern, name } => {
+                let addrs: Vec<String> = report
+                    .addresses_of(&name)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                let resolved = options.usedns == banctl::cli::UseDnsArg::Yes && !addrs.is_empty();
+                if options.json && resolved {
+                    let mut value = serde_json::json!({
+                        "line": number,
+                        "match": true,
+                        "host": name,
+                        "addresses": addrs,
+                        "pattern": pattern + 1,
+                    });
+                    if let Some(d) = date {
+                        let secs =
+                            d.at.duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0.0, |t| t.as_secs_f64());
+                        value["time"] = serde_json::json!(secs);
+                    }
+                    writeln!(out, "{value}")
+                } else if options.print_matched && resolved {
+                    writeln!(
+                        out,
+                        "matched {:>6}: {}  [{name}: {}]",
+                        number,
+                        line,
+                        addrs.join(", ")
+                    )
+                } else if options.print_missed && !options.json && !resolved {
+                    writeln!(out, "missed  {number:>6}: {line}  [host name {name}]")
+                } else {
+                    Ok(())
+                }
             }
             Verdict::Missed if options.print_missed && !options.json => {
                 writeln!(out, "missed  {number:>6}: {line}")

@@ -41,7 +41,7 @@ pub use file::{
 use memory::Marks;
 pub use memory::Memory;
 pub use python::python_to_rust;
-pub use report::{Report, Verdict};
+pub use report::{Names, Report, Verdict};
 use scan::{HostSplit, Scanner};
 
 use crate::addr::canonical;

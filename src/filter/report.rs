@@ -20,15 +20,46 @@ pub enum Verdict {
     Matched(Hit),
 }
 
+/// What `banctl test` does with a failure that names a host instead of an address
+/// (fail2ban-regex's `--usedns`).
+#[derive(Default)]
+pub enum Names {
+    /// `no`: such a line is missed.
+    Miss,
+    /// `warn`: counted apart, never resolved (what the daemon does by default).
+    #[default]
+    Report,
+    /// `yes`: resolved with this function (each name once); a name with addresses is a
+    /// failure of each of them, one that has none is missed.
+    Resolve(Box<dyn FnMut(&str) -> Vec<IpAddr>>),
+}
+
+impl std::fmt::Debug for Names {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Names::Miss => "Miss",
+            Names::Report => "Report",
+            Names::Resolve(_) => "Resolve",
+        })
+    }
+}
+
 /// Totals over the lines given to [`Report::add`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Report {
     pub lines: usize,
     pub matched: usize,
     pub ignored: usize,
     pub missed: usize,
-    /// Lines that matched with a host name only (never banned).
+    /// Lines that matched with a host name only, not resolved ([`Names::Report`]).
     pub names: usize,
+    /// Matched lines whose host name was resolved ([`Names::Resolve`]).
+    pub resolved: usize,
+    /// Missed lines whose host name has no address ([`Names::Resolve`]).
+    pub unresolved: usize,
+    names_as: Names,
+    /// Each name looked up, and its addresses.
+    lookups: HashMap<String, Vec<IpAddr>>,
     /// Lines matched per failregex.
     pub per_failregex: Vec<usize>,
     /// Lines discarded per ignoreregex.
@@ -48,16 +79,47 @@ impl Report {
         }
     }
 
+    /// The same report, treating host names as `names` says.
+    pub fn with_names(mut self, names: Names) -> Report {
+        self.names_as = names;
+        self
+    }
+
+    /// The addresses a host name resolved to (empty: none, or not looked up).
+    pub fn addresses_of(&self, name: &str) -> &[IpAddr] {
+        self.lookups.get(name).map_or(&[], Vec::as_slice)
+    }
+
     /// Examines one line, counts it, and returns its verdict.
     pub fn add(&mut self, filter: &Filter, line: &str) -> Verdict {
         let verdict = filter.examine_in(line, &mut self.memory);
         self.lines += 1;
         match &verdict {
             Verdict::Missed | Verdict::NoFailure { .. } => self.missed += 1,
-            Verdict::Name { pattern, .. } => {
-                self.names += 1;
-                self.per_failregex[*pattern] += 1;
-            }
+            Verdict::Name { pattern, name } => match &mut self.names_as {
+                Names::Miss => self.missed += 1,
+                Names::Report => {
+                    self.names += 1;
+                    self.per_failregex[*pattern] += 1;
+                }
+                Names::Resolve(resolve) => {
+                    let addrs = self
+                        .lookups
+                        .entry(name.clone())
+                        .or_insert_with(|| resolve(name));
+                    if addrs.is_empty() {
+                        self.missed += 1;
+                        self.unresolved += 1;
+                    } else {
+                        self.matched += 1;
+                        self.resolved += 1;
+                        self.per_failregex[*pattern] += 1;
+                        for addr in addrs.iter() {
+                            *self.per_address.entry(*addr).or_default() += 1;
+                        }
+                    }
+                }
+            },
             Verdict::Ignored { by, .. } => {
                 self.ignored += 1;
                 self.per_ignoreregex[*by] += 1;
@@ -88,8 +150,20 @@ impl Report {
         );
         if self.names > 0 {
             out.push_str(&format!(
-                "       {} matched a host name only: never resolved, never banned\n",
+                "       {} matched a host name only: not resolved (--usedns warn), never banned\n",
                 self.names
+            ));
+        }
+        if self.resolved > 0 {
+            out.push_str(&format!(
+                "       {} of the matched by a host name, resolved (--usedns yes); the daemon resolves names only in jails with usedns = \"yes\"\n",
+                self.resolved
+            ));
+        }
+        if self.unresolved > 0 {
+            out.push_str(&format!(
+                "       {} of the missed by a host name that has no address\n",
+                self.unresolved
             ));
         }
         let mut section = |title: String, patterns: &[super::Pattern], hits: &[usize]| {
@@ -125,6 +199,56 @@ impl Report {
 mod tests {
     use super::*;
     use crate::filter::Pattern;
+
+    #[test]
+    fn host_names_as_fail2ban_regex_usedns_says() {
+        // fail2ban's <HOST> takes a name too.
+        let source = r"^fail from <HOST>$";
+        let (expanded, _) = crate::fail2ban::translate(source);
+        let filter = Filter::new(
+            vec![Pattern::translated(source, &expanded).unwrap()],
+            vec![],
+        );
+        let lines = [
+            "fail from localhost",
+            "fail from nowhere.invalid",
+            "fail from localhost",
+        ];
+        let run = |names: Names| {
+            let mut report = Report::new(&filter).with_names(names);
+            for line in lines {
+                report.add(&filter, line);
+            }
+            report
+        };
+        let no = run(Names::Miss);
+        assert_eq!((no.matched, no.missed, no.names), (0, 3, 0));
+        let warn = run(Names::Report);
+        assert_eq!((warn.matched, warn.missed, warn.names), (0, 0, 3));
+        let mut asked = Vec::new();
+        let yes = run(Names::Resolve(Box::new(move |name: &str| {
+            asked.push(name.to_owned());
+            assert_eq!(
+                asked.iter().filter(|n| *n == name).count(),
+                1,
+                "{name} looked up twice"
+            );
+            match name {
+                "localhost" => vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
+                _ => vec![],
+            }
+        })));
+        assert_eq!(
+            (yes.matched, yes.missed, yes.resolved, yes.unresolved),
+            (2, 1, 2, 1)
+        );
+        assert_eq!(yes.per_address[&"127.0.0.1".parse::<IpAddr>().unwrap()], 2);
+        assert_eq!(yes.addresses_of("localhost").len(), 2);
+        assert!(
+            yes.render(&filter)
+                .contains("2 of the matched by a host name, resolved")
+        );
+    }
 
     #[test]
     fn counts_matched_ignored_and_missed() {

@@ -606,3 +606,76 @@ fn import_gives_auto_jails_the_journal_of_their_filter() {
             .all(|j| j.journal.is_some() && !j.logpaths.is_empty())
     );
 }
+
+/// Host names in `<HOST>` (issue 17 item 3): banctl test resolves them as fail2ban-regex
+/// does by default (`--usedns yes`): a name with an address is a match of that address, one
+/// without is missed; `--usedns no` misses both. Run in a namespace of its own, so that no
+/// name leaves the machine (localhost is in /etc/hosts; the other name fails at once).
+#[test]
+fn host_names_are_resolved_as_fail2ban_regex_resolves_them() {
+    let Some(root) = fail2ban_root("host_names_are_resolved_as_fail2ban_regex_resolves_them")
+    else {
+        return;
+    };
+    let Some(()) = crate::netns::enter("host_names_are_resolved_as_fail2ban_regex_resolves_them")
+    else {
+        return;
+    };
+    let log = std::env::temp_dir().join(format!("banctl-names-{}.log", std::process::id()));
+    std::fs::write(
+        &log,
+        "Nov 30 10:00:00 web app[7]: auth failure; rhost=localhost user=root\n\
+         Nov 30 10:00:01 web app[7]: auth failure; rhost=nowhere.invalid user=root\n\
+         Nov 30 10:00:02 web app[7]: auth failure; rhost=192.0.2.7 user=root\n",
+    )
+    .unwrap();
+    let regex = r"auth failure; rhost=<HOST> user=";
+    for usedns in ["yes", "no"] {
+        let theirs = fail2ban_regex_command(&root)
+            .arg(format!("--usedns={usedns}"))
+            .arg(&log)
+            .arg(regex)
+            .output()
+            .unwrap();
+        let theirs = String::from_utf8_lossy(&theirs.stdout);
+        let lines = theirs
+            .lines()
+            .find(|l| l.starts_with("Lines: "))
+            .unwrap_or_else(|| panic!("{theirs}"));
+        // fail2ban-regex: "Lines: 3 lines, 0 ignored, 2 matched, 1 missed"
+        let count = |what: &str| -> usize {
+            lines
+                .split(", ")
+                .find(|p| p.ends_with(what))
+                .and_then(|p| p.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{what} in {lines}"))
+        };
+        let ours = Command::new(env!("CARGO_BIN_EXE_banctl"))
+            .args(["test", "--usedns", usedns])
+            .arg(&log)
+            .arg(regex)
+            .output()
+            .unwrap();
+        let ours = String::from_utf8_lossy(&ours.stdout);
+        assert!(
+            ours.contains(&format!(
+                "Lines: 3 in all: {} matched, 0 ignored, {} missed\n",
+                count(" matched"),
+                count(" missed")
+            )),
+            "--usedns {usedns}: fail2ban-regex says {lines:?}; banctl:\n{ours}"
+        );
+    }
+    let json = Command::new(env!("CARGO_BIN_EXE_banctl"))
+        .args(["test", "--json"])
+        .arg(&log)
+        .arg(regex)
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&json.stdout);
+    let first: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(first["host"], "localhost");
+    assert_eq!(first["addresses"][0], "127.0.0.1");
+    let _ = std::fs::remove_file(&log);
+}
