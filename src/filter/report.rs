@@ -31,8 +31,11 @@ pub enum Names {
     Report,
     /// `yes`: resolved with this function (each name once); a name with addresses is a
     /// failure of each of them, one that has none is missed.
-    Resolve(Box<dyn FnMut(&str) -> Vec<IpAddr>>),
+    Resolve(Resolver),
 }
+
+/// Looks a host name up: its addresses, none when it has none.
+pub type Resolver = Box<dyn FnMut(&str) -> Vec<IpAddr>>;
 
 impl std::fmt::Debug for Names {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
