@@ -156,6 +156,24 @@ impl fmt::Display for IpNet {
     }
 }
 
+/// Whether `name` is a host name worth a DNS lookup (RFC 1123 labels, the last one not all
+/// digits). Anything else gets no lookup: `198.51.10` or `1` would be read by the system's
+/// resolver as the numeric addresses 198.51.0.10 and 0.0.0.1, not as names.
+pub fn is_host_name(name: &str) -> bool {
+    let labels: Vec<&str> = name.trim_end_matches('.').split('.').collect();
+    name.len() <= 253
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        && labels
+            .last()
+            .is_some_and(|tld| !tld.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Parses `192.0.2.1`, `192.0.2.0/24`, `2001:db8::/64`, `[2001:db8::1]`, `::ffff:192.0.2.1`.
 /// Host bits set in a prefix (`192.0.2.7/24`) are cleared, as `nft` does.
 impl FromStr for IpNet {
@@ -215,6 +233,30 @@ impl<'de> Deserialize<'de> for IpNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_names_are_told_from_numbers() {
+        for name in [
+            "localhost",
+            "mail.example.org",
+            "a-b.example",
+            "xn--bcher-kva.example.",
+        ] {
+            assert!(is_host_name(name), "{name}");
+        }
+        for not in [
+            "198.51.10",
+            "1",
+            "0x7f.1",
+            "a..b",
+            "-a.example",
+            "a b",
+            "",
+            "ex_ample.org",
+        ] {
+            assert!(!is_host_name(not), "{not}");
+        }
+    }
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()

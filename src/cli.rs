@@ -636,6 +636,14 @@ pub struct TestOptions {
     /// Print every line that no failregex matched (fail2ban-regex's --print-all-missed).
     #[arg(long, visible_alias = "print-all-missed")]
     pub print_missed: bool,
+    /// Print every line an ignoreregex discarded or a failregex matched as no failure
+    /// (`<F-NOFAIL>`) (fail2ban-regex's --print-all-ignored).
+    #[arg(long, visible_alias = "print-all-ignored")]
+    pub print_ignored: bool,
+    /// Print every line with its verdict and what decided it (the failregex or ignoreregex
+    /// number, the address).
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
     /// Print one JSON object per matching line instead of the summary.
     #[arg(long)]
     pub json: bool,
@@ -655,6 +663,10 @@ pub struct TestOptions {
     /// fail2ban-regex's --usedns. The daemon resolves names only in jails with usedns = "yes".
     #[arg(long, value_enum, default_value = "yes")]
     pub usedns: UseDnsArg,
+    /// With LOG systemd-journal: the entries to read, as journalctl's matches
+    /// (`_SYSTEMD_UNIT=ssh.service + _COMM=sshd`); default: the filter's journalmatch.
+    #[arg(long, short = 'm')]
+    pub journalmatch: Option<String>,
 }
 
 /// `banctl test --usedns`.

@@ -17,6 +17,8 @@ pub struct Resolved {
     /// What it is, for `banctl test`'s summary: `sshd (built-in: …)`, `x.conf (fail2ban
     /// filter)`, with notes on what of a fail2ban filter is not carried over.
     pub label: String,
+    /// A fail2ban filter's `journalmatch` (what `banctl test systemd-journal` reads).
+    pub journalmatch: Option<String>,
 }
 
 /// Reads the filter `spec` names, a relative file name taken from the working directory;
@@ -41,6 +43,7 @@ pub fn resolve(spec: &str) -> Result<Resolved, String> {
         return Ok(Resolved {
             filter: read.filter,
             label: format!("{spec} (a failregex, fail2ban's syntax)"),
+            journalmatch: None,
         });
     }
     resolve_in(spec, None)
@@ -58,20 +61,26 @@ pub fn resolve_in(spec: &str, base: Option<&Path>) -> Result<Resolved, String> {
         }
         _ => name,
     };
-    if name.ends_with(".conf") || name.ends_with(".local") {
-        let read =
-            crate::fail2ban::read_filter(Path::new(name), &options).map_err(|e| e.to_string())?;
-        let mut label = format!("{spec} (fail2ban filter)");
+    if name.ends_with(".conf") || name.ends_with(".local") || name.starts_with("filter.d/") {
+        let path = fail2ban_filter_path(name);
+        let read = crate::fail2ban::read_filter(&path, &options).map_err(|e| e.to_string())?;
+        let mut label = if path == Path::new(name) {
+            format!("{spec} (fail2ban filter)")
+        } else {
+            format!("{spec} (fail2ban filter {})", path.display())
+        };
         for note in &read.notes {
             label.push_str(&format!("\n        note: {note}"));
         }
         return Ok(Resolved {
             filter: read.filter,
             label,
+            journalmatch: read.journalmatch,
         });
     }
     let file = |name: &str| {
         crate::filter::read_filter_file(name, &options).map(|file| Resolved {
+            journalmatch: None,
             label: match file.description {
                 Some(d) => format!("{spec} ({d})"),
                 None => spec.to_owned(),
@@ -88,6 +97,7 @@ pub fn resolve_in(spec: &str, base: Option<&Path>) -> Result<Resolved, String> {
         return Ok(Resolved {
             filter: read.filter,
             label: format!("{spec} (built-in: {description})"),
+            journalmatch: None,
         });
     }
     if Path::new(name).is_file() {
@@ -99,6 +109,31 @@ pub fn resolve_in(spec: &str, base: Option<&Path>) -> Result<Resolved, String> {
         crate::suggest::did_you_mean(name, known.iter().copied()),
         known.join(", ")
     ))
+}
+
+/// Where fail2ban's configuration is: `/etc/fail2ban`, or `BANCTL_FAIL2BAN_DIR`.
+pub fn fail2ban_dir() -> std::path::PathBuf {
+    std::env::var_os("BANCTL_FAIL2BAN_DIR")
+        .map_or_else(|| "/etc/fail2ban".into(), std::path::PathBuf::from)
+}
+
+/// A fail2ban filter named as fail2ban-regex takes it: a path, or `sshd.conf` and
+/// `filter.d/sshd` found in fail2ban's directory when not in the working one.
+fn fail2ban_filter_path(name: &str) -> std::path::PathBuf {
+    let file = if name.ends_with(".conf") || name.ends_with(".local") {
+        name.to_owned()
+    } else {
+        format!("{name}.conf")
+    };
+    let given = Path::new(&file);
+    if given.is_absolute() || given.exists() {
+        return given.to_owned();
+    }
+    let dir = fail2ban_dir();
+    [dir.join(&file), dir.join("filter.d").join(&file)]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| given.to_owned())
 }
 
 /// Whether a spec's name is a file name rather than a built-in's.

@@ -468,13 +468,59 @@ fn list_from_kernel(jail: Option<&str>) -> Result<Vec<banctl::control::BanInfo>,
 }
 
 /// The filter a spec names (see `banctl::filter_spec`), with a label saying which.
-fn load_filter(spec: &str) -> Result<(banctl::filter::Filter, String), Failure> {
-    banctl::filter_spec::resolve(spec)
-        .map(|r| (r.filter, r.label))
-        .map_err(|e| Failure {
-            code: exit::CONFIG,
-            error: anyhow::anyhow!(e),
-        })
+fn load_filter(spec: &str) -> Result<banctl::filter_spec::Resolved, Failure> {
+    banctl::filter_spec::resolve(spec).map_err(|e| Failure {
+        code: exit::CONFIG,
+        error: anyhow::anyhow!(e),
+    })
+}
+
+/// How `banctl test` names the dates it saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DateKind {
+    Found(banctl::filter::date::Format),
+    Journal,
+    None,
+}
+
+/// `systemd-journal` (or `systemd-journal[journalpath=DIR]`) as LOG, as fail2ban-regex takes
+/// it: the entries `--journalmatch` selects, else the filter's `journalmatch`, else all.
+fn journal_input(
+    input: &str,
+    options: &TestOptions,
+    filter_match: Option<&str>,
+) -> Result<Option<banctl::source::journal::JournalSpec>, Failure> {
+    let Some(rest) = input.strip_prefix("systemd-journal") else {
+        return Ok(None);
+    };
+    let (_, settings) = banctl::fail2ban::split_options(input);
+    if !rest.is_empty() && !rest.starts_with('[') {
+        return Ok(None);
+    }
+    let mut directory = None;
+    for (key, value) in settings {
+        match key.as_str() {
+            "journalpath" => directory = Some(std::path::PathBuf::from(value)),
+            other => {
+                return Err(Failure {
+                    code: exit::USAGE,
+                    error: anyhow::anyhow!(
+                        "systemd-journal[{other}=…]: only journalpath (a journal directory) is known"
+                    ),
+                });
+            }
+        }
+    }
+    let matches = options
+        .journalmatch
+        .as_deref()
+        .or(filter_match)
+        .map(|m| m.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    Ok(Some(banctl::source::journal::JournalSpec {
+        matches,
+        directory,
+    }))
 }
 
 /// `banctl test`: every line of `input` (a file, or one line) through the filter.
@@ -484,7 +530,11 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
     use std::collections::BTreeMap;
     use std::io::{BufRead, Write};
 
-    let (filter, label) = load_filter(filter)?;
+    let banctl::filter_spec::Resolved {
+        filter,
+        label,
+        journalmatch,
+    } = load_filter(filter)?;
     let datepattern = match &options.datepattern {
         Some(p) => Some(DatePattern::new(p).map_err(|e| Failure {
             code: exit::USAGE,
@@ -527,7 +577,10 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
             ),
         });
     }
-    let reader: Box<dyn BufRead> = if input == "-" {
+    let journal = journal_input(input, options, journalmatch.as_deref())?;
+    let reader: Box<dyn BufRead> = if journal.is_some() {
+        Box::new(std::io::empty())
+    } else if input == "-" {
         Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin()))
     } else if path.is_file() {
         let file = std::fs::File::open(path).with_context(|| format!("opening {input}"))?;
@@ -540,6 +593,9 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
         banctl::cli::UseDnsArg::Warn => banctl::filter::Names::Report,
         banctl::cli::UseDnsArg::Yes => banctl::filter::Names::Resolve(Box::new(|name: &str| {
             use std::net::ToSocketAddrs;
+            if !banctl::addr::is_host_name(name) {
+                return Vec::new();
+            }
             let mut addrs: Vec<std::net::IpAddr> = (name, 0u16)
                 .to_socket_addrs()
                 .map(|found| found.map(|a| a.ip()).collect())
@@ -551,39 +607,35 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
     };
     let mut report = Report::new(&filter).with_names(names);
     // Counted by format, named once at the end (no string per line).
-    let mut formats: Vec<(Option<banctl::filter::date::Format>, usize)> = Vec::new();
+    let mut formats: Vec<(DateKind, usize)> = Vec::new();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut buf = Vec::new();
-    let mut reader = reader;
     let mut number = 0usize;
-    loop {
-        buf.clear();
-        if reader
-            .read_until(b'\n', &mut buf)
-            .context("reading the input")?
-            == 0
-        {
-            break;
-        }
+    let mut examine = |line: &str, stamped: Option<std::time::SystemTime>| -> Result<(), Failure> {
         number += 1;
-        // Invalid UTF-8 is replaced, never skipped, as the daemon does; valid text is not
-        // copied.
-        let text = match std::str::from_utf8(&buf) {
-            Ok(text) => std::borrow::Cow::Borrowed(text),
-            Err(_) => String::from_utf8_lossy(&buf),
-        };
-        let line = text.trim_end_matches(['\n', '\r']);
         let verdict = report.add(&filter, line);
         // The JSON output dates matched lines only; the summary counts every line's format.
         let date = if options.json && !matches!(verdict, Verdict::Matched(_) | Verdict::Name { .. })
         {
             None
         } else {
-            dates.find(line, now)
+            match stamped {
+                // A journal entry's own time, as the daemon dates it.
+                Some(at) => Some(banctl::filter::date::Found {
+                    at,
+                    format: banctl::filter::date::Format::Iso8601,
+                    span: (0, 0),
+                }),
+                None => dates.find(line, now),
+            }
         };
         if !options.json {
-            let format = date.as_ref().map(|d| d.format);
+            let format = match stamped {
+                Some(_) => DateKind::Journal,
+                None => date
+                    .as_ref()
+                    .map_or(DateKind::None, |d| DateKind::Found(d.format)),
+            };
             match formats.iter_mut().find(|(f, _)| *f == format) {
                 Some((_, n)) => *n += 1,
                 None => formats.push((format, 1)),
@@ -610,8 +662,37 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
                 }
                 writeln!(out, "{value}")
             }
+            Verdict::Matched(hit) if options.verbose && !options.json => writeln!(
+                out,
+                "matched {:>6}: {}  [{}] failregex {}",
+                number,
+                line,
+                hit.addr,
+                hit.pattern + 1
+            ),
             Verdict::Matched(hit) if options.print_matched => {
                 writeln!(out, "matched {:>6}: {}  [{}]", number, line, hit.addr)
+            }
+            Verdict::Ignored { hit, by }
+                if (options.print_ignored || options.verbose) && !options.json =>
+            {
+                writeln!(
+                    out,
+                    "ignored {:>6}: {}  [{}] ignoreregex {}",
+                    number,
+                    line,
+                    hit.addr,
+                    by + 1
+                )
+            }
+            Verdict::NoFailure { pattern }
+                if (options.print_ignored || options.verbose) && !options.json =>
+            {
+                writeln!(
+                    out,
+                    "ignored {number:>6}: {line}  [no failure] failregex {}",
+                    pattern + 1
+                )
             }
             Verdict::Name { pattern, name } => {
                 let addrs: Vec<String> = report
@@ -635,7 +716,7 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
                         value["time"] = serde_json::json!(secs);
                     }
                     writeln!(out, "{value}")
-                } else if options.print_matched && resolved {
+                } else if (options.print_matched || options.verbose) && resolved {
                     writeln!(
                         out,
                         "matched {:>6}: {}  [{name}: {}]",
@@ -643,24 +724,65 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
                         line,
                         addrs.join(", ")
                     )
-                } else if options.print_missed && !options.json && !resolved {
+                } else if (options.print_missed || options.verbose) && !options.json && !resolved {
                     writeln!(out, "missed  {number:>6}: {line}  [host name {name}]")
                 } else {
                     Ok(())
                 }
             }
-            Verdict::Missed if options.print_missed && !options.json => {
+            Verdict::Missed if (options.print_missed || options.verbose) && !options.json => {
                 writeln!(out, "missed  {number:>6}: {line}")
             }
             _ => Ok(()),
         };
         shown.context("writing the output")?;
+        Ok(())
+    };
+    match &journal {
+        Some(spec) => {
+            let mut failed = None;
+            banctl::source::journal::read_all(spec, |text, at| match examine(&text, Some(at)) {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            })
+            .context("reading the journal")?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        None => {
+            let mut reader = reader;
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                if reader
+                    .read_until(b'\n', &mut buf)
+                    .context("reading the input")?
+                    == 0
+                {
+                    break;
+                }
+                // Invalid UTF-8 is replaced, never skipped, as the daemon does; valid text is
+                // not copied.
+                let text = match std::str::from_utf8(&buf) {
+                    Ok(text) => std::borrow::Cow::Borrowed(text),
+                    Err(_) => String::from_utf8_lossy(&buf),
+                };
+                examine(text.trim_end_matches(['\n', '\r']), None)?;
+            }
+        }
     }
     if !options.json {
-        if options.print_matched || options.print_missed {
+        if options.print_matched || options.print_missed || options.print_ignored || options.verbose
+        {
             writeln!(out).context("writing the output")?;
         }
-        let source = if input == "-" {
+        let source = if journal.is_some() {
+            "the systemd journal"
+        } else if input == "-" {
             "(standard input)"
         } else if path.is_file() {
             input
@@ -676,7 +798,14 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
         writeln!(out, "\nDates:").context("writing the output")?;
         let named: BTreeMap<String, usize> = formats
             .iter()
-            .map(|(f, n)| (f.map_or("(no date)".to_owned(), |f| f.to_string()), *n))
+            .map(|(f, n)| {
+                let name = match f {
+                    DateKind::Found(f) => f.to_string(),
+                    DateKind::Journal => "journal entry time".to_owned(),
+                    DateKind::None => "(no date)".to_owned(),
+                };
+                (name, *n)
+            })
             .collect();
         for (format, n) in &named {
             writeln!(out, "  [{n}] {format}").context("writing the output")?;

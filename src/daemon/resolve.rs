@@ -83,6 +83,10 @@ impl Resolver {
 
 /// The addresses `name` has now, or none (failure or timeout, logged).
 async fn resolve(name: &str) -> Vec<IpAddr> {
+    if !crate::addr::is_host_name(name) {
+        tracing::warn!(name, "not a host name: not resolved");
+        return Vec::new();
+    }
     match tokio::time::timeout(TIMEOUT, tokio::net::lookup_host((name, 0))).await {
         Ok(Ok(found)) => {
             let mut addrs: Vec<IpAddr> = found.map(|a| canonical(a.ip())).collect();

@@ -12,7 +12,8 @@ pub enum Verdict {
     Missed,
     /// Failregex `pattern` matched a host name only: reported, never resolved nor banned.
     Name { pattern: usize, name: String },
-    /// Failregex `pattern` matched without a failure (`<F-NOFAIL>`, or no host).
+    /// Failregex `pattern` matched without a failure (`<F-NOFAIL>`, or no host): counted as
+    /// ignored, as fail2ban-regex counts it.
     NoFailure { pattern: usize },
     /// A failure, discarded by ignoreregex number `by`.
     Ignored { hit: Hit, by: usize },
@@ -98,7 +99,12 @@ impl Report {
         let verdict = filter.examine_in(line, &mut self.memory);
         self.lines += 1;
         match &verdict {
-            Verdict::Missed | Verdict::NoFailure { .. } => self.missed += 1,
+            Verdict::Missed => self.missed += 1,
+            // As fail2ban-regex counts it: the failregex's hit, the line ignored.
+            Verdict::NoFailure { pattern } => {
+                self.ignored += 1;
+                self.per_failregex[*pattern] += 1;
+            }
             Verdict::Name { pattern, name } => match &mut self.names_as {
                 Names::Miss => self.missed += 1,
                 Names::Report => {

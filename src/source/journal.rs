@@ -170,6 +170,23 @@ fn line(journal: &mut Journal) -> String {
     }
 }
 
+/// Every entry `spec` selects, oldest first, as the daemon reads them (`IDENT[PID]: MESSAGE`
+/// and the entry's time), until `each` says stop: what `banctl test systemd-journal` reads.
+pub fn read_all(
+    spec: &JournalSpec,
+    mut each: impl FnMut(String, SystemTime) -> bool,
+) -> Result<(), SourceError> {
+    let mut journal = open(spec)?;
+    journal.seek_head().map_err(|e| error(spec, e))?;
+    while journal.next().map_err(|e| error(spec, e))? > 0 {
+        let at = journal.timestamp().unwrap_or_else(|_| SystemTime::now());
+        if !each(line(&mut journal), at) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Opens the journal (so that a bad match or directory fails the start, not a thread), then
 /// follows it on its own thread until `stop` is set or the receiver is gone.
 pub fn spawn(

@@ -96,3 +96,132 @@ fn fail2ban_regex_option_names_are_taken() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("missed       2: Nov 30 10:00:01"), "{out}");
 }
+
+/// `--print-all-ignored` and `-v`, and a no-failure match (`<F-NOFAIL>`: sshd's `Failed
+/// publickey`) counted as ignored, as fail2ban-regex counts it.
+#[test]
+fn ignored_lines_and_verbose_output_are_shown() {
+    let scratch = Scratch::new("tester-ignored");
+    let log = scratch.write(
+        "auth.log",
+        "Nov 30 10:00:00 web sshd[7]: Failed publickey for root from 192.0.2.5 port 22 ssh2: RSA SHA256:abc\n\
+         Nov 30 10:00:01 web sshd[8]: Failed password for root from 192.0.2.6 port 22 ssh2\n\
+         Nov 30 10:00:02 web sshd[9]: Failed password for monitor from 192.0.2.7 port 22 ssh2\n",
+    );
+    let filter = scratch.write(
+        "f.conf",
+        "[Definition]\nfailregex = ^\\s*\\S+ sshd\\[\\d+\\]: Failed (?:<F-NOFAIL>publickey</F-NOFAIL>|password) for \\S+ from <HOST> port \\d+ ssh2\nignoreregex = for monitor from\n",
+    );
+    let log = log.display().to_string();
+    let filter = filter.display().to_string();
+    let (code, out, err) = banctl(&["test", &log, &filter, "--print-all-ignored"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("ignored      1: Nov 30 10:00:00 web sshd[7]: Failed publickey for root from 192.0.2.5 port 22 ssh2: RSA SHA256:abc  [no failure] failregex 1\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ignored      3: Nov 30 10:00:02 web sshd[9]: Failed password for monitor from 192.0.2.7 port 22 ssh2  [192.0.2.7] ignoreregex 1\n"),
+        "{out}"
+    );
+    assert!(!out.contains("matched      2"), "{out}");
+    assert!(
+        out.contains("Lines: 3 in all: 1 matched, 2 ignored, 0 missed\n"),
+        "{out}"
+    );
+    let (code, out, err) = banctl(&["test", &log, &filter, "-v"]);
+    assert_eq!(code, Some(0), "{err}");
+    for expected in [
+        "ignored      1:",
+        "matched      2:",
+        "[192.0.2.6] failregex 1",
+        "ignored      3:",
+    ] {
+        assert!(out.contains(expected), "{expected} in\n{out}");
+    }
+    // A path that is not there is an error, not a line to match.
+    let (code, _, err) = banctl(&["test", "/var/log/no-such.log", "sshd"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("/var/log/no-such.log: no such file"), "{err}");
+}
+
+/// LOG `systemd-journal[journalpath=DIR]`: the journal's entries as the daemon reads them,
+/// chosen by `--journalmatch` (or the filter's journalmatch), dated by their own time.
+#[test]
+fn the_journal_is_a_log_to_test() {
+    const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
+    if !std::path::Path::new(JOURNAL_REMOTE).exists() {
+        assert!(
+            std::env::var_os("BANCTL_REQUIRE_NETNS").is_none(),
+            "{JOURNAL_REMOTE} is missing"
+        );
+        eprintln!("SKIPPED: {JOURNAL_REMOTE} is missing");
+        return;
+    }
+    let scratch = Scratch::new("tester-journal");
+    let dir = scratch.path("journal");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut export = String::new();
+    for (i, (unit, message)) in [
+        (
+            "ssh.service",
+            "Failed password for root from 192.0.2.5 port 22 ssh2",
+        ),
+        (
+            "ssh.service",
+            "Failed password for root from 192.0.2.6 port 22 ssh2",
+        ),
+        (
+            "other.service",
+            "Failed password for root from 192.0.2.9 port 22 ssh2",
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let at = 1_764_500_000_000_000u64 + i as u64 * 1_000_000;
+        export.push_str(&format!(
+            "__REALTIME_TIMESTAMP={at}\n__MONOTONIC_TIMESTAMP={at}\n\
+             _BOOT_ID=fedcba9876543210fedcba9876543210\n_SYSTEMD_UNIT={unit}\n\
+             SYSLOG_IDENTIFIER=sshd\n_PID={}\nMESSAGE={message}\n\n",
+            100 + i
+        ));
+    }
+    let file = scratch.write("entries.export", &export);
+    let made = Command::new(JOURNAL_REMOTE)
+        .arg(format!("--output={}", dir.join("test.journal").display()))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let log = format!("systemd-journal[journalpath={}]", dir.display());
+    let (code, out, err) = banctl(&[
+        "test",
+        &log,
+        "sshd",
+        "--journalmatch",
+        "_SYSTEMD_UNIT=ssh.service",
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let hits: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(hits.len(), 2, "{out}");
+    assert_eq!(hits[0]["host"], "192.0.2.5");
+    assert_eq!(hits[1]["host"], "192.0.2.6");
+    assert_eq!(
+        hits[0]["time"].as_f64().unwrap().floor() as i64,
+        1_764_500_000
+    );
+    let (code, out, err) = banctl(&["test", &log, "sshd"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("Input:  the systemd journal\n"), "{out}");
+    assert!(out.contains("Lines: 3 in all: 3 matched"), "{out}");
+    assert!(out.contains("[3] journal entry time"), "{out}");
+}
