@@ -681,3 +681,43 @@ fn host_names_are_resolved_as_fail2ban_regex_resolves_them() {
     assert_eq!(first["addresses"][0], "127.0.0.1");
     let _ = std::fs::remove_file(&log);
 }
+
+/// A fail2ban filter named as fail2ban-regex takes it (`sshd.conf`, `filter.d/sshd` with
+/// options) is found in fail2ban's directory when the working directory has no such file.
+#[test]
+fn fail2ban_filter_names_are_found_in_its_directory() {
+    let Some(root) = fail2ban_root("fail2ban_filter_names_are_found_in_its_directory") else {
+        return;
+    };
+    let scratch = crate::daemon::Scratch::new("f2b-names");
+    let line = "Nov 30 10:00:01 web sshd[8]: Failed password for root from 192.0.2.6 port 22 ssh2";
+    for name in [
+        "sshd.conf",
+        "filter.d/sshd",
+        "filter.d/sshd.conf[mode=aggressive]",
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_banctl"))
+            .args(["test", line, name])
+            .env("BANCTL_FAIL2BAN_DIR", root.join("etc/fail2ban"))
+            .current_dir(scratch.path(""))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&format!(
+                "Filter: {name} (fail2ban filter {}",
+                root.join("etc/fail2ban").display()
+            )),
+            "{name}: {text}"
+        );
+        assert!(
+            text.contains("Lines: 1 in all: 1 matched"),
+            "{name}: {text}"
+        );
+    }
+}
