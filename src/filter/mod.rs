@@ -186,7 +186,11 @@ const FORGET_GROUP: &str = "mlfforget";
 
 /// The regex for an address tag; `None` for a tag that is not one.
 pub(crate) fn address_tag(tag: &str) -> Option<String> {
-    let ip = format!(r"(?:\[(?P<{HOST_BRACKETED_GROUP}>{IPV6})\]|(?P<{HOST_GROUP}>{IPV4}|{IPV6}))");
+    // In brackets or not, either family, as fail2ban reads them (`client [192.0.2.1]`);
+    // brackets only in pairs.
+    let ip = format!(
+        r"(?:\[(?P<{HOST_BRACKETED_GROUP}>{IPV4}|{IPV6})\]|(?P<{HOST_GROUP}>{IPV4}|{IPV6}))"
+    );
     Some(match tag {
         "HOST" => format!(r"(?:{ip}|(?P<{DNS_GROUP}>{DNS}))"),
         "ADDR" => ip,
