@@ -1164,7 +1164,12 @@ fn failure_time(
 ) -> Option<SystemTime> {
     let at = match batch.timing {
         Timing::Live | Timing::Stamped => batch.read_at,
-        Timing::CatchUp => config.dates.find(line, now).map_or(batch.read_at, |f| f.at),
+        // A date inside the message may be the attacker's: only one at the line's start.
+        Timing::CatchUp => config
+            .dates
+            .find(line, now)
+            .filter(|f| f.format != crate::filter::date::Format::CtimeInside)
+            .map_or(batch.read_at, |f| f.at),
         Timing::ReadBack => config.dates.find(line, now)?.at,
     };
     (at + config.findtime >= now).then(|| at.min(now))

@@ -820,3 +820,31 @@ fn bans_from_the_fleet_count_in_the_escalation_of_local_bans() {
     assert_eq!(listed[0].count, Some(3));
     assert_eq!(listed[0].origin, Some(Origin::Failures));
 }
+
+/// Caught-up lines are dated by a date at their start only: a whole ctime date inside the
+/// message (which `banctl test` reads as fail2ban does) may be the attacker's, and an old one
+/// must not take failures out of the window.
+#[test]
+fn a_date_inside_the_message_never_dates_a_caught_up_failure() {
+    let clock = Clock::new();
+    let mut e = engine(
+        config("[jails.app]\nfailregex = ['^app: (?:\\S+ ){7}fail <HOST>$']\nmaxretry = 3\n"),
+        &clock,
+    );
+    let lines = vec!["app: user at Sat Nov 21 10:00:00 2020 fail 192.0.2.3".to_owned(); 3];
+    let batch = LineBatch {
+        sources: vec![0],
+        lines,
+        read_at: clock.now(),
+        timing: Timing::CatchUp,
+        resume: None,
+        cut: 0,
+    };
+    let app = [e.jail_index("app").unwrap()];
+    e.on_lines(&[(&batch, &app)], clock.now());
+    assert_eq!(
+        banned(&mut e, "app").len(),
+        1,
+        "the failures were dated 2020"
+    );
+}

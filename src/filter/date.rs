@@ -48,6 +48,10 @@ pub enum Format {
     EpochMillis,
     /// Where and how the filter's or jail's `datepattern` says.
     DatePattern,
+    /// `Sat Nov 21 10:00:00 2026` inside the line, when none is at its start (fail2ban reads
+    /// it there too). Text inside a line may be the attacker's: the daemon dates live and
+    /// caught-up lines by when it reads them, never by such a date.
+    CtimeInside,
 }
 
 impl fmt::Display for Format {
@@ -64,6 +68,7 @@ impl fmt::Display for Format {
             Format::Epoch => "Unix seconds",
             Format::EpochMillis => "Unix milliseconds",
             Format::DatePattern => "datepattern",
+            Format::CtimeInside => "inside the line (Www Mon DD hh:mm:ss YYYY)",
         })
     }
 }
@@ -155,6 +160,41 @@ impl Dates {
         }
         self.parse_at(bytes, lead(bytes), now)
             .or_else(|| self.clf(bytes))
+            .or_else(|| self.ctime_inside(bytes, now))
+    }
+
+    /// A whole ctime date (weekday, month, day, clock, year) after a space, a bracket or a
+    /// parenthesis anywhere in the line; the first one. A partial one (no weekday or no
+    /// year) is not taken: `Failed password for Jan 01 00:00:00` is a user name.
+    fn ctime_inside(&self, bytes: &[u8], now: SystemTime) -> Option<Found> {
+        const DAYS: [&[u8]; 7] = [
+            b"Mon ", b"Tue ", b"Wed ", b"Thu ", b"Fri ", b"Sat ", b"Sun ",
+        ];
+        let mut from = 1;
+        while let Some(at) = memchr::memchr3(b' ', b'[', b'(', bytes.get(from..)?).map(|i| from + i)
+        {
+            from = at + 1;
+            let start = at + 1;
+            if !DAYS.iter().any(|d| bytes[start..].starts_with(d)) {
+                continue;
+            }
+            let mut c = Cursor { b: bytes, i: start };
+            let Some(ts) = self.syslog(&mut c, now, None) else {
+                continue;
+            };
+            let year_written = c.i >= start + 5
+                && bytes[c.i - 4..c.i].iter().all(u8::is_ascii_digit)
+                && bytes[c.i - 5] == b' ';
+            if !year_written || c.peek().is_some_and(|b| b.is_ascii_alphanumeric()) {
+                continue;
+            }
+            return Some(Found {
+                at: SystemTime::from(ts),
+                format: Format::CtimeInside,
+                span: (start, c.i),
+            });
+        }
+        None
     }
 
     /// A JSON log line: the value of its `ts`, `time`, `timestamp` or `@timestamp` key. Keys
@@ -858,8 +898,36 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_ctime_date_inside_the_line_is_read_as_fail2ban_reads_it() {
+        let got = find(
+            "UTC",
+            "app: login failed at Sat Nov 21 10:00:00 2026 from 192.0.2.5",
+            "2026-11-30T00:00:00Z",
+        )
+        .unwrap();
+        assert_eq!(got.0, "2026-11-21T10:00:00Z");
+        let dates = Dates::new(TimeZone::UTC);
+        let line = "[pid 7] (Sat Nov 21 10:00:01 2026) failure";
+        let found = dates.find(line, SystemTime::now()).unwrap();
+        assert_eq!(found.format, Format::CtimeInside);
+        assert_eq!(
+            &line[found.span.0..found.span.1],
+            "Sat Nov 21 10:00:01 2026"
+        );
+        // Not whole: no weekday, or no year.
+        for line in [
+            "app: failed for Nov 21 10:00:00 2026 from 192.0.2.5",
+            "app: failed for Sat Nov 21 10:00:00 from 192.0.2.5",
+            "app: failed for Sat Nov 21 10:00:00 20261 from 192.0.2.5",
+        ] {
+            assert!(dates.find(line, SystemTime::now()).is_none(), "{line}");
+        }
+    }
+
+    #[test]
     fn attacker_text_is_never_the_date() {
-        // No timestamp at the start: a date inside the message is not the line's date.
+        // No timestamp at the start: a partial date inside the message is not the line's date
+        // (a whole ctime one is, as fail2ban reads it; the daemon never dates by it).
         for line in [
             "sshd[1]: Invalid user 2001-01-01T00:00:00Z from 198.51.100.9",
             "Failed password for Jan 01 00:00:00 from 198.51.100.9 port 22",
