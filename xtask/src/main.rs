@@ -108,8 +108,10 @@ fn test() -> Result<()> {
     let nats = sys::nats_server()?;
     // Namespace tests must run here: a skip is a failure; so must the package test and the
     // fail2ban compatibility tests.
+    // --show-output: what the compatibility tests print (how many stock filters agree with
+    // fail2ban-regex, and where the others differ) is part of CI's record.
     run(Command::new(env!("CARGO"))
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--", "--show-output"])
         .env("BANCTL_REQUIRE_NETNS", "1")
         .env("BANCTL_REQUIRE_DIST", "1")
         .env("BANCTL_REQUIRE_FAIL2BAN", "1")
