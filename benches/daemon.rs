@@ -505,12 +505,25 @@ fn memory(figures: &mut Vec<Figure>) {
 fn main() {
     enter_namespace();
     let mut figures = Vec::new();
-    latency(&mut figures);
-    latency_under_load(&mut figures);
-    burst(&mut figures);
-    batch_100k(&mut figures);
-    restore_1m(&mut figures);
-    memory(&mut figures);
+    // BANCTL_BENCH_ONLY=restore_1m (a comma-separated list) runs only those, for profiling.
+    let only = std::env::var("BANCTL_BENCH_ONLY").ok();
+    let runs = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|n| n == name))
+    };
+    let all: [(&str, fn(&mut Vec<Figure>)); 6] = [
+        ("latency", latency),
+        ("latency_under_load", latency_under_load),
+        ("burst", burst),
+        ("batch_100k", batch_100k),
+        ("restore_1m", restore_1m),
+        ("memory", memory),
+    ];
+    for (name, bench) in all {
+        if runs(name) {
+            bench(&mut figures);
+        }
+    }
     for f in &figures {
         f.print();
     }
