@@ -502,6 +502,9 @@ fn memory(figures: &mut Vec<Figure>) {
     });
 }
 
+/// One daemon benchmark: it adds its figures.
+type Bench = fn(&mut Vec<Figure>);
+
 fn main() {
     enter_namespace();
     let mut figures = Vec::new();
@@ -511,7 +514,7 @@ fn main() {
         only.as_deref()
             .is_none_or(|o| o.split(',').any(|n| n == name))
     };
-    let all: [(&str, fn(&mut Vec<Figure>)); 6] = [
+    let all: [(&str, Bench); 6] = [
         ("latency", latency),
         ("latency_under_load", latency_under_load),
         ("burst", burst),
