@@ -316,6 +316,53 @@ mod tests {
         assert!(!text.contains("\r\nMAIL FROM"), "{text}");
     }
 
+    /// With `starttls = true`, a server that offers no STARTTLS gets nothing: no sender, no
+    /// recipient, no message in clear.
+    #[tokio::test(flavor = "current_thread")]
+    async fn starttls_required_sends_nothing_in_clear() {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            stream.write_all(b"220 plain.test ESMTP\r\n").unwrap();
+            let mut heard = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                heard.push(line.trim_end().to_owned());
+                let answer: &[u8] = if line.starts_with("EHLO") {
+                    b"250-plain.test\r\n250 SIZE 1000000\r\n"
+                } else if line.starts_with("QUIT") {
+                    b"221 bye\r\n"
+                } else {
+                    b"250 OK\r\n"
+                };
+                if stream.write_all(answer).is_err() {
+                    break;
+                }
+            }
+            heard
+        });
+        let mut target = target();
+        target.host = "127.0.0.1".into();
+        target.port = port;
+        target.starttls = true;
+        let sent = send(&target, &event(), Duration::from_secs(5)).await;
+        let error = sent.expect_err("sent without STARTTLS").to_string();
+        assert!(error.contains("STARTTLS is not supported"), "{error}");
+        let heard = server.join().unwrap();
+        assert!(
+            !heard
+                .iter()
+                .any(|l| l.starts_with("MAIL") || l.starts_with("RCPT") || l.starts_with("DATA")),
+            "{heard:?}"
+        );
+    }
+
     #[test]
     fn settings_are_checked() {
         assert_eq!(server("localhost").unwrap(), ("localhost".into(), 25));
