@@ -154,16 +154,18 @@ fn enter_namespace() {
     assert!(ok, "ip link set lo up");
 }
 
-fn latency(figures: &mut Vec<Figure>) {
-    let daemon = Daemon::start("latency", &[("lat", "")]);
+/// `n` bans in jail `lat`, one after the other, `gap` apart: each one's time in ms from
+/// the write of its three failures (from 10.<net>.0.x) to the kernel's commit
+/// notification of its element, sorted.
+fn ban_latencies(daemon: &Daemon, net: u8, n: u8, gap: Duration) -> Vec<f64> {
     let mut fw = Firewall::open().unwrap();
     let mut mon = Monitor::open().unwrap();
     let mut samples = Vec::new();
-    for i in 0..30u8 {
-        let addr = IpAddr::from([10, 1, 0, i + 1]);
+    for i in 0..n {
+        let addr = IpAddr::from([10, net, 0, i + 1]);
         let mut text = String::new();
         failures(addr, 3, &mut text);
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(gap);
         let start = Instant::now();
         common::append(&daemon.log("lat"), &text);
         let took = until_committed(&mut mon, start, || {
@@ -172,28 +174,32 @@ fn latency(figures: &mut Vec<Figure>) {
         samples.push(took.as_secs_f64() * 1000.0);
     }
     samples.sort_by(f64::total_cmp);
+    samples
+}
+
+fn latency(figures: &mut Vec<Figure>) {
+    let daemon = Daemon::start("latency", &[("lat", "")]);
+    let samples = ban_latencies(&daemon, 1, 30, Duration::from_millis(20));
     let (p50, p90, max) = (
         percentile(&samples, 0.5),
         percentile(&samples, 0.9),
         samples[samples.len() - 1],
     );
     let note = "append -> kernel commit notification of the element, 30 samples".to_owned();
-    figures.push(Figure {
-        name: "ban latency p50",
-        value: p50,
-        unit: "ms",
-        target: "<= 1",
-        met: Some(p50 <= 1.0),
-        note: note.clone(),
-    });
-    figures.push(Figure {
-        name: "ban latency p90",
-        value: p90,
-        unit: "ms",
-        target: "<= 3",
-        met: Some(p90 <= 3.0),
+    figures.push(Figure::ms_at_most(
+        "ban latency p50",
+        p50,
+        "<= 1",
+        1.0,
+        note.clone(),
+    ));
+    figures.push(Figure::ms_at_most(
+        "ban latency p90",
+        p90,
+        "<= 3",
+        3.0,
         note,
-    });
+    ));
     figures.push(Figure {
         name: "ban latency max",
         value: max,
@@ -246,48 +252,31 @@ fn latency_under_load(figures: &mut Vec<Figure>) {
         })
     };
     std::thread::sleep(Duration::from_millis(500));
-    let mut fw = Firewall::open().unwrap();
-    let mut mon = Monitor::open().unwrap();
-    let mut samples = Vec::new();
     let began = Instant::now();
     let before = written.load(Ordering::Relaxed);
-    for i in 0..100u8 {
-        let addr = IpAddr::from([10, 2, 0, i + 1]);
-        let mut text = String::new();
-        failures(addr, 3, &mut text);
-        std::thread::sleep(Duration::from_millis(23));
-        let start = Instant::now();
-        common::append(&daemon.log("lat"), &text);
-        let took = until_committed(&mut mon, start, || {
-            fw.list("lat").unwrap().iter().any(|e| e.net.addr() == addr)
-        });
-        samples.push(took.as_secs_f64() * 1000.0);
-    }
+    let samples = ban_latencies(&daemon, 2, 100, Duration::from_millis(23));
     let rate = (written.load(Ordering::Relaxed) - before) as f64 / began.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
-    samples.sort_by(f64::total_cmp);
     let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
     let note = format!(
         "100 samples while the busy jail's log got {:.0}k lines/s",
         rate / 1000.0
     );
-    figures.push(Figure {
-        name: "ban latency p50 under load",
-        value: p50,
-        unit: "ms",
-        target: "<= 1",
-        met: Some(p50 <= 1.0),
-        note: note.clone(),
-    });
-    figures.push(Figure {
-        name: "ban latency p99 under load",
-        value: p99,
-        unit: "ms",
-        target: "<= 2",
-        met: Some(p99 <= 2.0),
+    figures.push(Figure::ms_at_most(
+        "ban latency p50 under load",
+        p50,
+        "<= 1",
+        1.0,
+        note.clone(),
+    ));
+    figures.push(Figure::ms_at_most(
+        "ban latency p99 under load",
+        p99,
+        "<= 2",
+        2.0,
         note,
-    });
+    ));
 }
 
 fn burst(figures: &mut Vec<Figure>) {
@@ -333,39 +322,45 @@ fn burst(figures: &mut Vec<Figure>) {
     });
 }
 
+/// `n` active bans of `jail` banned at `at` for an hour: 10.x.y.z addresses from 10.<first>.
+fn stored_bans(jail: &str, n: u32, first: u8, at: SystemTime) -> Vec<StoredBan> {
+    (0..n)
+        .map(|i| StoredBan {
+            jail: jail.into(),
+            net: IpAddr::from([10, first + (i >> 16) as u8, (i >> 8) as u8, i as u8]).into(),
+            banned_at: at,
+            time: BanTime::Finite(Duration::from_secs(3600)),
+            count: 1,
+            reason: "bench".into(),
+            origin: banctl::ban::Origin::Failures,
+        })
+        .collect()
+}
+
+/// Starts the daemon on `dir` (its store holding bans of `jail`, the kernel empty) and
+/// returns it with the seconds until `jail`'s sets are in the kernel: the layout and the
+/// restored bans are one batch, so the moment the set exists all of them are in.
+fn timed_restore(fw: &mut Firewall, dir: PathBuf, jail: &str, limit: Duration) -> (Daemon, f64) {
+    let start = Instant::now();
+    let daemon = Daemon::spawn(dir);
+    while !fw.jails_in_kernel().unwrap().iter().any(|j| j == jail) {
+        assert!(start.elapsed() < limit, "no restore within {limit:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    (daemon, start.elapsed().as_secs_f64())
+}
+
 fn batch_100k(figures: &mut Vec<Figure>) {
     let dir = Daemon::configure("batch", &[("bulk", ""), ("bulk2", "")]);
-    let bans = |jail: &str, at: SystemTime| -> Vec<StoredBan> {
-        (0..100_000u32)
-            .map(|i| StoredBan {
-                jail: jail.into(),
-                net: IpAddr::from([10, 3 + (i >> 16) as u8, (i >> 8) as u8, i as u8]).into(),
-                banned_at: at,
-                time: BanTime::Finite(Duration::from_secs(3600)),
-                count: 1,
-                reason: "bench".into(),
-                origin: banctl::ban::Origin::Failures,
-            })
-            .collect()
-    };
+    let bans = |jail: &str, at: SystemTime| stored_bans(jail, 100_000, 3, at);
     let mut store = Store::open(&dir.join("state")).unwrap();
     store
         .record_bans(&bans("bulk", SystemTime::now() - Duration::from_secs(600)))
         .unwrap();
     drop(store);
 
-    // The layout and the restored bans are one batch: the moment the set exists, all are in.
     let mut fw = Firewall::open().unwrap();
-    let start = Instant::now();
-    let daemon = Daemon::spawn(dir);
-    while !fw.jails_in_kernel().unwrap().iter().any(|j| j == "bulk") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no restore within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let restore = start.elapsed().as_secs_f64();
+    let (daemon, restore) = timed_restore(&mut fw, dir, "bulk", Duration::from_secs(30));
     let start = Instant::now();
     let listed = fw.list("bulk").unwrap();
     let dump = start.elapsed().as_secs_f64();
@@ -416,33 +411,13 @@ fn batch_100k(figures: &mut Vec<Figure>) {
 fn restore_1m(figures: &mut Vec<Figure>) {
     const N: u32 = 1_000_000;
     let dir = Daemon::configure("restore1m", &[("huge", "")]);
-    let at = SystemTime::now() - Duration::from_secs(600);
-    let bans: Vec<StoredBan> = (0..N)
-        .map(|i| StoredBan {
-            jail: "huge".into(),
-            net: IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]).into(),
-            banned_at: at,
-            time: BanTime::Finite(Duration::from_secs(3600)),
-            count: 1,
-            reason: "bench".into(),
-            origin: banctl::ban::Origin::Failures,
-        })
-        .collect();
+    let bans = stored_bans("huge", N, 0, SystemTime::now() - Duration::from_secs(600));
     let mut store = Store::open(&dir.join("state")).unwrap();
     store.record_bans(&bans).unwrap();
     drop(store);
     drop(bans);
     let mut fw = Firewall::open().unwrap();
-    let start = Instant::now();
-    let daemon = Daemon::spawn(dir);
-    while !fw.jails_in_kernel().unwrap().iter().any(|j| j == "huge") {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no restore within 120 s"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let restore = start.elapsed().as_secs_f64();
+    let (daemon, restore) = timed_restore(&mut fw, dir, "huge", Duration::from_secs(120));
     let listed = fw.list("huge").unwrap().len();
     assert_eq!(listed, N as usize);
     figures.push(Figure {

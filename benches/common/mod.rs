@@ -47,6 +47,24 @@ pub struct Figure {
 }
 
 impl Figure {
+    /// A figure in milliseconds whose target is at most `limit`.
+    pub fn ms_at_most(
+        name: &'static str,
+        value: f64,
+        target: &'static str,
+        limit: f64,
+        note: String,
+    ) -> Figure {
+        Figure {
+            name,
+            value,
+            unit: "ms",
+            target,
+            met: Some(value <= limit),
+            note,
+        }
+    }
+
     pub fn print(&self) {
         let verdict = match self.met {
             Some(true) => "meets target",

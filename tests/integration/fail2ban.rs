@@ -722,6 +722,43 @@ fn fail2ban_filter_names_are_found_in_its_directory() {
     }
 }
 
+/// Adds `name` to `same` when both sides found the same hosts, else a line showing both to
+/// `differ`.
+fn tally(
+    name: &str,
+    (left, ours): (&str, &[String]),
+    (right, theirs): (&str, &[String]),
+    same: &mut Vec<String>,
+    differ: &mut Vec<String>,
+) {
+    if ours == theirs {
+        same.push(name.to_owned());
+    } else {
+        differ.push(format!(
+            "  {name}: {left:<8} {ours:?}\n  {:width$}  {right:<8} {theirs:?}",
+            "",
+            width = name.len()
+        ));
+    }
+}
+
+/// The hosts `banctl test` reports on `log` with `filter`, line by line (addresses only).
+fn banctl_hosts(log: &Path, filter: &Path) -> Vec<String> {
+    stdout_of(
+        Command::new(env!("CARGO_BIN_EXE_banctl"))
+            .arg("test")
+            .arg(log)
+            .arg(filter)
+            .args(["--json", "--usedns", "warn"]),
+    )
+    .lines()
+    .map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        v["host"].as_str().unwrap().to_owned()
+    })
+    .collect()
+}
+
 /// The built-in filters' fixture lines (written by this team from each service's real
 /// format: hits, misses and hostile lines) through the built-in filter and through Debian's
 /// stock filter of the same name, side by side: how many stock filters report the same hosts
@@ -772,47 +809,21 @@ fn builtin_fixtures_through_the_stock_filters_of_the_same_name() {
         let hosts =
             |found: Failures| -> Vec<String> { found.into_iter().map(|(h, _)| h).collect() };
         let theirs = hosts(fail2ban_regex(&root, &log, &stock));
-        let ours: Vec<String> = stdout_of(
-            Command::new(env!("CARGO_BIN_EXE_banctl"))
-                .arg("test")
-                .arg(&log)
-                .arg(name)
-                .args(["--json", "--usedns", "warn"]),
-        )
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["host"].as_str().unwrap().to_owned()
-        })
-        .collect();
+        let ours = banctl_hosts(&log, Path::new(name.as_str()));
         // banctl reading the stock file itself: the same hosts as fail2ban, line for line.
-        let read: Vec<String> = stdout_of(
-            Command::new(env!("CARGO_BIN_EXE_banctl"))
-                .arg("test")
-                .arg(&log)
-                .arg(&stock)
-                .args(["--json", "--usedns", "warn"]),
-        )
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["host"].as_str().unwrap().to_owned()
-        })
-        .collect();
+        let read = banctl_hosts(&log, &stock);
         let addresses: Vec<String> = theirs
             .iter()
             .filter(|h| h.parse::<std::net::IpAddr>().is_ok())
             .cloned()
             .collect();
-        if read == addresses {
-            same_reading.push(name.clone());
-        } else {
-            reading_differs.push(format!(
-                "  {name}: banctl {read:?}\n  {:width$}  fail2ban {addresses:?}",
-                "",
-                width = name.len()
-            ));
-        }
+        tally(
+            name,
+            ("banctl", &read),
+            ("fail2ban", &addresses),
+            &mut same_reading,
+            &mut reading_differs,
+        );
         // The built-in never takes the address an attacker planted (fail2ban's stock
         // asterisk, courier and dovecot filters do, on these lines).
         assert!(
@@ -820,15 +831,13 @@ fn builtin_fixtures_through_the_stock_filters_of_the_same_name() {
             "{name}: the built-in reports the planted address: {ours:?}"
         );
         compared += 1;
-        if ours == theirs {
-            agree.push(name.clone());
-        } else {
-            differ.push(format!(
-                "  {name}: built-in {ours:?}\n  {:width$}  stock   {theirs:?}",
-                "",
-                width = name.len()
-            ));
-        }
+        tally(
+            name,
+            ("built-in", &ours),
+            ("stock", &theirs),
+            &mut agree,
+            &mut differ,
+        );
     }
     println!(
         "{} of {compared} stock filter files read by banctl report the same hosts as fail2ban-regex on this team's sample lines for them: {}",

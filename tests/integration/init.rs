@@ -8,8 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::daemon::{BIN, Scratch};
-
-const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
+use crate::journal::{Entry, can_write_journals, write_journal};
 
 fn put(root: &Path, path: &str, text: &str) {
     let full = root.join(path.trim_start_matches('/'));
@@ -21,29 +20,21 @@ fn put(root: &Path, path: &str, text: &str) {
 fn journal(root: &Path, entries: &[(&str, &str)]) {
     let dir = root.join("var/log/journal/0123456789abcdef0123456789abcdef");
     std::fs::create_dir_all(&dir).unwrap();
-    let mut export = String::new();
-    for (i, (unit, ident)) in entries.iter().enumerate() {
-        let at = 1_764_500_000_000_000u64 + i as u64;
-        export.push_str(&format!(
-            "__REALTIME_TIMESTAMP={at}\n__MONOTONIC_TIMESTAMP={at}\n\
-             _BOOT_ID=fedcba9876543210fedcba9876543210\n_SYSTEMD_UNIT={unit}\n\
-             SYSLOG_IDENTIFIER={ident}\n_PID={}\nMESSAGE=hello\n\n",
-            100 + i
-        ));
-    }
-    let file = root.join("export");
-    std::fs::write(&file, export).unwrap();
-    let out = Command::new(JOURNAL_REMOTE)
-        .arg(format!("--output={}", dir.join("system.journal").display()))
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let entries: Vec<Entry<'_>> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, (unit, ident))| Entry {
+            at_us: 1_764_500_000_000_000 + i as u128,
+            unit,
+            ident,
+            message: "hello",
+        })
+        .collect();
+    write_journal(
+        &dir.join("system.journal"),
+        "fedcba9876543210fedcba9876543210",
+        &entries,
     );
-    std::fs::remove_file(file).unwrap();
 }
 
 fn container(
@@ -153,12 +144,7 @@ ports = [8096]
 
 #[test]
 fn init_writes_one_jail_per_service_found_with_its_evidence() {
-    if !Path::new(JOURNAL_REMOTE).exists() {
-        assert!(
-            std::env::var_os("BANCTL_REQUIRE_NETNS").is_none(),
-            "{JOURNAL_REMOTE} is missing (cargo xtask test installs systemd-journal-remote)"
-        );
-        eprintln!("SKIPPED: {JOURNAL_REMOTE} is missing");
+    if !can_write_journals() {
         return;
     }
     let scratch = Scratch::new("init");

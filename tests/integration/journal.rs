@@ -10,6 +10,59 @@ use crate::netns;
 
 const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
 
+/// One journal entry as a test writes it.
+pub struct Entry<'a> {
+    /// Microseconds since the epoch.
+    pub at_us: u128,
+    pub unit: &'a str,
+    pub ident: &'a str,
+    pub message: &'a str,
+}
+
+/// Whether `systemd-journal-remote` is there to write journal files; without it a journal
+/// test is skipped, loudly, unless tests must run (`cargo xtask test` installs it).
+pub fn can_write_journals() -> bool {
+    if Path::new(JOURNAL_REMOTE).exists() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("BANCTL_REQUIRE_NETNS").is_none(),
+        "{JOURNAL_REMOTE} is missing (cargo xtask test installs systemd-journal-remote)"
+    );
+    eprintln!("SKIPPED: {JOURNAL_REMOTE} is missing");
+    false
+}
+
+/// Appends `entries` to the journal file `file` (through export format and
+/// systemd-journal-remote), each with a process id of its own.
+pub fn write_journal(file: &Path, boot: &str, entries: &[Entry<'_>]) {
+    let mut export = String::new();
+    for (i, e) in entries.iter().enumerate() {
+        export.push_str(&format!(
+            "__REALTIME_TIMESTAMP={at}\n__MONOTONIC_TIMESTAMP={at}\n_BOOT_ID={boot}\n\
+             _SYSTEMD_UNIT={}\nSYSLOG_IDENTIFIER={}\n_PID={}\nMESSAGE={}\n\n",
+            e.unit,
+            e.ident,
+            1000 + i,
+            e.message,
+            at = e.at_us,
+        ));
+    }
+    let source = file.with_extension("export");
+    std::fs::write(&source, export).unwrap();
+    let out = Command::new(JOURNAL_REMOTE)
+        .arg(format!("--output={}", file.display()))
+        .arg(&source)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&source).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Appends entries to `<dir>/test.journal`: (seconds ago, unit, sshd message).
 fn write_entries(dir: &Path, entries: &[(u64, &str, String)]) {
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -17,29 +70,16 @@ fn write_entries(dir: &Path, entries: &[(u64, &str, String)]) {
         .trim()
         .replace('-', "");
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let mut export = String::new();
-    for (i, (ago, unit, message)) in entries.iter().enumerate() {
-        let at = now - Duration::from_secs(*ago);
-        export.push_str(&format!(
-            "__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={}\n_BOOT_ID={boot}\n\
-             _SYSTEMD_UNIT={unit}\nSYSLOG_IDENTIFIER=sshd\n_PID={}\nMESSAGE={message}\n\n",
-            at.as_micros(),
-            at.as_micros(),
-            1000 + i
-        ));
-    }
-    let file = dir.join("batch.export");
-    std::fs::write(&file, export).unwrap();
-    let out = Command::new(JOURNAL_REMOTE)
-        .arg(format!("--output={}", dir.join("test.journal").display()))
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let entries: Vec<Entry<'_>> = entries
+        .iter()
+        .map(|(ago, unit, message)| Entry {
+            at_us: (now - Duration::from_secs(*ago)).as_micros(),
+            unit,
+            ident: "sshd",
+            message,
+        })
+        .collect();
+    write_journal(&dir.join("test.journal"), &boot, &entries);
 }
 
 fn invalid_user(addr: &str) -> String {
