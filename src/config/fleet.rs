@@ -305,13 +305,7 @@ impl Context<'_> {
         .filter_map(|(k, v)| v.map(|v| (k, v)))
         .collect();
         for (k, v) in &given {
-            if !v.get_ref().starts_with('/') {
-                self.error(
-                    v.span(),
-                    *k,
-                    "must be an absolute path (a file, never the secret itself)",
-                );
-            }
+            self.secret_file(v, *k);
         }
         if given.len() > 1 {
             for (k, v) in &given[1..] {

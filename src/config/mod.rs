@@ -474,6 +474,17 @@ impl Context<'_> {
         &self.files[0].path
     }
 
+    /// Checks that a key naming a file with a secret names it by its absolute path.
+    fn secret_file(&mut self, v: &Spanned<String>, key: impl Into<String>) {
+        if !v.get_ref().starts_with('/') {
+            self.error(
+                v.span(),
+                key,
+                "must be an absolute path (a file, never the secret itself)",
+            );
+        }
+    }
+
     fn error(&mut self, span: Range<usize>, key: impl Into<String>, message: impl fmt::Display) {
         let file = self
             .files
@@ -875,13 +886,7 @@ impl Context<'_> {
         };
         let credentials = match (&raw.user, &raw.password_file) {
             (Some(user), Some(file)) => {
-                if !file.get_ref().starts_with('/') {
-                    self.error(
-                        file.span(),
-                        key("password_file"),
-                        "must be an absolute path (a file, never the secret itself)",
-                    );
-                }
+                self.secret_file(file, key("password_file"));
                 Some((user.get_ref().clone(), PathBuf::from(file.get_ref())))
             }
             (Some(user), None) => {

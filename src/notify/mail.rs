@@ -70,12 +70,7 @@ pub fn server(text: &str) -> Result<(String, u16), MailConfigError> {
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    let valid = !host.is_empty()
-        && port != 0
-        && (host.parse::<IpAddr>().is_ok()
-            || host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+    let valid = port != 0 && (host.parse::<IpAddr>().is_ok() || crate::addr::is_host_name(host));
     if valid {
         Ok((host.to_owned(), port))
     } else {
@@ -240,11 +235,7 @@ pub async fn send(
 }
 
 fn hello_name(hostname: &str) -> ClientId {
-    if !hostname.is_empty()
-        && hostname
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-    {
+    if crate::addr::is_host_name(hostname) {
         ClientId::Domain(hostname.to_owned())
     } else {
         ClientId::Domain("localhost".to_owned())
