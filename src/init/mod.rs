@@ -118,7 +118,7 @@ impl Survey {
 
     /// The files a glob on the surveyed system matches now.
     fn files(&self, pattern: &str) -> Vec<PathBuf> {
-        let full = format!("{}{pattern}", self.root_prefix());
+        let full = under(&self.root, pattern);
         let mut files: Vec<PathBuf> = glob::glob(&full)
             .map(|paths| {
                 paths
@@ -129,12 +129,6 @@ impl Survey {
             .unwrap_or_default();
         files.sort();
         files
-    }
-
-    /// The root as a prefix of absolute paths (empty for `/`).
-    fn root_prefix(&self) -> String {
-        let root = self.root.to_string_lossy();
-        root.trim_end_matches('/').to_owned()
     }
 
     fn in_journal(&self, s: &Service) -> Vec<String> {
@@ -155,14 +149,17 @@ impl Survey {
     }
 }
 
+/// `path` (absolute on the surveyed system) under `root`, as text (globs stay globs).
+fn under(root: &Path, path: &str) -> String {
+    format!("{}{path}", root.to_string_lossy().trim_end_matches('/'))
+}
+
 fn read(root: &Path, path: &str) -> String {
-    let full = format!("{}{path}", root.to_string_lossy().trim_end_matches('/'));
-    std::fs::read_to_string(full).unwrap_or_default()
+    std::fs::read_to_string(under(root, path)).unwrap_or_default()
 }
 
 fn unit_state(root: &Path, unit: &str) -> Option<UnitState> {
-    let prefix = root.to_string_lossy().trim_end_matches('/').to_owned();
-    let wanted = format!("{prefix}/etc/systemd/system/*.wants/{unit}");
+    let wanted = under(root, &format!("/etc/systemd/system/*.wants/{unit}"));
     if glob::glob(&wanted).is_ok_and(|mut m| m.any(|p| p.is_ok())) {
         return Some(UnitState::Enabled);
     }
@@ -172,7 +169,7 @@ fn unit_state(root: &Path, unit: &str) -> Option<UnitState> {
         "/usr/lib/systemd/system",
     ]
     .iter()
-    .any(|dir| Path::new(&format!("{prefix}{dir}/{unit}")).exists())
+    .any(|dir| Path::new(&under(root, &format!("{dir}/{unit}"))).exists())
     .then_some(UnitState::Installed)
 }
 
@@ -281,8 +278,7 @@ fn hex_v6(hex: &str) -> Option<Ipv6Addr> {
 
 /// Docker's containers under the root.
 fn containers(root: &Path) -> Vec<Container> {
-    let prefix = root.to_string_lossy().trim_end_matches('/').to_owned();
-    let dir = format!("{prefix}/var/lib/docker/containers");
+    let dir = under(root, "/var/lib/docker/containers");
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Vec::new();
     };
@@ -372,7 +368,8 @@ pub fn plan(survey: &Survey) -> (Vec<JailPlan>, Vec<Unprotected>) {
     let mut unprotected = Vec::new();
     for s in SERVICES {
         let mut evidence = Vec::new();
-        let mut enabled_unit = false;
+        let (mut enabled_unit, mut running_container) = (false, false);
+        let unit_found = s.units.iter().any(|u| survey.units.contains_key(*u));
         for unit in s.units {
             match survey.units.get(*unit) {
                 Some(UnitState::Enabled) => {
@@ -410,9 +407,13 @@ pub fn plan(survey: &Survey) -> (Vec<JailPlan>, Vec<Unprotected>) {
                 let source = c.mounts.get(v.mount)?;
                 Some(format!("{}/{}", source.trim_end_matches('/'), v.pattern))
             });
+            running_container |= c.running;
+            let found = log
+                .as_deref()
+                .map_or(0, |pattern| survey.files(pattern).len());
             match log {
-                Some(pattern) if !survey.files(&pattern).is_empty() => {
-                    evidence.push(found_files(&pattern, survey.files(&pattern).len()));
+                Some(pattern) if found > 0 => {
+                    evidence.push(found_files(&pattern, found));
                     logpath.push(pattern);
                 }
                 _ => unprotected.push(Unprotected {
@@ -430,14 +431,10 @@ pub fn plan(survey: &Survey) -> (Vec<JailPlan>, Vec<Unprotected>) {
         }
         // A unit installed but not enabled outweighs a log file (mail.log is shared): the
         // jail is written disabled.
-        let unit_found = evidence.iter().any(|e| e.starts_with("unit "));
         let seen = enabled_unit
             || !journal.is_empty()
             || (!logpath.is_empty() && !unit_found)
-            || survey
-                .containers
-                .iter()
-                .any(|c| c.running && s.images.iter().any(|i| c.image.contains(i)));
+            || running_container;
         let installed = !evidence.is_empty();
         if !seen && !installed {
             continue;
