@@ -358,10 +358,9 @@ impl Config {
         match config {
             Some(config) if cx.errors.is_empty() => Ok(config),
             _ => {
-                cx.errors.sort_by(|a, b| {
-                    (texts.iter().position(|t| t.path == a.file), a.line)
-                        .cmp(&(texts.iter().position(|t| t.path == b.file), b.line))
-                });
+                // File by file in reading order, then by line.
+                cx.errors
+                    .sort_by_cached_key(|d| (texts.iter().position(|t| t.path == d.file), d.line));
                 Err(ConfigError::Invalid(cx.errors))
             }
         }

@@ -281,15 +281,16 @@ pub fn import(dir: &Path, inline: bool) -> Result<Import, Fail2banError> {
         if get("ignorecommand").is_some_and(|c| !c.is_empty()) {
             skip("ignorecommand — banctl runs no command to decide; use ignoreip");
         }
-        if let Some(p) = ini
-            .keys(name)
+        // The jail's own keys (not those it inherits from [DEFAULT]).
+        let own = ini.keys(name);
+        if let Some(p) = own
             .contains(&"datepattern")
             .then(|| get("datepattern"))
             .flatten()
         {
             emit!(body, "datepattern = {}", quote(&p));
         }
-        if ini.keys(name).contains(&"usedns") {
+        if own.contains(&"usedns") {
             match get("usedns").as_deref() {
                 Some("yes") => emit!(body, "usedns = \"yes\""),
                 Some("no") => emit!(body, "usedns = \"no\""),
@@ -306,7 +307,7 @@ pub fn import(dir: &Path, inline: bool) -> Result<Import, Fail2banError> {
                 .iter()
                 .any(|k| ini.raw(name, k).is_some_and(|v| v.contains(&needle)))
         };
-        for key in ini.keys(name) {
+        for key in own {
             let why = match not_carried(key) {
                 Some(why) => why,
                 None if KNOWN.contains(&key) || key.starts_with("action_") => continue,
