@@ -7,7 +7,7 @@ mod common;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime};
 
 use banctl::duration::BanTime;
@@ -56,17 +56,7 @@ impl Daemon {
     }
 
     fn spawn(dir: PathBuf) -> Daemon {
-        let child = Command::new(BIN)
-            .args(["daemon", "--config"])
-            .arg(dir.join("banctl.toml"))
-            .env(
-                "BANCTL_LOG",
-                std::env::var("BANCTL_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start daemon");
+        let child = common::spawn_daemon(Command::new(BIN), &dir.join("banctl.toml"));
         Daemon { child, dir }
     }
 

@@ -121,7 +121,7 @@ impl Daemon {
             log.display()
         );
         std::fs::write(dir.join("banctl.toml"), config).unwrap();
-        let mut command = match wrapper {
+        let command = match wrapper {
             Some(peer) => {
                 let mut c = Command::new("nsenter");
                 c.args(["-t", &peer.pid(), "-n"]).arg(BIN);
@@ -129,17 +129,7 @@ impl Daemon {
             }
             None => Command::new(BIN),
         };
-        let child = command
-            .args(["daemon", "--config"])
-            .arg(dir.join("banctl.toml"))
-            .env(
-                "BANCTL_LOG",
-                std::env::var("BANCTL_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let child = common::spawn_daemon(command, &dir.join("banctl.toml"));
         Daemon { child, dir }
     }
 

@@ -224,6 +224,26 @@ pub fn failures(addr: std::net::IpAddr, n: usize, out: &mut String) {
     }
 }
 
+/// Starts `banctl daemon --config CONFIG` through `command` (the binary itself, or a
+/// wrapper that runs it in another namespace), logging at `BANCTL_BENCH_LOG` (warn).
+pub fn spawn_daemon(
+    mut command: std::process::Command,
+    config: &std::path::Path,
+) -> std::process::Child {
+    use std::process::Stdio;
+    command
+        .args(["daemon", "--config"])
+        .arg(config)
+        .env(
+            "BANCTL_LOG",
+            std::env::var("BANCTL_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the daemon")
+}
+
 /// Appends `text` in one write, as a logging daemon would.
 pub fn append(path: &std::path::Path, text: &str) {
     use std::io::Write;
