@@ -483,6 +483,19 @@ enum DateKind {
     None,
 }
 
+impl std::fmt::Display for DateKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DateKind::Found(format) => format.fmt(f),
+            DateKind::Journal => f.write_str("journal entry time"),
+            DateKind::None => f.write_str("(no date)"),
+        }
+    }
+}
+
+/// How much of a log `banctl test` reads at a time.
+const BLOCK: usize = 1 << 20;
+
 /// `systemd-journal` (or `systemd-journal[journalpath=DIR]`) as LOG, as fail2ban-regex takes
 /// it: the entries `--journalmatch` selects, else the filter's `journalmatch`, else all.
 fn journal_input(
@@ -528,7 +541,7 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
     use banctl::filter::date::Dates;
     use banctl::filter::{DatePattern, Report, Verdict};
     use std::collections::BTreeMap;
-    use std::io::{BufRead, Write};
+    use std::io::{Read, Write};
 
     let banctl::filter_spec::Resolved {
         filter,
@@ -578,13 +591,13 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
         });
     }
     let journal = journal_input(input, options, journalmatch.as_deref())?;
-    let reader: Box<dyn BufRead> = if journal.is_some() {
+    let reader: Box<dyn Read> = if journal.is_some() {
         Box::new(std::io::empty())
     } else if input == "-" {
-        Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin()))
+        Box::new(std::io::stdin())
     } else if path.is_file() {
         let file = std::fs::File::open(path).with_context(|| format!("opening {input}"))?;
-        Box::new(std::io::BufReader::with_capacity(1 << 20, file))
+        Box::new(file)
     } else {
         Box::new(std::io::Cursor::new(input.as_bytes().to_vec()))
     };
@@ -610,13 +623,21 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
     let mut formats: Vec<(DateKind, usize)> = Vec::new();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut number = 0usize;
-    let mut examine = |line: &str, stamped: Option<std::time::SystemTime>| -> Result<(), Failure> {
-        number += 1;
+    // Dates are read where they are shown: the JSON output dates failures, the summary
+    // counts the formats of the lines a failregex matched (and names the first line's when
+    // none did).
+    let mut first_line_date = None;
+    let mut examine = |number: usize,
+                       line: &str,
+                       stamped: Option<std::time::SystemTime>|
+     -> Result<(), Failure> {
         let verdict = report.add(&filter, line);
-        // The JSON output dates matched lines only; the summary counts every line's format.
-        let date = if options.json && !matches!(verdict, Verdict::Matched(_) | Verdict::Name { .. })
-        {
+        let wanted = if options.json {
+            matches!(verdict, Verdict::Matched(_) | Verdict::Name { .. })
+        } else {
+            verdict != Verdict::Missed || number == 1
+        };
+        let date = if !wanted {
             None
         } else {
             match stamped {
@@ -629,16 +650,21 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
                 None => dates.find(line, now),
             }
         };
-        if !options.json {
+        if !options.json && wanted {
             let format = match stamped {
                 Some(_) => DateKind::Journal,
                 None => date
                     .as_ref()
                     .map_or(DateKind::None, |d| DateKind::Found(d.format)),
             };
-            match formats.iter_mut().find(|(f, _)| *f == format) {
-                Some((_, n)) => *n += 1,
-                None => formats.push((format, 1)),
+            if number == 1 {
+                first_line_date = Some(format);
+            }
+            if verdict != Verdict::Missed {
+                match formats.iter_mut().find(|(f, _)| *f == format) {
+                    Some((_, n)) => *n += 1,
+                    None => formats.push((format, 1)),
+                }
             }
         }
         let shown = match verdict {
@@ -738,14 +764,22 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
         shown.context("writing the output")?;
         Ok(())
     };
+    // Lines the filter says no pattern can match are counted as missed without a look, unless
+    // missed lines are printed.
+    let every_line = options.print_missed || options.verbose;
+    let mut skipped = 0usize;
     match &journal {
         Some(spec) => {
             let mut failed = None;
-            banctl::source::journal::read_all(spec, |text, at| match examine(&text, Some(at)) {
-                Ok(()) => true,
-                Err(e) => {
-                    failed = Some(e);
-                    false
+            let mut number = 0;
+            banctl::source::journal::read_all(spec, |text, at| {
+                number += 1;
+                match examine(number, &text, Some(at)) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
                 }
             })
             .context("reading the journal")?;
@@ -755,26 +789,65 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
         }
         None => {
             let mut reader = reader;
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                if reader
-                    .read_until(b'\n', &mut buf)
-                    .context("reading the input")?
-                    == 0
-                {
-                    break;
-                }
-                // Invalid UTF-8 is replaced, never skipped, as the daemon does; valid text is
-                // not copied.
-                let text = match std::str::from_utf8(&buf) {
-                    Ok(text) => std::borrow::Cow::Borrowed(text),
-                    Err(_) => String::from_utf8_lossy(&buf),
+            let mut number = 0;
+            let mut block = Vec::with_capacity(BLOCK + 4096);
+            let mut done = false;
+            while !done {
+                // Whole lines only: a partial last line waits for the next read.
+                let kept = block.len();
+                block.resize(kept + BLOCK, 0);
+                let n = loop {
+                    match reader.read(&mut block[kept..]) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        read => break read.context("reading the input")?,
+                    }
                 };
-                examine(text.trim_end_matches(['\n', '\r']), None)?;
+                block.truncate(kept + n);
+                done = n == 0;
+                let end = if done {
+                    if block.last().is_some_and(|b| *b != b'\n') {
+                        block.push(b'\n');
+                    }
+                    block.len()
+                } else {
+                    match memchr::memrchr(b'\n', &block) {
+                        Some(nl) => nl + 1,
+                        None => continue,
+                    }
+                };
+                let whole = &block[..end];
+                let mut from = 0;
+                while from < end {
+                    let at = match every_line {
+                        true => Some(from),
+                        false => filter.next_candidate(whole, from),
+                    }
+                    .unwrap_or(end);
+                    let start =
+                        memchr::memrchr(b'\n', &whole[from..at]).map_or(from, |i| from + i + 1);
+                    let unseen = memchr::memchr_iter(b'\n', &whole[from..start]).count();
+                    number += unseen;
+                    skipped += unseen;
+                    if at == end {
+                        break;
+                    }
+                    let stop = memchr::memchr(b'\n', &whole[at..]).map_or(end, |i| at + i);
+                    number += 1;
+                    // Invalid UTF-8 is replaced, never skipped, as the daemon does; valid
+                    // text is not copied.
+                    let raw = &whole[start..stop];
+                    let text = match std::str::from_utf8(raw) {
+                        Ok(text) => std::borrow::Cow::Borrowed(text),
+                        Err(_) => String::from_utf8_lossy(raw),
+                    };
+                    examine(number, text.trim_end_matches(['\n', '\r']), None)?;
+                    from = stop + 1;
+                }
+                block.drain(..end);
             }
         }
     }
+    report.add_missed(skipped);
     if !options.json {
         if options.print_matched || options.print_missed || options.print_ignored || options.verbose
         {
@@ -795,18 +868,16 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
             report.render(&filter)
         )
         .context("writing the output")?;
-        writeln!(out, "\nDates:").context("writing the output")?;
-        let named: BTreeMap<String, usize> = formats
-            .iter()
-            .map(|(f, n)| {
-                let name = match f {
-                    DateKind::Found(f) => f.to_string(),
-                    DateKind::Journal => "journal entry time".to_owned(),
-                    DateKind::None => "(no date)".to_owned(),
-                };
-                (name, *n)
-            })
-            .collect();
+        if formats.is_empty() {
+            let first = first_line_date.map_or("(no line)".to_owned(), |d| d.to_string());
+            writeln!(out, "\nDates: no line matched; the first line's: {first}")
+                .context("writing the output")?;
+        } else {
+            writeln!(out, "\nDates of the lines a failregex matched:")
+                .context("writing the output")?;
+        }
+        let named: BTreeMap<String, usize> =
+            formats.iter().map(|(f, n)| (f.to_string(), *n)).collect();
         for (format, n) in &named {
             writeln!(out, "  [{n}] {format}").context("writing the output")?;
         }

@@ -214,15 +214,28 @@ fn fast_path_equals_capturing_engine_on_adversarial_lines() {
     }
     let per_run = total / runs.len();
     let mut rng = Rng(seed);
-    let (mut lines, mut failures, mut planted) = (0usize, 0usize, 0usize);
+    let (mut lines, mut failures, mut planted, mut examined) = (0usize, 0usize, 0usize, 0usize);
     for (name, mode, fast, seeds, edges) in &runs {
         let slow = fast.clone().one_by_one();
+        let (mut block, mut counted) = (Vec::new(), Vec::new());
         for _ in 0..per_run {
             let mut line = rng.pick(seeds).clone();
             for _ in 0..1 + rng.below(5) {
                 edit(&mut rng, &mut line, edges);
             }
+            let mut bytes = line.into_bytes();
+            if rng.below(8) == 0 {
+                // Invalid UTF-8 anywhere, even inside a character: replaced when matched.
+                let at = rng.below(bytes.len() + 1);
+                const BAD: [&[u8]; 4] = [b"\xff", b"\xe2\x80", b"\xc3", b"\x80\x80"];
+                let bad = *rng.pick(&BAD);
+                bytes.splice(at..at, bad.iter().copied());
+            }
+            let line = String::from_utf8_lossy(&bytes).into_owned();
+            block.extend_from_slice(&bytes);
+            block.push(b'\n');
             let verdict = fast.examine(&line);
+            counted.push(verdict != super::Verdict::Missed);
             assert_eq!(
                 verdict,
                 slow.examine(&line),
@@ -234,9 +247,18 @@ fn fast_path_equals_capturing_engine_on_adversarial_lines() {
                 planted += usize::from(hit.addr.to_string() == PLANTED);
             }
         }
+        let candidates = super::tests::candidate_lines(fast, &block);
+        for (i, counts) in counted.iter().enumerate() {
+            assert!(
+                !counts || candidates.contains(&i),
+                "{name} (mode {mode:?}, seed {seed}): the prefilter skipped line {i}, which a pattern matches:\n{}",
+                String::from_utf8_lossy(block.split(|b| *b == b'\n').nth(i).unwrap_or_default())
+            );
+        }
+        examined += candidates.len();
     }
     println!(
-        "{lines} adversarial lines over {} filter modes: {failures} failures, {planted} of them at the planted address (as the engine also reads them)",
+        "{lines} adversarial lines over {} filter modes: {failures} failures, {planted} of them at the planted address (as the engine also reads them); the prefilter passed {examined} lines to the automata and no line a pattern matches was skipped",
         runs.len()
     );
     assert!(

@@ -20,6 +20,7 @@ pub mod date;
 mod datepattern;
 mod file;
 mod memory;
+mod prefilter;
 mod python;
 mod report;
 mod scan;
@@ -40,6 +41,7 @@ pub use file::{
 };
 use memory::Marks;
 pub use memory::Memory;
+use prefilter::Needles;
 pub use python::python_to_rust;
 pub use report::{Names, Report, Verdict};
 use scan::{HostSplit, Scanner};
@@ -412,6 +414,8 @@ pub struct Filter {
     fail: Vec<Pattern>,
     ignore: Vec<Pattern>,
     scanner: Option<Scanner>,
+    /// The literals one of which every failregex match holds, when each pattern has them.
+    needles: Option<Needles>,
     prefix: Option<Prefix>,
     /// fail2ban's `maxlines`: the failregexes see this many lines joined ([`Memory`]).
     maxlines: usize,
@@ -446,10 +450,16 @@ impl Filter {
                 .collect(),
         );
         let sessions = fail.iter().any(Pattern::names_session);
+        let needles = fail
+            .iter()
+            .map(|p| p.anchored.as_ref())
+            .collect::<Option<Vec<&Hir>>>()
+            .and_then(Needles::new);
         Filter {
             fail,
             ignore,
             scanner,
+            needles,
             prefix: None,
             maxlines: 1,
             sessions,
@@ -476,6 +486,21 @@ impl Filter {
     /// [`Filter::find_in`] with one [`Memory`] per log is the way to match.
     pub fn remembers(&self) -> bool {
         self.maxlines > 1 || self.sessions
+    }
+
+    /// Where, at or after `from` in `block` (lines of a log, raw bytes), the next line that a
+    /// failregex may match is: the position is inside that line. Every line before it and
+    /// after `from` is one [`Filter::examine`] calls [`Verdict::Missed`], whatever its
+    /// bytes; `None` when every line from `from` on is. A filter that cannot tell (one that
+    /// [remembers](Filter::remembers), cuts dates out, or has a pattern without a required
+    /// literal) answers `from`: every line is examined.
+    pub fn next_candidate(&self, block: &[u8], from: usize) -> Option<usize> {
+        match &self.needles {
+            Some(needles) if !self.remembers() && self.prefix.is_none() => {
+                needles.next(block, from)
+            }
+            _ => (from < block.len()).then_some(from),
+        }
     }
 
     pub fn prefix(&self) -> Option<&Prefix> {
@@ -689,6 +714,7 @@ impl Filter {
     #[cfg(test)]
     pub(crate) fn one_by_one(mut self) -> Filter {
         self.scanner = None;
+        self.needles = None;
         self
     }
 
@@ -718,6 +744,20 @@ mod tests {
             fail.iter().map(|p| Pattern::fail(p).unwrap()).collect(),
             ignore.iter().map(|p| Pattern::ignore(p).unwrap()).collect(),
         )
+    }
+
+    /// The indexes of the lines of `block` ('\n'-terminated) that [`Filter::next_candidate`]
+    /// sends to be examined.
+    pub(super) fn candidate_lines(filter: &Filter, block: &[u8]) -> Vec<usize> {
+        let (mut found, mut from, mut line) = (Vec::new(), 0, 0);
+        while let Some(at) = filter.next_candidate(block, from) {
+            line += memchr::memchr_iter(b'\n', &block[from..at]).count();
+            found.push(line);
+            let end = memchr::memchr(b'\n', &block[at..]).map_or(block.len(), |n| at + n);
+            from = end + 1;
+            line += 1;
+        }
+        found
     }
 
     fn host(f: &Filter, line: &str) -> Option<String> {

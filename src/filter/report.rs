@@ -94,6 +94,13 @@ impl Report {
         self.lookups.get(name).map_or(&[], Vec::as_slice)
     }
 
+    /// Counts `n` lines that no failregex matches, unseen ([`Filter::next_candidate`] skipped
+    /// them).
+    pub fn add_missed(&mut self, n: usize) {
+        self.lines += n;
+        self.missed += n;
+    }
+
     /// Examines one line, counts it, and returns its verdict.
     pub fn add(&mut self, filter: &Filter, line: &str) -> Verdict {
         let verdict = filter.examine_in(line, &mut self.memory);
