@@ -105,7 +105,7 @@ fn source_latency(dir: &std::path::Path) -> Figure {
         let mut samples = Vec::with_capacity(SAMPLES);
         while samples.len() < SAMPLES {
             for batch in follower.next().await.unwrap() {
-                for line in &batch.lines {
+                for line in batch.lines.iter() {
                     if let Some(Outcome::Counted { .. }) = jail.on_line(line, SystemTime::now()) {
                         let start = written.recv().unwrap();
                         samples.push(start.elapsed().as_secs_f64() * 1000.0);

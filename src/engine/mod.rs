@@ -249,7 +249,13 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
                 let counters = self.jails[j].counters_mut();
                 counters.lines += batch.lines.len() as u64;
                 counters.cut += batch.cut;
-                for line in &batch.lines {
+                // Only the lines the filter may match are looked at, found many at a time.
+                let block = batch.lines.text().as_bytes();
+                let mut from = 0;
+                while let Some(at) = self.jails[j].config().filter.next_candidate(block, from) {
+                    let (i, next) = batch.lines.at(at);
+                    from = next;
+                    let line = batch.lines.get(i);
                     let jail = &mut self.jails[j];
                     let addr = match jail.examine(line) {
                         Verdict::Matched(hit) => hit.addr,

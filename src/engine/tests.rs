@@ -269,7 +269,7 @@ fn feed(engine: &mut TestEngine, jail: &str, lines: &[String], clock: &Clock) {
     let j = engine.jail_index(jail).unwrap();
     let batch = LineBatch {
         sources: vec![0],
-        lines: lines.to_vec(),
+        lines: lines.iter().collect(),
         read_at: clock.now(),
         timing: Timing::Live,
         resume: Some(("file:/dev/null".into(), "0:0:1:0:0".into())),
@@ -323,7 +323,7 @@ fn failures_reach_maxretry_and_escalate_with_the_history() {
     // Failures older than findtime never count.
     let mut old = LineBatch {
         sources: vec![0],
-        lines: fail("192.0.2.2", 3),
+        lines: fail("192.0.2.2", 3).into_iter().collect(),
         read_at: clock.now() - Duration::from_secs(3600),
         timing: Timing::Stamped,
         resume: None,
@@ -834,7 +834,7 @@ fn a_date_inside_the_message_never_dates_a_caught_up_failure() {
     let lines = vec!["app: user at Sat Nov 21 10:00:00 2020 fail 192.0.2.3".to_owned(); 3];
     let batch = LineBatch {
         sources: vec![0],
-        lines,
+        lines: lines.into_iter().collect(),
         read_at: clock.now(),
         timing: Timing::CatchUp,
         resume: None,

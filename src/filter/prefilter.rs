@@ -150,7 +150,7 @@ mod tests {
     fn the_most_telling_literals_are_chosen() {
         assert_eq!(
             needles(r"^\S+ sshd\[\d+\]: (?:Invalid|Illegal) user \S+ from \S+$").unwrap(),
-            vec!["]: Invalid u", "]: Illegal u"]
+            vec!["]: Invalid user ", "]: Illegal user "]
         );
         // A pattern that can match anything offers nothing.
         assert_eq!(needles(r"^.*$"), None);

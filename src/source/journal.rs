@@ -245,7 +245,7 @@ fn follow(
             }
             let b = batch.get_or_insert_with(|| LineBatch {
                 sources: vec![source],
-                lines: Vec::new(),
+                lines: super::Lines::new(),
                 read_at: at,
                 timing: Timing::Stamped,
                 resume: None,
@@ -255,7 +255,7 @@ fn follow(
                 b.cut += 1;
                 super::note_cut_line(&key);
             } else {
-                b.lines.push(text);
+                b.lines.push(&text);
             }
             b.resume = Some((key.clone(), cursor));
         }

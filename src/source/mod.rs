@@ -15,6 +15,7 @@
 
 mod feed;
 pub mod journal;
+mod lines;
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
@@ -31,6 +32,7 @@ use tokio::sync::mpsc;
 pub use feed::{
     Files, Journal, PathState, Positions, Running, Source, StartFrom, path_state, sandbox_hint,
 };
+pub use lines::Lines;
 
 /// Longest line passed on. A longer line is never passed on, not even cut: the cut could
 /// end inside attacker text and make it look like the end of a failure line. It is counted
@@ -65,7 +67,7 @@ pub enum Timing {
 pub struct LineBatch {
     /// Indexes of the sources (logpath patterns, then journals) these lines come from.
     pub sources: Vec<usize>,
-    pub lines: Vec<String>,
+    pub lines: Lines,
     /// When the lines were read (files) or written (journal entries).
     pub read_at: SystemTime,
     pub timing: Timing,
@@ -299,7 +301,7 @@ impl Followed {
             }
         }
         self.pos += n as u64;
-        let mut lines = Vec::new();
+        let mut lines = Lines::new();
         let cut_before = self.splitter.cut;
         self.splitter.feed(&chunk[..n], &mut lines);
         if self.splitter.cut > cut_before {
@@ -356,8 +358,8 @@ pub struct LineSplitter {
 
 impl LineSplitter {
     /// Feeds bytes; complete lines are appended to `out` (without their newline).
-    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<String>) {
-        while let Some(nl) = memchr(b'\n', bytes) {
+    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Lines) {
+        while let Some(nl) = memchr::memchr(b'\n', bytes) {
             let (line, rest) = (&bytes[..nl], &bytes[nl + 1..]);
             if self.discarding {
                 self.discarding = false;
@@ -365,10 +367,10 @@ impl LineSplitter {
                 self.partial.clear();
                 self.cut += 1;
             } else if self.partial.is_empty() {
-                out.push(to_text(line));
+                out.push_bytes(line);
             } else {
                 self.partial.extend_from_slice(line);
-                out.push(to_text(&self.partial));
+                out.push_bytes(&self.partial);
                 self.partial.clear();
             }
             bytes = rest;
@@ -402,15 +404,6 @@ impl LineSplitter {
             ..LineSplitter::default()
         }
     }
-}
-
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|b| *b == needle)
-}
-
-fn to_text(bytes: &[u8]) -> String {
-    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Follows every file matching a set of logpath patterns (globs allowed in the file name).
@@ -795,11 +788,11 @@ mod tests {
 
     fn split(chunks: &[&[u8]]) -> Vec<String> {
         let mut s = LineSplitter::default();
-        let mut out = Vec::new();
+        let mut out = Lines::new();
         for c in chunks {
             s.feed(c, &mut out);
         }
-        out
+        out.iter().map(String::from).collect()
     }
 
     #[test]
@@ -834,10 +827,11 @@ mod tests {
             for cut in (MAX_LINE - 2..MAX_LINE + 10).chain([1, 7, len / 2]) {
                 let cut = cut.min(text.len());
                 let mut s = LineSplitter::default();
-                let mut out = Vec::new();
+                let mut out = Lines::new();
                 s.feed(&text[..cut], &mut out);
                 s.feed(&text[cut..], &mut out);
                 let dropped = s.take_cut();
+                let out: Vec<&str> = out.iter().collect();
                 if len <= MAX_LINE {
                     assert_eq!(out.len(), 3, "len {len} split at {cut}");
                     assert_eq!(out[1].len(), len);

@@ -15,7 +15,11 @@ async fn collect(follower: &mut FileFollower, want: usize) -> Vec<String> {
     let mut got = Vec::new();
     while got.len() < want {
         match tokio::time::timeout(Duration::from_secs(5), follower.next()).await {
-            Ok(Ok(batches)) => got.extend(batches.into_iter().flat_map(|b: LineBatch| b.lines)),
+            Ok(Ok(batches)) => got.extend(
+                batches
+                    .into_iter()
+                    .flat_map(|b: LineBatch| b.lines.iter().map(String::from).collect::<Vec<_>>()),
+            ),
             Ok(Err(e)) => panic!("follower failed: {e}"),
             Err(_) => break,
         }
@@ -90,7 +94,10 @@ async fn batches(follower: &mut FileFollower, want: usize, wait: Duration) -> Ve
 }
 
 fn texts(batches: &[LineBatch]) -> Vec<String> {
-    batches.iter().flat_map(|b| b.lines.clone()).collect()
+    batches
+        .iter()
+        .flat_map(|b| b.lines.iter().map(String::from).collect::<Vec<_>>())
+        .collect()
 }
 
 /// The saved positions after `batches`, as the daemon would keep them.

@@ -1,0 +1,100 @@
+//! The lines of one batch as one text: no allocation per line, and a block the filters can
+//! search many lines at a time ([`crate::filter::Filter::next_candidate`]).
+
+/// Lines in one `String`, each followed by `'\n'`. A line may itself hold `'\n'` (a journal
+/// message): where each line ends is kept, never searched for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lines {
+    text: String,
+    /// Where each line ends in `text` (the offset of its separator).
+    ends: Vec<usize>,
+}
+
+impl Lines {
+    pub fn new() -> Lines {
+        Lines::default()
+    }
+
+    /// Appends a line.
+    pub fn push(&mut self, line: &str) {
+        self.text.push_str(line);
+        self.ends.push(self.text.len());
+        self.text.push('\n');
+    }
+
+    /// Appends a line read as bytes, without a trailing `'\r'`; invalid UTF-8 is replaced.
+    pub fn push_bytes(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match std::str::from_utf8(line) {
+            Ok(text) => self.push(text),
+            Err(_) => self.push(&String::from_utf8_lossy(line)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Every line, separators included: the block the filters search.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Line `i`.
+    pub fn get(&self, i: usize) -> &str {
+        &self.text[self.start(i)..self.ends[i]]
+    }
+
+    fn start(&self, i: usize) -> usize {
+        match i {
+            0 => 0,
+            _ => self.ends[i - 1] + 1,
+        }
+    }
+
+    /// The line that holds byte `at` of [`Lines::text`] (its separator included): its index,
+    /// and where the next line starts.
+    pub fn at(&self, at: usize) -> (usize, usize) {
+        let i = self.ends.partition_point(|end| *end < at);
+        (i, self.ends.get(i).map_or(self.text.len(), |end| end + 1))
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> {
+        (0..self.len()).map(|i| self.get(i))
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for Lines {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Lines {
+        let mut lines = Lines::new();
+        for line in iter {
+            lines.push(line.as_ref());
+        }
+        lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_found_by_any_byte_of_them() {
+        let lines: Lines = ["ab", "", "multi\nline", "z"].into_iter().collect();
+        assert_eq!(lines.text(), "ab\n\nmulti\nline\nz\n");
+        assert_eq!(
+            lines.iter().collect::<Vec<_>>(),
+            ["ab", "", "multi\nline", "z"]
+        );
+        assert_eq!(lines.at(0), (0, 3));
+        assert_eq!(lines.at(2), (0, 3));
+        assert_eq!(lines.at(3), (1, 4));
+        // The newline inside a journal message belongs to its line.
+        assert_eq!(lines.at(9), (2, 15));
+        assert_eq!(lines.at(15), (3, 17));
+    }
+}
