@@ -639,6 +639,7 @@ impl Daemon {
             .zip(&routed)
             .map(|(b, r)| (b, r.as_slice()))
             .collect();
+        self.engine.set_backlog(!self.sources.lines.is_empty());
         for name in self.engine.on_lines(&round, SystemTime::now()) {
             self.resolver.ask(name);
         }

@@ -148,6 +148,9 @@ struct Unsaved {
 }
 
 /// Ban policy over an enforcer and a ledger.
+/// How long a backlog of lines may go unsaved (see [`Engine::on_lines`]).
+const SAVE_BEHIND: Duration = Duration::from_secs(1);
+
 pub struct Engine<E, L> {
     jails: Vec<Jail>,
     enforcer: E,
@@ -155,6 +158,10 @@ pub struct Engine<E, L> {
     /// How far back the ban history goes.
     history: Duration,
     unsaved: Unsaved,
+    /// More lines are queued behind the round being processed ([`Engine::set_backlog`]).
+    backlog: bool,
+    /// When a round of lines was last saved.
+    lines_saved: SystemTime,
     /// Up to when expired bans were reported.
     expiry_checked: SystemTime,
     notices: Vec<Notice>,
@@ -180,6 +187,8 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             ledger,
             history,
             unsaved: Unsaved::default(),
+            backlog: false,
+            lines_saved: now,
             expiry_checked: now,
             notices: Vec::new(),
             remote: None,
@@ -273,7 +282,8 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
                 }
             }
         }
-        if !bans.is_empty() {
+        let banned = !bans.is_empty();
+        if banned {
             self.enforce(bans, now);
         }
         // Only once their lines are processed, so a crash re-reads rather than skips.
@@ -281,8 +291,23 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             self.unsaved.positions.insert(key.clone(), position.clone());
         }
         self.touch(&touched);
-        self.save();
+        // Behind a backlog, failure windows and positions are saved together every
+        // SAVE_BEHIND at most (an address failing in many rounds is written once, a page of
+        // the store once): a crash re-reads those lines, as it would re-read one round.
+        let behind = now
+            .duration_since(self.lines_saved)
+            .is_ok_and(|d| d < SAVE_BEHIND);
+        if banned || !self.backlog || !behind {
+            self.save();
+            self.lines_saved = now;
+        }
         names
+    }
+
+    /// Says whether more lines wait behind the next round ([`Engine::on_lines`] then saves
+    /// less often).
+    pub fn set_backlog(&mut self, backlog: bool) {
+        self.backlog = backlog;
     }
 
     /// Counts a failure of `addr` at `at` in jail `j`: a ban joins `bans`, a changed failure

@@ -848,3 +848,34 @@ fn a_date_inside_the_message_never_dates_a_caught_up_failure() {
         "the failures were dated 2020"
     );
 }
+
+/// Behind a backlog, a round's failures and position wait for a later save, together: a crash
+/// then loses both (its lines are read again), never one without the other. A ban is saved at
+/// once, and the round after the backlog saves what waited.
+#[test]
+fn behind_a_backlog_failures_and_positions_are_saved_together() {
+    let clock = Clock::new();
+    let mut e = engine(config(""), &clock);
+    e.set_backlog(true);
+    feed(&mut e, "web", &fail("192.0.2.1", 2), &clock);
+    assert_eq!(e.ledger.position("file:/dev/null").unwrap(), None);
+    // A crash here: the next start has neither the two failures nor the position.
+    let (mut e, _) = restart(e, config(""), &clock);
+    feed(&mut e, "web", &fail("192.0.2.1", 1), &clock);
+    assert!(banned(&mut e, "web").is_empty());
+    assert!(e.ledger.position("file:/dev/null").unwrap().is_some());
+    // A ban is saved in its own round, backlog or not.
+    e.set_backlog(true);
+    feed(&mut e, "web", &fail("192.0.2.7", 3), &clock);
+    let saved = e.ledger.active(clock.now()).unwrap();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    let (mut e, _) = restart(e, config(""), &clock);
+    // Waiting failures are saved by the first round without a backlog.
+    e.set_backlog(true);
+    feed(&mut e, "web", &fail("192.0.2.2", 2), &clock);
+    e.set_backlog(false);
+    feed(&mut e, "web", &fail("192.0.2.3", 1), &clock);
+    let (mut e, _) = restart(e, config(""), &clock);
+    feed(&mut e, "web", &fail("192.0.2.2", 1), &clock);
+    assert_eq!(banned(&mut e, "web").len(), 2);
+}
