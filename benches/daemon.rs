@@ -354,29 +354,46 @@ fn lines(figures: &mut Vec<Figure>) {
     }
 }
 
+/// 2,000 addresses (400 IPv4, 1,600 IPv6 banned as /128) reach maxretry in one write of
+/// 1.1 MB (their 6,000 failure lines among lines no failregex matches), while `nft monitor`
+/// listens in the namespace as production monitoring would: until all 2,000 elements are in
+/// the kernel.
 fn burst(figures: &mut Vec<Figure>) {
-    let daemon = Daemon::start("burst", &[("burst", "")]);
+    let daemon = Daemon::start("burst", &[("burst", "ban_prefix = { v4 = 32, v6 = 128 }")]);
     let mut fw = Firewall::open().unwrap();
     let mut mon = Monitor::open().unwrap();
-    let mut text = String::new();
-    for i in 0..1000u32 {
-        failures(IpAddr::from([10, 2, (i >> 8) as u8, i as u8]), 3, &mut text);
-        // One address in each of 1,000 /64s: every one is its own (prefix) ban.
-        let v6 = 0x2001_0db8_0002_0000_0000_0000_0000_0001u128 | (u128::from(i) << 64);
-        failures(IpAddr::from(v6.to_be_bytes()), 3, &mut text);
-    }
+    let listener = Command::new("nft")
+        .arg("monitor")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .ok();
+    let text = burst_log();
+    std::thread::sleep(Duration::from_millis(200));
     let start = Instant::now();
     common::append(&daemon.log("burst"), &text);
     let ms = until_settled(&mut mon, start, || fw.list("burst").unwrap().len() == 2000)
         .as_secs_f64()
         * 1000.0;
+    let listening = listener.is_some();
+    if let Some(mut child) = listener {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     figures.push(Figure {
-        name: "burst: 2,000 addresses (v4+v6) banned",
+        name: "burst: 2,000 addresses (400 v4, 1,600 v6) banned",
         value: ms,
         unit: "ms",
         target: "<= 50",
         met: Some(ms <= 50.0),
-        note: "6,000 lines in one write -> all 2,000 elements in the sets".into(),
+        note: format!(
+            "6,000 failure lines in a {:.1} MB write -> all 2,000 elements in the sets; {}",
+            text.len() as f64 / 1e6,
+            if listening {
+                "nft monitor listening"
+            } else {
+                "nft not installed: no other listener"
+            }
+        ),
     });
     let (rss, cpu) = daemon.rss_and_cpu();
     figures.push(Figure {
@@ -395,6 +412,33 @@ fn burst(figures: &mut Vec<Figure>) {
         met: None,
         note: String::new(),
     });
+}
+
+/// The burst's log: three rounds of one failure of each of the 2,000 addresses, each failure
+/// followed by lines no failregex matches, 1.1 MB in all.
+fn burst_log() -> String {
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let mut text = String::with_capacity(1_200_000);
+    for round in 0..3u32 {
+        for i in 0..2000u32 {
+            let addr = if i < 400 {
+                IpAddr::from([10, 2, (i >> 8) as u8, i as u8])
+            } else {
+                let v6 = 0x2001_0db8_0002_0000_0000_0000_0000_0000u128 | u128::from(i) << 64 | 1;
+                IpAddr::from(v6.to_be_bytes())
+            };
+            failures(addr, 1, &mut text);
+            for k in 0..2 - u32::from((i + round) % 4 == 0) {
+                text.push_str(&format!(
+                    "{now} app: request {round}-{i}-{k} served for 10.3.0.{} in 3 ms\n",
+                    i % 250
+                ));
+            }
+        }
+    }
+    text
 }
 
 /// `n` active bans of `jail` banned at `at` for an hour: 10.x.y.z addresses from 10.<first>.
