@@ -1,18 +1,14 @@
-//! `cargo xtask bench`: runs the benchmark programs, compares with fail2ban where it is
-//! installed, and prints every figure as a markdown table (also saved under `target/bench/`).
+//! `cargo xtask bench`: runs the benchmark programs (banctl's own, then banctl beside fail2ban
+//! and fail2ban-rs on the same logs: `benches/peers.rs`), and prints every figure as markdown
+//! tables (also saved under `target/bench/`).
 //! Figures, not assertions: a missed target is reported, never a failure.
 
-use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::sys;
-
-/// Lines of the generated auth log handed to fail2ban-regex (it is ~100x slower).
-const FAIL2BAN_SLICE: usize = 100_000;
 
 pub fn run() -> Result<()> {
     sys::ensure_packages()?;
@@ -25,6 +21,14 @@ pub fn run() -> Result<()> {
             .env("BANCTL_NATS_SERVER", &nats)
             .current_dir(sys::workspace_root()),
     )?;
+    let (fail2ban_root, fail2ban_rs) = sys::peers()?;
+    crate::run(
+        Command::new(env!("CARGO"))
+            .args(["bench", "--bench", "peers"])
+            .env("BANCTL_FAIL2BAN_ROOT", &fail2ban_root)
+            .env("BANCTL_FAIL2BAN_RS", &fail2ban_rs)
+            .current_dir(sys::workspace_root()),
+    )?;
     let dir = sys::workspace_root().join("target/bench");
     let mut figures = Vec::new();
     for file in ["filter", "daemon", "fleet"] {
@@ -33,10 +37,11 @@ pub fn run() -> Result<()> {
         let list: Vec<Value> = serde_json::from_str(&text)?;
         figures.extend(list);
     }
-    if let Some(f) = fail2ban(&dir, &figures)? {
-        figures.extend(f);
-    }
-    let table = markdown(&figures);
+    let peers: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("peers.json"))
+            .context("reading target/bench/peers.json")?,
+    )?;
+    let table = format!("{}\n{}", peers_markdown(&peers), markdown(&figures));
     println!("\n{table}");
     std::fs::write(dir.join("summary.md"), &table)?;
     std::fs::write(
@@ -47,68 +52,37 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// fail2ban-regex with Debian's stock filters on the same logs (a slice), and the ratios.
-fn fail2ban(dir: &Path, figures: &[Value]) -> Result<Option<Vec<Value>>> {
-    let available = Command::new("fail2ban-regex")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !available {
-        println!("fail2ban-regex is not installed (apt-get install fail2ban): comparison skipped");
-        return Ok(None);
+/// banctl beside fail2ban and fail2ban-rs, measured in the same run: each figure, its target,
+/// and how many times better banctl's is (higher is better only for lines/s).
+fn peers_markdown(rows: &[Value]) -> String {
+    let mut out = String::from(
+        "| measure | fail2ban 1.0.2 | fail2ban-rs 1.5.4 | banctl | target | banctl vs fail2ban | banctl vs fail2ban-rs |\n| --- | ---: | ---: | ---: | --- | ---: | ---: |\n",
+    );
+    for row in rows {
+        let unit = row["unit"].as_str().unwrap_or("");
+        let cell = |peer: &str| match row[peer].as_f64() {
+            Some(v) => format!("{v:.3} {unit}"),
+            None => "—".to_owned(),
+        };
+        let higher_is_better = unit.ends_with("/s");
+        let ratio = |peer: &str| match (row["banctl"].as_f64(), row[peer].as_f64()) {
+            (Some(b), Some(p)) if b > 0.0 && p > 0.0 => {
+                format!("{:.1}x", if higher_is_better { b / p } else { p / b })
+            }
+            _ => "—".to_owned(),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            row["measure"].as_str().unwrap_or(""),
+            cell("fail2ban"),
+            cell("fail2ban-rs"),
+            cell("banctl"),
+            row["target"].as_str().unwrap_or(""),
+            ratio("fail2ban"),
+            ratio("fail2ban-rs"),
+        ));
     }
-    let mut out = Vec::new();
-    for (ours, log, conf) in [
-        ("filter: sshd", "auth-1M.log", "sshd.conf"),
-        (
-            "filter: nginx-botsearch",
-            "access-1M.log",
-            "nginx-botsearch.conf",
-        ),
-    ] {
-        let filter = Path::new("/etc/fail2ban/filter.d").join(conf);
-        if !filter.exists() {
-            continue;
-        }
-        let text = std::fs::read_to_string(dir.join(log))
-            .with_context(|| format!("reading the generated {log}"))?;
-        let slice: String = text
-            .lines()
-            .take(FAIL2BAN_SLICE)
-            .flat_map(|l| [l, "\n"])
-            .collect();
-        let path = dir.join(format!("slice-{log}"));
-        std::fs::write(&path, slice)?;
-        let start = Instant::now();
-        let run = Command::new("fail2ban-regex")
-            .arg(&path)
-            .arg(&filter)
-            .output()?;
-        let secs = start.elapsed().as_secs_f64();
-        let summary = String::from_utf8_lossy(&run.stdout);
-        let matched = summary
-            .lines()
-            .find(|l| l.starts_with("Lines:"))
-            .unwrap_or("")
-            .trim()
-            .to_owned();
-        let rate = FAIL2BAN_SLICE as f64 / secs / 1e6;
-        let banctl = figures
-            .iter()
-            .find(|f| f["name"].as_str().is_some_and(|n| n.starts_with(ours)))
-            .and_then(|f| f["value"].as_f64())
-            .unwrap_or(0.0);
-        out.push(
-            json!({"name": format!("fail2ban-regex: stock {conf}, same log"), "value": rate,
-            "unit": "M lines/s", "target": "-", "met": null,
-            "note": format!("{FAIL2BAN_SLICE} lines in {secs:.2} s incl. start-up; {matched}")}),
-        );
-        out.push(
-            json!({"name": format!("banctl / fail2ban, {conf}"), "value": banctl / rate,
-            "unit": "x", "target": "-", "met": null, "note": ""}),
-        );
-    }
-    Ok(Some(out))
+    out
 }
 
 fn markdown(figures: &[Value]) -> String {

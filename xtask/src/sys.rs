@@ -55,6 +55,37 @@ pub fn fail2ban_root() -> Result<PathBuf> {
     Ok(root)
 }
 
+/// The peers `cargo xtask bench` runs banctl beside: fail2ban (Debian's package unpacked, with
+/// pyinotify, which its default backend takes when present) and fail2ban-rs 1.5.4 (built with
+/// `cargo install` under `target/peers`). Returns (fail2ban's root, fail2ban-rs's binary).
+pub fn peers() -> Result<(PathBuf, PathBuf)> {
+    let root = fail2ban_root()?;
+    if !root
+        .join("usr/lib/python3/dist-packages/pyinotify.py")
+        .is_file()
+        && root != std::path::Path::new("/")
+    {
+        unpack("python3-pyinotify", &root)?;
+    }
+    let peers = workspace_root().join("target/peers");
+    let binary = peers.join("bin/fail2ban-rs");
+    if !binary.is_file() {
+        crate::run(
+            Command::new(env!("CARGO"))
+                .args([
+                    "install",
+                    "--locked",
+                    "fail2ban-rs",
+                    "--version",
+                    "1.5.4",
+                    "--root",
+                ])
+                .arg(&peers),
+        )?;
+    }
+    Ok((root, binary))
+}
+
 /// Debian's `package` downloaded (never installed) and unpacked into `root`.
 fn unpack(package: &str, root: &std::path::Path) -> Result<()> {
     let download = workspace_root().join(format!("target/{package}-deb"));
