@@ -9,6 +9,9 @@
 //!   [`fit`]: how bans are fitted to sets that hold no overlapping prefixes.
 
 use std::collections::{BTreeMap, HashSet};
+
+/// The hasher of sets of this host's own bans (a restore's million): fast, randomly seeded.
+pub(crate) type FastHash = foldhash::fast::RandomState;
 use std::time::{Duration, SystemTime};
 
 use crate::addr::IpNet;
@@ -188,12 +191,14 @@ pub fn widest_of_round<'a>(
     }
     lengths.sort_unstable();
     let nested = lengths.windows(2).any(|w| w[0].0 == w[1].0);
-    let nets: HashSet<(&str, IpNet)> = if nested {
+    // A restore holds up to a million bans, all this host's own: a fast hash, not SipHash.
+    let nets: HashSet<(&str, IpNet), FastHash> = if nested {
         bans.clone().map(|b| (b.jail.as_str(), b.net)).collect()
     } else {
-        HashSet::new()
+        HashSet::default()
     };
-    let mut seen = HashSet::new();
+    let mut seen: HashSet<(&str, IpNet), FastHash> =
+        HashSet::with_capacity_and_hasher(lengths.len(), FastHash::default());
     let mut kept = Vec::new();
     for (i, ban) in bans.enumerate() {
         let family = ban.net.is_ipv4();

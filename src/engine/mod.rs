@@ -25,7 +25,7 @@ pub use ports::{Changes, Enforcer, Ledger, SavedFailures};
 pub use remote::{Refusal, RemoteBan, RemoteCounts, RemoteLift, RemotePolicy, RemoteRound};
 
 use crate::addr::IpNet;
-use crate::ban::{Ban, Element, Origin, Overlaps, Restore, StoredBan};
+use crate::ban::{Ban, Element, FastHash, Origin, Overlaps, Restore, StoredBan};
 use crate::config::{JailConfig, UseDns};
 use crate::duration::BanTime;
 use crate::filter::Verdict;
@@ -1233,11 +1233,18 @@ fn differences(
     kernel: &BTreeMap<String, Vec<Element>>,
     now: SystemTime,
 ) -> (Vec<Restore>, Vec<StoredBan>) {
-    let in_kernel: HashSet<(&str, IpNet)> = kernel
+    // An empty kernel (after a reboot) lacks everything and holds nothing to adopt.
+    if kernel.values().all(Vec::is_empty) {
+        return (
+            stored.iter().filter_map(|b| b.to_restore(now)).collect(),
+            Vec::new(),
+        );
+    }
+    let in_kernel: HashSet<(&str, IpNet), FastHash> = kernel
         .iter()
         .flat_map(|(jail, elems)| elems.iter().map(move |e| (jail.as_str(), e.net)))
         .collect();
-    let in_store: HashSet<(&str, IpNet)> =
+    let in_store: HashSet<(&str, IpNet), FastHash> =
         stored.iter().map(|b| (b.jail.as_str(), b.net)).collect();
     let restore = stored
         .iter()
