@@ -150,6 +150,9 @@ struct Unsaved {
 /// Ban policy over an enforcer and a ledger.
 /// How long a backlog of lines may go unsaved (see [`Engine::on_lines`]).
 const SAVE_BEHIND: Duration = Duration::from_secs(1);
+/// How many changed failure windows may wait behind a backlog: a larger transaction spills
+/// the store's page cache and costs more than the commits it saves.
+const SAVE_BEHIND_WINDOWS: usize = 16 * 1024;
 
 pub struct Engine<E, L> {
     jails: Vec<Jail>,
@@ -292,12 +295,13 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         }
         self.touch(&touched);
         // Behind a backlog, failure windows and positions are saved together every
-        // SAVE_BEHIND at most (an address failing in many rounds is written once, a page of
-        // the store once): a crash re-reads those lines, as it would re-read one round.
+        // SAVE_BEHIND or SAVE_BEHIND_WINDOWS at most (an address failing in many rounds is
+        // written once, a page of the store once): a crash re-reads those lines, as it would
+        // re-read one round.
         let behind = now
             .duration_since(self.lines_saved)
             .is_ok_and(|d| d < SAVE_BEHIND);
-        if banned || !self.backlog || !behind {
+        if banned || !self.backlog || !behind || self.unsaved.windows.len() >= SAVE_BEHIND_WINDOWS {
             self.save();
             self.lines_saved = now;
         }
