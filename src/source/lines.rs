@@ -15,6 +15,14 @@ impl Lines {
         Lines::default()
     }
 
+    /// Room for about `bytes` of text.
+    pub fn with_capacity(bytes: usize) -> Lines {
+        Lines {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(bytes / 64),
+        }
+    }
+
     /// Appends a line.
     pub fn push(&mut self, line: &str) {
         self.text.push_str(line);

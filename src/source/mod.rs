@@ -266,8 +266,9 @@ impl Followed {
         }
     }
 
-    /// Reads at most [`MAX_READ`] appended bytes; `Ok(None)` when nothing new was there.
-    fn read(&mut self) -> io::Result<Option<LineBatch>> {
+    /// Reads at most [`MAX_READ`] appended bytes through `chunk` (the follower's one read
+    /// buffer); `Ok(None)` when nothing new was there.
+    fn read(&mut self, chunk: &mut Vec<u8>) -> io::Result<Option<LineBatch>> {
         let size = self.file.metadata()?.size();
         self.size = size;
         if size < self.pos || !self.head.matches(&self.file)? {
@@ -290,7 +291,8 @@ impl Followed {
         if end <= self.pos {
             return Ok(None);
         }
-        let mut chunk = vec![0u8; usize::try_from(end - self.pos).unwrap_or(0)];
+        chunk.clear();
+        chunk.resize(usize::try_from(end - self.pos).unwrap_or(0), 0);
         let mut n = 0;
         while n < chunk.len() {
             match self.file.read_at(&mut chunk[n..], self.pos + n as u64) {
@@ -301,7 +303,7 @@ impl Followed {
             }
         }
         self.pos += n as u64;
-        let mut lines = Lines::new();
+        let mut lines = Lines::with_capacity(n + self.splitter.pending());
         let cut_before = self.splitter.cut;
         self.splitter.feed(&chunk[..n], &mut lines);
         if self.splitter.cut > cut_before {
@@ -417,6 +419,8 @@ pub struct FileFollower {
     finishing: VecDeque<Followed>,
     /// Followed files with bytes left after a bounded read.
     behind: VecDeque<WatchDescriptor>,
+    /// The buffer every read goes through (at most [`MAX_READ`]).
+    chunk: Vec<u8>,
     rescan: tokio::time::Interval,
     /// The routing index of the first pattern (see [`Source`]).
     first: usize,
@@ -456,6 +460,7 @@ impl FileFollower {
             files: HashMap::new(),
             finishing: VecDeque::new(),
             behind: VecDeque::new(),
+            chunk: Vec::new(),
             rescan,
             first,
         };
@@ -621,7 +626,7 @@ impl FileFollower {
     /// Reads the next chunk of a followed file.
     fn read(&mut self, wd: &WatchDescriptor) -> Option<LineBatch> {
         let f = self.files.get_mut(wd)?;
-        let batch = match f.read() {
+        let batch = match f.read(&mut self.chunk) {
             Ok(batch) => batch,
             Err(e) => {
                 tracing::warn!(path = %f.path.display(), error = %e, "reading log file failed");
@@ -638,7 +643,7 @@ impl FileFollower {
     pub async fn next(&mut self) -> Result<Vec<LineBatch>, SourceError> {
         loop {
             if let Some(old) = self.finishing.front_mut() {
-                match old.read() {
+                match old.read(&mut self.chunk) {
                     Ok(Some(batch)) => return Ok(vec![batch]),
                     Ok(None) if old.behind() => {}
                     Ok(None) => {
