@@ -726,13 +726,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             Err(e) => return Err(self.enforcer_failed(&e)),
         };
         let read_kernel = took.elapsed();
-        let (restore, adopt) = if kernel.values().all(Vec::is_empty) {
-            // After a reboot: everything goes back, nothing to adopt, no sets to build.
-            let restore = stored.iter().filter_map(|b| b.to_restore(now)).collect();
-            (restore, Vec::new())
-        } else {
-            differences(&stored, &kernel, now)
-        };
+        let (restore, adopt) = differences(&stored, &kernel, now);
         let fitted = crate::ban::fit(&kernel, restore);
         let fit = took.elapsed();
         let rules: Vec<_> = self.jails.iter().map(|j| j.config().rules()).collect();
@@ -1237,7 +1231,8 @@ fn differences(
     kernel: &BTreeMap<String, Vec<Element>>,
     now: SystemTime,
 ) -> (Vec<Restore>, Vec<StoredBan>) {
-    // An empty kernel (after a reboot) lacks everything and holds nothing to adopt.
+    // An empty kernel (after a reboot) lacks everything and holds nothing to adopt: no sets
+    // to build.
     if kernel.values().all(Vec::is_empty) {
         return (
             stored.iter().filter_map(|b| b.to_restore(now)).collect(),
