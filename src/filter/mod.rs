@@ -934,10 +934,23 @@ mod tests {
             seed ^= seed << 17;
             (seed % n as u64) as usize
         };
+        // The same patterns without the backreference: all of them give literals to the
+        // prefilter, whose skipped lines must be lines no pattern matches.
+        let plain = filter(
+            &[
+                r"^user .* from <HOST>.*$",
+                r"^<HOST> - \S+ .*$",
+                r"denied <HOST>\b",
+                r"^\[<HOST>\]:\d+ (?:bad|worse)$",
+            ],
+            &[],
+        );
+        assert!(plain.needles.is_some() && sshd.needles.is_some());
         let (mut lines, mut hits) = (0, 0);
-        for f in [sshd, mixed] {
+        for f in [sshd, mixed, plain] {
             let slow = f.clone().one_by_one();
-            for _ in 0..20_000 {
+            let (mut block, mut matched) = (String::new(), Vec::new());
+            for i in 0..20_000 {
                 let mut line = STARTS[next(STARTS.len())].to_owned();
                 for _ in 0..next(9) {
                     line.push_str(WORDS[next(WORDS.len())]);
@@ -946,6 +959,19 @@ mod tests {
                 assert_eq!(hit, slow.find(&line), "{line}");
                 lines += 1;
                 hits += usize::from(hit.is_some());
+                if f.examine(&line) != Verdict::Missed {
+                    matched.push(i);
+                }
+                block.push_str(&line);
+                block.push('\n');
+            }
+            let candidates = candidate_lines(&f, block.as_bytes());
+            for i in matched {
+                assert!(
+                    candidates.binary_search(&i).is_ok(),
+                    "the prefilter skipped a line a pattern matches:\n{}",
+                    block.lines().nth(i).unwrap_or_default()
+                );
             }
         }
         assert!(
