@@ -211,3 +211,64 @@ fn the_journal_is_a_log_to_test() {
     assert!(out.contains("Lines: 3 in all: 3 matched"), "{out}");
     assert!(out.contains("[3] journal entry time"), "{out}");
 }
+
+/// A log larger than one read (lines of 1 KB, the last one without its newline, CRLF
+/// endings, invalid UTF-8): the lines the literal search skips are counted as missed, matches
+/// keep their line numbers across reads, and the same log on standard input gives the same.
+#[test]
+fn a_large_log_is_counted_and_numbered_across_reads() {
+    let scratch = Scratch::new("tester-large");
+    let mut text = Vec::new();
+    let pad = "x".repeat(1000);
+    for i in 0..3000u32 {
+        text.extend_from_slice(format!("Nov 30 10:00:00 web CRON[2]: noise {pad}\n").as_bytes());
+        let end: &[u8] = if i % 2 == 0 { b"\n" } else { b"\r\n" };
+        // A user name in UTF-8, and once with invalid UTF-8: replaced, the line still counts.
+        let user: &[u8] = if i == 1500 {
+            b"r\xff\xfet"
+        } else {
+            "r\u{fc}\u{fc}t".as_bytes()
+        };
+        text.extend_from_slice(
+            format!("Nov 30 10:00:01 web sshd[{i}]: Failed password for ").as_bytes(),
+        );
+        text.extend_from_slice(user);
+        text.extend_from_slice(format!(" from 192.0.2.{} port 22 ssh2", i % 250 + 1).as_bytes());
+        if i < 2999 {
+            text.extend_from_slice(end);
+        }
+    }
+    let log = scratch.path("big.log");
+    std::fs::write(&log, &text).unwrap();
+    let log = log.to_str().unwrap();
+    let (code, out, err) = banctl(&["test", log, "sshd", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let numbers: Vec<u64> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["line"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(numbers, (1..=3000).map(|i| 2 * i).collect::<Vec<u64>>());
+    let (_, summary, _) = banctl(&["test", log, "sshd"]);
+    assert!(
+        summary.contains("Lines: 6000 in all: 3000 matched, 0 ignored, 3000 missed\n"),
+        "{summary}"
+    );
+    let (_, missed, _) = banctl(&["test", log, "sshd", "--print-missed"]);
+    assert_eq!(
+        missed.lines().filter(|l| l.starts_with("missed ")).count(),
+        3000
+    );
+    let stdin = Command::new(BIN)
+        .args(["test", "-", "sshd"])
+        .stdin(std::fs::File::open(log).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&stdin.stdout).replace("(standard input)", log),
+        summary
+    );
+}
