@@ -27,7 +27,7 @@ mod scan;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use regex::Regex;
 use regex_syntax::hir::Hir;
@@ -64,7 +64,7 @@ pub enum PatternError {
 /// what only a backtracker offers.
 #[derive(Debug, Clone)]
 enum Engine {
-    Std(Regex),
+    Std(LazyRegex),
     /// Back-references and look-arounds, with bounded work per line.
     Fancy(Box<Bounded>),
 }
@@ -109,10 +109,45 @@ impl<'t> Groups<'t> {
     }
 }
 
+/// A `regex` crate pattern, checked when the filter is built but kept compiled only from its
+/// first search: the automata (`scan.rs`) answer most lines a filter matches, so a jail that
+/// never needs the capturing engine does not hold one (1.4 MB for the sshd filter's).
+#[derive(Debug, Clone)]
+struct LazyRegex {
+    source: Arc<str>,
+    /// The capture group names, in order (the whole match first).
+    names: Arc<[Option<String>]>,
+    /// Shared by the filter's clones.
+    compiled: Arc<OnceLock<Regex>>,
+}
+
+impl LazyRegex {
+    fn new(checked: &Regex) -> LazyRegex {
+        LazyRegex {
+            source: checked.as_str().into(),
+            names: checked
+                .capture_names()
+                .map(|n| n.map(str::to_owned))
+                .collect(),
+            compiled: Arc::default(),
+        }
+    }
+
+    fn regex(&self) -> &Regex {
+        self.compiled.get_or_init(|| {
+            Regex::new(&self.source).expect("a pattern that compiled when checked compiles again")
+        })
+    }
+
+    fn capture_names(&self) -> impl Iterator<Item = Option<&str>> {
+        self.names.iter().map(Option::as_deref)
+    }
+}
+
 impl Engine {
     fn new(expanded: &str) -> Result<Engine, PatternError> {
         match Regex::new(expanded) {
-            Ok(regex) => Ok(Engine::Std(regex)),
+            Ok(regex) => Ok(Engine::Std(LazyRegex::new(&regex))),
             Err(std_error) => fancy_regex::Regex::new(expanded)
                 .map(|r| Engine::Fancy(Box::new(Bounded::new(Arc::new(r)))))
                 .map_err(|_| PatternError::Regex(std_error.to_string())),
@@ -122,14 +157,14 @@ impl Engine {
     /// A search that gave up (see [`bounded`]) counts as no match.
     fn is_match(&self, text: &str) -> bool {
         match self {
-            Engine::Std(r) => r.is_match(text),
+            Engine::Std(r) => r.regex().is_match(text),
             Engine::Fancy(r) => r.captures(text).is_some(),
         }
     }
 
     fn captures<'t>(&self, text: &'t str) -> Option<Groups<'t>> {
         match self {
-            Engine::Std(r) => r.captures(text).map(Groups::Std),
+            Engine::Std(r) => r.regex().captures(text).map(Groups::Std),
             Engine::Fancy(r) => Some(Groups::Fancy {
                 text,
                 spans: r.captures(text)?,
