@@ -765,8 +765,8 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
         Ok(())
     };
     // Lines the filter says no pattern can match are counted as missed without a look, unless
-    // missed lines are printed.
-    let every_line = options.print_missed || options.verbose;
+    // missed lines are printed. The first line is always looked at: the summary names its
+    // date format when no line matched.
     let mut skipped = 0usize;
     match &journal {
         Some(spec) => {
@@ -818,9 +818,10 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
                 let whole = &block[..end];
                 let mut from = 0;
                 while from < end {
-                    let at = match every_line {
-                        true => Some(from),
-                        false => filter.next_candidate(whole, from),
+                    let at = if options.print_missed || options.verbose || number == 0 {
+                        Some(from)
+                    } else {
+                        filter.next_candidate(whole, from)
                     }
                     .unwrap_or(end);
                     let start =

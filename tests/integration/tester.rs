@@ -272,3 +272,24 @@ fn a_large_log_is_counted_and_numbered_across_reads() {
         summary
     );
 }
+
+/// With no line matched, the summary names the first line's date format: that line is read
+/// even when the filter's literals rule it out.
+#[test]
+fn the_first_lines_date_is_named_when_nothing_matched() {
+    let scratch = Scratch::new("tester-first-date");
+    let log = scratch.write(
+        "cron.log",
+        "Nov 30 10:00:00 web CRON[2]: session opened\nNov 30 10:00:01 web CRON[3]: session opened\n",
+    );
+    let (code, out, err) = banctl(&["test", log.to_str().unwrap(), "sshd"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("Lines: 2 in all: 0 matched, 0 ignored, 2 missed\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Dates: no line matched; the first line's: syslog (Mon DD hh:mm:ss)\n"),
+        "{out}"
+    );
+}
