@@ -104,17 +104,10 @@ impl Daemon {
     /// binary's and libraries' shared file pages.
     fn memory(&self) -> (f64, f64) {
         let pid = self.child.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let field = |name: &str| -> f64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-                / 1024.0
-        };
-        (field("VmRSS:"), field("RssAnon:"))
+        (
+            common::status_mb(pid, "VmRSS:"),
+            common::status_mb(pid, "RssAnon:"),
+        )
     }
 
     fn cpu(&self) -> f64 {
@@ -423,13 +416,7 @@ fn burst_log() -> String {
     let mut text = String::with_capacity(1_200_000);
     for round in 0..3u32 {
         for i in 0..2000u32 {
-            let addr = if i < 400 {
-                IpAddr::from([10, 2, (i >> 8) as u8, i as u8])
-            } else {
-                let v6 = 0x2001_0db8_0002_0000_0000_0000_0000_0000u128 | u128::from(i) << 64 | 1;
-                IpAddr::from(v6.to_be_bytes())
-            };
-            failures(addr, 1, &mut text);
+            failures(common::burst_address(i), 1, &mut text);
             for k in 0..2 - u32::from((i + round) % 4 == 0) {
                 text.push_str(&format!(
                     "{now} app: request {round}-{i}-{k} served for 10.3.0.{} in 3 ms\n",

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use banctl::firewall::{Monitor, NFT_MSG_NEWGEN};
+use banctl::firewall::Monitor;
 
 const BIN: &str = env!("CARGO_BIN_EXE_banctl");
 const PEERS: [&str; 3] = ["banctl", "fail2ban-rs", "fail2ban"];
@@ -258,49 +258,24 @@ fn elements() -> usize {
     })
 }
 
-/// Waits until the ruleset holds `n` elements: checked each time commits stop for 50 ms;
-/// returns the time of the last commit before.
+/// Elements in the ruleset once commits settle with at least `n`, in ms since `start`; `None`
+/// when that does not happen within `limit`.
 fn until_elements(mon: &mut Monitor, start: Instant, n: usize, limit: Duration) -> Option<f64> {
-    let mut last_commit = None;
-    while start.elapsed() < limit {
-        let wait = if last_commit.is_some() {
-            Duration::from_millis(50)
-        } else {
-            limit.saturating_sub(start.elapsed())
-        };
-        let kinds = mon.next(wait).expect("monitor");
-        if kinds.iter().any(|k| k.kind == NFT_MSG_NEWGEN) {
-            last_commit = Some(start.elapsed());
-        } else if kinds.is_empty()
-            && let Some(at) = last_commit
-        {
-            if elements() >= n {
-                return Some(at.as_secs_f64() * 1000.0);
-            }
-            last_commit = None;
-        }
-    }
-    None
+    common::until_settled_within(mon, start, limit, || elements() >= n)
+        .map(|at| at.as_secs_f64() * 1000.0)
+}
+
+/// Now as syslog writes it (local time, `Dec  1 10:00:00`).
+fn syslog_now() -> String {
+    jiff::Zoned::now().strftime("%b %e %H:%M:%S").to_string()
 }
 
 /// A failed password of `addr`, from sshd process `pid` (one per connection, as sshd writes
 /// them: fail2ban's sshd filter joins the lines of one process into one session).
-fn sshd_failure(addr: IpAddr, pid: u32, out: &mut String) {
-    let now = jiff::Zoned::now().strftime("%b %e %H:%M:%S").to_string();
+fn sshd_failure(now: &str, addr: IpAddr, pid: u32, out: &mut String) {
     out.push_str(&format!(
         "{now} web sshd[{pid}]: Failed password for root from {addr} port 50022 ssh2\n"
     ));
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 /// One daemon's figures, measured in this (fresh) network namespace.
@@ -316,15 +291,17 @@ fn measure(peer: &str) -> serde_json::Value {
     let log = dir.join("auth.log");
     let mut daemon = start(peer, &config);
     std::thread::sleep(Duration::from_secs(3));
-    let rss_idle = rss_mb(daemon.id());
+    let rss_idle = common::status_mb(daemon.id(), "VmRSS:");
     let mut mon = Monitor::open().unwrap();
 
     // Latency: three failures of a new address in one write, one address at a time.
     let mut samples = Vec::new();
     for i in 0..SAMPLES {
         let mut text = String::new();
+        let now = syslog_now();
         for k in 0..3 {
             sshd_failure(
+                &now,
                 IpAddr::from([192, 0, 2, 10 + i as u8]),
                 100 + 3 * i as u32 + k,
                 &mut text,
@@ -347,17 +324,16 @@ fn measure(peer: &str) -> serde_json::Value {
         .stdout(Stdio::null())
         .spawn()
         .ok();
-    let now = jiff::Zoned::now().strftime("%b %e %H:%M:%S").to_string();
+    let now = syslog_now();
     let mut text = String::with_capacity(1_200_000);
     for round in 0..3u32 {
         for i in 0..2000u32 {
-            let addr = if i < 400 {
-                IpAddr::from([10, 2, (i >> 8) as u8, i as u8])
-            } else {
-                let v6 = 0x2001_0db8_0002_0000_0000_0000_0000_0000u128 | u128::from(i) << 64 | 1;
-                IpAddr::from(v6.to_be_bytes())
-            };
-            sshd_failure(addr, 10_000 + round * 2000 + i, &mut text);
+            sshd_failure(
+                &now,
+                common::burst_address(i),
+                10_000 + round * 2000 + i,
+                &mut text,
+            );
             if (i + round) % 8 != 0 {
                 text.push_str(&format!(
                     "{now} web CRON[{i}]: pam_unix(cron:session): session opened for user root(uid=0) by (uid=0)\n"
@@ -371,7 +347,7 @@ fn measure(peer: &str) -> serde_json::Value {
     common::append(&log, &text);
     let burst = until_elements(&mut mon, start, before + 2000, Duration::from_secs(300));
     std::thread::sleep(Duration::from_secs(1));
-    let rss_burst = rss_mb(daemon.id());
+    let rss_burst = common::status_mb(daemon.id(), "VmRSS:");
     if let Some(mut l) = listener {
         let _ = l.kill();
         let _ = l.wait();

@@ -261,18 +261,24 @@ pub fn append(path: &std::path::Path, text: &str) {
 pub fn until_settled(
     mon: &mut banctl::firewall::Monitor,
     start: Instant,
-    mut done: impl FnMut() -> bool,
+    done: impl FnMut() -> bool,
 ) -> Duration {
+    until_settled_within(mon, start, Duration::from_secs(30), done).expect("not done within 30 s")
+}
+
+/// [`until_settled`] giving up after `limit` (`None`): for peers that may never get there.
+pub fn until_settled_within(
+    mon: &mut banctl::firewall::Monitor,
+    start: Instant,
+    limit: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Option<Duration> {
     let mut last_commit = None;
-    loop {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "not done within 30 s"
-        );
+    while start.elapsed() < limit {
         let wait = if last_commit.is_some() {
             Duration::from_millis(50)
         } else {
-            Duration::from_secs(30)
+            limit.saturating_sub(start.elapsed())
         };
         let types = mon.next(wait).expect("monitor");
         if types
@@ -283,7 +289,31 @@ pub fn until_settled(
         } else if types.is_empty()
             && let Some(at) = last_commit.filter(|_| done())
         {
-            return at;
+            return Some(at);
         }
     }
+    None
+}
+
+/// Address `i` (below 2,000) of the burst: the first 400 IPv4 (10.2.x.y), the rest IPv6, each
+/// in a /64 of its own.
+pub fn burst_address(i: u32) -> std::net::IpAddr {
+    if i < 400 {
+        std::net::IpAddr::from([10, 2, (i >> 8) as u8, i as u8])
+    } else {
+        let v6 = 0x2001_0db8_0002_0000_0000_0000_0000_0000u128 | u128::from(i) << 64 | 1;
+        std::net::IpAddr::from(v6.to_be_bytes())
+    }
+}
+
+/// A field of `/proc/<pid>/status` given in kB (`VmRSS:`, `RssAnon:`), in MB; 0 when absent.
+pub fn status_mb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
