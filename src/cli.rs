@@ -514,10 +514,17 @@ pub fn exit_code_table() -> String {
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
     let mut cmd = Cli::command();
-    // Global arguments reach the subcommands when the command is built.
-    cmd.build();
+    // The global argument, hidden, given to each local command before the build: the build
+    // propagates a global argument only to subcommands that lack it. (Changing it after the
+    // build broke `--help` of those commands.)
+    let socket = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == "socket")
+        .cloned()
+        .expect("--socket is an argument of banctl");
     for name in LOCAL_COMMANDS {
-        cmd = cmd.mut_subcommand(*name, |sub| sub.mut_arg("socket", |a| a.hide(true)));
+        let hidden = socket.clone().hide(true);
+        cmd = cmd.mut_subcommand(*name, |sub| sub.arg(hidden));
     }
     cmd
 }
@@ -773,7 +780,9 @@ mod tests {
     /// Every option says what it does, and `--socket` shows only where the daemon is asked.
     #[test]
     fn every_option_has_help_and_socket_shows_where_it_matters() {
-        let root = command();
+        let mut root = command();
+        // Global arguments reach the subcommands with the build.
+        root.build();
         let mut silent = Vec::new();
         for sub in root
             .get_subcommands()
@@ -800,6 +809,35 @@ mod tests {
         }
         silent.dedup();
         assert!(silent.is_empty(), "no help text: {silent:#?}");
+    }
+
+    /// `banctl SUB --help` prints the help of every subcommand (it once failed with "a value
+    /// is required for '--socket'" for the local ones), and `--socket` is still taken there.
+    #[test]
+    fn every_subcommand_prints_its_help() {
+        let names: Vec<String> = command()
+            .get_subcommands()
+            .map(|s| s.get_name().to_owned())
+            .collect();
+        for name in &names {
+            let err = command()
+                .try_get_matches_from(["banctl", name, "--help"])
+                .expect_err("--help ends the parse");
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::DisplayHelp,
+                "banctl {name} --help: {err}"
+            );
+            let text = err.to_string();
+            assert!(text.contains(&format!("banctl {name}")), "{text}");
+            let local = LOCAL_COMMANDS.contains(&name.as_str()) || name == "help";
+            assert_eq!(text.contains("--socket"), !local, "banctl {name} --help");
+        }
+        let cli = command()
+            .try_get_matches_from(["banctl", "test", "line", "sshd", "--socket", "/s"])
+            .expect("--socket is accepted everywhere");
+        let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&cli).unwrap();
+        assert_eq!(cli.socket(), PathBuf::from("/s"));
     }
 
     fn ban(jail: &str, addr: &str, left: Option<u64>) -> BanInfo {
