@@ -547,7 +547,18 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
         filter,
         label,
         journalmatch,
-    } = load_filter(filter)?;
+    } = load_filter(filter).map_err(|mut failure| {
+        // `banctl test sshd /var/log/auth.log`: the log was read as a filter file.
+        let swapped = banctl::filter::Builtin::by_name(input).is_some()
+            && std::path::Path::new(filter).is_file();
+        if swapped {
+            failure.error = anyhow::anyhow!(
+                "{}\n  the log comes first, then the filter: banctl test {filter} {input}",
+                failure.error
+            );
+        }
+        failure
+    })?;
     let datepattern = match &options.datepattern {
         Some(p) => Some(DatePattern::new(p).map_err(|e| Failure {
             code: exit::USAGE,

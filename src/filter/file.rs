@@ -89,11 +89,21 @@ pub fn mode_of<'a>(name: &str, options: &'a [(String, String)]) -> Result<Option
     Ok(mode)
 }
 
+/// The largest filter file read: the biggest built-in filter is a few kilobytes.
+pub const MAX_FILTER_FILE: u64 = 1 << 20;
+
 /// Reads the banctl filter file at `path`, in the mode `options` ask for.
 pub fn read_filter_file(path: &str, options: &[(String, String)]) -> Result<FilterFile, String> {
     let mode = mode_of(path, options)?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read filter file {path}: {e}"))?;
+    let cannot = |e: &dyn std::fmt::Display| format!("cannot read filter file {path}: {e}");
+    // A log named where the filter goes would otherwise be parsed whole, at gigabytes of memory.
+    let size = std::fs::metadata(path).map_err(|e| cannot(&e))?.len();
+    if size > MAX_FILTER_FILE {
+        return Err(cannot(&format_args!(
+            "{size} bytes is no filter file (at most {MAX_FILTER_FILE})"
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| cannot(&e))?;
     parse_filter_file_in_mode(path, &text, mode).map_err(|e| e.to_string())
 }
 

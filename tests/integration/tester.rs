@@ -293,3 +293,25 @@ fn the_first_lines_date_is_named_when_nothing_matched() {
         "{out}"
     );
 }
+
+/// The arguments the wrong way round: a log is never parsed as a filter file (a large one
+/// took gigabytes), and the error says which order is right.
+#[test]
+fn a_log_named_as_the_filter_is_refused_with_the_right_order() {
+    let scratch = Scratch::new("tester-swapped");
+    let line = "Nov 30 10:00:00 web sshd[2]: Invalid user x from 192.0.2.9 port 22\n";
+    let log = scratch.write("auth.log", &line.repeat(20_000));
+    let log = log.to_str().unwrap();
+    let (code, _, err) = banctl(&["test", "sshd", log]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("is no filter file (at most 1048576)"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the log comes first, then the filter: banctl test {log} sshd"
+        )),
+        "{err}"
+    );
+    let (code, out, err) = banctl(&["test", log, "sshd"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("20000 matched"), "{out}");
+}
