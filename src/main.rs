@@ -540,7 +540,6 @@ fn journal_input(
 fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), Failure> {
     use banctl::filter::date::Dates;
     use banctl::filter::{DatePattern, Report, Verdict};
-    use std::collections::BTreeMap;
     use std::io::{Read, Write};
 
     let banctl::filter_spec::Resolved {
@@ -602,6 +601,21 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
         });
     }
     let journal = journal_input(input, options, journalmatch.as_deref())?;
+    let names = || test_names(options.usedns);
+    // A large file with nothing printed per line is read in parts, one per free core.
+    let per_line_output = options.json
+        || options.print_matched
+        || options.print_missed
+        || options.print_ignored
+        || options.verbose;
+    if journal.is_none()
+        && input != "-"
+        && path.is_file()
+        && !per_line_output
+        && let Some((report, tally)) = test_file_in_parts(path, &filter, &dates, now, &names)?
+    {
+        return print_test_summary(&label, input, &report, &filter, &tally);
+    }
     let reader: Box<dyn Read> = if journal.is_some() {
         Box::new(std::io::empty())
     } else if input == "-" {
@@ -612,32 +626,13 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
     } else {
         Box::new(std::io::Cursor::new(input.as_bytes().to_vec()))
     };
-    let names = match options.usedns {
-        banctl::cli::UseDnsArg::No => banctl::filter::Names::Miss,
-        banctl::cli::UseDnsArg::Warn => banctl::filter::Names::Report,
-        banctl::cli::UseDnsArg::Yes => banctl::filter::Names::Resolve(Box::new(|name: &str| {
-            use std::net::ToSocketAddrs;
-            if !banctl::addr::is_host_name(name) {
-                return Vec::new();
-            }
-            let mut addrs: Vec<std::net::IpAddr> = (name, 0u16)
-                .to_socket_addrs()
-                .map(|found| found.map(|a| a.ip()).collect())
-                .unwrap_or_default();
-            addrs.sort();
-            addrs.dedup();
-            addrs
-        })),
-    };
-    let mut report = Report::new(&filter).with_names(names);
-    // Counted by format, named once at the end (no string per line).
-    let mut formats: Vec<(DateKind, usize)> = Vec::new();
+    let mut report = Report::new(&filter).with_names(names());
+    let mut tally = DateTally::default();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     // Dates are read where they are shown: the JSON output dates failures, the summary
     // counts the formats of the lines a failregex matched (and names the first line's when
     // none did).
-    let mut first_line_date = None;
     let mut examine = |number: usize,
                        line: &str,
                        stamped: Option<std::time::SystemTime>|
@@ -668,15 +663,7 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
                     .as_ref()
                     .map_or(DateKind::None, |d| DateKind::Found(d.format)),
             };
-            if number == 1 {
-                first_line_date = Some(format);
-            }
-            if verdict != Verdict::Missed {
-                match formats.iter_mut().find(|(f, _)| *f == format) {
-                    Some((_, n)) => *n += 1,
-                    None => formats.push((format, 1)),
-                }
-            }
+            tally.note(number == 1, verdict != Verdict::Missed, format);
         }
         let shown = match verdict {
             Verdict::Matched(hit) if options.json => {
@@ -799,102 +786,290 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
             }
         }
         None => {
-            let mut reader = reader;
-            let mut number = 0;
-            let mut block = Vec::with_capacity(BLOCK + 4096);
-            let mut done = false;
-            while !done {
-                // Whole lines only: a partial last line waits for the next read.
-                let kept = block.len();
-                block.resize(kept + BLOCK, 0);
-                let n = loop {
-                    match reader.read(&mut block[kept..]) {
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        read => break read.context("reading the input")?,
-                    }
-                };
-                block.truncate(kept + n);
-                done = n == 0;
-                let end = if done {
-                    if block.last().is_some_and(|b| *b != b'\n') {
-                        block.push(b'\n');
-                    }
-                    block.len()
-                } else {
-                    match memchr::memrchr(b'\n', &block) {
-                        Some(nl) => nl + 1,
-                        None => continue,
-                    }
-                };
-                let whole = &block[..end];
-                let mut from = 0;
-                while from < end {
-                    let at = if options.print_missed || options.verbose || number == 0 {
-                        Some(from)
-                    } else {
-                        filter.next_candidate(whole, from)
-                    }
-                    .unwrap_or(end);
-                    let start =
-                        memchr::memrchr(b'\n', &whole[from..at]).map_or(from, |i| from + i + 1);
-                    let unseen = memchr::memchr_iter(b'\n', &whole[from..start]).count();
-                    number += unseen;
-                    skipped += unseen;
-                    if at == end {
-                        break;
-                    }
-                    let stop = memchr::memchr(b'\n', &whole[at..]).map_or(end, |i| at + i);
-                    number += 1;
-                    // Invalid UTF-8 is replaced, never skipped, as the daemon does; valid
-                    // text is not copied.
-                    let raw = &whole[start..stop];
-                    let text = match std::str::from_utf8(raw) {
-                        Ok(text) => std::borrow::Cow::Borrowed(text),
-                        Err(_) => String::from_utf8_lossy(raw),
-                    };
-                    examine(number, text.trim_end_matches(['\n', '\r']), None)?;
-                    from = stop + 1;
-                }
-                block.drain(..end);
-            }
+            let every = options.print_missed || options.verbose;
+            skipped = candidate_lines(reader, &filter, every, |number, line| {
+                examine(number, line, None)
+            })?;
         }
     }
     report.add_missed(skipped);
-    if !options.json {
-        if options.print_matched || options.print_missed || options.print_ignored || options.verbose
-        {
-            writeln!(out).context("writing the output")?;
-        }
-        let source = if journal.is_some() {
-            "the systemd journal"
-        } else if input == "-" {
-            "(standard input)"
-        } else if path.is_file() {
-            input
-        } else {
-            "(one line)"
-        };
-        write!(
-            out,
-            "Filter: {label}\nInput:  {source}\n\n{}",
-            report.render(&filter)
-        )
-        .context("writing the output")?;
-        if formats.is_empty() {
-            let first = first_line_date.map_or("(no line)".to_owned(), |d| d.to_string());
-            writeln!(out, "\nDates: no line matched; the first line's: {first}")
-                .context("writing the output")?;
-        } else {
-            writeln!(out, "\nDates of the lines a failregex matched:")
-                .context("writing the output")?;
-        }
-        let named: BTreeMap<String, usize> =
-            formats.iter().map(|(f, n)| (f.to_string(), *n)).collect();
-        for (format, n) in &named {
-            writeln!(out, "  [{n}] {format}").context("writing the output")?;
-        }
+    if options.json {
+        return out
+            .flush()
+            .context("writing the output")
+            .map_err(Failure::from);
+    }
+    if options.print_matched || options.print_missed || options.print_ignored || options.verbose {
+        writeln!(out).context("writing the output")?;
     }
     out.flush().context("writing the output")?;
+    drop(out);
+    let source = if journal.is_some() {
+        "the systemd journal"
+    } else if input == "-" {
+        "(standard input)"
+    } else if path.is_file() {
+        input
+    } else {
+        "(one line)"
+    };
+    print_test_summary(&label, source, &report, &filter, &tally)
+}
+
+/// How `banctl test` treats a failure that names a host (`--usedns`).
+fn test_names(usedns: banctl::cli::UseDnsArg) -> banctl::filter::Names {
+    match usedns {
+        banctl::cli::UseDnsArg::No => banctl::filter::Names::Miss,
+        banctl::cli::UseDnsArg::Warn => banctl::filter::Names::Report,
+        banctl::cli::UseDnsArg::Yes => banctl::filter::Names::Resolve(Box::new(|name: &str| {
+            use std::net::ToSocketAddrs;
+            if !banctl::addr::is_host_name(name) {
+                return Vec::new();
+            }
+            let mut addrs: Vec<std::net::IpAddr> = (name, 0u16)
+                .to_socket_addrs()
+                .map(|found| found.map(|a| a.ip()).collect())
+                .unwrap_or_default();
+            addrs.sort();
+            addrs.dedup();
+            addrs
+        })),
+    }
+}
+
+/// The date formats `banctl test` names: of the lines a failregex matched, and of the first
+/// line (named when none matched). Counted by format, named once at the end.
+#[derive(Debug, Default)]
+struct DateTally {
+    matched: Vec<(DateKind, usize)>,
+    first: Option<DateKind>,
+}
+
+impl DateTally {
+    fn note(&mut self, first: bool, matched: bool, format: DateKind) {
+        if first {
+            self.first = Some(format);
+        }
+        if matched {
+            self.add(format, 1);
+        }
+    }
+
+    fn add(&mut self, format: DateKind, n: usize) {
+        match self.matched.iter_mut().find(|(f, _)| *f == format) {
+            Some((_, count)) => *count += n,
+            None => self.matched.push((format, n)),
+        }
+    }
+
+    /// Adds the tally of the lines that follow this one's.
+    fn merge(&mut self, later: DateTally) {
+        self.first = self.first.or(later.first);
+        for (format, n) in later.matched {
+            self.add(format, n);
+        }
+    }
+}
+
+/// Reads `reader` in blocks of whole lines and calls `examine(number, line)` for every line
+/// a failregex may match (every line when `every`; the first line always), numbered from 1.
+/// Returns how many lines were skipped unseen: each is one no failregex matches.
+fn candidate_lines(
+    mut reader: impl std::io::Read,
+    filter: &banctl::filter::Filter,
+    every: bool,
+    mut examine: impl FnMut(usize, &str) -> Result<(), Failure>,
+) -> Result<usize, Failure> {
+    let (mut number, mut skipped) = (0, 0);
+    let mut block = Vec::with_capacity(BLOCK + 4096);
+    let mut done = false;
+    while !done {
+        // Whole lines only: a partial last line waits for the next read.
+        let kept = block.len();
+        block.resize(kept + BLOCK, 0);
+        let n = loop {
+            match reader.read(&mut block[kept..]) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                read => break read.context("reading the input")?,
+            }
+        };
+        block.truncate(kept + n);
+        done = n == 0;
+        let end = if done {
+            if block.last().is_some_and(|b| *b != b'\n') {
+                block.push(b'\n');
+            }
+            block.len()
+        } else {
+            match memchr::memrchr(b'\n', &block) {
+                Some(nl) => nl + 1,
+                None => continue,
+            }
+        };
+        let whole = &block[..end];
+        let mut from = 0;
+        while from < end {
+            let at = if every || number == 0 {
+                Some(from)
+            } else {
+                filter.next_candidate(whole, from)
+            }
+            .unwrap_or(end);
+            let start = memchr::memrchr(b'\n', &whole[from..at]).map_or(from, |i| from + i + 1);
+            let unseen = memchr::memchr_iter(b'\n', &whole[from..start]).count();
+            number += unseen;
+            skipped += unseen;
+            if at == end {
+                break;
+            }
+            let stop = memchr::memchr(b'\n', &whole[at..]).map_or(end, |i| at + i);
+            number += 1;
+            // Invalid UTF-8 is replaced, never skipped, as the daemon does; valid text is
+            // not copied.
+            let raw = &whole[start..stop];
+            let text = match std::str::from_utf8(raw) {
+                Ok(text) => std::borrow::Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(raw),
+            };
+            examine(number, text.trim_end_matches(['\n', '\r']))?;
+            from = stop + 1;
+        }
+        block.drain(..end);
+    }
+    Ok(skipped)
+}
+
+/// The least a part of a file read on a core of its own holds.
+const PART: u64 = 8 << 20;
+
+/// `banctl test` on a file with only the summary to print: the file cut at line ends into
+/// one part per free core (each at least [`PART`]), each part examined on its own thread
+/// with a report of its own, and the reports added up in file order. `None` when the file
+/// is too small or one core is all there is, or when the filter joins lines (it must see
+/// them in order): then the caller reads it line after line.
+fn test_file_in_parts(
+    path: &Path,
+    filter: &banctl::filter::Filter,
+    dates: &banctl::filter::date::Dates,
+    now: std::time::SystemTime,
+    names: &(dyn Fn() -> banctl::filter::Names + Sync),
+) -> Result<Option<(banctl::filter::Report, DateTally)>, Failure> {
+    use std::io::{Read, Seek};
+    use std::os::unix::fs::FileExt;
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    let parts = cores.min(size / PART);
+    if parts < 2 || filter.remembers() {
+        return Ok(None);
+    }
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // Each part starts right after a line end.
+    let mut starts = vec![0u64];
+    let mut probe = vec![0u8; 64 * 1024];
+    for k in 1..parts {
+        let mut at = (size * k / parts).max(*starts.last().unwrap_or(&0));
+        let start = loop {
+            let n = file.read_at(&mut probe, at).context("reading the input")?;
+            if n == 0 {
+                break size;
+            }
+            if let Some(i) = memchr::memchr(b'\n', &probe[..n]) {
+                break at + i as u64 + 1;
+            }
+            at += n as u64;
+        };
+        if start < size && start > *starts.last().unwrap_or(&0) {
+            starts.push(start);
+        }
+    }
+    tracing::debug!(
+        parts = starts.len(),
+        "reading the file in parts, one per core"
+    );
+    let results: Vec<Result<(banctl::filter::Report, DateTally), Failure>> =
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = starts
+                .iter()
+                .enumerate()
+                .map(|(k, &start)| {
+                    // The last part reads to the end, as a file read whole does.
+                    let len = starts.get(k + 1).map_or(u64::MAX, |next| next - start);
+                    scope.spawn(move || {
+                        let mut file = std::fs::File::open(path)
+                            .with_context(|| format!("opening {}", path.display()))?;
+                        file.seek(std::io::SeekFrom::Start(start))
+                            .context("reading the input")?;
+                        let mut report = banctl::filter::Report::new(filter).with_names(names());
+                        let mut tally = DateTally::default();
+                        let skipped = candidate_lines(file.take(len), filter, false, |n, line| {
+                            let verdict = report.add(filter, line);
+                            let matched = verdict != banctl::filter::Verdict::Missed;
+                            let first = k == 0 && n == 1;
+                            if matched || first {
+                                let format = dates
+                                    .find(line, now)
+                                    .map_or(DateKind::None, |d| DateKind::Found(d.format));
+                                tally.note(first, matched, format);
+                            }
+                            Ok(())
+                        })?;
+                        report.add_missed(skipped);
+                        Ok((report, tally))
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("a part's reader never panics"))
+                .collect()
+        });
+    let mut whole: Option<(banctl::filter::Report, DateTally)> = None;
+    for part in results {
+        let (report, tally) = part?;
+        match &mut whole {
+            None => whole = Some((report, tally)),
+            Some((all, all_tally)) => {
+                all.merge(report);
+                all_tally.merge(tally);
+            }
+        }
+    }
+    Ok(whole)
+}
+
+/// `banctl test`'s summary: the report, then the dates.
+fn print_test_summary(
+    label: &str,
+    source: &str,
+    report: &banctl::filter::Report,
+    filter: &banctl::filter::Filter,
+    tally: &DateTally,
+) -> Result<(), Failure> {
+    use std::fmt::Write as _;
+    let mut text = format!(
+        "Filter: {label}\nInput:  {source}\n\n{}",
+        report.render(filter)
+    );
+    if tally.matched.is_empty() {
+        let first = tally
+            .first
+            .map_or("(no line)".to_owned(), |d| d.to_string());
+        let _ = writeln!(text, "\nDates: no line matched; the first line's: {first}");
+    } else {
+        text.push_str("\nDates of the lines a failregex matched:\n");
+    }
+    let named: std::collections::BTreeMap<String, usize> = tally
+        .matched
+        .iter()
+        .map(|(f, n)| (f.to_string(), *n))
+        .collect();
+    for (format, n) in &named {
+        let _ = writeln!(text, "  [{n}] {format}");
+    }
+    outp!("{text}");
     Ok(())
 }
 

@@ -36,7 +36,7 @@ pub enum Names {
 }
 
 /// Looks a host name up: its addresses, none when it has none.
-pub type Resolver = Box<dyn FnMut(&str) -> Vec<IpAddr>>;
+pub type Resolver = Box<dyn FnMut(&str) -> Vec<IpAddr> + Send>;
 
 impl std::fmt::Debug for Names {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,6 +147,29 @@ impl Report {
             }
         }
         verdict
+    }
+
+    /// Adds the counts of `other`, a report of other lines of the same filter.
+    pub fn merge(&mut self, mut other: Report) {
+        self.lines += other.lines;
+        self.matched += other.matched;
+        self.ignored += other.ignored;
+        self.missed += other.missed;
+        self.names += other.names;
+        self.resolved += other.resolved;
+        self.unresolved += other.unresolved;
+        self.lookups.extend(other.lookups);
+        let add = |to: &mut Vec<usize>, from: Vec<usize>| {
+            to.iter_mut().zip(from).for_each(|(n, more)| *n += more);
+        };
+        add(&mut self.per_failregex, other.per_failregex);
+        add(&mut self.per_ignoreregex, other.per_ignoreregex);
+        if self.per_address.len() < other.per_address.len() {
+            std::mem::swap(&mut self.per_address, &mut other.per_address);
+        }
+        for (addr, n) in other.per_address {
+            *self.per_address.entry(addr).or_default() += n;
+        }
     }
 
     /// Addresses by failures, most first (ties by address), at most `n`.

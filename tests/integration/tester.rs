@@ -315,3 +315,73 @@ fn a_log_named_as_the_filter_is_refused_with_the_right_order() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("20000 matched"), "{out}");
 }
+
+/// A file of more than twice [the part size](8 MiB) is read in parts, one per core: the
+/// summary is byte for byte the one of the same file read on one core, with lines that
+/// straddle every possible cut (CRLF, invalid UTF-8, host names, no final newline).
+#[test]
+fn a_file_read_in_parts_gives_the_summary_of_one_read() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(cores >= 2, "this test needs two cores to read in parts");
+    let scratch = Scratch::new("tester-parts");
+    let mut text = Vec::with_capacity(24 << 20);
+    let mut i = 0u32;
+    while text.len() < 20 << 20 {
+        let pid = i % 9973;
+        let line: Vec<u8> = match i % 7 {
+            0 => format!("Nov 30 10:00:01 web sshd[{pid}]: Invalid user u{i} from 198.51.100.{} port 22\n", i % 200).into_bytes(),
+            1 => format!("2026-11-30T10:00:02.123+01:00 web sshd[{pid}]: Failed password for root from 2001:db8::{:x} port 2 ssh2\r\n", i % 5000).into_bytes(),
+            2 => {
+                let mut l = format!("Nov 30 10:00:03 web sshd[{pid}]: Failed password for r").into_bytes();
+                l.extend_from_slice(b"\xff\xfe");
+                l.extend_from_slice(format!("t from 192.0.2.{} port 22 ssh2\n", i % 250).as_bytes());
+                l
+            }
+            3 => format!("Nov 30 10:00:04 web sshd[{pid}]: Invalid user x from host{}.invalid port 22\n", i % 30).into_bytes(),
+            4 => format!("Nov 30 10:00:05 web sshd[{pid}]: Accepted publickey for deploy from 192.0.2.{} port 22 ssh2\n", i % 250).into_bytes(),
+            _ => format!("Nov 30 10:00:06 web CRON[{pid}]: (root) CMD (run-parts /etc/cron.hourly) {}\n", "y".repeat((i % 300) as usize)).into_bytes(),
+        };
+        text.extend_from_slice(&line);
+        i += 1;
+    }
+    text.extend_from_slice(
+        b"Nov 30 10:00:07 web sshd[1]: Invalid user last from 203.0.113.9 port 22",
+    );
+    let log = scratch.path("parts.log");
+    std::fs::write(&log, &text).unwrap();
+    let log = log.to_str().unwrap();
+    // A failregex of fail2ban's syntax takes host names too.
+    let names = r"sshd\[\d+\]: Invalid user \S+ from <HOST> port \d+$";
+    for (filter, usedns) in [("sshd", "warn"), (names, "warn"), (names, "no")] {
+        let args = ["test", log, filter, "--usedns", usedns];
+        let parts = Command::new(BIN)
+            .args(args)
+            .env("BANCTL_LOG", "debug")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&parts.stderr);
+        assert!(parts.status.success(), "{stderr}");
+        assert!(stderr.contains("reading the file in parts"), "{stderr}");
+        let one = Command::new("taskset")
+            .args(["-c", "0", BIN])
+            .args(args)
+            .env("BANCTL_LOG", "debug")
+            .output()
+            .unwrap();
+        let one_err = String::from_utf8_lossy(&one.stderr);
+        assert!(one.status.success(), "{one_err}");
+        assert!(!one_err.contains("reading the file in parts"), "{one_err}");
+        let (parts, one) = (
+            String::from_utf8_lossy(&parts.stdout),
+            String::from_utf8_lossy(&one.stdout),
+        );
+        assert_eq!(parts, one);
+        assert!(
+            parts.contains(&format!("Lines: {} in all", i + 1)),
+            "{parts}"
+        );
+        if filter == names && usedns == "warn" {
+            assert!(parts.contains("matched a host name only"), "{parts}");
+        }
+    }
+}
