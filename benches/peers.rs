@@ -67,17 +67,23 @@ fn main() {
     let log = dir.join("auth-peers-1M.log");
     std::fs::write(&log, common::auth_log(1_000_000, 42)).unwrap();
     for (peer, figures) in &mut columns {
-        if let Some(rate) = tester_rate(peer, &log) {
+        if let Some(rate) = tester_rate(peer, &log, Cores::One) {
             figures["lines"] = rate.into();
         }
+        if let Some(rate) = tester_rate(peer, &log, Cores::All) {
+            figures["lines_all"] = rate.into();
+        }
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let all_cores = format!("tester on the same log, all {cores} cores");
     let rows = [
         (
             "lines",
-            "tester on a 1M-line mixed sshd log",
+            "tester on a 1M-line mixed sshd log, one core",
             "M lines/s",
             ">= 5",
         ),
+        ("lines_all", all_cores.as_str(), "M lines/s", "scales"),
         ("latency_p50", "ban latency p50", "ms", "<= 1"),
         ("latency_p90", "ban latency p90", "ms", "<= 2"),
         (
@@ -367,19 +373,39 @@ fn measure(peer: &str) -> serde_json::Value {
     })
 }
 
+/// Which CPUs a tester may run on.
+#[derive(Clone, Copy, PartialEq)]
+enum Cores {
+    /// The first only (`taskset -c 0`).
+    One,
+    All,
+}
+
+/// `program` as a command that runs on `cores`.
+fn on_cores(program: &Path, cores: Cores) -> Command {
+    match cores {
+        Cores::All => Command::new(program),
+        Cores::One => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg("0").arg(program);
+            c
+        }
+    }
+}
+
 /// Lines per second of `peer`'s tester on `log` (best of three), if it has one here.
-fn tester_rate(peer: &str, log: &Path) -> Option<f64> {
+fn tester_rate(peer: &str, log: &Path, cores: Cores) -> Option<f64> {
     let dir = std::env::temp_dir().join(format!("banctl-peers-tester-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut command = match peer {
         "banctl" => {
-            let mut c = Command::new(BIN);
+            let mut c = on_cores(Path::new(BIN), cores);
             c.arg("test").arg(log).arg("sshd");
             c
         }
         "fail2ban-rs" => {
             let config = configure(peer, &dir);
-            let mut c = Command::new(fail2ban_rs());
+            let mut c = on_cores(&fail2ban_rs(), cores);
             c.arg("-c").arg(config).arg("dry-run").arg(log);
             c
         }
@@ -395,7 +421,7 @@ fn tester_rate(peer: &str, log: &Path) -> Option<f64> {
             std::fs::write(&path, slice).unwrap();
             let root = fail2ban_root();
             let start = Instant::now();
-            let ok = Command::new("python3")
+            let ok = on_cores(Path::new("python3"), cores)
                 .arg(root.join("usr/bin/fail2ban-regex"))
                 .arg(&path)
                 .arg(root.join("etc/fail2ban/filter.d/sshd.conf"))
