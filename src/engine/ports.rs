@@ -138,6 +138,7 @@ pub trait Ledger {
     /// The saved failure windows: (jail, key, Unix seconds).
     fn failures(&self) -> Result<SavedFailures, Self::Error>;
 
-    /// Drops failures older than each jail's window start, and those of jails not listed.
+    /// Drops the windows whose newest failure is at or before their jail's window start, and
+    /// those of jails not listed.
     fn purge_failures(&mut self, windows: &[(&str, u32)]) -> Result<usize, Self::Error>;
 }

@@ -26,7 +26,7 @@ use crate::duration::BanTime;
 pub use crate::jail::Window;
 
 /// The schema this build writes; older files are migrated on open.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 const FILE_NAME: &str = "banctl.db";
 
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +161,7 @@ impl Store {
     /// every page of a large history at every start; damage found later is logged where it
     /// is met).
     fn intact(&self) -> bool {
-        ["bans", "positions", "failures"].iter().all(|table| {
+        ["bans", "positions", "windows"].iter().all(|table| {
             self.conn
                 .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
                     r.get::<_, i64>(0)
@@ -214,7 +214,7 @@ impl Store {
                 .map_err(|e| self.sql(e))?;
         }
         self.conn
-            .execute_batch(&format!(
+            .execute_batch(
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = NORMAL;
                  PRAGMA busy_timeout = 2000;
@@ -240,17 +240,54 @@ impl Store {
                      source TEXT PRIMARY KEY,
                      position TEXT NOT NULL
                  ) WITHOUT ROWID;
-                 -- Failures inside a jail's window (below maxretry), saved with the positions
-                 -- of the lines they came from, so that a restart neither loses nor doubles them.
-                 CREATE TABLE IF NOT EXISTS failures (
+                 -- Failure windows (below maxretry), saved with the positions of the lines
+                 -- they came from, so that a restart neither loses nor doubles them. One row
+                 -- per address: a changed window is one write.
+                 CREATE TABLE IF NOT EXISTS windows (
                      jail TEXT NOT NULL,
                      addr TEXT NOT NULL,
-                     at INTEGER NOT NULL          -- s since the epoch
-                 );
-                 CREATE INDEX IF NOT EXISTS failures_by_addr ON failures (jail, addr);
-                 PRAGMA user_version = {SCHEMA_VERSION};"
-            ))
+                     last INTEGER NOT NULL,       -- s since the epoch: the newest failure
+                     times BLOB NOT NULL,         -- s since the epoch, u32 LE each, oldest first
+                     PRIMARY KEY (jail, addr)
+                 ) WITHOUT ROWID;",
+            )
+            .map_err(|e| self.sql(e))?;
+        if found == 1 || found == 2 {
+            self.windows_from_failure_rows()?;
+        }
+        self.conn
+            .execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
             .map_err(|e| self.sql(e))
+    }
+
+    /// Schema 2 kept a row per failure (`failures`): each address's become one window row.
+    fn windows_from_failure_rows(&mut self) -> Result<(), StateError> {
+        let migrate = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            let exists: bool = tx.query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'failures'",
+                [],
+                |r| r.get(0),
+            )?;
+            if exists {
+                let rows: Vec<(String, String, u32)> = tx
+                    .prepare("SELECT jail, addr, at FROM failures ORDER BY jail, addr, at")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut put = tx.prepare(
+                    "INSERT OR REPLACE INTO windows (jail, addr, last, times) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for same in rows.chunk_by(|a, b| (&a.0, &a.1) == (&b.0, &b.1)) {
+                    let times: Vec<u32> = same.iter().map(|r| r.2).collect();
+                    let last = times[times.len() - 1];
+                    put.execute(params![same[0].0, same[0].1, last, encode_times(&times)])?;
+                }
+                drop(put);
+                tx.execute_batch("DROP TABLE failures;")?;
+            }
+            tx.commit()
+        };
+        migrate(&mut self.conn).map_err(|e| self.sql(e))
     }
 
     /// Records new bans (replacing an active ban of the same jail and address) and adds them to
@@ -535,15 +572,21 @@ impl Store {
                     position.execute([source, at])?;
                 }
                 let mut clear =
-                    tx.prepare_cached("DELETE FROM failures WHERE jail = ?1 AND addr = ?2")?;
-                let mut add =
-                    tx.prepare_cached("INSERT INTO failures (jail, addr, at) VALUES (?1, ?2, ?3)")?;
+                    tx.prepare_cached("DELETE FROM windows WHERE jail = ?1 AND addr = ?2")?;
+                let mut put = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO windows (jail, addr, last, times) VALUES (?1, ?2, ?3, ?4)",
+                )?;
                 for window in windows {
                     let addr = window.addr.to_string();
-                    clear.execute(params![window.jail, addr])?;
-                    for at in window.times {
-                        add.execute(params![window.jail, addr, at])?;
-                    }
+                    match window.times.last() {
+                        None => clear.execute(params![window.jail, addr])?,
+                        Some(last) => put.execute(params![
+                            window.jail,
+                            addr,
+                            last,
+                            encode_times(window.times)
+                        ])?,
+                    };
                 }
             }
             tx.commit()
@@ -553,42 +596,46 @@ impl Store {
 
     /// The saved failure windows: (jail, address, failure times in Unix seconds, oldest first).
     pub fn failures(&self) -> Result<Vec<(String, IpAddr, Vec<u32>)>, StateError> {
-        let query = || -> rusqlite::Result<Vec<(String, String, u32)>> {
+        let query = || -> rusqlite::Result<Vec<(String, IpAddr, Vec<u32>)>> {
             let mut stmt = self
                 .conn
-                .prepare("SELECT jail, addr, at FROM failures ORDER BY jail, addr, at")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            rows.collect()
-        };
-        let mut out: Vec<(String, IpAddr, Vec<u32>)> = Vec::new();
-        for (jail, addr, at) in query().map_err(|e| self.sql(e))? {
-            let Ok(addr) = addr.parse::<IpAddr>() else {
-                continue;
-            };
-            match out.last_mut() {
-                Some((j, a, times)) if *j == jail && *a == addr => times.push(at),
-                _ => out.push((jail, addr, vec![at])),
+                .prepare("SELECT jail, addr, times FROM windows ORDER BY jail, addr")?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                // A row this build did not write is passed over, not trusted.
+                let (Ok(addr), Some(times)) = (
+                    row.get_ref(1)?.as_str()?.parse::<IpAddr>(),
+                    decode_times(row.get_ref(2)?.as_blob()?),
+                ) else {
+                    continue;
+                };
+                out.push((row.get(0)?, addr, times));
             }
-        }
-        Ok(out)
+            Ok(out)
+        };
+        query().map_err(|e| self.sql(e))
     }
 
-    /// Drops failures older than their jail's window start, and those of jails not listed.
+    /// Drops the windows whose newest failure is at or before their jail's window start, and
+    /// those of jails not listed.
     pub fn purge_failures(&mut self, windows: &[(&str, u32)]) -> Result<usize, StateError> {
         let purge = |conn: &mut Connection| -> rusqlite::Result<usize> {
             let tx = conn.transaction()?;
             let mut n = 0;
             let jails: Vec<String> = tx
-                .prepare("SELECT DISTINCT jail FROM failures")?
+                .prepare("SELECT DISTINCT jail FROM windows")?
                 .query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             for jail in jails {
                 n += match windows.iter().find(|(j, _)| *j == jail) {
+                    // A window whose newest failure is out is gone; older times inside
+                    // one that is not are dropped when it is restored.
                     Some((_, start)) => tx.execute(
-                        "DELETE FROM failures WHERE jail = ?1 AND at <= ?2",
+                        "DELETE FROM windows WHERE jail = ?1 AND last <= ?2",
                         params![jail, start],
                     )?,
-                    None => tx.execute("DELETE FROM failures WHERE jail = ?1", [jail])?,
+                    None => tx.execute("DELETE FROM windows WHERE jail = ?1", [jail])?,
                 };
             }
             tx.commit()?;
@@ -698,6 +745,18 @@ impl crate::engine::Ledger for Store {
     }
 }
 
+/// A window's failure times as stored: 4 bytes each, little-endian.
+fn encode_times(times: &[u32]) -> Vec<u8> {
+    times.iter().flat_map(|t| t.to_le_bytes()).collect()
+}
+
+/// The times [`encode_times`] wrote; `None` for a blob it cannot have written.
+fn decode_times(blob: &[u8]) -> Option<Vec<u32>> {
+    let (chunks, rest) = blob.as_chunks::<4>();
+    (rest.is_empty() && !chunks.is_empty())
+        .then(|| chunks.iter().map(|c| u32::from_le_bytes(*c)).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -748,6 +807,94 @@ mod tests {
             .map(|b| b.origin.to_text())
             .collect();
         assert_eq!(origins, ["manual", "kernel", "failures", "recidive"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Windows are saved whole, replaced whole, emptied away and purged by their newest
+    /// failure; their times come back oldest first.
+    #[test]
+    fn failure_windows_round_trip_and_purge() {
+        let dir = std::env::temp_dir().join(format!("banctl-windows-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = Store::open(&dir).unwrap();
+        let (a, b): (IpAddr, IpAddr) =
+            ("192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap());
+        let window = |jail, addr, times| Window { jail, addr, times };
+        store
+            .save_round(
+                &[],
+                &[("f", "1")],
+                &[
+                    window("ssh", a, &[10, 20, 30]),
+                    window("ssh", b, &[5]),
+                    window("web", a, &[40]),
+                ],
+            )
+            .unwrap();
+        store
+            .save_round(
+                &[],
+                &[("f", "2")],
+                &[window("ssh", a, &[20, 30, 31]), window("web", a, &[])],
+            )
+            .unwrap();
+        assert_eq!(
+            store.failures().unwrap(),
+            [
+                ("ssh".to_owned(), a, vec![20, 30, 31]),
+                ("ssh".to_owned(), b, vec![5])
+            ]
+        );
+        drop(store);
+        let mut store = Store::open(&dir).unwrap();
+        assert_eq!(store.purge_failures(&[("ssh", 5)]).unwrap(), 1);
+        assert_eq!(
+            store.failures().unwrap(),
+            [("ssh".to_owned(), a, vec![20, 30, 31])]
+        );
+        assert_eq!(store.purge_failures(&[]).unwrap(), 1);
+        assert!(store.failures().unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Schema 2's row per failure becomes a window per address; the old table is gone.
+    #[test]
+    fn version_2_failure_rows_become_windows() {
+        let dir = std::env::temp_dir().join(format!("banctl-v2-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let conn = Connection::open(dir.join(FILE_NAME)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE failures (jail TEXT NOT NULL, addr TEXT NOT NULL, at INTEGER NOT NULL);
+             INSERT INTO failures VALUES ('ssh', '192.0.2.1', 30);
+             INSERT INTO failures VALUES ('ssh', '192.0.2.1', 10);
+             INSERT INTO failures VALUES ('web', '192.0.2.1', 7);
+             INSERT INTO failures VALUES ('ssh', '2001:db8::1', 20);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        drop(conn);
+        let store = Store::open(&dir).unwrap();
+        let (a, b): (IpAddr, IpAddr) =
+            ("192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap());
+        assert_eq!(
+            store.failures().unwrap(),
+            [
+                ("ssh".to_owned(), a, vec![10, 30]),
+                ("ssh".to_owned(), b, vec![20]),
+                ("web".to_owned(), a, vec![7]),
+            ]
+        );
+        let (version, old): (i64, i64) = store
+            .conn
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version),
+                        (SELECT count(*) FROM sqlite_master WHERE name = 'failures')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((version, old), (SCHEMA_VERSION, 0));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
