@@ -775,6 +775,14 @@ mod tests {
         }
     }
 
+    /// A new empty directory for one test's store.
+    fn empty_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("banctl-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
     }
@@ -783,9 +791,7 @@ mod tests {
     /// its reason.
     #[test]
     fn version_1_stores_gain_the_origin_of_their_bans() {
-        let dir = std::env::temp_dir().join(format!("banctl-v1-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = empty_dir("v1");
         let conn = Connection::open(dir.join(FILE_NAME)).unwrap();
         conn.execute_batch(
             "CREATE TABLE bans (jail TEXT NOT NULL, net TEXT NOT NULL, banned_at INTEGER NOT NULL,
@@ -814,8 +820,7 @@ mod tests {
     /// failure; their times come back oldest first.
     #[test]
     fn failure_windows_round_trip_and_purge() {
-        let dir = std::env::temp_dir().join(format!("banctl-windows-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = empty_dir("windows");
         let mut store = Store::open(&dir).unwrap();
         let (a, b): (IpAddr, IpAddr) =
             ("192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap());
@@ -860,9 +865,7 @@ mod tests {
     /// Schema 2's row per failure becomes a window per address; the old table is gone.
     #[test]
     fn version_2_failure_rows_become_windows() {
-        let dir = std::env::temp_dir().join(format!("banctl-v2-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = empty_dir("v2");
         let conn = Connection::open(dir.join(FILE_NAME)).unwrap();
         conn.execute_batch(
             "CREATE TABLE failures (jail TEXT NOT NULL, addr TEXT NOT NULL, at INTEGER NOT NULL);
@@ -900,9 +903,7 @@ mod tests {
 
     #[test]
     fn a_damaged_file_is_moved_aside_and_a_new_store_started() {
-        let dir = std::env::temp_dir().join(format!("banctl-damaged-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = empty_dir("damaged");
         std::fs::write(dir.join(FILE_NAME), vec![0x5a; 8192]).unwrap();
         let (mut store, aside) = Store::open_or_recover(&dir).unwrap();
         let aside = aside.expect("the damaged file is moved aside");
@@ -922,10 +923,7 @@ mod tests {
 
     #[test]
     fn bans_expire_replace_and_survive_reopening() {
-        let dir = std::env::temp_dir().join(format!("banctl-state-{}", std::process::id()));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).unwrap();
-        }
+        let dir = empty_dir("state");
         let mut store = Store::open(&dir).unwrap();
         store
             .record_bans(&[

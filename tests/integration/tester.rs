@@ -354,27 +354,24 @@ fn a_file_read_in_parts_gives_the_summary_of_one_read() {
     let names = r"sshd\[\d+\]: Invalid user \S+ from <HOST> port \d+$";
     for (filter, usedns) in [("sshd", "warn"), (names, "warn"), (names, "no")] {
         let args = ["test", log, filter, "--usedns", usedns];
-        let parts = Command::new(BIN)
-            .args(args)
-            .env("BANCTL_LOG", "debug")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&parts.stderr);
-        assert!(parts.status.success(), "{stderr}");
-        assert!(stderr.contains("reading the file in parts"), "{stderr}");
-        let one = Command::new("taskset")
-            .args(["-c", "0", BIN])
-            .args(args)
-            .env("BANCTL_LOG", "debug")
-            .output()
-            .unwrap();
-        let one_err = String::from_utf8_lossy(&one.stderr);
-        assert!(one.status.success(), "{one_err}");
-        assert!(!one_err.contains("reading the file in parts"), "{one_err}");
-        let (parts, one) = (
-            String::from_utf8_lossy(&parts.stdout),
-            String::from_utf8_lossy(&one.stdout),
-        );
+        // The summary, and whether the file was read in parts.
+        let run = |mut command: Command| {
+            let out = command
+                .args(args)
+                .env("BANCTL_LOG", "debug")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "{stderr}");
+            let in_parts = stderr.contains("reading the file in parts");
+            (String::from_utf8_lossy(&out.stdout).into_owned(), in_parts)
+        };
+        let (parts, in_parts) = run(Command::new(BIN));
+        assert!(in_parts, "not read in parts");
+        let mut taskset = Command::new("taskset");
+        taskset.args(["-c", "0", BIN]);
+        let (one, in_parts) = run(taskset);
+        assert!(!in_parts, "read in parts on one core");
         assert_eq!(parts, one);
         assert!(
             parts.contains(&format!("Lines: {} in all", i + 1)),
