@@ -578,7 +578,9 @@ impl Store {
                 )?;
                 for window in windows {
                     let addr = window.addr.to_string();
-                    match window.times.last() {
+                    // The newest failure, which the purge goes by (lines caught up may
+                    // come out of date order).
+                    match window.times.iter().max() {
                         None => clear.execute(params![window.jail, addr])?,
                         Some(last) => put.execute(params![
                             window.jail,
@@ -824,6 +826,7 @@ mod tests {
         let mut store = Store::open(&dir).unwrap();
         let (a, b): (IpAddr, IpAddr) =
             ("192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap());
+        let c: IpAddr = "198.51.100.1".parse().unwrap();
         let window = |jail, addr, times| Window { jail, addr, times };
         store
             .save_round(
@@ -832,6 +835,8 @@ mod tests {
                 &[
                     window("ssh", a, &[10, 20, 30]),
                     window("ssh", b, &[5]),
+                    // Caught-up lines may come out of date order: 9 is the newest.
+                    window("ssh", c, &[9, 3]),
                     window("web", a, &[40]),
                 ],
             )
@@ -847,7 +852,8 @@ mod tests {
             store.failures().unwrap(),
             [
                 ("ssh".to_owned(), a, vec![20, 30, 31]),
-                ("ssh".to_owned(), b, vec![5])
+                ("ssh".to_owned(), c, vec![9, 3]),
+                ("ssh".to_owned(), b, vec![5]),
             ]
         );
         drop(store);
@@ -855,9 +861,12 @@ mod tests {
         assert_eq!(store.purge_failures(&[("ssh", 5)]).unwrap(), 1);
         assert_eq!(
             store.failures().unwrap(),
-            [("ssh".to_owned(), a, vec![20, 30, 31])]
+            [
+                ("ssh".to_owned(), a, vec![20, 30, 31]),
+                ("ssh".to_owned(), c, vec![9, 3]),
+            ]
         );
-        assert_eq!(store.purge_failures(&[]).unwrap(), 1);
+        assert_eq!(store.purge_failures(&[]).unwrap(), 2);
         assert!(store.failures().unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
