@@ -40,6 +40,8 @@ pub use lines::Lines;
 pub const MAX_LINE: usize = 64 * 1024;
 /// Most bytes read from one file in one go (bounds memory while catching up).
 const MAX_READ: u64 = 1024 * 1024;
+/// The largest read buffer kept while no file is behind.
+const KEEP_READ_BUFFER: usize = 256 * 1024;
 /// How much of an existing file the first start reads back.
 pub const READBACK_LIMIT: u64 = 16 * 1024 * 1024;
 /// How much of a file's first line identifies it.
@@ -635,6 +637,10 @@ impl FileFollower {
         };
         if f.behind() && !self.behind.contains(wd) {
             self.behind.push_back(wd.clone());
+        }
+        // Caught up: the room a burst took is given back rather than kept until the next.
+        if self.behind.is_empty() && self.chunk.capacity() > KEEP_READ_BUFFER {
+            self.chunk = Vec::new();
         }
         batch
     }
