@@ -279,8 +279,9 @@ impl Store {
                 )?;
                 for same in rows.chunk_by(|a, b| (&a.0, &a.1) == (&b.0, &b.1)) {
                     let times: Vec<u32> = same.iter().map(|r| r.2).collect();
-                    let last = times[times.len() - 1];
-                    put.execute(params![same[0].0, same[0].1, last, encode_times(&times)])?;
+                    if let Some((last, blob)) = encode_times(&times) {
+                        put.execute(params![same[0].0, same[0].1, last, blob])?;
+                    }
                 }
                 drop(put);
                 tx.execute_batch("DROP TABLE failures;")?;
@@ -578,16 +579,11 @@ impl Store {
                 )?;
                 for window in windows {
                     let addr = window.addr.to_string();
-                    // The newest failure, which the purge goes by (lines caught up may
-                    // come out of date order).
-                    match window.times.iter().max() {
+                    match encode_times(window.times) {
                         None => clear.execute(params![window.jail, addr])?,
-                        Some(last) => put.execute(params![
-                            window.jail,
-                            addr,
-                            last,
-                            encode_times(window.times)
-                        ])?,
+                        Some((last, blob)) => {
+                            put.execute(params![window.jail, addr, last, blob])?
+                        }
                     };
                 }
             }
@@ -747,9 +743,14 @@ impl crate::engine::Ledger for Store {
     }
 }
 
-/// A window's failure times as stored: 4 bytes each, little-endian.
-fn encode_times(times: &[u32]) -> Vec<u8> {
-    times.iter().flat_map(|t| t.to_le_bytes()).collect()
+/// A window's failure times as stored: oldest first (lines caught up may come out of date
+/// order), 4 bytes each, little-endian; with the newest, which the purge goes by. `None` for
+/// an empty window.
+fn encode_times(times: &[u32]) -> Option<(u32, Vec<u8>)> {
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable();
+    let last = *sorted.last()?;
+    Some((last, sorted.iter().flat_map(|t| t.to_le_bytes()).collect()))
 }
 
 /// The times [`encode_times`] wrote; `None` for a blob it cannot have written.
@@ -852,7 +853,7 @@ mod tests {
             store.failures().unwrap(),
             [
                 ("ssh".to_owned(), a, vec![20, 30, 31]),
-                ("ssh".to_owned(), c, vec![9, 3]),
+                ("ssh".to_owned(), c, vec![3, 9]),
                 ("ssh".to_owned(), b, vec![5]),
             ]
         );
@@ -863,7 +864,7 @@ mod tests {
             store.failures().unwrap(),
             [
                 ("ssh".to_owned(), a, vec![20, 30, 31]),
-                ("ssh".to_owned(), c, vec![9, 3]),
+                ("ssh".to_owned(), c, vec![3, 9]),
             ]
         );
         assert_eq!(store.purge_failures(&[]).unwrap(), 2);
