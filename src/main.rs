@@ -483,6 +483,13 @@ enum DateKind {
     None,
 }
 
+impl DateKind {
+    /// The format of a date found at the line's start, if one was.
+    fn of(found: Option<&banctl::filter::date::Found>) -> DateKind {
+        found.map_or(DateKind::None, |d| DateKind::Found(d.format))
+    }
+}
+
 impl std::fmt::Display for DateKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -659,9 +666,7 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
         if !options.json && wanted {
             let format = match stamped {
                 Some(_) => DateKind::Journal,
-                None => date
-                    .as_ref()
-                    .map_or(DateKind::None, |d| DateKind::Found(d.format)),
+                None => DateKind::of(date.as_ref()),
             };
             tally.note(number == 1, verdict != Verdict::Missed, format);
         }
@@ -799,7 +804,7 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
             .context("writing the output")
             .map_err(Failure::from);
     }
-    if options.print_matched || options.print_missed || options.print_ignored || options.verbose {
+    if per_line_output {
         writeln!(out).context("writing the output")?;
     }
     out.flush().context("writing the output")?;
@@ -1009,9 +1014,7 @@ fn test_file_in_parts(
                             let matched = verdict != banctl::filter::Verdict::Missed;
                             let first = k == 0 && n == 1;
                             if matched || first {
-                                let format = dates
-                                    .find(line, now)
-                                    .map_or(DateKind::None, |d| DateKind::Found(d.format));
+                                let format = DateKind::of(dates.find(line, now).as_ref());
                                 tally.note(first, matched, format);
                             }
                             Ok(())
