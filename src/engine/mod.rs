@@ -141,19 +141,37 @@ struct Wanted {
 struct Unsaved {
     bans: Vec<StoredBan>,
     positions: HashMap<String, String>,
-    /// (jail name, window key).
-    windows: HashSet<(String, IpAddr)>,
+    /// Window keys per jail name (a few jails: a list).
+    windows: Vec<(String, HashSet<IpAddr>)>,
     /// The last save failed (so the next failure is not logged again).
     failing: bool,
 }
 
-/// Ban policy over an enforcer and a ledger.
+impl Unsaved {
+    /// The unsaved window keys of jail `name`.
+    fn windows_of(&mut self, name: &str) -> &mut HashSet<IpAddr> {
+        let i = match self.windows.iter().position(|(n, _)| n == name) {
+            Some(i) => i,
+            None => {
+                self.windows.push((name.to_owned(), HashSet::new()));
+                self.windows.len() - 1
+            }
+        };
+        &mut self.windows[i].1
+    }
+
+    fn window_count(&self) -> usize {
+        self.windows.iter().map(|(_, keys)| keys.len()).sum()
+    }
+}
+
 /// How long a backlog of lines may go unsaved (see [`Engine::on_lines`]).
 const SAVE_BEHIND: Duration = Duration::from_secs(1);
 /// How many changed failure windows may wait behind a backlog: a larger transaction spills
 /// the store's page cache and costs more than the commits it saves.
 const SAVE_BEHIND_WINDOWS: usize = 16 * 1024;
 
+/// Ban policy over an enforcer and a ledger.
 pub struct Engine<E, L> {
     jails: Vec<Jail>,
     enforcer: E,
@@ -255,7 +273,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
     ) -> Vec<NameFailure> {
         let mut bans = Vec::new();
         let mut names = Vec::new();
-        let mut touched: HashSet<(usize, IpAddr)> = HashSet::new();
+        let mut touched: Vec<(usize, IpAddr)> = Vec::new();
         for &(batch, routed) in batches {
             for &j in routed {
                 let counters = self.jails[j].counters_mut();
@@ -301,7 +319,8 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         let behind = now
             .duration_since(self.lines_saved)
             .is_ok_and(|d| d < SAVE_BEHIND);
-        if banned || !self.backlog || !behind || self.unsaved.windows.len() >= SAVE_BEHIND_WINDOWS {
+        if banned || !self.backlog || !behind || self.unsaved.window_count() >= SAVE_BEHIND_WINDOWS
+        {
             self.save();
             self.lines_saved = now;
         }
@@ -323,7 +342,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         at: SystemTime,
         line: &str,
         bans: &mut Vec<Wanted>,
-        touched: &mut HashSet<(usize, IpAddr)>,
+        touched: &mut Vec<(usize, IpAddr)>,
     ) {
         let jail = &mut self.jails[j];
         match jail.record_line(addr, at, line) {
@@ -339,7 +358,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
                 return;
             }
         }
-        touched.insert((j, jail.key_of(addr)));
+        touched.push((j, jail.key_of(addr)));
     }
 
     /// A failure of jail `j` naming host `name`: per its `usedns`, nothing, a warning, or a
@@ -385,7 +404,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         if failure.at + self.jails[j].config().findtime < now {
             return;
         }
-        let (mut bans, mut touched) = (Vec::new(), HashSet::new());
+        let (mut bans, mut touched) = (Vec::new(), Vec::new());
         for &addr in addrs {
             tracing::info!(jail = failure.jail, name = failure.name, %addr, "failure of a host name counted for its address");
             self.jails[j].counters_mut().matched += 1;
@@ -399,10 +418,13 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         self.save();
     }
 
-    fn touch(&mut self, touched: &HashSet<(usize, IpAddr)>) {
-        for &(j, addr) in touched {
-            let jail = self.jails[j].name().to_owned();
-            self.unsaved.windows.insert((jail, addr));
+    /// Marks changed failure windows (jail index, key) unsaved. A round's failures come jail
+    /// by jail: each run of one jail finds its set once.
+    fn touch(&mut self, touched: &[(usize, IpAddr)]) {
+        for run in touched.chunk_by(|a, b| a.0 == b.0) {
+            self.unsaved
+                .windows_of(self.jails[run[0].0].name())
+                .extend(run.iter().map(|&(_, key)| key));
         }
     }
 
@@ -415,7 +437,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             windows,
             failing,
         } = &mut self.unsaved;
-        if bans.is_empty() && positions.is_empty() && windows.is_empty() {
+        if bans.is_empty() && positions.is_empty() && windows.iter().all(|(_, k)| k.is_empty()) {
             return;
         }
         let positions_now: Vec<(&str, &str)> = positions
@@ -425,12 +447,12 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         let jails = &self.jails;
         let windows_now: Vec<Window> = windows
             .iter()
-            .filter_map(|(name, addr)| {
-                let jail = jails.iter().find(|j| j.name() == name)?;
-                Some(Window {
+            .filter_map(|(name, keys)| Some((jails.iter().find(|j| j.name() == name)?, keys)))
+            .flat_map(|(jail, keys)| {
+                keys.iter().map(|&addr| Window {
                     jail: jail.name(),
-                    addr: *addr,
-                    times: jail.window(*addr),
+                    addr,
+                    times: jail.window(addr),
                 })
             })
             .collect();
@@ -452,10 +474,9 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
     /// Saves that the jails forgot the failures of these addresses (after a ban or unban).
     fn forget_saved(&mut self, forgotten: &[(usize, Vec<IpAddr>)]) {
         for (j, addrs) in forgotten {
-            let jail = self.jails[*j].name().to_owned();
-            for &addr in addrs {
-                self.unsaved.windows.insert((jail.clone(), addr));
-            }
+            self.unsaved
+                .windows_of(self.jails[*j].name())
+                .extend(addrs.iter().copied());
         }
         self.save();
     }
@@ -714,6 +735,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         if let Err(e) = self.ledger.purge(now, self.history, &names) {
             tracing::error!(error = %e, "purging the state store");
         }
+        let purged = took.elapsed();
         let mut stored = self
             .ledger
             .active(now)
@@ -734,6 +756,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             return Err(self.enforcer_failed(&e));
         }
         tracing::debug!(
+            ?purged,
             ?read_store,
             ?read_kernel,
             ?fit,
