@@ -748,7 +748,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             Err(e) => return Err(self.enforcer_failed(&e)),
         };
         let read_kernel = took.elapsed();
-        let (restore, adopt) = differences(&stored, &kernel, now);
+        let (restore, adopt) = differences(stored, &kernel, now);
         let fitted = crate::ban::fit(&kernel, restore);
         let fit = took.elapsed();
         let rules: Vec<_> = self.jails.iter().map(|j| j.config().rules()).collect();
@@ -1247,37 +1247,49 @@ fn adopted(jail: &str, e: &Element, now: SystemTime) -> StoredBan {
     }
 }
 
-/// What the store holds and the kernel lacks (to put back), and what the kernel holds
-/// and the store lacks (to adopt). Sets, not scans: both sides may hold 100,000 bans.
+/// What the store holds and the kernel lacks (to put back, in (jail, prefix) order), and
+/// what the kernel holds and the store lacks (to adopt). Sets, not scans: both sides may hold
+/// 100,000 bans.
 fn differences(
-    stored: &[StoredBan],
+    stored: Vec<StoredBan>,
     kernel: &BTreeMap<String, Vec<Element>>,
     now: SystemTime,
 ) -> (Vec<Restore>, Vec<StoredBan>) {
-    // An empty kernel (after a reboot) lacks everything and holds nothing to adopt: no sets
-    // to build.
-    if kernel.values().all(Vec::is_empty) {
-        return (
-            stored.iter().filter_map(|b| b.to_restore(now)).collect(),
-            Vec::new(),
-        );
-    }
-    let in_kernel: HashSet<(&str, IpNet), FastHash> = kernel
-        .iter()
-        .flat_map(|(jail, elems)| elems.iter().map(move |e| (jail.as_str(), e.net)))
-        .collect();
-    let in_store: HashSet<(&str, IpNet), FastHash> =
-        stored.iter().map(|b| (b.jail.as_str(), b.net)).collect();
-    let restore = stored
-        .iter()
-        .filter(|b| !in_kernel.contains(&(b.jail.as_str(), b.net)))
-        .filter_map(|b| b.to_restore(now))
-        .collect();
-    let adopt = kernel
-        .iter()
-        .flat_map(|(jail, elems)| elems.iter().map(move |e| (jail, e)))
-        .filter(|(jail, e)| !in_store.contains(&(jail.as_str(), e.net)))
-        .map(|(jail, e)| adopted(jail, e, now))
-        .collect();
+    let mut adopt = Vec::new();
+    let mut restore: Vec<Restore> = if kernel.values().all(Vec::is_empty) {
+        // An empty kernel (after a reboot) lacks everything and holds nothing to adopt: no
+        // sets to build.
+        stored
+            .into_iter()
+            .filter_map(|b| b.into_restore(now))
+            .collect()
+    } else {
+        let in_kernel: HashSet<(&str, IpNet), FastHash> = kernel
+            .iter()
+            .flat_map(|(jail, elems)| elems.iter().map(move |e| (jail.as_str(), e.net)))
+            .collect();
+        let in_store: HashSet<(&str, IpNet), FastHash> =
+            stored.iter().map(|b| (b.jail.as_str(), b.net)).collect();
+        adopt = kernel
+            .iter()
+            .flat_map(|(jail, elems)| elems.iter().map(move |e| (jail, e)))
+            .filter(|(jail, e)| !in_store.contains(&(jail.as_str(), e.net)))
+            .map(|(jail, e)| adopted(jail, e, now))
+            .collect();
+        let lacking: Vec<bool> = stored
+            .iter()
+            .map(|b| !in_kernel.contains(&(b.jail.as_str(), b.net)))
+            .collect();
+        drop(in_store);
+        stored
+            .into_iter()
+            .zip(lacking)
+            .filter(|(_, lacks)| *lacks)
+            .filter_map(|(b, _)| b.into_restore(now))
+            .collect()
+    };
+    // The store lists prefixes in text order; in (jail, prefix) order, a restore's million
+    // bans need no set to find repeats ([`crate::ban::widest_of_round`]).
+    restore.sort_unstable_by(|a, b| (&a.ban.jail, a.ban.net).cmp(&(&b.ban.jail, b.ban.net)));
     (restore, adopt)
 }
