@@ -732,10 +732,6 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         self.report_expired(now);
         let took = std::time::Instant::now();
         let names: Vec<&str> = self.jails.iter().map(Jail::name).collect();
-        if let Err(e) = self.ledger.purge(now, self.history, &names) {
-            tracing::error!(error = %e, "purging the state store");
-        }
-        let purged = took.elapsed();
         let mut stored = self
             .ledger
             .active(now)
@@ -752,15 +748,22 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         let fitted = crate::ban::fit(&kernel, restore);
         let fit = took.elapsed();
         let rules: Vec<_> = self.jails.iter().map(|j| j.config().rules()).collect();
-        if let Err(e) = self.enforcer.declare(&rules, &fitted.fits) {
+        let declared = self.enforcer.declare(&rules, &fitted.fits);
+        let enforced = took.elapsed();
+        // Once the bans are in force: `active` leaves out what the purge removes (expired
+        // bans, and those of jails not configured), so it changes nothing above.
+        if let Err(e) = self.ledger.purge(now, self.history, &names) {
+            tracing::error!(error = %e, "purging the state store");
+        }
+        if let Err(e) = declared {
             return Err(self.enforcer_failed(&e));
         }
         tracing::debug!(
-            ?purged,
             ?read_store,
             ?read_kernel,
             ?fit,
-            declared = ?took.elapsed(),
+            declared = ?enforced,
+            purged = ?took.elapsed(),
             "reconcile: times since its start"
         );
         if !fitted.wider.is_empty()
