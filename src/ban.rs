@@ -143,14 +143,7 @@ impl StoredBan {
 
     /// Time left at `now`: `Some(None)` for a permanent ban, `None` once expired.
     pub fn remaining(&self, now: SystemTime) -> Option<Option<Duration>> {
-        match self.expires_at() {
-            None => Some(None),
-            Some(end) => end
-                .duration_since(now)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .map(Some),
-        }
+        time_left(self.banned_at, self.time, now)
     }
 
     /// What to enforce.
@@ -169,18 +162,22 @@ impl StoredBan {
             ..Restore::whole(self.to_ban())
         })
     }
+}
 
-    /// [`StoredBan::to_restore`], keeping the jail's name instead of copying it.
-    pub fn into_restore(self, now: SystemTime) -> Option<Restore> {
-        let left = self.remaining(now)?;
-        Some(Restore {
-            ban: Ban {
-                jail: self.jail,
-                net: self.net,
-                time: self.time,
-            },
-            expires_in: left,
-        })
+/// Time left at `now` of a ban of `time` from `banned_at`: `Some(None)` for a permanent ban,
+/// `None` once expired.
+pub fn time_left(
+    banned_at: SystemTime,
+    time: BanTime,
+    now: SystemTime,
+) -> Option<Option<Duration>> {
+    match time {
+        BanTime::Permanent => Some(None),
+        BanTime::Finite(d) => (banned_at + d)
+            .duration_since(now)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .map(Some),
     }
 }
 

@@ -734,10 +734,10 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         let names: Vec<&str> = self.jails.iter().map(Jail::name).collect();
         let mut stored = self
             .ledger
-            .active(now)
+            .restorable(now)
             .map_err(|e| EngineError::Ledger(e.to_string()))?;
         // A disabled jail's bans wait in the ledger for it to come back.
-        stored.retain(|b| names.contains(&b.jail.as_str()));
+        stored.retain(|r| names.contains(&r.ban.jail.as_str()));
         let read_store = took.elapsed();
         let kernel = match self.enforcer.snapshot(&names) {
             Ok(kernel) => kernel,
@@ -1251,46 +1251,35 @@ fn adopted(jail: &str, e: &Element, now: SystemTime) -> StoredBan {
 }
 
 /// What the store holds and the kernel lacks (to put back, in (jail, prefix) order), and
-/// what the kernel holds and the store lacks (to adopt). Sets, not scans: both sides may hold
-/// 100,000 bans.
+/// what the kernel holds and the store lacks (to adopt). `stored`: the store's bans in
+/// force, as they are put back. Sets, not scans: both sides may hold 100,000 bans.
 fn differences(
-    stored: Vec<StoredBan>,
+    stored: Vec<Restore>,
     kernel: &BTreeMap<String, Vec<Element>>,
     now: SystemTime,
 ) -> (Vec<Restore>, Vec<StoredBan>) {
     let mut adopt = Vec::new();
-    let mut restore: Vec<Restore> = if kernel.values().all(Vec::is_empty) {
-        // An empty kernel (after a reboot) lacks everything and holds nothing to adopt: no
-        // sets to build.
-        stored
-            .into_iter()
-            .filter_map(|b| b.into_restore(now))
-            .collect()
-    } else {
-        let in_kernel: HashSet<(&str, IpNet), FastHash> = kernel
+    let mut restore = stored;
+    // An empty kernel (after a reboot) lacks everything and holds nothing to adopt: no sets
+    // to build.
+    if kernel.values().any(|elems| !elems.is_empty()) {
+        let in_store: HashSet<(&str, IpNet), FastHash> = restore
             .iter()
-            .flat_map(|(jail, elems)| elems.iter().map(move |e| (jail.as_str(), e.net)))
+            .map(|r| (r.ban.jail.as_str(), r.ban.net))
             .collect();
-        let in_store: HashSet<(&str, IpNet), FastHash> =
-            stored.iter().map(|b| (b.jail.as_str(), b.net)).collect();
         adopt = kernel
             .iter()
             .flat_map(|(jail, elems)| elems.iter().map(move |e| (jail, e)))
             .filter(|(jail, e)| !in_store.contains(&(jail.as_str(), e.net)))
             .map(|(jail, e)| adopted(jail, e, now))
             .collect();
-        let lacking: Vec<bool> = stored
-            .iter()
-            .map(|b| !in_kernel.contains(&(b.jail.as_str(), b.net)))
-            .collect();
         drop(in_store);
-        stored
-            .into_iter()
-            .zip(lacking)
-            .filter(|(_, lacks)| *lacks)
-            .filter_map(|(b, _)| b.into_restore(now))
-            .collect()
-    };
+        let in_kernel: HashSet<(&str, IpNet), FastHash> = kernel
+            .iter()
+            .flat_map(|(jail, elems)| elems.iter().map(move |e| (jail.as_str(), e.net)))
+            .collect();
+        restore.retain(|r| !in_kernel.contains(&(r.ban.jail.as_str(), r.ban.net)));
+    }
     // The store lists prefixes in text order; in (jail, prefix) order, a restore's million
     // bans need no set to find repeats ([`crate::ban::widest_of_round`]).
     restore.sort_unstable_by(|a, b| (&a.ban.jail, a.ban.net).cmp(&(&b.ban.jail, b.ban.net)));

@@ -93,6 +93,10 @@ pub trait Ledger {
     /// Every ban in force at `now`.
     fn active(&self, now: SystemTime) -> Result<Vec<StoredBan>, Self::Error>;
 
+    /// Every ban in force at `now`, as it is put back ([`StoredBan::to_restore`]): what a
+    /// restart reads, a million bans for some, without what only listings need.
+    fn restorable(&self, now: SystemTime) -> Result<Vec<Restore>, Self::Error>;
+
     /// Bans that ran out after `since`, up to `until`.
     fn expired(&self, since: SystemTime, until: SystemTime) -> Result<Vec<StoredBan>, Self::Error>;
 

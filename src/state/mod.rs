@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::addr::IpNet;
-use crate::ban::Origin;
+use crate::ban::{Ban, Origin, Restore, time_left};
 mod outbox;
 pub use outbox::{Outbox, Queued};
 
@@ -100,6 +100,23 @@ fn ms(t: SystemTime) -> i64 {
 
 fn from_ms(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// A `bantime` column's ban time (NULL: permanent).
+fn ban_time(ms: Option<i64>) -> BanTime {
+    ms.map_or(BanTime::Permanent, |t| {
+        BanTime::Finite(Duration::from_millis(u64::try_from(t).unwrap_or(0)))
+    })
+}
+
+/// A `net` column's prefix. A row this build cannot read was not written by it: it is
+/// skipped (said in the log) rather than failing the whole read.
+fn readable_net(jail: &str, net: &str) -> Option<IpNet> {
+    let parsed = net.parse::<IpNet>().ok();
+    if parsed.is_none() {
+        tracing::warn!(jail, net, "state store: unreadable address skipped");
+    }
+    parsed
 }
 
 fn time_ms(time: BanTime) -> Option<i64> {
@@ -340,6 +357,39 @@ impl Store {
         )
     }
 
+    /// Every ban in force at `now`, as it is put back: what [`Store::active`] gives, through
+    /// [`StoredBan::to_restore`], reading only the four columns that takes.
+    pub fn restorable(&self, now: SystemTime) -> Result<Vec<Restore>, StateError> {
+        let read = || -> rusqlite::Result<Vec<Restore>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT jail, net, banned_at, bantime FROM bans
+                 WHERE bantime IS NULL OR banned_at + bantime > ?1 ORDER BY jail, net",
+            )?;
+            let mut rows = stmt.query([ms(now)])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let jail = row.get_ref(0)?.as_str()?;
+                let Some(net) = readable_net(jail, row.get_ref(1)?.as_str()?) else {
+                    continue;
+                };
+                let time = ban_time(row.get(3)?);
+                let Some(expires_in) = time_left(from_ms(row.get(2)?), time, now) else {
+                    continue;
+                };
+                out.push(Restore {
+                    ban: Ban {
+                        jail: jail.to_owned(),
+                        net,
+                        time,
+                    },
+                    expires_in,
+                });
+            }
+            Ok(out)
+        };
+        read().map_err(|e| self.sql(e))
+    }
+
     /// The bans that ran out after `since`, up to `until` (and are not purged yet), oldest
     /// first.
     pub fn expired(
@@ -391,18 +441,14 @@ impl Store {
             let mut out = Vec::new();
             for row in rows {
                 let (jail, net, at, time, count, reason, origin) = row?;
-                // A row this build cannot read was not written by it; skip it rather than fail.
-                let Ok(net) = net.parse::<IpNet>() else {
-                    tracing::warn!(jail, net, "state store: unreadable address skipped");
+                let Some(net) = readable_net(&jail, &net) else {
                     continue;
                 };
                 out.push(StoredBan {
                     jail,
                     net,
                     banned_at: from_ms(at),
-                    time: time.map_or(BanTime::Permanent, |t| {
-                        BanTime::Finite(Duration::from_millis(u64::try_from(t).unwrap_or(0)))
-                    }),
+                    time: ban_time(time),
                     count,
                     reason,
                     origin: Origin::from_text(&origin),
@@ -690,6 +736,10 @@ impl crate::engine::Ledger for Store {
         Store::active(self, now)
     }
 
+    fn restorable(&self, now: SystemTime) -> Result<Vec<Restore>, StateError> {
+        Store::restorable(self, now)
+    }
+
     fn expired(&self, since: SystemTime, until: SystemTime) -> Result<Vec<StoredBan>, StateError> {
         Store::expired(self, since, until)
     }
@@ -820,6 +870,45 @@ mod tests {
             .map(|b| b.origin.to_text())
             .collect();
         assert_eq!(origins, ["manual", "kernel", "failures", "recidive"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What a restart reads is what the bans in force give, put back: at every moment around
+    /// their ends (to the millisecond), for permanent and finite bans, IPv4 and IPv6, and an
+    /// unreadable row skipped by both.
+    #[test]
+    fn restorable_bans_are_the_active_ones_put_back() {
+        let dir = empty_dir("restorable");
+        let mut store = Store::open(&dir).unwrap();
+        store
+            .record_bans(&[
+                ban("web", "192.0.2.1", 100, Some(60)),
+                ban("web", "192.0.2.10", 100, None),
+                ban("web", "2001:db8::/64", 130, Some(60)),
+                ban("ssh", "192.0.2.2", 100, Some(30)),
+                ban("ssh", "192.0.2.3", 0, Some(1)),
+            ])
+            .unwrap();
+        store
+            .conn
+            .execute(
+                "INSERT INTO bans VALUES ('web', 'not an address', 0, NULL, 1, 'x', 'failures')",
+                [],
+            )
+            .unwrap();
+        for ms in [
+            0, 100_000, 129_999, 130_000, 130_001, 159_999, 160_000, 190_000, 200_000,
+        ] {
+            let now = UNIX_EPOCH + Duration::from_millis(ms);
+            let active: Vec<Restore> = store
+                .active(now)
+                .unwrap()
+                .iter()
+                .filter_map(|b| b.to_restore(now))
+                .collect();
+            assert_eq!(store.restorable(now).unwrap(), active, "at {ms} ms");
+        }
+        assert_eq!(store.restorable(at(140)).unwrap().len(), 3);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
