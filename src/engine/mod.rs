@@ -750,7 +750,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         let rules: Vec<_> = self.jails.iter().map(|j| j.config().rules()).collect();
         let declared = self.enforcer.declare(&rules, &fitted.fits);
         let enforced = took.elapsed();
-        // Once the bans are in force: `active` leaves out what the purge removes (expired
+        // Once the bans are in force: `restorable` leaves out what the purge removes (expired
         // bans, and those of jails not configured), so it changes nothing above.
         if let Err(e) = self.ledger.purge(now, self.history, &names) {
             tracing::error!(error = %e, "purging the state store");
