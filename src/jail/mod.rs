@@ -8,6 +8,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use smallvec::SmallVec;
+
 use crate::addr::IpNet;
 use crate::ban::Ban;
 use crate::config::JailConfig;
@@ -33,7 +35,7 @@ pub struct Jail {
     config: JailConfig,
     /// Failure times (Unix seconds, oldest first) inside the window, per address (or per
     /// prefix with `count_by_prefix`, keyed by the prefix's first address).
-    failures: HashMap<IpAddr, Vec<u32>>,
+    failures: HashMap<IpAddr, Times>,
     /// The host's own addresses: never banned with `ignoreself`, nor covered by a prefix ban.
     own: Arc<[IpNet]>,
     /// The lines behind each window (at most `keep_lines`, newest last), kept only when a
@@ -44,6 +46,11 @@ pub struct Jail {
     /// What the filter remembers between this jail's lines (multi-line filters).
     memory: Memory,
 }
+
+/// The failure times of one window: most windows hold a few (up to `maxretry - 1`), kept
+/// inline in the table's entry, without an allocation of their own; a longer one spills to
+/// the heap. (The table's memory per tracked address is the entry alone.)
+type Times = SmallVec<[u32; 4]>;
 
 /// The longest matched line a ban keeps (as its reason in the store, and as the lines its
 /// notifiers get).
@@ -239,7 +246,9 @@ impl Jail {
 
     /// The failure times (Unix seconds, oldest first) counted under `key`.
     pub fn window(&self, key: IpAddr) -> &[u32] {
-        self.failures.get(&key).map_or(&[], Vec::as_slice)
+        self.failures
+            .get(&key)
+            .map_or(&[], |times| times.as_slice())
     }
 
     /// Puts back failures saved before a restart; those outside the window at `now` are gone.
@@ -248,7 +257,7 @@ impl Jail {
         times.retain(|t| *t > window_start);
         times.sort_unstable();
         if !times.is_empty() {
-            self.failures.insert(key, times);
+            self.failures.insert(key, Times::from_slice(&times));
         }
     }
 
