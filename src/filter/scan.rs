@@ -250,10 +250,14 @@ impl HostSplit {
 
     /// Whether `B` matches `[e, end)`, for a span whose start was found by the literal before
     /// the tag. (A start at the line start is exact; so is a tag end at the match or line
-    /// end.)
+    /// end, and one that [`HostSplit::pairs`] checked against `B`'s automaton already, which
+    /// it does when `B` starts with no literal.)
     fn tail_holds(&self, hay: &[u8], e: usize, end: usize, scratch: &mut Scratch) -> bool {
         let exact = !matches!(self.before_edge, Some(Before::Literal(_)))
-            || matches!(self.after_edge, Some(After::MatchEnd | After::LineEnd));
+            || matches!(
+                self.after_edge,
+                Some(After::MatchEnd | After::LineEnd) | None
+            );
         if exact {
             return true;
         }
