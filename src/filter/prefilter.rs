@@ -12,7 +12,7 @@
 //! bytes are replaced by U+FFFD; a needle (valid UTF-8, without U+FFFD) occurs in the
 //! replaced text exactly where it occurs in the bytes, since a replacement never swallows a
 //! byte that starts a character. So the answer is the same as examining every line, which
-//! `prefilter_agrees_with_examining_every_line` checks on hostile lines.
+//! `adversarial::fast_path_equals_capturing_engine_on_adversarial_lines` checks on hostile lines.
 //!
 //! Some lines hold a needle but cannot match: a benign message that shares a pattern's most
 //! telling words (`Received disconnect from … :11: disconnected by user` beside the pattern
