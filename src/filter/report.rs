@@ -253,7 +253,8 @@ impl Tally {
     pub fn add(&mut self, addr: IpAddr, n: usize) {
         self.pending.push((addr, n));
         if self.pending.len() >= self.counted.len().max(Tally::PAGE) {
-            self.counted = self.folded();
+            sort_by_address(&mut self.pending);
+            self.counted = merged(&self.counted, &self.pending);
             self.pending.clear();
         }
     }
@@ -289,33 +290,40 @@ impl Tally {
     /// The counted and the pending, merged in address order.
     fn folded(&self) -> Vec<(IpAddr, usize)> {
         let mut pending = self.pending.clone();
-        pending.sort_unstable_by_key(|(a, _)| *a);
-        let mut out: Vec<(IpAddr, usize)> = Vec::with_capacity(self.counted.len() + pending.len());
-        let (mut old, mut new) = (
-            self.counted.iter().peekable(),
-            pending.into_iter().peekable(),
-        );
-        loop {
-            let from_old = match (old.peek(), new.peek()) {
-                (Some(a), Some(b)) => a.0 <= b.0,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => break,
-            };
-            let Some(next) = (if from_old {
-                old.next().copied()
-            } else {
-                new.next()
-            }) else {
-                break;
-            };
-            match out.last_mut() {
-                Some(last) if last.0 == next.0 => last.1 += next.1,
-                _ => out.push(next),
-            }
-        }
-        out
+        sort_by_address(&mut pending);
+        merged(&self.counted, &pending)
     }
+}
+
+/// Sorts in [`IpAddr`]'s order (IPv4 first, then each family by value), comparing integers
+/// rather than octet arrays.
+fn sort_by_address(counts: &mut [(IpAddr, usize)]) {
+    counts.sort_unstable_by_key(|(addr, _)| match addr {
+        IpAddr::V4(a) => (false, u128::from(a.to_bits())),
+        IpAddr::V6(a) => (true, a.to_bits()),
+    });
+}
+
+/// Two lists sorted by address, merged, each address once with its counts added.
+fn merged(old: &[(IpAddr, usize)], new: &[(IpAddr, usize)]) -> Vec<(IpAddr, usize)> {
+    let mut out: Vec<(IpAddr, usize)> = Vec::with_capacity(old.len() + new.len());
+    let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        let from_old = match (old.peek(), new.peek()) {
+            (Some(a), Some(b)) => a.0 <= b.0,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        let Some(&next) = (if from_old { old.next() } else { new.next() }) else {
+            break;
+        };
+        match out.last_mut() {
+            Some(last) if last.0 == next.0 => last.1 += next.1,
+            _ => out.push(next),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
