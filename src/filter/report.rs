@@ -169,16 +169,7 @@ impl Report {
 
     /// Addresses by failures, most first (ties by address), at most `n`.
     pub fn top_addresses(&self, n: usize) -> Vec<(IpAddr, usize)> {
-        let mut all = self.per_address.counts().into_owned();
-        let order = |a: &(IpAddr, usize), b: &(IpAddr, usize)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
-        // A large log names 100,000s of addresses: the first `n` are picked, then sorted. The
-        // order is total (each address once), so these are the `n` a full sort puts first.
-        if n > 0 && all.len() > n {
-            all.select_nth_unstable_by(n - 1, order);
-        }
-        all.truncate(n);
-        all.sort_unstable_by(order);
-        all
+        top_of(self.per_address.counts().into_owned(), n)
     }
 
     /// The summary `banctl test` prints.
@@ -223,15 +214,28 @@ impl Report {
                 &self.per_ignoreregex,
             );
         }
-        out.push_str(&format!(
-            "\nAddresses: {} distinct\n",
-            self.per_address.distinct()
-        ));
-        for (addr, n) in self.top_addresses(10) {
+        // Folded once: the count and the top both read it.
+        let counts = self.per_address.counts().into_owned();
+        out.push_str(&format!("\nAddresses: {} distinct\n", counts.len()));
+        for (addr, n) in top_of(counts, 10) {
             out.push_str(&format!("  {addr}  {n} failure(s)\n"));
         }
         out
     }
+}
+
+/// Of `all` (each address once), the `n` with the most failures, most first (ties by
+/// address).
+fn top_of(mut all: Vec<(IpAddr, usize)>, n: usize) -> Vec<(IpAddr, usize)> {
+    let order = |a: &(IpAddr, usize), b: &(IpAddr, usize)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
+    // A large log names 100,000s of addresses: the first `n` are picked, then sorted. The
+    // order is total (each address once), so these are the `n` a full sort puts first.
+    if n > 0 && all.len() > n {
+        all.select_nth_unstable_by(n - 1, order);
+    }
+    all.truncate(n);
+    all.sort_unstable_by(order);
+    all
 }
 
 /// Failures per address, counted in bulk. Each failure is appended; the appended ones are
@@ -273,10 +277,6 @@ impl Tally {
         } else {
             std::borrow::Cow::Owned(self.folded())
         }
-    }
-
-    pub fn distinct(&self) -> usize {
-        self.counts().len()
     }
 
     /// The count of `addr` (0 when it has none).
@@ -424,7 +424,7 @@ mod tests {
         let mut expected: Vec<(IpAddr, usize)> = map.into_iter().collect();
         expected.sort_unstable();
         assert_eq!(one.counts().as_ref(), expected.as_slice());
-        assert_eq!(one.distinct(), expected.len());
+        assert_eq!(one.counts().len(), expected.len());
         let (addr, n) = expected[expected.len() / 2];
         assert_eq!(one.get(addr), n);
         assert_eq!(one.get("192.0.2.1".parse().unwrap()), 0);
