@@ -21,7 +21,9 @@ use regex_automata::hybrid::dfa::{Cache, DFA};
 use regex_automata::nfa::thompson::{self, WhichCaptures};
 use regex_automata::util::pool::Pool;
 use regex_automata::{Anchored, Input, MatchKind, meta};
-use regex_syntax::hir::{Hir, HirKind, Look};
+use regex_syntax::hir::{
+    Class, ClassBytes, ClassBytesRange, ClassUnicode, ClassUnicodeRange, Hir, HirKind, Look,
+};
 
 /// A pattern as the automata run it: anchored at the start of the line. An unanchored pattern
 /// gets a lazy `(?s:.)*?` in front, which finds its leftmost match as the unanchored search
@@ -34,10 +36,56 @@ pub(super) fn anchored(hir: &Hir) -> Hir {
     Hir::concat(vec![any, hir.clone()])
 }
 
-/// All of a filter's patterns that the `regex` crate runs, as one automaton.
+/// `hir` for haystacks of ASCII bytes only: every class cut to ASCII, literals that hold
+/// other bytes never matching, word boundaries the ASCII ones. On a haystack with no byte
+/// above 0x7f it matches exactly where `hir` does: every character such a haystack holds is
+/// ASCII, and Unicode's word characters among ASCII are ASCII's. The automata of the result
+/// are smaller (fewer byte classes, fewer states), so a line costs fewer cache misses.
+pub(super) fn ascii_only(hir: &Hir) -> Hir {
+    match hir.kind() {
+        HirKind::Empty => Hir::empty(),
+        HirKind::Literal(lit) if lit.0.is_ascii() => hir.clone(),
+        HirKind::Literal(_) => Hir::fail(),
+        HirKind::Class(Class::Unicode(class)) => {
+            let mut class = class.clone();
+            class.intersect(&ClassUnicode::new([ClassUnicodeRange::new('\0', '\x7f')]));
+            Hir::class(Class::Unicode(class))
+        }
+        HirKind::Class(Class::Bytes(class)) => {
+            let mut class = class.clone();
+            class.intersect(&ClassBytes::new([ClassBytesRange::new(0, 0x7f)]));
+            Hir::class(Class::Bytes(class))
+        }
+        HirKind::Look(look) => Hir::look(match look {
+            Look::WordUnicode => Look::WordAscii,
+            Look::WordUnicodeNegate => Look::WordAsciiNegate,
+            Look::WordStartUnicode => Look::WordStartAscii,
+            Look::WordEndUnicode => Look::WordEndAscii,
+            Look::WordStartHalfUnicode => Look::WordStartHalfAscii,
+            Look::WordEndHalfUnicode => Look::WordEndHalfAscii,
+            other => *other,
+        }),
+        HirKind::Repetition(rep) => {
+            let mut rep = rep.clone();
+            rep.sub = Box::new(ascii_only(&rep.sub));
+            Hir::repetition(rep)
+        }
+        HirKind::Capture(cap) => {
+            let mut cap = cap.clone();
+            cap.sub = Box::new(ascii_only(&cap.sub));
+            Hir::capture(cap)
+        }
+        HirKind::Concat(items) => Hir::concat(items.iter().map(ascii_only).collect()),
+        HirKind::Alternation(items) => Hir::alternation(items.iter().map(ascii_only).collect()),
+    }
+}
+
+/// All of a filter's patterns that the `regex` crate runs, as one automaton, and its twin
+/// for lines of ASCII bytes only ([`ascii_only`]), which most log lines are.
 #[derive(Debug, Clone)]
 pub(super) struct Scanner {
     multi: meta::Regex,
+    ascii: meta::Regex,
     /// The filter's index of each automaton pattern.
     index: Vec<usize>,
 }
@@ -51,19 +99,30 @@ impl Scanner {
         }
         let (index, hirs): (Vec<usize>, Vec<Hir>) = patterns.into_iter().unzip();
         // Only where a match ends is needed, not its groups.
-        let multi = meta::Builder::new()
-            .configure(meta::Config::new().which_captures(WhichCaptures::Implicit))
-            .build_many_from_hir(&hirs)
-            .ok()?;
-        Some(Scanner { multi, index })
+        let build = |hirs: &[Hir]| {
+            meta::Builder::new()
+                .configure(meta::Config::new().which_captures(WhichCaptures::Implicit))
+                .build_many_from_hir(hirs)
+                .ok()
+        };
+        let multi = build(&hirs)?;
+        let ascii = build(&hirs.iter().map(ascii_only).collect::<Vec<_>>())?;
+        Some(Scanner {
+            multi,
+            ascii,
+            index,
+        })
     }
 
     /// The first pattern (in filter order) that matches `text`, and where its match ends.
     /// Every pattern is anchored at the start, so leftmost-first picks the lowest index.
     pub(super) fn first(&self, text: &str) -> Option<(usize, usize)> {
-        let found = self
-            .multi
-            .search(&Input::new(text).anchored(Anchored::Yes))?;
+        let automaton = if text.is_ascii() {
+            &self.ascii
+        } else {
+            &self.multi
+        };
+        let found = automaton.search(&Input::new(text).anchored(Anchored::Yes))?;
         Some((self.index[found.pattern().as_usize()], found.end()))
     }
 }
@@ -459,4 +518,136 @@ fn step(sid: LazyStateID) -> Result<Step, GiveUp> {
     } else {
         Step::Go
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::builtin::BUILTIN;
+    use crate::filter::builtin::fixtures::fixture;
+
+    /// The pattern and end each automaton of `scanner` finds in `text`: (ASCII, Unicode).
+    type Found = Option<(usize, usize)>;
+    fn both(scanner: &Scanner, text: &str) -> (Found, Found) {
+        let run = |automaton: &meta::Regex| {
+            automaton
+                .search(&Input::new(text).anchored(Anchored::Yes))
+                .map(|m| (m.pattern().as_usize(), m.end()))
+        };
+        (run(&scanner.ascii), run(&scanner.multi))
+    }
+
+    fn scanner(patterns: &[&str]) -> Scanner {
+        let hirs = patterns.iter().enumerate();
+        Scanner::new(
+            hirs.map(|(i, p)| (i, anchored(&regex_syntax::parse(p).unwrap())))
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    /// Patterns built of what Unicode widens: classes, case folding, word boundaries,
+    /// non-ASCII literals, `.`.
+    const WIDE: [&str; 8] = [
+        r"^(?i)user \w+ from (\d{1,3}(?:\.\d{1,3}){3})\b",
+        r"^\S+ \[\w+\]: (?:bad|worse) \b\w+\b$",
+        r"^(?i)kelvin=\d+ ",
+        r"^é+ \d",
+        r"^\s*[[:alpha:]\pL]+ ok \W+$",
+        r"^.{3} \w\B\w",
+        r"(?-u:\w)+ #\d",
+        r"^[^\d\s]+ \p{Greek}?x\b",
+    ];
+
+    #[test]
+    fn the_ascii_twin_finds_what_the_unicode_automaton_finds_on_ascii_lines() {
+        let s = scanner(&WIDE);
+        // A line matching each pattern that ASCII can match, edited at random with any
+        // ASCII byte (controls and DEL too) and pieces of the others.
+        const SEEDS: [&str; 7] = [
+            "USER bob from 192.0.2.1 port 22",
+            "host [web]: bad w0rd",
+            "Kelvin=300 K",
+            "\t abc ok !!",
+            "abc xyz",
+            "_a9 #7",
+            "abc x",
+        ];
+        let mut seed = 0xA5C1_1DEA_u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut hits = [0; WIDE.len()];
+        for _ in 0..20_000 {
+            let mut line = SEEDS[next(SEEDS.len())].to_owned();
+            for _ in 0..next(4) {
+                let at = next(line.len() + 1);
+                match next(3) {
+                    0 => line.insert(at, char::from(next(128) as u8)),
+                    1 => line.insert_str(at, SEEDS[next(SEEDS.len())]),
+                    _ => line.truncate(at),
+                }
+            }
+            let (ascii, unicode) = both(&s, &line);
+            assert_eq!(ascii, unicode, "the twins disagree on {line:?}");
+            assert_eq!(s.first(&line), unicode);
+            if let Some((p, _)) = unicode {
+                hits[p] += 1;
+            }
+        }
+        // Every pattern an ASCII line can match was matched (`é+` needs other bytes).
+        for (p, n) in hits.iter().enumerate() {
+            assert_eq!(*n == 0, p == 3, "pattern {} matched {n} lines", WIDE[p]);
+        }
+    }
+
+    #[test]
+    fn lines_with_other_characters_take_the_unicode_automaton() {
+        let s = scanner(&WIDE);
+        // Matches only Unicode gives: a Kelvin sign folding to `k`, Arabic-Indic digits,
+        // letters beyond ASCII, a literal `é`.
+        for (line, pattern) in [
+            ("user élodie from 1.2.3.4 x", 0),
+            ("\u{212a}elvin=\u{663}\u{664} ", 2),
+            ("éé \u{663}", 3),
+            ("  żółw ok !!", 4),
+        ] {
+            let (ascii, unicode) = both(&s, line);
+            assert_eq!(ascii, None, "{line:?}: the ASCII twin is not for this line");
+            assert_eq!(unicode.map(|(p, _)| p), Some(pattern), "{line:?}");
+            assert_eq!(s.first(line), unicode, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn every_builtin_filters_twin_agrees_on_its_fixture_lines_and_their_cuts() {
+        let mut lines = 0;
+        for b in BUILTIN {
+            let cases = fixture(b.name);
+            let mut modes: Vec<Option<String>> = cases.iter().map(|c| c.mode.clone()).collect();
+            modes.sort();
+            modes.dedup();
+            for mode in modes {
+                let options: Vec<(String, String)> = mode
+                    .iter()
+                    .map(|m| ("mode".to_owned(), m.clone()))
+                    .collect();
+                let filter = b.compile_with(&options).unwrap();
+                let Some(s) = &filter.scanner else { continue };
+                for case in cases.iter().filter(|c| c.mode == mode && c.line.is_ascii()) {
+                    // The line, and every cut of it: ends land inside fields and tags.
+                    for cut in (1..=case.line.len()).rev().step_by(3) {
+                        let text = &case.line[..cut];
+                        let (ascii, unicode) = both(s, text);
+                        assert_eq!(ascii, unicode, "{} ({mode:?}): {text:?}", b.name);
+                        lines += 1;
+                    }
+                }
+            }
+        }
+        assert!(lines > 10_000, "only {lines} lines compared");
+    }
 }
