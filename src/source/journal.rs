@@ -1,4 +1,6 @@
-//! The systemd journal, read in-process through libsystemd's sd-journal (no `journalctl`).
+//! The systemd journal, read in-process through libsystemd's sd-journal (no `journalctl`),
+//! which the `sd-journal` crate loads when the first journal is opened: a daemon whose jails
+//! read only files never maps it.
 //!
 //! sd-journal handles are not `Send`, so each journal source runs on a thread of its own that
 //! owns its handle and hands lines to the daemon loop over the same bounded channel as files.
@@ -12,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use systemd::journal::{Journal, OpenDirectoryOptions, OpenOptions};
+use sd_journal::Journal;
 use tokio::sync::mpsc;
 
 use super::{LineBatch, SourceError, Timing};
@@ -50,20 +52,17 @@ pub fn unique_values(root: &Path, field: &str) -> Result<Vec<String>, SourceErro
         message: e.to_string(),
     };
     let mut journal = if root == Path::new("/") {
-        OpenOptions::default().system(true).open()
+        Journal::open_system()
     } else {
-        OpenDirectoryOptions::default()
-            .os_root(true)
-            .open_directory(root.as_os_str().as_encoded_bytes())
+        Journal::open_directory(root, true)
     }
     .map_err(|e| fail(&e))?;
-    journal.query_unique(field).map_err(|e| fail(&e))?;
-    let mut values = Vec::new();
-    while let Some(data) = journal.enumerate_unique().map_err(|e| fail(&e))? {
-        if let Some(value) = data.value() {
-            values.push(String::from_utf8_lossy(value).into_owned());
-        }
-    }
+    let mut values: Vec<String> = journal
+        .unique_values(field)
+        .map_err(|e| fail(&e))?
+        .iter()
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+        .collect();
     values.sort();
     values.dedup();
     Ok(values)
@@ -87,24 +86,20 @@ fn error(spec: &JournalSpec, e: impl std::fmt::Display) -> SourceError {
 
 fn open(spec: &JournalSpec) -> Result<Journal, SourceError> {
     let mut journal = match &spec.directory {
-        Some(dir) => OpenDirectoryOptions::default()
-            .open_directory(dir.as_os_str().as_encoded_bytes())
+        Some(dir) => Journal::open_directory(dir, false)
             .map_err(|e| error(spec, format!("opening {}: {e}", dir.display())))?,
-        None => OpenOptions::default()
-            .system(true)
-            .open()
-            .map_err(|e| error(spec, e))?,
+        None => Journal::open_system().map_err(|e| error(spec, e))?,
     };
     for m in &spec.matches {
         if m == "+" {
-            journal.match_or().map_err(|e| error(spec, e))?;
+            journal.add_disjunction().map_err(|e| error(spec, e))?;
             continue;
         }
         let Some((field, value)) = m.split_once('=') else {
             return Err(error(spec, format!("match {m:?} is not FIELD=value or +")));
         };
         journal
-            .match_add(field, value.as_bytes().to_vec())
+            .add_match(field, value.as_bytes())
             .map_err(|e| error(spec, e))?;
     }
     Ok(journal)
@@ -113,27 +108,16 @@ fn open(spec: &JournalSpec) -> Result<Journal, SourceError> {
 fn seek(journal: &mut Journal, spec: &JournalSpec, start: &Start) -> Result<(), SourceError> {
     match start {
         Start::After(cursor) => {
-            journal
-                .seek_cursor(cursor.as_str())
-                .map_err(|e| error(spec, e))?;
+            journal.seek_cursor(cursor).map_err(|e| error(spec, e))?;
             // Seeking puts the read pointer *on* the saved entry (when it still exists): step
             // over it, since it was processed before the restart.
-            if journal.next().map_err(|e| error(spec, e))? > 0
-                && !journal
-                    .test_cursor(cursor.as_str())
-                    .map_err(|e| error(spec, e))?
+            if journal.next_entry().map_err(|e| error(spec, e))?
+                && !journal.test_cursor(cursor).map_err(|e| error(spec, e))?
             {
-                journal.previous().map_err(|e| error(spec, e))?;
+                journal.previous_entry().map_err(|e| error(spec, e))?;
             }
         }
-        Start::Since(at) => {
-            let usec = at
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-            journal
-                .seek_realtime_usec(usec)
-                .map_err(|e| error(spec, e))?;
-        }
+        Start::Since(at) => journal.seek_time(*at).map_err(|e| error(spec, e))?,
     }
     Ok(())
 }
@@ -153,9 +137,8 @@ fn send(tx: &mpsc::Sender<LineBatch>, batch: LineBatch) -> bool {
 
 /// A field of the current entry as text (invalid UTF-8 replaced, never dropped).
 fn field(journal: &mut Journal, name: &str) -> Option<String> {
-    let data = journal.get_data(name).ok()??;
-    data.value()
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+    let value = journal.data(name).ok()??;
+    Some(String::from_utf8_lossy(value).into_owned())
 }
 
 /// The current entry as a syslog-style line.
@@ -178,8 +161,8 @@ pub fn read_all(
 ) -> Result<(), SourceError> {
     let mut journal = open(spec)?;
     journal.seek_head().map_err(|e| error(spec, e))?;
-    while journal.next().map_err(|e| error(spec, e))? > 0 {
-        let at = journal.timestamp().unwrap_or_else(|_| SystemTime::now());
+    while journal.next_entry().map_err(|e| error(spec, e))? {
+        let at = journal.time().unwrap_or_else(|_| SystemTime::now());
         if !each(line(&mut journal), at) {
             break;
         }
@@ -225,8 +208,8 @@ fn follow(
     let key = spec.key();
     loop {
         let mut batch: Option<LineBatch> = None;
-        while !stop.load(Ordering::Relaxed) && journal.next().map_err(|e| error(spec, e))? > 0 {
-            let at = journal.timestamp().unwrap_or_else(|_| SystemTime::now());
+        while !stop.load(Ordering::Relaxed) && journal.next_entry().map_err(|e| error(spec, e))? {
+            let at = journal.time().unwrap_or_else(|_| SystemTime::now());
             let text = line(&mut journal);
             let cursor = journal.cursor().map_err(|e| error(spec, e))?;
             // One batch holds entries of one second, so every line keeps its own time.
@@ -267,7 +250,7 @@ fn follow(
         if tx.is_closed() || stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        match journal.wait(Some(Duration::from_millis(500))) {
+        match journal.wait(Duration::from_millis(500)) {
             // A signal (SIGCHLD of a notifier program) cut the wait short.
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             other => {

@@ -128,6 +128,7 @@ ignoreself = false
 
     let config = config.replace("JOURNAL", journal.to_str().unwrap());
     let mut daemon = Daemon::start("journal", &config);
+    assert!(maps_libsystemd(&daemon), "a journal jail loads libsystemd");
     let status: serde_json::Value =
         serde_json::from_str(&daemon.ok(&["status", "sshd", "--json"])).unwrap();
     let source = status[0]["sources"][0].as_str().unwrap().to_owned();
@@ -168,4 +169,39 @@ ignoreself = false
         ["192.0.2.3"],
         "an earlier entry was read twice"
     );
+}
+
+/// Whether the daemon has libsystemd mapped.
+fn maps_libsystemd(daemon: &Daemon) -> bool {
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", daemon.pid())).unwrap();
+    maps.contains("/libsystemd.so")
+}
+
+/// libsystemd (and the libraries it pulls in) is loaded when a jail opens a journal, never by
+/// a daemon whose jails read files only.
+#[test]
+fn a_daemon_reading_only_files_never_loads_libsystemd() {
+    let Some(()) = netns::enter("a_daemon_reading_only_files_never_loads_libsystemd") else {
+        return;
+    };
+    let config = format!(
+        "[jails.app]\nfailregex = ['{}']\nlogpath = \"{{dir}}/app.log\"\n",
+        crate::daemon::FAILREGEX
+    );
+    let daemon = Daemon::start("no-journal", &config);
+    daemon.append("app.log", &crate::daemon::failures("192.0.2.7", 1));
+    assert!(netns::eventually(Duration::from_secs(5), || {
+        let s: serde_json::Value =
+            serde_json::from_str(&daemon.ok(&["status", "app", "--json"])).unwrap();
+        s[0]["tracked"] == 1
+    }));
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", daemon.pid())).unwrap();
+    for library in [
+        "/libsystemd.so",
+        "/libgcrypt.so",
+        "/liblz4.so",
+        "/libzstd.so",
+    ] {
+        assert!(!maps.contains(library), "{library} is mapped:\n{maps}");
+    }
 }

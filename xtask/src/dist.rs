@@ -163,6 +163,7 @@ Maintainer: banctl developers <banctl@localhost>
 Section: net
 Priority: optional
 Depends: libc6, libnftnl11, libmnl0, nftables
+Recommends: libsystemd0
 Description: nftables-native intrusion prevention (a fail2ban replacement)
  banctl follows log files, matches fail2ban-compatible filters and writes bans
  as elements of per-jail nftables sets with kernel-side timeouts, over netlink.

@@ -9,7 +9,6 @@ use anyhow::{Context, Result, bail};
 const PACKAGES: &[&str] = &[
     "libnftnl-dev",
     "libmnl-dev",
-    "libsystemd-dev",
     "systemd-journal-remote",
     "pkg-config",
     "nftables",
