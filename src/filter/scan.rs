@@ -14,7 +14,7 @@
 //! the split cannot express) the caller runs the capturing engine: the fast path only ever
 //! answers when the answer is forced.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use regex_automata::hybrid::LazyStateID;
 use regex_automata::hybrid::dfa::{Cache, DFA};
@@ -131,8 +131,8 @@ impl Scanner {
 pub(super) struct HostSplit {
     /// `A`, forward.
     before: DFA,
-    /// `T`, forward.
-    tag: DFA,
+    /// `T`, forward, and `^(?:T)$`: the tag's, shared by every pattern with that tag.
+    tag: Arc<TagAutomata>,
     /// `T B`, reversed.
     tag_and_after: DFA,
     /// `B`, reversed.
@@ -141,15 +141,13 @@ pub(super) struct HostSplit {
     before_edge: Option<Before>,
     /// What `B` demands of the text just after it.
     after_edge: Option<After>,
-    /// `^(?:T)$`, for the rare reading a caller cannot do from the text alone.
-    tag_regex: regex::Regex,
     scratch: Pool<Scratch, Box<dyn Fn() -> Scratch + Send + Sync>>,
 }
 
 impl std::fmt::Debug for HostSplit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HostSplit")
-            .field("tag", &self.tag_regex)
+            .field("tag", &self.tag.regex)
             .finish_non_exhaustive()
     }
 }
@@ -198,6 +196,33 @@ impl From<regex_automata::hybrid::CacheError> for GiveUp {
 impl From<regex_automata::MatchError> for GiveUp {
     fn from(_: regex_automata::MatchError) -> GiveUp {
         GiveUp
+    }
+}
+
+/// An address tag's own automata: the same for every pattern that holds the tag, so built once
+/// per process (a jail's sshd patterns held ten copies, and every jail its own).
+struct TagAutomata {
+    /// `T`, forward.
+    dfa: DFA,
+    /// `^(?:T)$`, for the rare reading a caller cannot do from the text alone.
+    regex: regex::Regex,
+}
+
+impl TagAutomata {
+    /// The automata of the tag whose regex is `source`: built by `build` the first time.
+    fn shared(
+        source: &str,
+        build: impl FnOnce() -> Option<TagAutomata>,
+    ) -> Option<Arc<TagAutomata>> {
+        // A handful of tags (`SPLIT_TAGS`), each kept for the life of the process.
+        static BUILT: Mutex<Vec<(String, Arc<TagAutomata>)>> = Mutex::new(Vec::new());
+        let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, tag)) = built.iter().find(|(s, _)| s == source) {
+            return Some(Arc::clone(tag));
+        }
+        let tag = Arc::new(build()?);
+        built.push((source.to_owned(), Arc::clone(&tag)));
+        Some(tag)
     }
 }
 
@@ -257,10 +282,14 @@ impl HostSplit {
         let before = dfa(before, false)?;
         let tag_and_after = dfa(&items[k..], true)?;
         let after = dfa(after, true)?;
-        let tag = dfa(std::slice::from_ref(tag), false)?;
-        let tag_regex = regex::Regex::new(&format!("^(?:{tag_source})$")).ok()?;
+        let tag = TagAutomata::shared(tag_source, || {
+            Some(TagAutomata {
+                dfa: dfa(std::slice::from_ref(tag), false)?,
+                regex: regex::Regex::new(&format!("^(?:{tag_source})$")).ok()?,
+            })
+        })?;
         let scratch = {
-            let dfas = [&before, &tag, &tag_and_after, &after].map(DFA::clone);
+            let dfas = [&before, &tag.dfa, &tag_and_after, &after].map(DFA::clone);
             let create: Box<dyn Fn() -> Scratch + Send + Sync> = Box::new(move || Scratch {
                 before: dfas[0].create_cache(),
                 tag: dfas[1].create_cache(),
@@ -279,7 +308,6 @@ impl HostSplit {
             after,
             before_edge,
             after_edge,
-            tag_regex,
             scratch,
         }))
     }
@@ -344,7 +372,7 @@ impl HostSplit {
 
     /// The tag's groups on the text of its span (`^(?:T)$`).
     pub(super) fn tag_captures<'t>(&self, text: &'t str) -> Option<regex::Captures<'t>> {
-        self.tag_regex.captures(text)
+        self.tag.regex.captures(text)
     }
 
     /// The `[s, e)` the tag may take: where `A` may end, `T` match and `B` may start.
@@ -401,7 +429,7 @@ impl HostSplit {
         let mut pairs = Pairs::None;
         for &s in starts.iter() {
             tag_ends.clear();
-            for_each_end_forward(&self.tag, tag, hay, s, end, |at| tag_ends.push(at))?;
+            for_each_end_forward(&self.tag.dfa, tag, hay, s, end, |at| tag_ends.push(at))?;
             for &e in tag_ends.iter() {
                 let fits = match &self.after_edge {
                     _ if exact_after => ends.binary_search(&e).is_ok(),
