@@ -128,7 +128,10 @@ ignoreself = false
 
     let config = config.replace("JOURNAL", journal.to_str().unwrap());
     let mut daemon = Daemon::start("journal", &config);
-    assert!(maps_libsystemd(&daemon), "a journal jail loads libsystemd");
+    assert!(
+        mapped(&daemon).contains("/libsystemd.so"),
+        "a journal jail loads libsystemd"
+    );
     let status: serde_json::Value =
         serde_json::from_str(&daemon.ok(&["status", "sshd", "--json"])).unwrap();
     let source = status[0]["sources"][0].as_str().unwrap().to_owned();
@@ -171,10 +174,9 @@ ignoreself = false
     );
 }
 
-/// Whether the daemon has libsystemd mapped.
-fn maps_libsystemd(daemon: &Daemon) -> bool {
-    let maps = std::fs::read_to_string(format!("/proc/{}/maps", daemon.pid())).unwrap();
-    maps.contains("/libsystemd.so")
+/// What the daemon has mapped (`/proc/PID/maps`).
+fn mapped(daemon: &Daemon) -> String {
+    std::fs::read_to_string(format!("/proc/{}/maps", daemon.pid())).unwrap()
 }
 
 /// libsystemd (and the libraries it pulls in) is loaded when a jail opens a journal, never by
@@ -195,7 +197,7 @@ fn a_daemon_reading_only_files_never_loads_libsystemd() {
             serde_json::from_str(&daemon.ok(&["status", "app", "--json"])).unwrap();
         s[0]["tracked"] == 1
     }));
-    let maps = std::fs::read_to_string(format!("/proc/{}/maps", daemon.pid())).unwrap();
+    let maps = mapped(&daemon);
     for library in [
         "/libsystemd.so",
         "/libgcrypt.so",
