@@ -619,9 +619,9 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
         && input != "-"
         && path.is_file()
         && !per_line_output
-        && let Some((report, tally)) = test_file_in_parts(path, &filter, &dates, now, &names)?
+        && let Some((mut report, tally)) = test_file_in_parts(path, &filter, &dates, now, &names)?
     {
-        return print_test_summary(&label, input, &report, &filter, &tally);
+        return print_test_summary(&label, input, &mut report, &filter, &tally);
     }
     let reader: Box<dyn Read> = if journal.is_some() {
         Box::new(std::io::empty())
@@ -818,7 +818,7 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
     } else {
         "(one line)"
     };
-    print_test_summary(&label, source, &report, &filter, &tally)
+    print_test_summary(&label, source, &mut report, &filter, &tally)
 }
 
 /// How `banctl test` treats a failure that names a host (`--usedns`).
@@ -886,29 +886,39 @@ fn candidate_lines(
     mut examine: impl FnMut(usize, &str) -> Result<(), Failure>,
 ) -> Result<usize, Failure> {
     let (mut number, mut skipped) = (0, 0);
-    let mut block = Vec::with_capacity(BLOCK + 4096);
+    // `block[..kept]` holds a partial last line from the previous read. The block is zeroed
+    // only when it grows (a line longer than the room left), not for every read.
+    let mut block = vec![0u8; BLOCK];
+    let mut kept = 0;
     let mut done = false;
     while !done {
         // Whole lines only: a partial last line waits for the next read.
-        let kept = block.len();
-        block.resize(kept + BLOCK, 0);
+        if block.len() - kept < BLOCK {
+            block.resize(kept + BLOCK, 0);
+        }
         let n = loop {
             match reader.read(&mut block[kept..]) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 read => break read.context("reading the input")?,
             }
         };
-        block.truncate(kept + n);
+        let filled = kept + n;
         done = n == 0;
         let end = if done {
-            if block.last().is_some_and(|b| *b != b'\n') {
-                block.push(b'\n');
+            if filled > 0 && block[filled - 1] != b'\n' {
+                // There is room: the read was given at least BLOCK bytes and returned none.
+                block[filled] = b'\n';
+                filled + 1
+            } else {
+                filled
             }
-            block.len()
         } else {
-            match memchr::memrchr(b'\n', &block) {
+            match memchr::memrchr(b'\n', &block[..filled]) {
                 Some(nl) => nl + 1,
-                None => continue,
+                None => {
+                    kept = filled;
+                    continue;
+                }
             }
         };
         let whole = &block[..end];
@@ -939,7 +949,10 @@ fn candidate_lines(
             examine(number, text.trim_end_matches(['\n', '\r']))?;
             from = stop + 1;
         }
-        block.drain(..end);
+        if !done {
+            block.copy_within(end..filled, 0);
+            kept = filled - end;
+        }
     }
     Ok(skipped)
 }
@@ -1047,7 +1060,7 @@ fn test_file_in_parts(
 fn print_test_summary(
     label: &str,
     source: &str,
-    report: &banctl::filter::Report,
+    report: &mut banctl::filter::Report,
     filter: &banctl::filter::Filter,
     tally: &DateTally,
 ) -> Result<(), Failure> {

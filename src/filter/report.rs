@@ -168,12 +168,12 @@ impl Report {
     }
 
     /// Addresses by failures, most first (ties by address), at most `n`.
-    pub fn top_addresses(&self, n: usize) -> Vec<(IpAddr, usize)> {
-        top_of(self.per_address.counts().into_owned(), n)
+    pub fn top_addresses(&mut self, n: usize) -> Vec<(IpAddr, usize)> {
+        top_of(self.per_address.counts().iter().copied(), n)
     }
 
     /// The summary `banctl test` prints.
-    pub fn render(&self, filter: &Filter) -> String {
+    pub fn render(&mut self, filter: &Filter) -> String {
         let mut out = format!(
             "Lines: {} in all: {} matched, {} ignored, {} missed\n",
             self.lines, self.matched, self.ignored, self.missed
@@ -215,9 +215,9 @@ impl Report {
             );
         }
         // Folded once: the count and the top both read it.
-        let counts = self.per_address.counts().into_owned();
+        let counts = self.per_address.counts();
         out.push_str(&format!("\nAddresses: {} distinct\n", counts.len()));
-        for (addr, n) in top_of(counts, 10) {
+        for (addr, n) in top_of(counts.iter().copied(), 10) {
             out.push_str(&format!("  {addr}  {n} failure(s)\n"));
         }
         out
@@ -225,17 +225,21 @@ impl Report {
 }
 
 /// Of `all` (each address once), the `n` with the most failures, most first (ties by
-/// address).
-fn top_of(mut all: Vec<(IpAddr, usize)>, n: usize) -> Vec<(IpAddr, usize)> {
+/// address). A large log names 100,000s of addresses: one pass keeps the best `n` so far,
+/// without copying the rest. The order is total (each address once), so these are the `n`
+/// a full sort puts first.
+fn top_of(all: impl IntoIterator<Item = (IpAddr, usize)>, n: usize) -> Vec<(IpAddr, usize)> {
     let order = |a: &(IpAddr, usize), b: &(IpAddr, usize)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
-    // A large log names 100,000s of addresses: the first `n` are picked, then sorted. The
-    // order is total (each address once), so these are the `n` a full sort puts first.
-    if n > 0 && all.len() > n {
-        all.select_nth_unstable_by(n - 1, order);
+    let mut best: Vec<(IpAddr, usize)> = Vec::with_capacity(n + 1);
+    for entry in all {
+        if best.len() == n && best.last().is_none_or(|worst| order(&entry, worst).is_ge()) {
+            continue;
+        }
+        let at = best.partition_point(|b| order(b, &entry).is_lt());
+        best.insert(at, entry);
+        best.truncate(n);
     }
-    all.truncate(n);
-    all.sort_unstable_by(order);
-    all
+    best
 }
 
 /// Failures per address, counted in bulk. Each failure is appended; the appended ones are
@@ -257,10 +261,41 @@ impl Tally {
     pub fn add(&mut self, addr: IpAddr, n: usize) {
         self.pending.push((addr, n));
         if self.pending.len() >= self.counted.len().max(Tally::PAGE) {
-            sort_by_address(&mut self.pending);
-            self.counted = merged(&self.counted, &self.pending);
-            self.pending.clear();
+            self.fold();
         }
+    }
+
+    /// Folds the pending into the counted, in place: the counted grow at their end and the
+    /// two runs are merged from the back, so no second list of every address is allocated
+    /// (each fold would otherwise fault in fresh pages for all of them).
+    fn fold(&mut self) {
+        sort_by_address(&mut self.pending);
+        let old = self.counted.len();
+        // Room for every pending entry; the values written here are overwritten below.
+        self.counted.extend_from_slice(&self.pending);
+        let (counted, pending) = (&mut self.counted, &self.pending);
+        // `counted[..i]` and `pending[..j]` are still to merge; `counted[w..]` is merged,
+        // ascending, each address once. `w >= i + j` holds throughout, so a write at
+        // `w - 1` never lands on an entry still to be read.
+        let (mut i, mut j, mut w) = (old, pending.len(), counted.len());
+        while i > 0 || j > 0 {
+            let next = if j == 0 || (i > 0 && counted[i - 1].0 > pending[j - 1].0) {
+                i -= 1;
+                counted[i]
+            } else {
+                j -= 1;
+                pending[j]
+            };
+            match counted.get_mut(w) {
+                Some(last) if last.0 == next.0 => last.1 += next.1,
+                _ => {
+                    w -= 1;
+                    counted[w] = next;
+                }
+            }
+        }
+        counted.drain(..w);
+        self.pending.clear();
     }
 
     /// Adds the counts of `other`.
@@ -270,28 +305,20 @@ impl Tally {
         }
     }
 
-    /// Every address with its count, in address order.
-    pub fn counts(&self) -> std::borrow::Cow<'_, [(IpAddr, usize)]> {
-        if self.pending.is_empty() {
-            std::borrow::Cow::Borrowed(&self.counted)
-        } else {
-            std::borrow::Cow::Owned(self.folded())
+    /// Every address with its count, in address order (the pending folded in first).
+    pub fn counts(&mut self) -> &[(IpAddr, usize)] {
+        if !self.pending.is_empty() {
+            self.fold();
         }
+        &self.counted
     }
 
     /// The count of `addr` (0 when it has none).
-    pub fn get(&self, addr: IpAddr) -> usize {
+    pub fn get(&mut self, addr: IpAddr) -> usize {
         let counts = self.counts();
         counts
             .binary_search_by_key(&addr, |(a, _)| *a)
             .map_or(0, |i| counts[i].1)
-    }
-
-    /// The counted and the pending, merged in address order.
-    fn folded(&self) -> Vec<(IpAddr, usize)> {
-        let mut pending = self.pending.clone();
-        sort_by_address(&mut pending);
-        merged(&self.counted, &pending)
     }
 }
 
@@ -302,28 +329,6 @@ fn sort_by_address(counts: &mut [(IpAddr, usize)]) {
         IpAddr::V4(a) => (false, u128::from(a.to_bits())),
         IpAddr::V6(a) => (true, a.to_bits()),
     });
-}
-
-/// Two lists sorted by address, merged, each address once with its counts added.
-fn merged(old: &[(IpAddr, usize)], new: &[(IpAddr, usize)]) -> Vec<(IpAddr, usize)> {
-    let mut out: Vec<(IpAddr, usize)> = Vec::with_capacity(old.len() + new.len());
-    let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
-    loop {
-        let from_old = match (old.peek(), new.peek()) {
-            (Some(a), Some(b)) => a.0 <= b.0,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => break,
-        };
-        let Some(&next) = (if from_old { old.next() } else { new.next() }) else {
-            break;
-        };
-        match out.last_mut() {
-            Some(last) if last.0 == next.0 => last.1 += next.1,
-            _ => out.push(next),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -357,7 +362,7 @@ mod tests {
         let warn = run(Names::Report);
         assert_eq!((warn.matched, warn.missed, warn.names), (0, 0, 3));
         let mut asked = Vec::new();
-        let yes = run(Names::Resolve(Box::new(move |name: &str| {
+        let mut yes = run(Names::Resolve(Box::new(move |name: &str| {
             asked.push(name.to_owned());
             assert_eq!(
                 asked.iter().filter(|n| *n == name).count(),
@@ -389,7 +394,7 @@ mod tests {
             let addr = IpAddr::from((i.wrapping_mul(2_654_435_761)).to_be_bytes());
             report.per_address.add(addr, (i % 97) as usize);
         }
-        let mut all = report.per_address.counts().into_owned();
+        let mut all = report.per_address.counts().to_vec();
         all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         for n in [0, 1, 10, 4999, 5000, 6000] {
             assert_eq!(report.top_addresses(n), all[..n.min(all.len())], "n = {n}");
@@ -423,7 +428,7 @@ mod tests {
         one.merge(other);
         let mut expected: Vec<(IpAddr, usize)> = map.into_iter().collect();
         expected.sort_unstable();
-        assert_eq!(one.counts().as_ref(), expected.as_slice());
+        assert_eq!(one.counts(), expected.as_slice());
         assert_eq!(one.counts().len(), expected.len());
         let (addr, n) = expected[expected.len() / 2];
         assert_eq!(one.get(addr), n);

@@ -273,6 +273,50 @@ fn a_large_log_is_counted_and_numbered_across_reads() {
     );
 }
 
+/// A line longer than several reads (3 MB) is one line: the lines around it keep their
+/// numbers, and one that fails after it is counted.
+#[test]
+fn a_line_longer_than_a_read_is_one_line() {
+    let scratch = Scratch::new("tester-long-line");
+    let fail = |i: u32| {
+        format!(
+            "Nov 30 10:00:01 web sshd[{i}]: Failed password for root from 192.0.2.{i} port 22 ssh2\n"
+        )
+    };
+    let mut text = fail(1);
+    text.push_str(&format!(
+        "Nov 30 10:00:00 web CRON[2]: {}\n",
+        "x".repeat(3 << 20)
+    ));
+    text.push_str(&fail(3));
+    text.push_str(&fail(4));
+    let log = scratch.path("long.log");
+    std::fs::write(&log, &text).unwrap();
+    let (code, out, err) = banctl(&["test", log.to_str().unwrap(), "sshd", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<(u64, String)> = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["line"].as_u64().unwrap(),
+                v["host"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [(1, "192.0.2.1"), (3, "192.0.2.3"), (4, "192.0.2.4")]
+            .map(|(n, h)| (n, h.to_owned()))
+            .to_vec()
+    );
+    let (_, summary, _) = banctl(&["test", log.to_str().unwrap(), "sshd"]);
+    assert!(
+        summary.contains("Lines: 4 in all: 3 matched, 0 ignored, 1 missed\n"),
+        "{summary}"
+    );
+}
+
 /// With no line matched, the summary names the first line's date format: that line is read
 /// even when the filter's literals rule it out.
 #[test]
