@@ -277,8 +277,12 @@ fn read_tag(tag: &str, text: &str) -> Option<Option<Found>> {
 pub struct Pattern {
     source: String,
     engine: Engine,
-    /// The pattern anchored at the line start, for the filter's [`Scanner`]; `None` for a
-    /// `fancy-regex` pattern.
+    /// The automata run this pattern: its HIR anchored at the line start goes into the
+    /// filter's [`Scanner`] and [`Needles`]. `false` for a `fancy-regex` pattern.
+    scannable: bool,
+    /// That HIR, held only until a [`Filter`] is built with the pattern (a sshd filter's
+    /// are 200 KB, which a running jail has no use for); read again from the source when a
+    /// filter is built a second time from the same patterns.
     anchored: Option<Hir>,
     /// Where the address is, from automata ([`HostSplit`]), and the tag it is; `None`: the
     /// capturing engine.
@@ -346,6 +350,7 @@ impl Pattern {
         Ok(Pattern {
             source: source.to_owned(),
             engine,
+            scannable: anchored.is_some(),
             anchored,
             split,
             nofail,
@@ -416,6 +421,20 @@ impl Pattern {
         }
     }
 
+    /// The HIR the automata run, taken out of the pattern; parsed again from the source
+    /// when a filter took it before. `None` for a pattern the automata do not run.
+    fn take_anchored(&mut self) -> Option<Hir> {
+        if !self.scannable {
+            return None;
+        }
+        self.anchored.take().or_else(|| match &self.engine {
+            Engine::Std(regex) => regex_syntax::parse(&regex.source)
+                .ok()
+                .map(|hir| scan::anchored(&hir)),
+            Engine::Fancy(_) => None,
+        })
+    }
+
     pub fn source(&self) -> &str {
         &self.source
     }
@@ -477,19 +496,20 @@ pub struct Prefix {
 }
 
 impl Filter {
-    pub fn new(fail: Vec<Pattern>, ignore: Vec<Pattern>) -> Filter {
-        let scanner = Scanner::new(
-            fail.iter()
-                .enumerate()
-                .filter_map(|(i, p)| Some((i, p.anchored.clone()?)))
-                .collect(),
-        );
+    pub fn new(mut fail: Vec<Pattern>, ignore: Vec<Pattern>) -> Filter {
+        let hirs: Vec<Option<Hir>> = fail.iter_mut().map(Pattern::take_anchored).collect();
         let sessions = fail.iter().any(Pattern::names_session);
-        let needles = fail
+        let needles = hirs
             .iter()
-            .map(|p| p.anchored.as_ref())
+            .map(Option::as_ref)
             .collect::<Option<Vec<&Hir>>>()
             .and_then(Needles::new);
+        let scanner = Scanner::new(
+            hirs.into_iter()
+                .enumerate()
+                .filter_map(|(i, hir)| Some((i, hir?)))
+                .collect(),
+        );
         Filter {
             fail,
             ignore,
@@ -608,14 +628,14 @@ impl Filter {
             };
             Some((i, found))
         };
-        let Some(scanner) = &self.scanner else {
+        // Without a scanner, or when it stopped without an answer, each pattern in turn.
+        let Some(Ok(first)) = self.scanner.as_ref().map(|s| s.first(text)) else {
             return (0..self.fail.len()).find_map(|i| try_pattern(i, None));
         };
-        let first = scanner.first(text);
         (0..self.fail.len()).find_map(|i| match first {
             Some((winner, end)) if i == winner => try_pattern(i, Some(end)),
             Some((winner, _)) if i > winner => try_pattern(i, None),
-            _ if self.fail[i].anchored.is_none() => try_pattern(i, None),
+            _ if !self.fail[i].scannable => try_pattern(i, None),
             _ => None,
         })
     }
@@ -841,10 +861,7 @@ mod tests {
             ],
             &[],
         );
-        assert!(
-            f.fail[0].anchored.is_none(),
-            "a back-reference needs fancy-regex"
-        );
+        assert!(!f.fail[0].scannable, "a back-reference needs fancy-regex");
         let hit = |line: &str| f.find(line).map(|h| (h.pattern, h.addr.to_string()));
         assert_eq!(
             hit("bob rejected bob from 192.0.2.1"),
@@ -910,6 +927,7 @@ mod tests {
             let end = Scanner::new(vec![(0, p.anchored.clone().unwrap())])
                 .unwrap()
                 .first(line)
+                .unwrap()
                 .expect(line)
                 .1;
             assert_eq!(split.span(line, end).is_some(), forced, "{line}");

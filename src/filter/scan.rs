@@ -80,14 +80,59 @@ pub(super) fn ascii_only(hir: &Hir) -> Hir {
     }
 }
 
-/// All of a filter's patterns that the `regex` crate runs, as one automaton, and its twin
-/// for lines of ASCII bytes only ([`ascii_only`]), which most log lines are.
+/// All of a filter's patterns that the `regex` crate runs, as one forward lazy DFA, and its
+/// twin for lines of ASCII bytes only ([`ascii_only`]), which most log lines are. Only where a
+/// match ends is wanted and every pattern is anchored, so no reverse automaton and no
+/// capture-aware engine are built (a filter's scanner once held both: a quarter of a jail's
+/// memory, and of `banctl test`'s start).
 #[derive(Debug, Clone)]
 pub(super) struct Scanner {
-    multi: meta::Regex,
-    ascii: meta::Regex,
+    automata: Arc<ScanAutomata>,
     /// The filter's index of each automaton pattern.
     index: Vec<usize>,
+}
+
+struct ScanAutomata {
+    multi: Multi,
+    ascii: DFA,
+    /// Per thread: the lazy DFAs' caches (`multi`'s, `ascii`'s), each filled only when used.
+    caches: Pool<(Option<Cache>, Cache), CacheMaker>,
+}
+
+type CacheMaker = Box<dyn Fn() -> (Option<Cache>, Cache) + Send + Sync>;
+
+/// The automaton for lines with other bytes than ASCII. A lazy DFA cannot see a Unicode word
+/// boundary next to such a byte, so patterns that hold one get the `regex` crate's engine,
+/// which runs a lazy DFA and falls back where it must (only `postfix` among the built-ins).
+enum Multi {
+    Lazy(Box<DFA>),
+    Engine(meta::Regex),
+}
+
+impl std::fmt::Debug for ScanAutomata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanAutomata").finish_non_exhaustive()
+    }
+}
+
+/// A forward lazy DFA of `hirs`, leftmost-first.
+fn forward_dfa(hirs: &[Hir]) -> Option<DFA> {
+    let nfa = thompson::Compiler::new()
+        .configure(thompson::Config::new().which_captures(WhichCaptures::None))
+        .build_many_from_hir(hirs)
+        .ok()?;
+    DFA::builder()
+        .configure(
+            DFA::config()
+                .match_kind(MatchKind::LeftmostFirst)
+                // A line that keeps filling the cache (a hostile one) gives up, as the
+                // `regex` crate's own lazy DFA does, instead of costing a rebuild of the
+                // cache per byte: it is then matched pattern by pattern.
+                .minimum_cache_clear_count(Some(3))
+                .minimum_bytes_per_state(Some(10)),
+        )
+        .build_from_nfa(nfa)
+        .ok()
 }
 
 impl Scanner {
@@ -98,32 +143,61 @@ impl Scanner {
             return None;
         }
         let (index, hirs): (Vec<usize>, Vec<Hir>) = patterns.into_iter().unzip();
-        // Only where a match ends is needed, not its groups.
-        let build = |hirs: &[Hir]| {
-            meta::Builder::new()
-                .configure(meta::Config::new().which_captures(WhichCaptures::Implicit))
-                .build_many_from_hir(hirs)
-                .ok()
+        let unicode_word = hirs
+            .iter()
+            .any(|h| h.properties().look_set().contains_word_unicode());
+        let multi = if unicode_word {
+            Multi::Engine(
+                meta::Builder::new()
+                    .configure(meta::Config::new().which_captures(WhichCaptures::Implicit))
+                    .build_many_from_hir(&hirs)
+                    .ok()?,
+            )
+        } else {
+            Multi::Lazy(Box::new(forward_dfa(&hirs)?))
         };
-        let multi = build(&hirs)?;
-        let ascii = build(&hirs.iter().map(ascii_only).collect::<Vec<_>>())?;
+        let ascii = forward_dfa(&hirs.iter().map(ascii_only).collect::<Vec<_>>())?;
+        let caches = {
+            let multi = match &multi {
+                Multi::Lazy(dfa) => Some(DFA::clone(dfa)),
+                Multi::Engine(_) => None,
+            };
+            let ascii = ascii.clone();
+            let create: CacheMaker =
+                Box::new(move || (multi.as_ref().map(DFA::create_cache), ascii.create_cache()));
+            Pool::new(create)
+        };
         Some(Scanner {
-            multi,
-            ascii,
+            automata: Arc::new(ScanAutomata {
+                multi,
+                ascii,
+                caches,
+            }),
             index,
         })
     }
 
     /// The first pattern (in filter order) that matches `text`, and where its match ends.
     /// Every pattern is anchored at the start, so leftmost-first picks the lowest index.
-    pub(super) fn first(&self, text: &str) -> Option<(usize, usize)> {
-        let automaton = if text.is_ascii() {
-            &self.ascii
-        } else {
-            &self.multi
+    /// `Err` when the automaton gave up on the line: the caller tries the patterns one by
+    /// one.
+    pub(super) fn first(&self, text: &str) -> Result<Option<(usize, usize)>, GiveUp> {
+        let automata = &*self.automata;
+        let input = Input::new(text).anchored(Anchored::Yes);
+        let mut caches = automata.caches.get();
+        let (multi_cache, ascii_cache) = &mut *caches;
+        let found = match (&automata.multi, multi_cache) {
+            _ if text.is_ascii() => automata
+                .ascii
+                .try_search_fwd(ascii_cache, &input)?
+                .map(|m| (m.pattern(), m.offset())),
+            (Multi::Lazy(dfa), Some(cache)) => dfa
+                .try_search_fwd(cache, &input)?
+                .map(|m| (m.pattern(), m.offset())),
+            (Multi::Engine(regex), _) => regex.search(&input).map(|m| (m.pattern(), m.end())),
+            (Multi::Lazy(_), None) => unreachable!("a lazy DFA's cache is made with it"),
         };
-        let found = automaton.search(&Input::new(text).anchored(Anchored::Yes))?;
-        Some((self.index[found.pattern().as_usize()], found.end()))
+        Ok(found.map(|(pattern, end)| (self.index[pattern.as_usize()], end)))
     }
 }
 
@@ -185,7 +259,8 @@ enum Effort {
 }
 
 /// Why the DFAs gave no answer: the caller runs the capturing engine.
-struct GiveUp;
+#[derive(Debug, PartialEq)]
+pub(super) struct GiveUp;
 
 impl From<regex_automata::hybrid::CacheError> for GiveUp {
     fn from(_: regex_automata::hybrid::CacheError) -> GiveUp {
@@ -557,12 +632,21 @@ mod tests {
     /// The pattern and end each automaton of `scanner` finds in `text`: (ASCII, Unicode).
     type Found = Option<(usize, usize)>;
     fn both(scanner: &Scanner, text: &str) -> (Found, Found) {
-        let run = |automaton: &meta::Regex| {
+        let input = Input::new(text).anchored(Anchored::Yes);
+        let lazy = |automaton: &DFA| {
+            let mut cache = automaton.create_cache();
             automaton
-                .search(&Input::new(text).anchored(Anchored::Yes))
-                .map(|m| (m.pattern().as_usize(), m.end()))
+                .try_search_fwd(&mut cache, &input)
+                .expect("the automata never give up on these short lines")
+                .map(|m| (m.pattern().as_usize(), m.offset()))
         };
-        (run(&scanner.ascii), run(&scanner.multi))
+        let unicode = match &scanner.automata.multi {
+            Multi::Lazy(dfa) => lazy(dfa),
+            Multi::Engine(regex) => regex
+                .search(&input)
+                .map(|m| (m.pattern().as_usize(), m.end())),
+        };
+        (lazy(&scanner.automata.ascii), unicode)
     }
 
     fn scanner(patterns: &[&str]) -> Scanner {
@@ -621,7 +705,7 @@ mod tests {
             }
             let (ascii, unicode) = both(&s, &line);
             assert_eq!(ascii, unicode, "the twins disagree on {line:?}");
-            assert_eq!(s.first(&line), unicode);
+            assert_eq!(s.first(&line), Ok(unicode));
             if let Some((p, _)) = unicode {
                 hits[p] += 1;
             }
@@ -646,8 +730,48 @@ mod tests {
             let (ascii, unicode) = both(&s, line);
             assert_eq!(ascii, None, "{line:?}: the ASCII twin is not for this line");
             assert_eq!(unicode.map(|(p, _)| p), Some(pattern), "{line:?}");
-            assert_eq!(s.first(line), unicode, "{line:?}");
+            assert_eq!(s.first(line), Ok(unicode), "{line:?}");
         }
+    }
+
+    /// Without Unicode word boundaries the automaton for other bytes is a lazy DFA of its
+    /// own: on lines with such bytes it names the first pattern that matches, and its end, as
+    /// each pattern run alone by the `regex` crate does.
+    #[test]
+    fn the_lazy_automaton_for_other_bytes_agrees_with_each_pattern_alone() {
+        const NARROW: [&str; 5] = [
+            r"^(?i)user \w+ from (\d{1,3}(?:\.\d{1,3}){3})",
+            r"^é+ \d",
+            r"^\s*[[:alpha:]\pL]+ ok \W+$",
+            r"^.{3} \w+",
+            r"^[^\d\s]+ \p{Greek}?x",
+        ];
+        let s = scanner(&NARROW);
+        assert!(matches!(s.automata.multi, Multi::Lazy(_)));
+        let alone: Vec<regex::Regex> = NARROW
+            .iter()
+            .map(|p| regex::Regex::new(p).unwrap())
+            .collect();
+        let mut matched = 0;
+        for line in [
+            "user élodie from 1.2.3.4 x",
+            "USER \u{212a}im from 10.0.0.1",
+            "éé \u{663}",
+            "  żółw ok !!",
+            "  żółw ok !!x",
+            "αβγ δ",
+            "żółw \u{3b1}x",
+            "\u{fffd}\u{fffd}\u{fffd} x",
+            "ab",
+        ] {
+            let expected = alone
+                .iter()
+                .enumerate()
+                .find_map(|(i, r)| r.find(line).map(|m| (i, m.end())));
+            matched += usize::from(expected.is_some());
+            assert_eq!(s.first(line), Ok(expected), "{line:?}");
+        }
+        assert_eq!(matched, 7);
     }
 
     #[test]
