@@ -272,6 +272,9 @@ fn read_tag(tag: &str, text: &str) -> Option<Option<Found>> {
     }
 }
 
+/// A pattern's automata that place the address, and the tag they place.
+type Split = (Arc<HostSplit>, &'static str);
+
 /// One compiled `failregex`.
 #[derive(Debug, Clone)]
 pub struct Pattern {
@@ -286,7 +289,10 @@ pub struct Pattern {
     anchored: Option<Hir>,
     /// Where the address is, from automata ([`HostSplit`]), and the tag it is; `None`: the
     /// capturing engine.
-    split: Option<(Arc<HostSplit>, &'static str)>,
+    /// Built on the pattern's first match, and shared by its clones: most of a filter's
+    /// patterns never match on a given host (10 of sshd's 12 in a typical auth.log), and
+    /// each split holds three automata.
+    split: Arc<OnceLock<Option<Split>>>,
     /// Has an `<F-NOFAIL>` group.
     nofail: bool,
 }
@@ -341,20 +347,34 @@ impl Pattern {
             .names()
             .iter()
             .any(|n| n == NOFAIL_GROUP || n == GAINED_GROUP);
-        // A match without a failure is told by its groups: those patterns keep the engine.
-        let split = anchored.as_ref().filter(|_| !nofail).and_then(|hir| {
-            SPLIT_TAGS
-                .iter()
-                .find_map(|(name, tag, source)| Some((HostSplit::new(hir, tag, source)?, *name)))
-        });
         Ok(Pattern {
             source: source.to_owned(),
             engine,
             scannable: anchored.is_some(),
             anchored,
-            split,
+            split: Arc::default(),
             nofail,
         })
+    }
+
+    /// The automata that place the address, and the tag they place, built the first time
+    /// they are asked for. `None`: the capturing engine does (a match without a failure is
+    /// told by its groups, so such patterns always use it).
+    fn split(&self) -> Option<&Split> {
+        if self.nofail || !self.scannable {
+            return None;
+        }
+        self.split
+            .get_or_init(|| {
+                let hir = match &self.anchored {
+                    Some(hir) => Cow::Borrowed(hir),
+                    None => Cow::Owned(self.parse_anchored()?),
+                };
+                SPLIT_TAGS.iter().find_map(|(name, tag, source)| {
+                    Some((HostSplit::new(&hir, tag, source)?, *name))
+                })
+            })
+            .as_ref()
     }
 
     /// The named captures of a match other than the address (`user`, `fid`, …).
@@ -379,7 +399,7 @@ impl Pattern {
     /// What this pattern finds in `text`, if it matches; `end`, when known, is where the
     /// match ends (from the filter's [`Scanner`]), which lets automata place the address.
     fn found(&self, text: &str, end: Option<usize>) -> Option<Found> {
-        if let (Some((split, tag)), Some(end)) = (&self.split, end)
+        if let (Some(end), Some((split, tag))) = (end, self.split())
             && let Some((s, e)) = split.span(text, end)
         {
             let text = &text[s..e];
@@ -427,12 +447,17 @@ impl Pattern {
         if !self.scannable {
             return None;
         }
-        self.anchored.take().or_else(|| match &self.engine {
+        self.anchored.take().or_else(|| self.parse_anchored())
+    }
+
+    /// The HIR the automata run, parsed from the source.
+    fn parse_anchored(&self) -> Option<Hir> {
+        match &self.engine {
             Engine::Std(regex) => regex_syntax::parse(&regex.source)
                 .ok()
                 .map(|hir| scan::anchored(&hir)),
             Engine::Fancy(_) => None,
-        })
+        }
     }
 
     pub fn source(&self) -> &str {
@@ -779,7 +804,7 @@ impl Filter {
     pub(crate) fn tag_literals(&self) -> Vec<(Option<String>, Option<String>)> {
         self.fail
             .iter()
-            .filter_map(|p| p.split.as_ref())
+            .filter_map(|p| p.split())
             .map(|(split, _)| split.literals())
             .collect()
     }
@@ -923,7 +948,7 @@ mod tests {
         ];
         for &(source, line, forced) in cases {
             let p = Pattern::fail(source).unwrap();
-            let (split, _) = p.split.as_ref().expect(source);
+            let (split, _) = p.split().expect(source);
             let end = Scanner::new(vec![(0, p.anchored.clone().unwrap())])
                 .unwrap()
                 .first(line)
