@@ -199,7 +199,7 @@ fn alternative(line: &str) -> Result<Alternative, DatePatternError> {
         }
     };
     let regex = super::python::python_to_rust(&regex);
-    let engine =
+    let (engine, _) =
         Engine::new(&regex).map_err(|e| DatePatternError::Regex(line.to_owned(), e.to_string()))?;
     let group = engine.first_unnamed_group().unwrap_or(0);
     Ok(Alternative::Regex(DateRegex {

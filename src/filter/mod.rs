@@ -30,6 +30,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, LazyLock, OnceLock};
 
 use regex::Regex;
+use regex_automata::nfa::thompson::{self, WhichCaptures};
 use regex_syntax::hir::Hir;
 
 use bounded::Bounded;
@@ -133,6 +134,45 @@ impl LazyRegex {
         }
     }
 
+    /// `source`, parsed into `hir`, when the `regex` crate is sure to compile it: both of
+    /// its automata fit the crate's size limit, checked without building the rest of its
+    /// engine. `None` when that cannot be told so cheaply (the caller builds the engine
+    /// and takes its word).
+    ///
+    /// `Regex::new` parses the pattern with this crate's default syntax options (the ones
+    /// `regex_syntax::parse` uses), then builds a forward Thompson NFA with every group and
+    /// a reverse one without groups, each under its size limit; the engines built from
+    /// those cannot fail on a pattern whose look-arounds are supported. So a pattern that
+    /// passes the same two builds compiles; the check costs less than half the engine.
+    fn checked(source: &str, hir: &Hir) -> Option<LazyRegex> {
+        // `regex::RegexBuilder::size_limit`'s default.
+        const SIZE_LIMIT: usize = 10 * (1 << 20);
+        let config = thompson::Config::new()
+            .utf8(true)
+            .nfa_size_limit(Some(SIZE_LIMIT))
+            .shrink(false)
+            .which_captures(WhichCaptures::All);
+        let forward = thompson::Compiler::new()
+            .configure(config.clone())
+            .build_from_hir(hir)
+            .ok()?;
+        forward.look_set_any().available().ok()?;
+        thompson::Compiler::new()
+            .configure(config.which_captures(WhichCaptures::None).reverse(true))
+            .build_from_hir(hir)
+            .ok()?;
+        let names = forward
+            .group_info()
+            .pattern_names(regex_automata::PatternID::ZERO)
+            .map(|n| n.map(str::to_owned))
+            .collect();
+        Some(LazyRegex {
+            source: source.into(),
+            names,
+            compiled: Arc::default(),
+        })
+    }
+
     fn regex(&self) -> &Regex {
         self.compiled.get_or_init(|| {
             Regex::new(&self.source).expect("a pattern that compiled when checked compiles again")
@@ -145,7 +185,24 @@ impl LazyRegex {
 }
 
 impl Engine {
-    fn new(expanded: &str) -> Result<Engine, PatternError> {
+    /// The engine of `expanded`, and its HIR when the `regex` crate runs it.
+    fn new(expanded: &str) -> Result<(Engine, Option<Hir>), PatternError> {
+        let hir = regex_syntax::parse(expanded).ok();
+        if let Some(hir) = hir
+            && let Some(checked) = LazyRegex::checked(expanded, &hir)
+        {
+            return Ok((Engine::Std(checked), Some(hir)));
+        }
+        // Not parsed, or too large to tell: the engine's own build decides, and says why not.
+        let engine = Engine::build(expanded)?;
+        let hir = match engine {
+            Engine::Std(_) => regex_syntax::parse(expanded).ok(),
+            Engine::Fancy(_) => None,
+        };
+        Ok((engine, hir))
+    }
+
+    fn build(expanded: &str) -> Result<Engine, PatternError> {
         match Regex::new(expanded) {
             Ok(regex) => Ok(Engine::Std(LazyRegex::new(&regex))),
             Err(std_error) => fancy_regex::Regex::new(expanded)
@@ -336,13 +393,8 @@ impl Pattern {
     }
 
     fn compile(source: &str, expanded: &str) -> Result<Pattern, PatternError> {
-        let engine = Engine::new(expanded)?;
-        let anchored = match engine {
-            Engine::Std(_) => regex_syntax::parse(expanded)
-                .ok()
-                .map(|hir| scan::anchored(&hir)),
-            Engine::Fancy(_) => None,
-        };
+        let (engine, hir) = Engine::new(expanded)?;
+        let anchored = hir.map(|hir| scan::anchored(&hir));
         let nofail = engine
             .names()
             .iter()
@@ -1055,6 +1107,45 @@ mod tests {
         assert!(
             hits > 500,
             "{hits} of {lines} lines matched: the words miss the patterns"
+        );
+    }
+
+    /// The cheap check that the `regex` crate compiles a pattern says yes only where it
+    /// does: at the crate's size limit, for patterns whose forward automaton (with groups)
+    /// or reverse one (without) is the larger.
+    #[test]
+    fn the_compile_check_agrees_with_the_regex_crate_at_its_size_limit() {
+        let check = |p: &str| LazyRegex::checked(p, &regex_syntax::parse(p).unwrap()).is_some();
+        for template in [r"\w{N}", r"(\d){N}", r"\pL{N}"] {
+            let at = |n: usize| template.replace('N', &n.to_string());
+            // The largest repetition the crate compiles, by bisection.
+            let (mut lo, mut hi) = (1, 1 << 12);
+            assert!(Regex::new(&at(lo)).is_ok() && Regex::new(&at(hi)).is_err());
+            while hi - lo > 1 {
+                let mid = (lo + hi) / 2;
+                match Regex::new(&at(mid)) {
+                    Ok(_) => lo = mid,
+                    Err(_) => hi = mid,
+                }
+            }
+            for n in [lo - 1, lo, hi, hi + 1] {
+                let p = at(n);
+                assert_eq!(check(&p), Regex::new(&p).is_ok(), "{p}");
+            }
+            // Too large for the check: the engine's build gives the crate's own error.
+            let err = Pattern::ignore(&at(hi)).unwrap_err();
+            assert_eq!(
+                err,
+                PatternError::Regex(Regex::new(&at(hi)).unwrap_err().to_string())
+            );
+        }
+        // The names of the groups are the crate's.
+        let p = r"^(?P<user>\w+) (x)(?<host>\S+)$";
+        let checked = LazyRegex::checked(p, &regex_syntax::parse(p).unwrap()).unwrap();
+        assert!(
+            checked
+                .capture_names()
+                .eq(Regex::new(p).unwrap().capture_names())
         );
     }
 
