@@ -394,7 +394,7 @@ impl Pattern {
 
     fn compile(source: &str, expanded: &str) -> Result<Pattern, PatternError> {
         let (engine, hir) = Engine::new(expanded)?;
-        let anchored = hir.map(|hir| scan::anchored(&hir));
+        let anchored = hir.map(scan::anchored);
         let nofail = engine
             .names()
             .iter()
@@ -505,9 +505,7 @@ impl Pattern {
     /// The HIR the automata run, parsed from the source.
     fn parse_anchored(&self) -> Option<Hir> {
         match &self.engine {
-            Engine::Std(regex) => regex_syntax::parse(&regex.source)
-                .ok()
-                .map(|hir| scan::anchored(&hir)),
+            Engine::Std(regex) => regex_syntax::parse(&regex.source).ok().map(scan::anchored),
             Engine::Fancy(_) => None,
         }
     }

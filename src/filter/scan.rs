@@ -28,12 +28,12 @@ use regex_syntax::hir::{
 /// A pattern as the automata run it: anchored at the start of the line. An unanchored pattern
 /// gets a lazy `(?s:.)*?` in front, which finds its leftmost match as the unanchored search
 /// would.
-pub(super) fn anchored(hir: &Hir) -> Hir {
+pub(super) fn anchored(hir: Hir) -> Hir {
     if hir.properties().look_set_prefix().contains(Look::Start) {
-        return hir.clone();
+        return hir;
     }
     let any = regex_syntax::parse(r"(?s:.)*?").expect("a constant pattern parses");
-    Hir::concat(vec![any, hir.clone()])
+    Hir::concat(vec![any, hir])
 }
 
 /// `hir` for haystacks of ASCII bytes only: every class cut to ASCII, literals that hold
@@ -46,15 +46,19 @@ pub(super) fn ascii_only(hir: &Hir) -> Hir {
         HirKind::Empty => Hir::empty(),
         HirKind::Literal(lit) if lit.0.is_ascii() => hir.clone(),
         HirKind::Literal(_) => Hir::fail(),
+        // The ranges are sorted: the ASCII ones come first, the last of them cut at 0x7f
+        // (a class like `\S` has hundreds of ranges, which need no copy).
         HirKind::Class(Class::Unicode(class)) => {
-            let mut class = class.clone();
-            class.intersect(&ClassUnicode::new([ClassUnicodeRange::new('\0', '\x7f')]));
-            Hir::class(Class::Unicode(class))
+            let ranges = class.ranges().iter().take_while(|r| r.start() <= '\x7f');
+            Hir::class(Class::Unicode(ClassUnicode::new(
+                ranges.map(|r| ClassUnicodeRange::new(r.start(), r.end().min('\x7f'))),
+            )))
         }
         HirKind::Class(Class::Bytes(class)) => {
-            let mut class = class.clone();
-            class.intersect(&ClassBytes::new([ClassBytesRange::new(0, 0x7f)]));
-            Hir::class(Class::Bytes(class))
+            let ranges = class.ranges().iter().take_while(|r| r.start() <= 0x7f);
+            Hir::class(Class::Bytes(ClassBytes::new(
+                ranges.map(|r| ClassBytesRange::new(r.start(), r.end().min(0x7f))),
+            )))
         }
         HirKind::Look(look) => Hir::look(match look {
             Look::WordUnicode => Look::WordAscii,
@@ -652,7 +656,7 @@ mod tests {
     fn scanner(patterns: &[&str]) -> Scanner {
         let hirs = patterns.iter().enumerate();
         Scanner::new(
-            hirs.map(|(i, p)| (i, anchored(&regex_syntax::parse(p).unwrap())))
+            hirs.map(|(i, p)| (i, anchored(regex_syntax::parse(p).unwrap())))
                 .collect(),
         )
         .unwrap()
