@@ -1367,7 +1367,8 @@ impl Context<'_> {
         let key = |k: &str| format!("jails.{name}.{k}");
         let mut fail = Vec::new();
         let mut ignore = Vec::new();
-        let mut prefix = None;
+        // The filter `filter` names, whole (its prefix and `maxlines` too).
+        let mut named: Option<Filter> = None;
         let mut ok = true;
         let filter = jail.filter.as_ref().or(defaults.filter.as_ref());
         if let Some(inline) = &jail.fail2ban_filter {
@@ -1406,12 +1407,7 @@ impl Context<'_> {
                     .filter(|d| !d.as_os_str().is_empty());
                 let read = crate::filter_spec::resolve_in(f.get_ref(), base).map(|r| r.filter);
                 match read {
-                    Ok(filter) => {
-                        prefix = filter.prefix().cloned();
-                        let (f, i) = filter.into_parts();
-                        fail.extend(f);
-                        ignore.extend(i);
-                    }
+                    Ok(filter) => named = Some(filter),
                     Err(e) => {
                         self.error(f.span(), key("filter"), e);
                         ok = false;
@@ -1443,7 +1439,7 @@ impl Context<'_> {
                 }
             }
         }
-        if ok && fail.is_empty() {
+        if ok && fail.is_empty() && named.is_none() {
             let span = failregex.map_or(jail_span, |f| f.span());
             self.error(
                 span,
@@ -1452,12 +1448,11 @@ impl Context<'_> {
             );
             ok = false;
         }
-        let filter = ok.then(|| {
-            let filter = Filter::new(fail, ignore);
-            match prefix {
-                Some(prefix) => filter.with_prefix(prefix),
-                None => filter,
-            }
+        // The named filter as it was built, unless inline patterns add to it.
+        let filter = ok.then(|| match named {
+            Some(filter) if fail.is_empty() && ignore.is_empty() => filter,
+            Some(filter) => filter.with_more(fail, ignore),
+            None => Filter::new(fail, ignore),
         });
         (filter_name, filter)
     }
@@ -1991,6 +1986,50 @@ mail = "Admin <root@localhost>"
             (n.on_ban, n.on_unban, n.timeout),
             (false, true, Duration::from_secs(3))
         );
+    }
+
+    /// A fail2ban filter file named by `filter` keeps its `maxlines` (the lines it joins),
+    /// also when the jail adds failregexes of its own (after the file's).
+    #[test]
+    fn a_fail2ban_filter_file_keeps_its_maxlines() {
+        let dir = std::env::temp_dir().join(format!("banctl-f2b-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("two.conf");
+        std::fs::write(
+            &file,
+            "[Definition]\nfailregex = ^login attempt\\n.*denied for <HOST>$\nmaxlines = 2\n",
+        )
+        .unwrap();
+        let text = format!(
+            "[jails.two]\nfilter = \"{}\"\nfailregex = ['^also from <HOST>$']\nlogpath = \"/x\"\n",
+            file.display()
+        );
+        let config = Config::parse(Path::new("t.toml"), &text).unwrap();
+        let filter = &config.jails[0].filter;
+        assert!(filter.remembers(), "maxlines = 2 is kept");
+        let mut memory = crate::filter::Memory::default();
+        assert_eq!(filter.find_in("login attempt", &mut memory), None);
+        let hit = filter
+            .find_in("x denied for 192.0.2.7", &mut memory)
+            .unwrap();
+        assert_eq!(hit.addr, "192.0.2.7".parse::<std::net::IpAddr>().unwrap());
+        let hit = filter.find_in("also from 192.0.2.8", &mut memory).unwrap();
+        assert_eq!(hit.pattern, 1);
+        // The file alone.
+        let text = format!(
+            "[jails.two]\nfilter = \"{}\"\nlogpath = \"/x\"\n",
+            file.display()
+        );
+        let config = Config::parse(Path::new("t.toml"), &text).unwrap();
+        let filter = &config.jails[0].filter;
+        let mut memory = crate::filter::Memory::default();
+        assert_eq!(filter.find_in("login attempt", &mut memory), None);
+        assert!(
+            filter
+                .find_in("x denied for 192.0.2.7", &mut memory)
+                .is_some()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

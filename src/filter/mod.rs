@@ -859,9 +859,23 @@ impl Filter {
             .collect()
     }
 
-    /// The failregex and ignoreregex patterns.
-    pub fn into_parts(self) -> (Vec<Pattern>, Vec<Pattern>) {
-        (self.fail, self.ignore)
+    /// The same filter with `fail` and `ignore` after its own patterns: its prefix (a
+    /// fail2ban filter's prefregex and datepattern) and `maxlines` kept.
+    pub fn with_more(self, fail: Vec<Pattern>, ignore: Vec<Pattern>) -> Filter {
+        let Filter {
+            fail: mut all_fail,
+            ignore: mut all_ignore,
+            prefix,
+            maxlines,
+            ..
+        } = self;
+        all_fail.extend(fail);
+        all_ignore.extend(ignore);
+        let filter = Filter::new(all_fail, all_ignore).with_maxlines(maxlines);
+        match prefix {
+            Some(prefix) => filter.with_prefix(prefix),
+            None => filter,
+        }
     }
 }
 
