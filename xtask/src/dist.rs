@@ -162,7 +162,7 @@ Architecture: {arch}
 Maintainer: banctl developers <banctl@localhost>
 Section: net
 Priority: optional
-Depends: libc6, libnftnl11, libmnl0, nftables
+Depends: libc6 (>= 2.36), libnftnl11, libmnl0, nftables
 Recommends: libsystemd0
 Description: nftables-native intrusion prevention (a fail2ban replacement)
  banctl follows log files, matches fail2ban-compatible filters and writes bans
