@@ -188,18 +188,16 @@ impl Engine {
     /// The engine of `expanded`, and its HIR when the `regex` crate runs it.
     fn new(expanded: &str) -> Result<(Engine, Option<Hir>), PatternError> {
         let hir = regex_syntax::parse(expanded).ok();
-        if let Some(hir) = hir
-            && let Some(checked) = LazyRegex::checked(expanded, &hir)
+        if let Some(parsed) = &hir
+            && let Some(checked) = LazyRegex::checked(expanded, parsed)
         {
-            return Ok((Engine::Std(checked), Some(hir)));
+            return Ok((Engine::Std(checked), hir));
         }
         // Not parsed, or too large to tell: the engine's own build decides, and says why not.
-        let engine = Engine::build(expanded)?;
-        let hir = match engine {
-            Engine::Std(_) => regex_syntax::parse(expanded).ok(),
-            Engine::Fancy(_) => None,
-        };
-        Ok((engine, hir))
+        match Engine::build(expanded)? {
+            engine @ Engine::Std(_) => Ok((engine, hir)),
+            engine @ Engine::Fancy(_) => Ok((engine, None)),
+        }
     }
 
     fn build(expanded: &str) -> Result<Engine, PatternError> {
@@ -337,10 +335,8 @@ type Split = (Arc<HostSplit>, &'static str);
 pub struct Pattern {
     source: String,
     engine: Engine,
-    /// The automata run this pattern: its HIR anchored at the line start goes into the
-    /// filter's [`Scanner`] and [`Needles`]. `false` for a `fancy-regex` pattern.
-    scannable: bool,
-    /// That HIR, held only until a [`Filter`] is built with the pattern (a sshd filter's
+    /// The pattern's HIR anchored at the line start, for the filter's [`Scanner`] and
+    /// [`Needles`] (`None` for a `fancy-regex` pattern), held only until a [`Filter`] is built with the pattern (a sshd filter's
     /// are 200 KB, which a running jail has no use for); read again from the source when a
     /// filter is built a second time from the same patterns.
     anchored: Option<Hir>,
@@ -402,7 +398,6 @@ impl Pattern {
         Ok(Pattern {
             source: source.to_owned(),
             engine,
-            scannable: anchored.is_some(),
             anchored,
             split: Arc::default(),
             nofail,
@@ -413,7 +408,7 @@ impl Pattern {
     /// they are asked for. `None`: the capturing engine does (a match without a failure is
     /// told by its groups, so such patterns always use it).
     fn split(&self) -> Option<&Split> {
-        if self.nofail || !self.scannable {
+        if self.nofail || !self.scannable() {
             return None;
         }
         self.split
@@ -496,10 +491,12 @@ impl Pattern {
     /// The HIR the automata run, taken out of the pattern; parsed again from the source
     /// when a filter took it before. `None` for a pattern the automata do not run.
     fn take_anchored(&mut self) -> Option<Hir> {
-        if !self.scannable {
-            return None;
-        }
         self.anchored.take().or_else(|| self.parse_anchored())
+    }
+
+    /// Whether the automata run this pattern: those of the `regex` crate's patterns.
+    fn scannable(&self) -> bool {
+        matches!(self.engine, Engine::Std(_))
     }
 
     /// The HIR the automata run, parsed from the source.
@@ -710,7 +707,7 @@ impl Filter {
         (0..self.fail.len()).find_map(|i| match first {
             Some((winner, end)) if i == winner => try_pattern(i, Some(end)),
             Some((winner, _)) if i > winner => try_pattern(i, None),
-            _ if !self.fail[i].scannable => try_pattern(i, None),
+            _ if !self.fail[i].scannable() => try_pattern(i, None),
             _ => None,
         })
     }
@@ -950,7 +947,7 @@ mod tests {
             ],
             &[],
         );
-        assert!(!f.fail[0].scannable, "a back-reference needs fancy-regex");
+        assert!(!f.fail[0].scannable(), "a back-reference needs fancy-regex");
         let hit = |line: &str| f.find(line).map(|h| (h.pattern, h.addr.to_string()));
         assert_eq!(
             hit("bob rejected bob from 192.0.2.1"),

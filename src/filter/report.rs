@@ -226,8 +226,8 @@ impl Report {
 
 /// Of `all` (each address once), the `n` with the most failures, most first (ties by
 /// address). A large log names 100,000s of addresses: one pass keeps the best `n` so far,
-/// without copying the rest. The order is total (each address once), so these are the `n`
-/// a full sort puts first.
+/// without copying the rest (O(len × n) at worst: for a short top, as the summary's ten).
+/// The order is total (each address once), so these are the `n` a full sort puts first.
 fn top_of(all: impl IntoIterator<Item = (IpAddr, usize)>, n: usize) -> Vec<(IpAddr, usize)> {
     let order = |a: &(IpAddr, usize), b: &(IpAddr, usize)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
     let mut best: Vec<(IpAddr, usize)> = Vec::with_capacity(n + 1);

@@ -99,7 +99,8 @@ pub(super) struct Scanner {
 struct ScanAutomata {
     multi: Multi,
     ascii: DFA,
-    /// Per thread: the lazy DFAs' caches (`multi`'s, `ascii`'s), each filled only when used.
+    /// Per thread: the lazy DFAs' caches (`multi`'s, made on the first line with other
+    /// bytes than ASCII; `ascii`'s), each filled only as it is used.
     caches: Pool<(Option<Cache>, Cache), CacheMaker>,
 }
 
@@ -162,13 +163,8 @@ impl Scanner {
         };
         let ascii = forward_dfa(&hirs.iter().map(ascii_only).collect::<Vec<_>>())?;
         let caches = {
-            let multi = match &multi {
-                Multi::Lazy(dfa) => Some(DFA::clone(dfa)),
-                Multi::Engine(_) => None,
-            };
             let ascii = ascii.clone();
-            let create: CacheMaker =
-                Box::new(move || (multi.as_ref().map(DFA::create_cache), ascii.create_cache()));
+            let create: CacheMaker = Box::new(move || (None, ascii.create_cache()));
             Pool::new(create)
         };
         Some(Scanner {
@@ -190,16 +186,18 @@ impl Scanner {
         let input = Input::new(text).anchored(Anchored::Yes);
         let mut caches = automata.caches.get();
         let (multi_cache, ascii_cache) = &mut *caches;
-        let found = match (&automata.multi, multi_cache) {
+        let found = match &automata.multi {
             _ if text.is_ascii() => automata
                 .ascii
                 .try_search_fwd(ascii_cache, &input)?
                 .map(|m| (m.pattern(), m.offset())),
-            (Multi::Lazy(dfa), Some(cache)) => dfa
-                .try_search_fwd(cache, &input)?
+            Multi::Lazy(dfa) => dfa
+                .try_search_fwd(
+                    multi_cache.get_or_insert_with(|| dfa.create_cache()),
+                    &input,
+                )?
                 .map(|m| (m.pattern(), m.offset())),
-            (Multi::Engine(regex), _) => regex.search(&input).map(|m| (m.pattern(), m.end())),
-            (Multi::Lazy(_), None) => unreachable!("a lazy DFA's cache is made with it"),
+            Multi::Engine(regex) => regex.search(&input).map(|m| (m.pattern(), m.end())),
         };
         Ok(found.map(|(pattern, end)| (self.index[pattern.as_usize()], end)))
     }
