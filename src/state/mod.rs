@@ -568,7 +568,7 @@ impl Store {
             n += self
                 .conn
                 .execute("DELETE FROM history WHERE banned_at < ?1", [ms(oldest)])?;
-            let mut jails = self.conn.prepare("SELECT DISTINCT jail FROM bans")?;
+            let mut jails = self.conn.prepare_cached(JAILS)?;
             let gone: Vec<String> = jails
                 .query_map([], |r| r.get::<_, String>(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()?
@@ -1168,17 +1168,20 @@ mod tests {
     fn ended_bans_are_found_through_the_expiry_index_not_a_scan() {
         let dir = empty_dir("expiry-index");
         let store = Store::open(&dir).unwrap();
-        for sql in [EXPIRED, PURGE_ENDED, ENDED_JAILS, ENDED_COUNT] {
+        let plan = |sql: &str| -> Vec<String> {
             let mut explain = store
                 .conn
                 .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
                 .unwrap();
             let times = (1..=explain.parameter_count()).map(|n| n as i64);
-            let plan: Vec<String> = explain
+            explain
                 .query_map(rusqlite::params_from_iter(times), |r| r.get(3))
                 .unwrap()
                 .collect::<rusqlite::Result<_>>()
-                .unwrap();
+                .unwrap()
+        };
+        for sql in [EXPIRED, PURGE_ENDED, ENDED_JAILS, ENDED_COUNT] {
+            let plan = plan(sql);
             assert!(
                 plan.iter()
                     .any(|step| step.contains("USING INDEX bans_by_end")),
@@ -1189,6 +1192,16 @@ mod tests {
                 "{sql}: {plan:?}"
             );
         }
+        // The jails with bans: steps down the primary key, not a scan of the bans.
+        let jails = plan(JAILS);
+        assert!(
+            jails.iter().any(|step| step.contains("USING PRIMARY KEY")),
+            "{jails:?}"
+        );
+        assert!(
+            !jails.iter().any(|step| step.starts_with("SCAN bans")),
+            "{jails:?}"
+        );
     }
 
     #[test]
