@@ -427,7 +427,7 @@ impl Store {
             let mut ended = ended.query([ms(now)])?;
             while let Some(row) = ended.next()? {
                 if let Some(n) = counts.get_mut(row.get_ref(0)?.as_str()?) {
-                    *n -= 1;
+                    *n = n.saturating_sub(1);
                 }
             }
             counts.retain(|_, n| *n > 0);
@@ -489,7 +489,8 @@ impl Store {
                 .conn
                 .prepare_cached(ENDED_COUNT)?
                 .query_row([ms(now)], |r| r.get(0))?;
-            Ok(rows - ended)
+            // A subset of the rows, read in the same breath: never more, but no panic if so.
+            Ok(rows.saturating_sub(ended))
         };
         read().map_err(|e| self.sql(e))
     }
@@ -818,9 +819,6 @@ impl crate::engine::Ledger for Store {
     }
 }
 
-/// A window's failure times as stored: oldest first (lines caught up may come out of date
-/// order), 4 bytes each, little-endian; with the newest, which the purge goes by. `None` for
-/// an empty window.
 /// The bans that ended in a span of time: read through `bans_by_end`.
 const EXPIRED: &str = "SELECT jail, net, banned_at, bantime, count, reason, origin FROM bans
      WHERE bantime IS NOT NULL AND banned_at + bantime > ?1 AND banned_at + bantime <= ?2
@@ -845,6 +843,9 @@ const JAILS: &str = "WITH RECURSIVE jails(name) AS (
 const PURGE_ENDED: &str =
     "DELETE FROM bans WHERE bantime IS NOT NULL AND banned_at + bantime <= ?1";
 
+/// A window's failure times as stored: oldest first (lines caught up may come out of date
+/// order), 4 bytes each, little-endian; with the newest, which the purge goes by. `None` for
+/// an empty window.
 fn encode_times(times: &[u32]) -> Option<(u32, Vec<u8>)> {
     let mut sorted = times.to_vec();
     sorted.sort_unstable();
