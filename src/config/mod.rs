@@ -1448,9 +1448,8 @@ impl Context<'_> {
             );
             ok = false;
         }
-        // The named filter as it was built, unless inline patterns add to it.
+        // The named filter as it was built, with any inline patterns after its own.
         let filter = ok.then(|| match named {
-            Some(filter) if fail.is_empty() && ignore.is_empty() => filter,
             Some(filter) => filter.with_more(fail, ignore),
             None => Filter::new(fail, ignore),
         });

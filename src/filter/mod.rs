@@ -857,8 +857,12 @@ impl Filter {
     }
 
     /// The same filter with `fail` and `ignore` after its own patterns: its prefix (a
-    /// fail2ban filter's prefregex and datepattern) and `maxlines` kept.
+    /// fail2ban filter's prefregex and datepattern) and `maxlines` kept. With nothing to
+    /// add, the filter as it was built.
     pub fn with_more(self, fail: Vec<Pattern>, ignore: Vec<Pattern>) -> Filter {
+        if fail.is_empty() && ignore.is_empty() {
+            return self;
+        }
         let Filter {
             fail: mut all_fail,
             ignore: mut all_ignore,
