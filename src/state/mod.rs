@@ -1138,7 +1138,8 @@ mod tests {
 
     #[test]
     fn active_counts_agree_with_the_bans_in_force() {
-        let mut store = Store::open(&empty_dir("active-counts")).unwrap();
+        let dir = empty_dir("active-counts");
+        let mut store = Store::open(&dir).unwrap();
         store
             .record_bans(&[
                 ban("sshd", "192.0.2.1", 1000, Some(60)),
@@ -1160,9 +1161,13 @@ mod tests {
             let total: u64 = expected.values().sum();
             assert_eq!(store.active_count(now).unwrap(), total, "at {secs}");
         }
-        let empty = Store::open(&empty_dir("active-counts-empty")).unwrap();
+        let empty_store = empty_dir("active-counts-empty");
+        let empty = Store::open(&empty_store).unwrap();
         assert!(empty.active_by_jail(at(1)).unwrap().is_empty());
         assert_eq!(empty.active_count(at(1)).unwrap(), 0);
+        for dir in [dir, empty_store] {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 
     #[test]
@@ -1203,6 +1208,8 @@ mod tests {
             !jails.iter().any(|step| step.starts_with("SCAN bans")),
             "{jails:?}"
         );
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
