@@ -54,6 +54,20 @@ pub struct Element {
     pub expires_in: Option<Duration>,
 }
 
+impl Element {
+    /// The same ban written again (into another set), with the time it has left.
+    pub fn into_restore(self, jail: &str) -> Restore {
+        Restore {
+            ban: Ban {
+                jail: jail.to_owned(),
+                net: self.net,
+                time: self.timeout.map_or(BanTime::Permanent, BanTime::Finite),
+            },
+            expires_in: self.expires_in,
+        }
+    }
+}
+
 /// What a round of bans found in the way: the kernel's interval sets hold no overlapping
 /// elements.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

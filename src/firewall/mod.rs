@@ -13,10 +13,11 @@ pub mod layout;
 mod netlink;
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::net::IpAddr;
 use std::time::Duration;
 
-pub use layout::{Family, JailRules, PortRange, Protocol};
+pub use layout::{Family, JailRules, PortRange, Protocol, Shape};
 pub use netlink::{CounterValue, Monitor, NFT_MSG_NEWGEN, NetlinkError, Notification};
 
 use crate::addr::IpNet;
@@ -24,7 +25,7 @@ pub use crate::ban::{Ban, Element, Fitted, Overlaps, Restore, fit};
 use crate::ban::{Place, place, widest_of_round};
 use crate::duration::BanTime;
 use layout::{FORWARD_CHAIN, FORWARD_PRIORITY, PREROUTING_CHAIN, PREROUTING_PRIORITY, TABLE};
-use netlink::{Batch, Elem, ElemOp, Expr, Hook, KeyType, MetaKey, PayloadBase, SetSpec};
+use netlink::{Batch, Elem, ElemOp, Expr, Hook, KeyType, MetaKey, PayloadBase, SetInfo, SetSpec};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -67,14 +68,34 @@ impl Firewall {
     /// plus the bans in `restore` (which must be absent from the kernel; see [`Firewall::restore`]).
     /// Existing sets keep their elements, so bans survive a restart or a reload. Sets of jails
     /// that are no longer configured are removed.
+    ///
+    /// A table written before address sets had one interval set per family, under the name
+    /// the address set has now: each such set is replaced in the same batch, its elements
+    /// moved into the new sets with the time they have left.
     pub fn apply_layout(
         &mut self,
         jails: &[JailRules],
         restore: &[Restore],
     ) -> Result<(), FirewallError> {
         let existing = self.sock.list_sets()?;
+        let mut moved = Vec::new();
+        for info in existing.iter().filter(|info| is_old_layout(info)) {
+            let Some((jail, family, _)) = layout::parse_set_name(&info.name) else {
+                continue;
+            };
+            if jails.iter().any(|j| j.name == jail) {
+                let elements = self.read_set(&info.name, family, true)?;
+                moved.extend(elements.into_iter().map(|e| e.into_restore(jail)));
+            }
+        }
+        if !moved.is_empty() {
+            tracing::info!(
+                bans = moved.len(),
+                "moving the bans of an older table into address and prefix sets"
+            );
+        }
         let mut batch = self.sock.batch();
-        layout_batch(&mut batch, jails, &existing, restore);
+        layout_batch(&mut batch, jails, &existing, &[restore, &moved]);
         Ok(self.sock.commit(batch)?)
     }
 
@@ -99,22 +120,24 @@ impl Firewall {
         let mut overlaps = Overlaps::default();
         let kept = widest_of_round(items.iter().map(|r| &r.ban), &mut overlaps.covered);
         let chosen: Vec<&Restore> = kept.iter().map(|&i| &items[i]).collect();
-        match self.write_elements(&restore_by_set(&chosen), &[ElemOp::AddNew]) {
-            Err(FirewallError::Netlink(e)) if e.errno() == Some(libc::EEXIST) => {}
-            other => return other.map(|()| overlaps),
+        if self.clear_of_other_shape(&chosen)? {
+            match self.write_elements(&restore_by_set(&chosen), &[ElemOp::AddNew]) {
+                Err(FirewallError::Netlink(e)) if e.errno() == Some(libc::EEXIST) => {}
+                other => return other.map(|()| overlaps),
+            }
         }
-        // Read the sets this round touches, and fit the round to what they hold.
-        let mut existing: BTreeMap<SetKey, Vec<IpNet>> = BTreeMap::new();
+        // Read both sets of each family this round touches, and fit the round to what they
+        // hold together.
+        let mut existing: BTreeMap<(&str, Family), Vec<IpNet>> = BTreeMap::new();
         for &r in &chosen {
-            if let std::collections::btree_map::Entry::Vacant(slot) =
-                existing.entry(set_key(&r.ban.jail, &r.ban.net))
-            {
-                let (name, family) = slot.key();
-                let raw = self.sock.dump_set(name)?;
-                let mut nets: Vec<IpNet> = pair_intervals(raw, *family)
-                    .into_iter()
-                    .map(|e| e.net)
-                    .collect();
+            if let Entry::Vacant(slot) = existing.entry((&r.ban.jail, Family::of(&r.ban.net))) {
+                let &(jail, family) = slot.key();
+                let mut nets = Vec::new();
+                for shape in Shape::BOTH {
+                    let name = layout::set_name(jail, family, shape);
+                    let read = self.read_set(&name, family, shape == Shape::Prefix)?;
+                    nets.extend(read.into_iter().map(|e| e.net));
+                }
                 nets.sort();
                 slot.insert(nets);
             }
@@ -122,7 +145,7 @@ impl Firewall {
         let (mut again, mut fresh) = (Vec::new(), Vec::new());
         for i in kept {
             let r = &items[i];
-            let nets = &existing[&set_key(&r.ban.jail, &r.ban.net)];
+            let nets = &existing[&(r.ban.jail.as_str(), Family::of(&r.ban.net))];
             match place(nets, &r.ban.net) {
                 Place::Same => again.push(r),
                 Place::Inside(wider) => overlaps.covered.push((i, wider)),
@@ -148,6 +171,71 @@ impl Firewall {
         batch_elements(&mut batch, &restore_by_set(&fresh), &[ElemOp::Add]);
         self.sock.commit(batch)?;
         Ok(overlaps)
+    }
+
+    /// Whether no ban of `round` meets an element of its family's other set: the kernel
+    /// refuses an overlap within one set (EEXIST), but an address inside a banned prefix,
+    /// or a prefix over banned addresses, sits in the other set. Those sets are read (for a
+    /// round of addresses, the prefix sets: small, mostly empty) and compared here.
+    fn clear_of_other_shape(&mut self, round: &[&Restore]) -> Result<bool, FirewallError> {
+        let mut read: BTreeMap<(&str, Family, Shape), Vec<IpNet>> = BTreeMap::new();
+        for r in round {
+            let net = &r.ban.net;
+            let key = (r.ban.jail.as_str(), Family::of(net), Shape::of(net).other());
+            let nets = match read.entry(key) {
+                Entry::Occupied(slot) => slot.into_mut(),
+                Entry::Vacant(slot) => {
+                    let &(jail, family, shape) = slot.key();
+                    let name = layout::set_name(jail, family, shape);
+                    let elements = self.read_set(&name, family, shape == Shape::Prefix)?;
+                    let mut nets: Vec<IpNet> = elements.into_iter().map(|e| e.net).collect();
+                    nets.sort();
+                    slot.insert(nets)
+                }
+            };
+            if !matches!(place(nets, net), Place::Over(inside) if inside.is_empty()) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The elements of one set, read back into bans: an interval set's start/end pairs
+    /// become prefixes, a hash set's keys single addresses.
+    fn read_set(
+        &mut self,
+        name: &str,
+        family: Family,
+        interval: bool,
+    ) -> Result<Vec<Element>, NetlinkError> {
+        let raw = self.sock.dump_set(name)?;
+        Ok(if interval {
+            pair_intervals(raw, family)
+        } else {
+            addresses(raw, family)
+        })
+    }
+
+    /// The bans of `jail` in whichever of its sets `sets` lists, each family sorted by
+    /// address. A set removed since the listing holds nothing.
+    fn read_jail(&mut self, sets: &[SetInfo], jail: &str) -> Result<Vec<Element>, NetlinkError> {
+        let mut out = Vec::new();
+        for family in Family::BOTH {
+            let start = out.len();
+            for shape in Shape::BOTH {
+                let name = layout::set_name(jail, family, shape);
+                let Some(info) = sets.iter().find(|s| s.name == name) else {
+                    continue;
+                };
+                match self.read_set(&name, family, info.interval) {
+                    Ok(elements) => out.extend(elements),
+                    Err(e) if e.errno() == Some(libc::ENOENT) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            out[start..].sort_unstable_by_key(|e| e.net);
+        }
+        Ok(out)
     }
 
     /// One batch applying `ops`, in order, to every set's elements.
@@ -176,36 +264,24 @@ impl Firewall {
         };
         let mut out = BTreeMap::new();
         for jail in jails {
-            let mut elements = Vec::new();
-            for family in Family::BOTH {
-                let name = layout::set_name(jail, family);
-                if sets.contains(&name) {
-                    let raw = match self.sock.dump_set(&name) {
-                        Ok(raw) => raw,
-                        // Removed since the listing: nothing in it.
-                        Err(e) if e.errno() == Some(libc::ENOENT) => Vec::new(),
-                        Err(e) => return Err(e.into()),
-                    };
-                    elements.extend(pair_intervals(raw, family));
-                }
-            }
-            out.insert((*jail).to_owned(), elements);
+            out.insert((*jail).to_owned(), self.read_jail(&sets, jail)?);
         }
         Ok(out)
     }
 
-    /// Every ban of a jail, IPv4 then IPv6, as the kernel holds them now.
+    /// Every ban of a jail, IPv4 then IPv6, each sorted by address, as the kernel holds
+    /// them now.
     pub fn list(&mut self, jail: &str) -> Result<Vec<Element>, FirewallError> {
-        let mut out = Vec::new();
-        for family in Family::BOTH {
-            let name = layout::set_name(jail, family);
-            let raw = self
-                .sock
-                .dump_set(&name)
-                .map_err(FirewallError::from_dump)?;
-            out.extend(pair_intervals(raw, family));
+        let sets = self.sock.list_sets().map_err(FirewallError::from_dump)?;
+        let has = |family| {
+            let name = layout::set_name(jail, family, Shape::Addr);
+            sets.iter().any(|s| s.name == name)
+        };
+        if !Family::BOTH.into_iter().all(has) {
+            return Err(FirewallError::NoTable);
         }
-        Ok(out)
+        self.read_jail(&sets, jail)
+            .map_err(FirewallError::from_dump)
     }
 
     /// Packets and bytes dropped by a jail's rules.
@@ -218,10 +294,14 @@ impl Firewall {
     /// Names of the jails that have sets in the kernel now.
     pub fn jails_in_kernel(&mut self) -> Result<Vec<String>, FirewallError> {
         let sets = self.sock.list_sets()?;
+        let has = |name: &str| sets.iter().any(|s| s.name == name);
         let mut jails: Vec<String> = sets
             .iter()
-            .filter_map(|s| s.strip_suffix("_v4"))
-            .filter(|j| sets.contains(&layout::set_name(j, Family::V6)))
+            .filter_map(|s| match layout::parse_set_name(&s.name) {
+                Some((jail, Family::V4, Shape::Addr)) => Some(jail),
+                _ => None,
+            })
+            .filter(|j| has(&layout::set_name(j, Family::V6, Shape::Addr)))
             .map(str::to_owned)
             .collect();
         jails.sort();
@@ -230,8 +310,14 @@ impl Firewall {
 }
 
 /// The layout's messages: table, chains, per-jail counters, sets and rules, the removal of
-/// jails no longer configured (`existing`: the sets in the kernel now), and `restore`.
-fn layout_batch(batch: &mut Batch, jails: &[JailRules], existing: &[String], restore: &[Restore]) {
+/// jails no longer configured and of sets of the older layout (`existing`: the sets in the
+/// kernel now), and the bans of `restore`.
+fn layout_batch(
+    batch: &mut Batch,
+    jails: &[JailRules],
+    existing: &[SetInfo],
+    restore: &[&[Restore]],
+) {
     batch.add_table("banctl: bans written by the banctl daemon; see `banctl list`");
     batch.add_base_chain(
         PREROUTING_CHAIN,
@@ -251,46 +337,70 @@ fn layout_batch(batch: &mut Batch, jails: &[JailRules], existing: &[String], res
         let counter = counter_name(&jail.name);
         batch.add_counter(&counter, &format!("packets dropped by jail {}", jail.name));
         for family in Family::BOTH {
-            let name = jail.set_name(family);
-            let comment = format!(
-                "banctl jail {}: banned IP{} sources",
-                jail.name,
-                family.suffix()
-            );
-            batch.add_set(&ban_set_spec(&name, family, Some(&comment)));
+            for shape in Shape::BOTH {
+                let name = jail.set_name(family, shape);
+                if shape == Shape::Addr
+                    && existing.iter().any(|s| s.name == name && is_old_layout(s))
+                {
+                    // Its rules went with the flushes above; its bans are in `restore`.
+                    batch.del_set(&name, key_type(family));
+                }
+                let what = match shape {
+                    Shape::Addr => "addresses",
+                    Shape::Prefix => "prefixes",
+                };
+                let comment = format!(
+                    "banctl jail {}: banned IP{} source {what}",
+                    jail.name,
+                    family.suffix()
+                );
+                batch.add_set(&ban_set_spec(&name, family, shape, Some(&comment)));
+            }
         }
         for family in Family::BOTH {
-            let exprs = rule_exprs(batch, jail, family, Hook::Prerouting);
-            batch.add_rule(PREROUTING_CHAIN, &exprs, &jail.comment());
-            if jail.forward {
-                let exprs = rule_exprs(batch, jail, family, Hook::Forward);
-                batch.add_rule(FORWARD_CHAIN, &exprs, &jail.comment());
+            for shape in Shape::BOTH {
+                let exprs = rule_exprs(batch, jail, family, shape, Hook::Prerouting);
+                batch.add_rule(PREROUTING_CHAIN, &exprs, &jail.comment());
+                if jail.forward {
+                    let exprs = rule_exprs(batch, jail, family, shape, Hook::Forward);
+                    batch.add_rule(FORWARD_CHAIN, &exprs, &jail.comment());
+                }
             }
         }
     }
-    for stale in stale_jails(existing, jails) {
-        for family in Family::BOTH {
-            let name = layout::set_name(&stale, family);
-            if existing.contains(&name) {
-                batch.del_set(&name, key_type(family));
-            }
+    let mut stale = Vec::new();
+    for info in existing {
+        let Some((jail, family, _)) = layout::parse_set_name(&info.name) else {
+            continue;
+        };
+        if !jails.iter().any(|j| j.name == jail) {
+            batch.del_set(&info.name, key_type(family));
+            stale.push(jail);
         }
+    }
+    stale.sort_unstable();
+    stale.dedup();
+    for jail in stale {
         // Add-then-delete removes the counter whether or not it still exists.
-        let counter = counter_name(&stale);
+        let counter = counter_name(jail);
         batch.add_counter(&counter, "");
         batch.del_counter(&counter);
     }
-    let restore: Vec<&Restore> = restore.iter().collect();
-    for ((name, family), (elems, what)) in &restore_by_set(&restore) {
-        batch.set_elements(&ban_set_spec(name, *family, None), elems, ElemOp::Add, what);
-    }
+    let restore: Vec<&Restore> = restore.iter().flat_map(|part| part.iter()).collect();
+    batch_elements(batch, &restore_by_set(&restore), &[ElemOp::Add]);
+}
+
+/// A set of the layout before address sets: `<jail>_v4` or `_v6` with interval elements.
+fn is_old_layout(set: &SetInfo) -> bool {
+    set.interval && matches!(layout::parse_set_name(&set.name), Some((_, _, Shape::Addr)))
 }
 
 /// Adds `ops`, in order, on every set's elements to `batch`.
 fn batch_elements(batch: &mut Batch, by_set: &SetElems, ops: &[ElemOp]) {
     for op in ops {
-        for ((name, family), (elems, what)) in by_set {
-            batch.set_elements(&ban_set_spec(name, *family, None), elems, *op, what);
+        for ((name, family, shape), (elems, what)) in by_set {
+            let spec = ban_set_spec(name, *family, *shape, None);
+            batch.set_elements(&spec, elems, *op, what);
         }
     }
 }
@@ -410,8 +520,8 @@ fn timeout_ms(time: BanTime) -> Option<u64> {
     }
 }
 
-/// A ban set: its name and family.
-type SetKey = (String, Family);
+/// A ban set: its name, family and shape.
+type SetKey = (String, Family, Shape);
 type SetElems = BTreeMap<SetKey, (Vec<Elem>, String)>;
 
 /// Elements per set, so that a round of bans packs many elements into each message, with a
@@ -441,7 +551,8 @@ fn group_by_set<'a>(
 
 /// The set a ban goes into.
 fn set_key(jail: &str, net: &IpNet) -> SetKey {
-    (layout::set_name(jail, Family::of(net)), Family::of(net))
+    let (family, shape) = (Family::of(net), Shape::of(net));
+    (layout::set_name(jail, family, shape), family, shape)
 }
 
 fn restore_by_set(restore: &[&Restore]) -> SetElems {
@@ -456,18 +567,6 @@ fn restore_by_set(restore: &[&Restore]) -> SetElems {
     }))
 }
 
-fn stale_jails(existing: &[String], jails: &[JailRules]) -> Vec<String> {
-    let mut stale: Vec<String> = existing
-        .iter()
-        .filter_map(|s| s.strip_suffix("_v4").or_else(|| s.strip_suffix("_v6")))
-        .filter(|j| !jails.iter().any(|c| c.name == *j))
-        .map(str::to_owned)
-        .collect();
-    stale.sort();
-    stale.dedup();
-    stale
-}
-
 fn key_type(family: Family) -> KeyType {
     match family {
         Family::V4 => KeyType::Ipv4Addr,
@@ -475,14 +574,26 @@ fn key_type(family: Family) -> KeyType {
     }
 }
 
-fn ban_set_spec<'a>(name: &'a str, family: Family, comment: Option<&'a str>) -> SetSpec<'a> {
+/// The sweep of an address set walks every element: each second (the kernel's default) that
+/// cost 3.6 % of a core with a million bans. An expired element never matches a packet and
+/// is replaced by a new ban of its address; sweeping it a minute later only frees memory
+/// later.
+const HASH_GC_INTERVAL_MS: u32 = 60_000;
+
+fn ban_set_spec<'a>(
+    name: &'a str,
+    family: Family,
+    shape: Shape,
+    comment: Option<&'a str>,
+) -> SetSpec<'a> {
     SetSpec {
         name,
         key: key_type(family),
-        interval: true,
+        interval: shape == Shape::Prefix,
         timeout: true,
         anonymous_id: None,
         comment,
+        gc_interval_ms: (shape == Shape::Addr).then_some(HASH_GC_INTERVAL_MS),
     }
 }
 
@@ -501,15 +612,15 @@ fn successor(addr: IpAddr) -> Option<IpAddr> {
     }
 }
 
-/// An interval-set element pair for a prefix: the start carries the timeout; the end (one past
-/// the last address, flagged INTERVAL_END) must carry none. A prefix reaching the end of the
-/// address space has no end element.
+/// A single address is one hash-set element. A prefix is an interval-set element pair: the
+/// start carries the timeout; the end (one past the last address, flagged INTERVAL_END) must
+/// carry none. A prefix reaching the end of the address space has no end element.
 fn net_elems(net: &IpNet, timeout_ms: Option<u64>, expiration_ms: Option<u64>) -> Vec<Elem> {
     let mut start = Elem::key(octets(net.addr()));
     start.timeout_ms = timeout_ms;
     start.expiration_ms = expiration_ms;
     let mut elems = vec![start];
-    if let Some(end) = successor(net.last()) {
+    if let (Shape::Prefix, Some(end)) = (Shape::of(net), successor(net.last())) {
         elems.push(Elem::end(octets(end)));
     }
     elems
@@ -527,6 +638,20 @@ fn predecessor(addr: IpAddr) -> Option<IpAddr> {
         IpAddr::V4(a) => u32::from(a).checked_sub(1).map(|n| IpAddr::V4(n.into())),
         IpAddr::V6(a) => u128::from(a).checked_sub(1).map(|n| IpAddr::V6(n.into())),
     }
+}
+
+/// A hash set's elements: single addresses.
+fn addresses(raw: Vec<netlink::Elem>, family: Family) -> Vec<Element> {
+    raw.into_iter()
+        .filter(|e| !e.interval_end)
+        .filter_map(|e| {
+            Some(Element {
+                net: IpNet::host(addr_from_key(&e.key, family)?),
+                timeout: e.timeout_ms.map(Duration::from_millis),
+                expires_in: e.expiration_ms.map(Duration::from_millis),
+            })
+        })
+        .collect()
 }
 
 /// Turns the kernel's start/end elements back into prefixes.
@@ -573,7 +698,13 @@ fn pair_intervals(raw: Vec<netlink::Elem>, family: Family) -> Vec<Element> {
 
 /// Prerouting: `ip[6] saddr @set  fib daddr type local  meta l4proto P  th dport D  counter drop`;
 /// forward: the same with `ct original proto-dst D` for the port and no fib match.
-fn rule_exprs(batch: &mut Batch, jail: &JailRules, family: Family, hook: Hook) -> Vec<Expr> {
+fn rule_exprs(
+    batch: &mut Batch,
+    jail: &JailRules,
+    family: Family,
+    shape: Shape,
+    hook: Hook,
+) -> Vec<Expr> {
     let (nfproto, offset, len) = match family {
         Family::V4 => (libc::NFPROTO_IPV4 as u8, 12, 4),
         Family::V6 => (libc::NFPROTO_IPV6 as u8, 8, 16),
@@ -587,7 +718,7 @@ fn rule_exprs(batch: &mut Batch, jail: &JailRules, family: Family, hook: Hook) -
             len,
         },
         Expr::Lookup {
-            set: jail.set_name(family),
+            set: jail.set_name(family, shape),
             id: None,
         },
     ];
@@ -660,6 +791,7 @@ fn anon_spec(key: KeyType, interval: bool, id: u32) -> SetSpec<'static> {
         timeout: false,
         anonymous_id: Some(id),
         comment: None,
+        gc_interval_ms: None,
     }
 }
 
@@ -693,18 +825,44 @@ mod tests {
     }
 
     #[test]
-    fn elements_of_a_prefix() {
+    fn elements_of_an_address_and_of_a_prefix() {
+        // An address: one hash-set element with the timeout.
         let e = net_elems(&"192.0.2.7".parse().unwrap(), Some(5000), None);
-        assert_eq!(e.len(), 2);
+        assert_eq!(e.len(), 1);
         assert_eq!(e[0].key, vec![192, 0, 2, 7]);
+        assert_eq!((e[0].interval_end, e[0].timeout_ms), (false, Some(5000)));
+        // A prefix: the start with the timeout, the end one past its last address.
+        let e = net_elems(&"192.0.2.0/24".parse().unwrap(), Some(5000), None);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].key, vec![192, 0, 2, 0]);
         assert_eq!(e[0].timeout_ms, Some(5000));
         assert_eq!(
             (e[1].key.clone(), e[1].interval_end, e[1].timeout_ms),
-            (vec![192, 0, 2, 8], true, None)
+            (vec![192, 0, 3, 0], true, None)
         );
+        // A prefix reaching the end of the address space has no end element.
         assert_eq!(
-            net_elems(&"255.255.255.255".parse().unwrap(), None, None).len(),
+            net_elems(&"255.255.255.0/24".parse().unwrap(), None, None).len(),
             1
+        );
+    }
+
+    #[test]
+    fn hash_set_elements_read_back_as_addresses() {
+        let raw = vec![
+            dumped(&[192, 0, 2, 9], false, Some(1000)),
+            dumped(&[192, 0, 2, 7], false, None),
+        ];
+        let got: Vec<(String, Option<Duration>)> = addresses(raw, Family::V4)
+            .into_iter()
+            .map(|e| (e.net.to_string(), e.timeout))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("192.0.2.9".to_owned(), Some(Duration::from_secs(1))),
+                ("192.0.2.7".to_owned(), None)
+            ]
         );
     }
 
@@ -901,7 +1059,18 @@ mod golden {
             forward: true,
         };
         let mut batch = Batch::detached(TABLE, 1);
-        let existing = vec!["gone_v4".to_owned(), "gone_v6".to_owned()];
+        let set = |name: &str, interval| SetInfo {
+            name: name.into(),
+            interval,
+        };
+        // A jail no longer configured, and one family of sshd still in the older layout.
+        let existing = [
+            set("gone_v4", false),
+            set("gone_v4_nets", true),
+            set("gone_v6", true),
+            set("sshd_v4", false),
+            set("sshd_v6", true),
+        ];
         layout_batch(&mut batch, &[jail], &existing, &[]);
         let bytes = batch.into_bytes();
         let names: Vec<&str> = messages(&bytes).into_iter().map(|(n, _)| n).collect();
@@ -917,10 +1086,18 @@ mod golden {
                 "NFT_MSG_NEWOBJ",
                 "NFT_MSG_NEWSET",
                 "NFT_MSG_NEWSET",
+                "NFT_MSG_DELSET",
+                "NFT_MSG_NEWSET",
+                "NFT_MSG_NEWSET",
                 "NFT_MSG_NEWRULE",
                 "NFT_MSG_NEWRULE",
                 "NFT_MSG_NEWRULE",
                 "NFT_MSG_NEWRULE",
+                "NFT_MSG_NEWRULE",
+                "NFT_MSG_NEWRULE",
+                "NFT_MSG_NEWRULE",
+                "NFT_MSG_NEWRULE",
+                "NFT_MSG_DELSET",
                 "NFT_MSG_DELSET",
                 "NFT_MSG_DELSET",
                 "NFT_MSG_NEWOBJ",
@@ -959,9 +1136,12 @@ mod golden {
         );
         let seqs: Vec<u32> = messages.iter().map(|(_, s)| *s).collect();
         assert_eq!(seqs, [100, 101, 102, 103]);
-        // The elements' keys and the 600 s timeout (ms, big-endian) are in the bytes.
+        // The elements' keys and the 600 s timeout (ms, big-endian) are in the bytes: the
+        // address alone (a hash-set element, no end), the prefix as start and end.
         let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
-        assert!(has(&[192, 0, 2, 7]) && has(&[192, 0, 2, 8]));
+        assert!(has(&[192, 0, 2, 7]) && !has(&[192, 0, 2, 8]));
+        let v6 = |last: u8| [0x20, 1, 0x0d, 0xb8, 0, 0, 0, last, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(has(&v6(0)) && has(&v6(1)));
         assert!(has(&600_000u64.to_be_bytes()));
         check("ban", &bytes);
     }

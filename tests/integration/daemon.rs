@@ -513,7 +513,8 @@ ignoreself = false   # the "attackers" are addresses of this test's own namespac
         netns::connects("2001:db8:2::5", target),
         "another /64 was dropped"
     );
-    let set = netns::nft(&["list", "set", "inet", "banctl", "web_v6"]);
+    // Prefixes are kept in the jail's interval set, beside the address set.
+    let set = netns::nft(&["list", "set", "inet", "banctl", "web_v6_nets"]);
     assert!(set.contains("2001:db8:1::/64 timeout"), "{set}");
 
     // The /64 of 2001:db8:3::5 holds an ignoreip address: only the attacker itself is banned.

@@ -113,7 +113,8 @@ fn a_watcher_that_cannot_keep_up_is_told_so_and_a_late_one_hears_nothing_before(
     fw.apply_layout(&[jail("web", &[22])], &[]).unwrap();
     let late = Monitor::open_unjoined().unwrap();
     let mut listening = Monitor::open().unwrap();
-    let many: Vec<Ban> = (0..60_000u32)
+    // One notification per address: far more than an 8 MiB receive buffer holds.
+    let many: Vec<Ban> = (0..200_000u32)
         .map(|i| {
             ban(
                 "web",
@@ -129,7 +130,7 @@ fn a_watcher_that_cannot_keep_up_is_told_so_and_a_late_one_hears_nothing_before(
         Err(e) => e.errno() == Some(libc::ENOBUFS),
         Ok(_) => false,
     });
-    assert!(overflowed, "60,000 notifications fit the buffer");
+    assert!(overflowed, "200,000 notifications fit the buffer");
     // Joined after the transaction: it hears the next one only.
     let mut late = late;
     late.join().unwrap();
@@ -145,4 +146,140 @@ fn a_watcher_that_cannot_keep_up_is_told_so_and_a_late_one_hears_nothing_before(
     }
     let others = heard.iter().filter(|n| n.kind != NFT_MSG_NEWGEN).count();
     assert!(others < 10, "the late watcher heard {others} notifications");
+}
+
+/// A table written before address sets (one interval set per family holding every ban) is
+/// moved by the first layout: the same bans, with the time they had left, now in an address
+/// set and a prefix set, and still dropping traffic.
+#[test]
+fn an_older_table_is_moved_into_address_and_prefix_sets() {
+    let Some(()) = netns::enter("older-table") else {
+        return;
+    };
+    let target = netns::listen("127.0.0.1:0");
+    netns::nft_script(&format!(
+        "table inet banctl {{
+           set web_v4 {{ type ipv4_addr; flags interval, timeout;
+             elements = {{ 127.0.0.2 timeout 1h expires 30m, 10.9.0.0/24 timeout 2h, 127.0.0.7 }} }}
+           set web_v6 {{ type ipv6_addr; flags interval, timeout;
+             elements = {{ 2001:db8::/64 timeout 1h }} }}
+           chain prerouting {{ type filter hook prerouting priority -305; policy accept;
+             ip saddr @web_v4 tcp dport {port} drop
+             ip6 saddr @web_v6 tcp dport {port} drop
+           }}
+         }}\n",
+        port = target.port()
+    ));
+    let mut fw = Firewall::open().unwrap();
+    let shown = |elements: Vec<banctl::firewall::Element>| -> Vec<(String, Option<u64>)> {
+        elements
+            .into_iter()
+            .map(|e| (e.net.to_string(), e.timeout.map(|t| t.as_secs())))
+            .collect()
+    };
+    let expected = [
+        ("10.9.0.0/24".to_owned(), Some(7200)),
+        ("127.0.0.2".to_owned(), Some(3600)),
+        ("127.0.0.7".to_owned(), None),
+        ("2001:db8::/64".to_owned(), Some(3600)),
+    ];
+    // Read as it is, before the move…
+    let before = fw.snapshot(&["web"]).unwrap().remove("web").unwrap();
+    assert_eq!(shown(before), expected);
+
+    fw.apply_layout(&[jail("web", &[target.port()])], &[])
+        .unwrap();
+    // …and after it, with the time left kept.
+    let after = fw.list("web").unwrap();
+    let left = after[1].expires_in.unwrap();
+    assert!(
+        left <= Duration::from_secs(1800) && left > Duration::from_secs(1790),
+        "{left:?}"
+    );
+    assert_eq!(shown(after), expected);
+    let v4 = netns::nft(&["list", "set", "inet", "banctl", "web_v4"]);
+    assert!(
+        v4.contains("flags timeout") && !v4.contains("flags interval"),
+        "{v4}"
+    );
+    assert!(v4.contains("127.0.0.2 timeout 1h expires"), "{v4}");
+    let nets = netns::nft(&["list", "set", "inet", "banctl", "web_v4_nets"]);
+    assert!(nets.contains("10.9.0.0/24 timeout 2h"), "{nets}");
+    assert!(
+        !netns::connects("127.0.0.2", target),
+        "a moved ban let traffic through"
+    );
+    assert!(netns::connects("127.0.0.3", target));
+}
+
+/// The two sets of a family are one ban list: an address inside a banned prefix is covered
+/// by it, and a prefix over banned addresses replaces them, as in a single interval set.
+#[test]
+fn the_address_and_prefix_sets_of_a_family_are_one_ban_list() {
+    let Some(()) = netns::enter("one-ban-list") else {
+        return;
+    };
+    let mut fw = Firewall::open().unwrap();
+    fw.apply_layout(&[jail("web", &[22])], &[]).unwrap();
+    let listed = |fw: &mut Firewall| -> Vec<String> {
+        let list = fw.list("web").unwrap();
+        list.iter().map(|e| e.net.to_string()).collect()
+    };
+
+    fw.ban(&[ban("web", "10.1.0.5", 60), ban("web", "10.1.0.6", 60)])
+        .unwrap();
+    let overlaps = fw
+        .ban(&[ban("web", "10.1.0.0/24", 60), ban("web", "10.2.0.1", 60)])
+        .unwrap();
+    let mut replaced: Vec<String> = overlaps
+        .replaced
+        .iter()
+        .map(|(_, n)| n.to_string())
+        .collect();
+    replaced.sort();
+    assert_eq!(replaced, ["10.1.0.5", "10.1.0.6"]);
+    assert_eq!(listed(&mut fw), ["10.1.0.0/24", "10.2.0.1"]);
+
+    let overlaps = fw
+        .ban(&[ban("web", "10.1.0.9", 60), ban("web", "10.3.0.1", 60)])
+        .unwrap();
+    let covered: Vec<(usize, String)> = overlaps
+        .covered
+        .iter()
+        .map(|(i, n)| (*i, n.to_string()))
+        .collect();
+    assert_eq!(covered, [(0, "10.1.0.0/24".to_owned())]);
+    assert_eq!(listed(&mut fw), ["10.1.0.0/24", "10.2.0.1", "10.3.0.1"]);
+    let v4 = netns::nft(&["list", "set", "inet", "banctl", "web_v4"]);
+    assert!(!v4.contains("10.1.0."), "{v4}");
+}
+
+/// The kernel sweeps an address set once a minute: an address whose ban ended a moment ago is
+/// still in its table. It neither matches a packet nor is listed, and a new ban of it is
+/// written as a fresh element, by the fast path (no refusal, no second batch).
+#[test]
+fn an_ended_ban_waiting_for_the_sweep_is_neither_enforced_nor_in_the_way() {
+    use banctl::engine::Enforcer;
+    let Some(()) = netns::enter("ended-before-sweep") else {
+        return;
+    };
+    let target = netns::listen("127.0.0.1:0");
+    let mut fw = Firewall::open().unwrap();
+    fw.apply_layout(&[jail("web", &[target.port()])], &[])
+        .unwrap();
+    fw.ban(&[ban("web", "127.0.0.2", 1)]).unwrap();
+    assert!(!netns::connects("127.0.0.2", target));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(netns::connects("127.0.0.2", target), "an ended ban dropped");
+    assert!(fw.list("web").unwrap().is_empty());
+
+    let before = fw.changes().unwrap();
+    fw.ban(&[ban("web", "127.0.0.2", 60)]).unwrap();
+    assert_eq!(fw.changes().unwrap().ours - before.ours, 1, "one batch");
+    let listed = fw.list("web").unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].timeout, Some(Duration::from_secs(60)));
+    assert!(!netns::connects("127.0.0.2", target));
+    let set = netns::nft(&["list", "set", "inet", "banctl", "web_v4"]);
+    assert!(set.contains("gc-interval 1m"), "{set}");
 }

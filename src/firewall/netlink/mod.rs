@@ -98,7 +98,7 @@ mod wire;
 pub use dump::CounterValue;
 pub use monitor::{Monitor, NFT_MSG_NEWGEN, Notification};
 pub use msg::{Batch, Elem, ElemOp, Expr, Hook, KeyType, MetaKey, PayloadBase, SetSpec};
-pub use socket::Socket;
+pub use socket::{SetInfo, Socket};
 #[allow(unused_imports)]
 use {dump::*, monitor::*, msg::*, socket::*, wire::*};
 

@@ -119,6 +119,9 @@ pub struct SetSpec<'a> {
     /// `Some(id)` makes an anonymous constant set, referenced in the batch by this id.
     pub anonymous_id: Option<u32>,
     pub comment: Option<&'a str>,
+    /// How often the kernel sweeps expired elements out of the set, in milliseconds
+    /// (`gc-interval`); `None` for the kernel's default (one second).
+    pub gc_interval_ms: Option<u32>,
 }
 
 /// nftnl "udata" TLV holding one comment (as `nft` writes it: type, length, NUL-terminated text).
@@ -461,6 +464,9 @@ impl Batch {
         unsafe {
             sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_ID as u16, id);
             sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_FLAGS as u16, flags);
+            if let Some(ms) = spec.gc_interval_ms {
+                sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_GC_INTERVAL as u16, ms);
+            }
             if let Some(udata) = &udata {
                 sys::nftnl_set_set_data(
                     s.as_ptr(),
@@ -491,6 +497,7 @@ impl Batch {
             timeout: false,
             anonymous_id: None,
             comment: None,
+            gc_interval_ms: None,
         };
         let s = self.set_object(&spec);
         let op = format!("delete set {name}");

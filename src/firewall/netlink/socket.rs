@@ -3,6 +3,14 @@
 
 use super::*;
 
+/// A set of our table, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetInfo {
+    pub name: String,
+    /// `flags interval`: its elements are start/end pairs.
+    pub interval: bool,
+}
+
 /// A netfilter netlink socket bound to one table name and family.
 pub struct Socket {
     sock: mnl::Socket,
@@ -205,8 +213,8 @@ impl Socket {
         Ok(out)
     }
 
-    /// Names of the sets in our table (empty if the table does not exist).
-    pub fn list_sets(&mut self) -> Result<Vec<String>, NetlinkError> {
+    /// The sets in our table (empty if the table does not exist).
+    pub fn list_sets(&mut self) -> Result<Vec<SetInfo>, NetlinkError> {
         let s = Owned::new(unsafe_alloc(sys::nftnl_set_alloc), sys::nftnl_set_free);
         let table = cstring(&self.table);
         // SAFETY: `s` is a live set object; the string is copied.
@@ -229,8 +237,12 @@ impl Socket {
                     }
                     let t = sys::nftnl_set_get_str(set.as_ptr(), sys::NFTNL_SET_TABLE as u16);
                     let n = sys::nftnl_set_get_str(set.as_ptr(), sys::NFTNL_SET_NAME as u16);
+                    let flags = sys::nftnl_set_get_u32(set.as_ptr(), sys::NFTNL_SET_FLAGS as u16);
                     if !t.is_null() && !n.is_null() && CStr::from_ptr(t) == table.as_c_str() {
-                        names.push(CStr::from_ptr(n).to_string_lossy().into_owned());
+                        names.push(SetInfo {
+                            name: CStr::from_ptr(n).to_string_lossy().into_owned(),
+                            interval: flags & NFT_SET_INTERVAL != 0,
+                        });
                     }
                 }
                 Ok(())
