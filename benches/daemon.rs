@@ -15,7 +15,11 @@ use banctl::firewall::{Ban, Firewall, Monitor};
 use banctl::state::{Store, StoredBan};
 use common::{FAILREGEX, Figure, failures, percentile, until_committed, until_settled};
 
-const BIN: &str = env!("CARGO_BIN_EXE_banctl");
+/// The daemon to measure: this build's, or `BANCTL_BENCH_BIN` (an older build, to compare
+/// two on the same machine and kernel).
+fn bin() -> String {
+    std::env::var("BANCTL_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_banctl").to_owned())
+}
 
 struct Daemon {
     child: Child,
@@ -60,7 +64,7 @@ impl Daemon {
     }
 
     fn spawn(dir: PathBuf) -> Daemon {
-        let child = common::spawn_daemon(Command::new(BIN), &dir.join("banctl.toml"));
+        let child = common::spawn_daemon(Command::new(bin()), &dir.join("banctl.toml"));
         Daemon { child, dir }
     }
 
@@ -72,7 +76,7 @@ impl Daemon {
 
     /// Starts the stopped daemon again on the same configuration and state.
     fn respawn(&mut self) {
-        self.child = common::spawn_daemon(Command::new(BIN), &self.dir.join("banctl.toml"));
+        self.child = common::spawn_daemon(Command::new(bin()), &self.dir.join("banctl.toml"));
     }
 
     fn failures_total(&self, jail: &str) -> u64 {
@@ -82,7 +86,7 @@ impl Daemon {
     }
 
     fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
+        Command::new(bin())
             .arg("--socket")
             .arg(self.dir.join("sock"))
             .args(args)
@@ -526,6 +530,15 @@ fn restore_1m(figures: &mut Vec<Figure>) {
     let (daemon, restore) = timed_restore(&mut fw, dir, "huge", Duration::from_secs(120));
     let listed = fw.list("huge").unwrap().len();
     assert_eq!(listed, N as usize);
+    const PACKETS: u32 = 500_000;
+    let before = fw.dropped("huge").unwrap().packets;
+    let per_packet = banned_flood(N, PACKETS);
+    let dropped = fw.dropped("huge").unwrap().packets - before;
+    assert_eq!(
+        dropped,
+        u64::from(PACKETS),
+        "every packet of the flood dropped"
+    );
     figures.push(Figure {
         name: "restore: 1,000,000 bans from the state store",
         value: restore,
@@ -534,7 +547,54 @@ fn restore_1m(figures: &mut Vec<Figure>) {
         met: Some(restore <= 3.0),
         note: "daemon start (empty kernel, 1M active bans in SQLite) -> all in the set".into(),
     });
+    figures.push(Figure {
+        name: "a banned flood, 1,000,000 bans: time per dropped packet",
+        value: per_packet * 1e6,
+        unit: "us",
+        target: "-",
+        met: None,
+        note: "raw TCP SYNs to port 22 from random banned sources, one send each; the send is included".into(),
+    });
     drop(daemon);
+}
+
+/// Sends `packets` TCP SYNs to 127.0.0.1:22 from addresses drawn at random among the first
+/// `sources` bans of [`stored_bans`] (10.0.0.0 on), through a raw socket, and returns the
+/// seconds per packet: the sending plus the drop, whose cost is the set lookup's.
+fn banned_flood(sources: u32, packets: u32) -> f64 {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let sock = Socket::new(
+        Domain::IPV4,
+        Type::RAW,
+        Some(Protocol::from(libc::IPPROTO_RAW)),
+    )
+    .expect("raw socket (the bench runs as root)");
+    let to = SockAddr::from(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let mut packet = [0u8; 40];
+    // IPv4: version 4, 5 words; total length; TTL; TCP; destination. The kernel fills the
+    // identification and the checksum.
+    packet[0] = 0x45;
+    packet[2..4].copy_from_slice(&40u16.to_be_bytes());
+    packet[8] = 64;
+    packet[9] = libc::IPPROTO_TCP as u8;
+    packet[16..20].copy_from_slice(&[127, 0, 0, 1]);
+    // TCP: ports, data offset 5 words, SYN.
+    packet[20..22].copy_from_slice(&40_000u16.to_be_bytes());
+    packet[22..24].copy_from_slice(&22u16.to_be_bytes());
+    packet[32] = 0x50;
+    packet[33] = 0x02;
+    let first = u32::from_be_bytes([10, 0, 0, 0]);
+    let mut x = 0x2545_f491_u32;
+    let start = Instant::now();
+    for _ in 0..packets {
+        // xorshift: sources in no order, so lookups are not served from a warm cache line.
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        packet[12..16].copy_from_slice(&(first + x % sources).to_be_bytes());
+        sock.send_to(&packet, &to).expect("send a packet");
+    }
+    start.elapsed().as_secs_f64() / f64::from(packets)
 }
 
 fn memory(figures: &mut Vec<Figure>) {
@@ -589,7 +649,8 @@ type Bench = fn(&mut Vec<Figure>);
 fn main() {
     enter_namespace();
     let mut figures = Vec::new();
-    // BANCTL_BENCH_ONLY=restore_1m (a comma-separated list) runs only those, for profiling.
+    // BANCTL_BENCH_ONLY=restore_1m (a comma-separated list) runs only those, for profiling;
+    // BANCTL_BENCH_BIN=path measures another build of the daemon.
     let only = std::env::var("BANCTL_BENCH_ONLY").ok();
     let runs = |name: &str| {
         only.as_deref()
