@@ -19,6 +19,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::addr::IpNet;
 use crate::ban::{Ban, Origin, Restore, time_left};
 mod outbox;
+mod window_log;
 pub use outbox::{Outbox, Queued};
 
 pub use crate::ban::StoredBan;
@@ -26,7 +27,7 @@ use crate::duration::BanTime;
 pub use crate::jail::Window;
 
 /// The schema this build writes; older files are migrated on open.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 const FILE_NAME: &str = "banctl.db";
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,8 @@ fn insert_bans(
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Bytes in `window_log` since it was last folded (see `window_log.rs`).
+    log_bytes: usize,
 }
 
 fn ms(t: SystemTime) -> i64 {
@@ -178,13 +181,15 @@ impl Store {
     /// every page of a large history at every start; damage found later is logged where it
     /// is met).
     fn intact(&self) -> bool {
-        ["bans", "positions", "windows"].iter().all(|table| {
-            self.conn
-                .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .is_ok()
-        })
+        ["bans", "positions", "windows", "window_log"]
+            .iter()
+            .all(|table| {
+                self.conn
+                    .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .is_ok()
+            })
     }
 
     fn open_file(path: &Path) -> Result<Store, StateError> {
@@ -196,8 +201,18 @@ impl Store {
         let mut store = Store {
             conn,
             path: path.to_owned(),
+            log_bytes: 0,
         };
         store.migrate()?;
+        let logged: i64 = store
+            .conn
+            .query_row(
+                "SELECT coalesce(sum(length(entries)), 0) FROM window_log",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| store.sql(e))?;
+        store.log_bytes = usize::try_from(logged).unwrap_or(usize::MAX);
         Ok(store)
     }
 
@@ -271,7 +286,13 @@ impl Store {
                      last INTEGER NOT NULL,       -- s since the epoch: the newest failure
                      times BLOB NOT NULL,         -- s since the epoch, u32 LE each, oldest first
                      PRIMARY KEY (jail, addr)
-                 ) WITHOUT ROWID;",
+                 ) WITHOUT ROWID;
+                 -- The windows each round changed, one blob a round (window_log.rs), folded
+                 -- into `windows` when it grows and before each purge.
+                 CREATE TABLE IF NOT EXISTS window_log (
+                     seq INTEGER PRIMARY KEY,
+                     entries BLOB NOT NULL
+                 );",
             )
             .map_err(|e| self.sql(e))?;
         if found == 1 || found == 2 {
@@ -630,7 +651,8 @@ impl Store {
         positions: &[(&str, &str)],
         windows: &[Window<'_>],
     ) -> Result<(), StateError> {
-        let save = |conn: &mut Connection| -> rusqlite::Result<()> {
+        let log_bytes = self.log_bytes;
+        let save = |conn: &mut Connection| -> rusqlite::Result<usize> {
             let tx = conn.transaction()?;
             insert_bans(&tx, bans, true)?;
             {
@@ -640,58 +662,37 @@ impl Store {
                 for (source, at) in positions {
                     position.execute([source, at])?;
                 }
-                let mut clear =
-                    tx.prepare_cached("DELETE FROM windows WHERE jail = ?1 AND addr = ?2")?;
-                let mut put = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO windows (jail, addr, last, times) VALUES (?1, ?2, ?3, ?4)",
-                )?;
-                // In the table's key order: each write lands beside the one before, on a
-                // page the cache holds (a catch-up writes 16,384 windows a round).
-                let mut keyed: Vec<(&str, String, &[u32])> = windows
-                    .iter()
-                    .map(|w| (w.jail, w.addr.to_string(), w.times))
-                    .collect();
-                keyed.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-                for (jail, addr, times) in keyed {
-                    match encode_times(times) {
-                        None => clear.execute(params![jail, addr])?,
-                        Some((last, blob)) => put.execute(params![jail, addr, last, blob])?,
-                    };
-                }
             }
-            tx.commit()
+            let mut logged = log_bytes;
+            if !windows.is_empty() {
+                let entries = window_log::encode_round(windows);
+                tx.prepare_cached("INSERT INTO window_log (entries) VALUES (?1)")?
+                    .execute([&entries])?;
+                logged += entries.len();
+            }
+            if logged > window_log::FOLD_BYTES {
+                window_log::fold(&tx)?;
+                logged = 0;
+            }
+            tx.commit()?;
+            Ok(logged)
         };
-        save(&mut self.conn).map_err(|e| self.sql(e))
+        self.log_bytes = save(&mut self.conn).map_err(|e| self.sql(e))?;
+        Ok(())
     }
 
-    /// The saved failure windows: (jail, address, failure times in Unix seconds, oldest first).
+    /// The saved failure windows: (jail, address, failure times in Unix seconds, oldest first),
+    /// by jail and address text.
     pub fn failures(&self) -> Result<Vec<(String, IpAddr, Vec<u32>)>, StateError> {
-        let query = || -> rusqlite::Result<Vec<(String, IpAddr, Vec<u32>)>> {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT jail, addr, times FROM windows ORDER BY jail, addr")?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                // A row this build did not write is passed over, not trusted.
-                let (Ok(addr), Some(times)) = (
-                    row.get_ref(1)?.as_str()?.parse::<IpAddr>(),
-                    decode_times(row.get_ref(2)?.as_blob()?),
-                ) else {
-                    continue;
-                };
-                out.push((row.get(0)?, addr, times));
-            }
-            Ok(out)
-        };
-        query().map_err(|e| self.sql(e))
+        window_log::saved(&self.conn).map_err(|e| self.sql(e))
     }
 
     /// Drops the windows whose newest failure is at or before their jail's window start, and
-    /// those of jails not listed.
+    /// those of jails not listed, once the log of rounds is folded into them.
     pub fn purge_failures(&mut self, windows: &[(&str, u32)]) -> Result<usize, StateError> {
         let purge = |conn: &mut Connection| -> rusqlite::Result<usize> {
             let tx = conn.transaction()?;
+            window_log::fold(&tx)?;
             let mut n = 0;
             let jails: Vec<String> = tx
                 .prepare("SELECT DISTINCT jail FROM windows")?
@@ -711,7 +712,9 @@ impl Store {
             tx.commit()?;
             Ok(n)
         };
-        purge(&mut self.conn).map_err(|e| self.sql(e))
+        let purged = purge(&mut self.conn).map_err(|e| self.sql(e))?;
+        self.log_bytes = 0;
+        Ok(purged)
     }
 }
 
@@ -1009,6 +1012,64 @@ mod tests {
         assert_eq!(store.purge_failures(&[]).unwrap(), 2);
         assert!(store.failures().unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Folding the log of rounds into the table changes no saved window, whenever it comes:
+    /// after each round, or never before the store is read again.
+    #[test]
+    fn folding_the_log_changes_no_saved_window() {
+        let dir = empty_dir("fold");
+        let mut store = Store::open(&dir).unwrap();
+        let addr = |i: u32| IpAddr::from((0xc000_0200 + i % 7).to_be_bytes());
+        let jails = ["ssh", "web"];
+        let mut rounds: Vec<Vec<(&str, IpAddr, Vec<u32>)>> = Vec::new();
+        for r in 0..40u32 {
+            rounds.push(
+                (0..5u32)
+                    .map(|i| {
+                        let n = (r * 7 + i * 3) % 4; // 0: the window was emptied
+                        let times = (0..n).map(|k| r * 10 + k).rev().collect();
+                        (jails[((r + i) % 2) as usize], addr(r * 5 + i), times)
+                    })
+                    .collect(),
+            );
+        }
+        let save = |store: &mut Store, round: &[(&str, IpAddr, Vec<u32>)]| {
+            let windows: Vec<Window> = round
+                .iter()
+                .map(|(jail, addr, times)| Window {
+                    jail,
+                    addr: *addr,
+                    times,
+                })
+                .collect();
+            store.save_round(&[], &[], &windows).unwrap();
+        };
+        for round in &rounds {
+            save(&mut store, round);
+        }
+        let unfolded = store.failures().unwrap();
+        assert!(!unfolded.is_empty());
+        // The same rounds into a second store, folding after each one.
+        let dir2 = empty_dir("fold2");
+        let mut folded = Store::open(&dir2).unwrap();
+        for round in &rounds {
+            save(&mut folded, round);
+            let tx = folded.conn.transaction().unwrap();
+            window_log::fold(&tx).unwrap();
+            tx.commit().unwrap();
+        }
+        assert_eq!(folded.failures().unwrap(), unfolded);
+        drop(store);
+        let store = Store::open(&dir).unwrap();
+        assert_eq!(store.failures().unwrap(), unfolded);
+        let logged: i64 = folded
+            .conn
+            .query_row("SELECT count(*) FROM window_log", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(logged, 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&dir2).unwrap();
     }
 
     /// Schema 2's row per failure becomes a window per address; the old table is gone.
