@@ -39,6 +39,31 @@ impl Lines {
         }
     }
 
+    /// Appends a run of whole lines, each ending in `'\n'`, in one copy, when no line of it
+    /// holds `'\r'` or invalid UTF-8 or is longer than `max` bytes: then it is what
+    /// [`Lines::push_bytes`] of each line would give. Otherwise appends nothing and returns
+    /// false (the caller takes the lines one by one).
+    pub fn push_run(&mut self, run: &[u8], max: usize) -> bool {
+        if run.last() != Some(&b'\n') || memchr::memchr(b'\r', run).is_some() {
+            return false;
+        }
+        let Ok(text) = std::str::from_utf8(run) else {
+            return false;
+        };
+        let (base, before) = (self.text.len(), self.ends.len());
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', run) {
+            if nl - start > max {
+                self.ends.truncate(before);
+                return false;
+            }
+            self.ends.push(base + nl);
+            start = nl + 1;
+        }
+        self.text.push_str(text);
+        true
+    }
+
     pub fn len(&self) -> usize {
         self.ends.len()
     }

@@ -350,7 +350,7 @@ impl Followed {
 
 /// Splits bytes into lines, holding a partial last line until its newline arrives. A line
 /// longer than [`MAX_LINE`] is dropped whole and counted in `cut`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LineSplitter {
     partial: Vec<u8>,
     /// Inside a line that is dropped (too long, or begun before the start): skip until its
@@ -358,12 +358,37 @@ pub struct LineSplitter {
     discarding: bool,
     /// Lines dropped for their length, not yet reported.
     cut: u64,
+    /// Whether a run of whole lines may be taken in one copy ([`Lines::push_run`]); tests
+    /// turn it off to compare with the lines taken one by one.
+    runs: bool,
+}
+
+impl Default for LineSplitter {
+    fn default() -> LineSplitter {
+        LineSplitter {
+            partial: Vec::new(),
+            discarding: false,
+            cut: 0,
+            runs: true,
+        }
+    }
 }
 
 impl LineSplitter {
     /// Feeds bytes; complete lines are appended to `out` (without their newline).
     pub fn feed(&mut self, mut bytes: &[u8], out: &mut Lines) {
+        // Once nothing is pending, the whole lines up to the last newline are usually one
+        // run that can be copied at once (tried once a feed: a run that cannot goes by line).
+        let mut run_tried = !self.runs;
         while let Some(nl) = memchr::memchr(b'\n', bytes) {
+            if !run_tried && !self.discarding && self.partial.is_empty() {
+                run_tried = true;
+                let last = memchr::memrchr(b'\n', bytes).unwrap_or(nl);
+                if out.push_run(&bytes[..=last], MAX_LINE) {
+                    bytes = &bytes[last + 1..];
+                    continue;
+                }
+            }
             let (line, rest) = (&bytes[..nl], &bytes[nl + 1..]);
             if self.discarding {
                 self.discarding = false;
@@ -810,6 +835,85 @@ mod tests {
     fn partial_lines_wait_for_their_newline() {
         assert_eq!(split(&[b"a\nb", b"c\n", b"d"]), ["a", "bc"]);
         assert_eq!(split(&[b"crlf\r\n"]), ["crlf"]);
+    }
+
+    /// The run taken in one copy gives what the lines taken one by one give, on hostile
+    /// streams (carriage returns anywhere, invalid UTF-8, empty lines, lines at and past the
+    /// length limit, multi-byte characters cut by a chunk's end) fed in chunks cut anywhere.
+    #[test]
+    fn a_run_in_one_copy_equals_the_lines_one_by_one() {
+        let pieces: [&[u8]; 12] = [
+            b"Failed password for root from 192.0.2.1 port 22 ssh2",
+            b"",
+            b"crlf line\r",
+            b"mid\rcarriage",
+            b"bad \xff\xfe utf8",
+            b"caf\xc3\xa9 \xe2\x82\xac",
+            b"\r",
+            b"\xc3",
+            b"tab\there",
+            b"x",
+            b"from 203.0.113.7 port 2222",
+            b"\xf0\x9f\x98\x80 four bytes",
+        ];
+        let long = |n: usize| vec![b'y'; n];
+        let mut seed = 0x9e37_79b9_u32;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        // Pieces a run can take in one copy; in every other round only these (and lines up
+        // to the limit), so that both paths are compared where the run is taken.
+        let clean = [0, 1, 5, 8, 9, 10, 11];
+        let mut taken = 0;
+        for round in 0..400 {
+            let only_clean = round % 2 == 0;
+            let mut stream = Vec::new();
+            for _ in 0..(next() % 40) {
+                match next() % 16 {
+                    14 if only_clean => stream.extend(long(MAX_LINE - 1 + (next() % 2) as usize)),
+                    14 => stream.extend(long(MAX_LINE - 1 + (next() % 3) as usize)),
+                    15 if round % 10 == 1 => stream.extend(long(2 * MAX_LINE)),
+                    k if only_clean => {
+                        stream.extend_from_slice(pieces[clean[k as usize % clean.len()]])
+                    }
+                    k => stream.extend_from_slice(pieces[k as usize % pieces.len()]),
+                }
+                stream.push(b'\n');
+            }
+            stream.extend_from_slice(pieces[(next() % 12) as usize]);
+            if only_clean {
+                let last = stream.iter().rposition(|b| *b == b'\n');
+                let whole = last.map_or(&[][..], |l| &stream[..=l]);
+                if !whole.is_empty() && Lines::new().push_run(whole, MAX_LINE) {
+                    taken += 1;
+                }
+            }
+            let mut cuts: Vec<usize> = (0..(next() % 5))
+                .map(|_| next() as usize % (stream.len() + 1))
+                .collect();
+            cuts.sort_unstable();
+            let run = |runs: bool| {
+                let mut s = LineSplitter {
+                    runs,
+                    ..LineSplitter::default()
+                };
+                if round % 7 == 0 {
+                    s.discarding = true;
+                }
+                let mut out = Lines::new();
+                let mut at = 0;
+                for &cut in cuts.iter().chain([&stream.len()]) {
+                    s.feed(&stream[at..cut], &mut out);
+                    at = cut;
+                }
+                (out, s.take_cut(), s.pending())
+            };
+            assert_eq!(run(true), run(false), "round {round}, cuts {cuts:?}");
+        }
+        assert!(taken > 150, "the run was taken in {taken} rounds only");
     }
 
     #[test]
