@@ -31,7 +31,8 @@ pub(super) fn encode_round(windows: &[Window<'_>]) -> Vec<u8> {
     let mut out = Vec::with_capacity(size);
     let mut sorted = Vec::new();
     for w in windows {
-        // Jail names are at most 32 bytes (the config checks them); longer could not be told.
+        // Jail names are at most 32 ASCII bytes (the config checks them); the cut only keeps
+        // the length byte true for a name that could not come from a config.
         let jail = &w.jail.as_bytes()[..w.jail.len().min(255)];
         out.push(jail.len() as u8);
         out.extend_from_slice(jail);
