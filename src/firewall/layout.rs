@@ -16,9 +16,9 @@
 //! ```
 //!
 //! Single addresses, nearly every ban, live in a hash set: one element each, where an interval
-//! set stores two (start and end) and inserts them into a tree. The kernel loads a million of
-//! them several times faster, and a burst notifies half as many elements. Prefixes need the
-//! interval set. Both sets of a family are one ban list to everything outside
+//! set stores two (start and end) in a tree. A packet's lookup does not grow with the number
+//! of bans (with a million, a dropped packet cost about 1.5–2 µs less, measured), and a burst
+//! notifies half as many elements. Prefixes need the interval set. Both sets of a family are one ban list to everything outside
 //! [`crate::firewall`]: an address inside a banned prefix is covered by it, as if in one set.
 //!
 //! The prerouting rule only drops traffic addressed to this host (`fib daddr type local`):
