@@ -100,16 +100,17 @@ impl Firewall {
     }
 
     /// Writes bans, all in one batch. A ban of an address that is already banned replaces its
-    /// timeout. Interval sets hold no overlapping elements, so a ban that an element (or a
-    /// wider ban of the same round) already covers is not written, and a ban wider than
-    /// elements already there replaces them; [`Overlaps`] says which. One overlapping ban
-    /// never costs the others of its round.
+    /// timeout. A family's two sets hold no overlapping elements between them, so a ban that
+    /// an element (or a wider ban of the same round) already covers is not written, and a ban
+    /// wider than elements already there replaces them; [`Overlaps`] says which. One
+    /// overlapping ban never costs the others of its round.
     ///
-    /// Fast path: one exclusive add of every element. If any already exists or overlaps one,
-    /// the kernel refuses the whole batch (EEXIST, nothing committed); the sets the round
-    /// touches are then read, and one batch deletes the narrower elements, writes bans that
-    /// exist again as add, delete, add (which leaves exactly the new element on every
-    /// kernel: a plain re-add keeps the old timeout on some) and adds the rest.
+    /// Fast path: when no ban meets an element of its family's other set (read first), one
+    /// exclusive add of every element. If any already exists or overlaps one in its own set,
+    /// the kernel refuses the whole batch (EEXIST, nothing committed); both sets of each
+    /// family the round touches are then read, and one batch deletes the narrower elements,
+    /// writes bans that exist again as add, delete, add (which leaves exactly the new element
+    /// on every kernel: a plain re-add keeps the old timeout on some) and adds the rest.
     pub fn ban(&mut self, bans: &[Ban]) -> Result<Overlaps, FirewallError> {
         let items: Vec<Restore> = bans.iter().cloned().map(Restore::whole).collect();
         self.restore(&items)
