@@ -68,8 +68,8 @@ impl Element {
     }
 }
 
-/// What a round of bans found in the way: the kernel's interval sets hold no overlapping
-/// elements.
+/// What a round of bans found in the way: a jail's bans of one family hold no overlapping
+/// elements (the enforcer keeps it so, across its sets).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Overlaps {
     /// Bans not written, each (its index in the round, the wider prefix already banned in
