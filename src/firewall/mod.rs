@@ -133,13 +133,7 @@ impl Firewall {
         for &r in &chosen {
             if let Entry::Vacant(slot) = existing.entry((&r.ban.jail, Family::of(&r.ban.net))) {
                 let &(jail, family) = slot.key();
-                let mut nets = Vec::new();
-                for shape in Shape::BOTH {
-                    let name = layout::set_name(jail, family, shape);
-                    let read = self.read_set(&name, family, shape == Shape::Prefix)?;
-                    nets.extend(read.into_iter().map(|e| e.net));
-                }
-                nets.sort();
+                let nets = self.nets_of(jail, family, &Shape::BOTH)?;
                 slot.insert(nets);
             }
         }
@@ -187,10 +181,7 @@ impl Firewall {
                 Entry::Occupied(slot) => slot.into_mut(),
                 Entry::Vacant(slot) => {
                     let &(jail, family, shape) = slot.key();
-                    let name = layout::set_name(jail, family, shape);
-                    let elements = self.read_set(&name, family, shape == Shape::Prefix)?;
-                    let mut nets: Vec<IpNet> = elements.into_iter().map(|e| e.net).collect();
-                    nets.sort();
+                    let nets = self.nets_of(jail, family, &[shape])?;
                     slot.insert(nets)
                 }
             };
@@ -199,6 +190,23 @@ impl Firewall {
             }
         }
         Ok(true)
+    }
+
+    /// What `jail`'s sets of `family` and `shapes` hold, as sorted prefixes (for [`place`]).
+    fn nets_of(
+        &mut self,
+        jail: &str,
+        family: Family,
+        shapes: &[Shape],
+    ) -> Result<Vec<IpNet>, NetlinkError> {
+        let mut nets = Vec::new();
+        for &shape in shapes {
+            let name = layout::set_name(jail, family, shape);
+            let elements = self.read_set(&name, family, shape == Shape::Prefix)?;
+            nets.extend(elements.into_iter().map(|e| e.net));
+        }
+        nets.sort();
+        Ok(nets)
     }
 
     /// The elements of one set, read back into bans: an interval set's start/end pairs
