@@ -26,6 +26,10 @@ pub use crate::ban::StoredBan;
 use crate::duration::BanTime;
 pub use crate::jail::Window;
 
+/// Writes one failure window's row (see the `windows` table).
+const PUT_WINDOW: &str =
+    "INSERT OR REPLACE INTO windows (jail, addr, last, times) VALUES (?1, ?2, ?3, ?4)";
+
 /// The schema this build writes; older files are migrated on open.
 const SCHEMA_VERSION: i64 = 4;
 const FILE_NAME: &str = "banctl.db";
@@ -317,9 +321,7 @@ impl Store {
                     .prepare("SELECT jail, addr, at FROM failures ORDER BY jail, addr, at")?
                     .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                     .collect::<rusqlite::Result<_>>()?;
-                let mut put = tx.prepare(
-                    "INSERT OR REPLACE INTO windows (jail, addr, last, times) VALUES (?1, ?2, ?3, ?4)",
-                )?;
+                let mut put = tx.prepare(PUT_WINDOW)?;
                 for same in rows.chunk_by(|a, b| (&a.0, &a.1) == (&b.0, &b.1)) {
                     let times: Vec<u32> = same.iter().map(|r| r.2).collect();
                     if let Some((last, blob)) = encode_times(&times) {

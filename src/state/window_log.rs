@@ -135,9 +135,7 @@ fn replay(tx: &rusqlite::Connection) -> rusqlite::Result<Replayed> {
 pub(super) fn fold(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     let replayed = replay(tx)?;
     let mut clear = tx.prepare_cached("DELETE FROM windows WHERE jail = ?1 AND addr = ?2")?;
-    let mut put = tx.prepare_cached(
-        "INSERT OR REPLACE INTO windows (jail, addr, last, times) VALUES (?1, ?2, ?3, ?4)",
-    )?;
+    let mut put = tx.prepare_cached(super::PUT_WINDOW)?;
     // By address, not by the table's text key: sorting the text (an allocation each) cost
     // more than the writes' locality gained (1M windows, paired).
     for ((jail, addr), times) in replayed {
