@@ -75,7 +75,7 @@ impl Drop for Running {
     }
 }
 
-/// Every logpath pattern, followed with inotify by one task.
+/// Every logpath pattern, followed with inotify by one task on a thread of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Files {
     pub patterns: Vec<String>,
@@ -108,8 +108,34 @@ impl Source for Files {
             saved,
             readback: from.readback,
         };
-        let follower = FileFollower::numbered(&self.patterns, &resume, first)?;
-        Ok(Running::Task(tokio::spawn(super::run_files(follower, tx))))
+        // The files are read and cut into lines on a thread of their own, with a runtime of
+        // its own: reading the next batch overlaps the jails' work on the last one, on a
+        // second core when one is free. The follower is made inside that runtime, so that
+        // its inotify stream and timers are driven there.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(SourceError::Thread)?;
+        let follower = {
+            let _inside = runtime.enter();
+            FileFollower::numbered(&self.patterns, &resume, first)?
+        };
+        // `ended` drops, and so the thread returns, when the task ends or is aborted.
+        let (ended, task_gone) = tokio::sync::oneshot::channel::<()>();
+        let task = runtime.spawn(async move {
+            let _ended = ended;
+            super::run_files(follower, tx).await
+        });
+        std::thread::Builder::new()
+            .name("banctl-files".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = task_gone.await;
+                });
+            })
+            .map_err(SourceError::Thread)?;
+        Ok(Running::Task(task))
     }
 }
 

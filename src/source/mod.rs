@@ -108,6 +108,8 @@ pub enum SourceError {
     Pattern { pattern: String, message: String },
     #[error("journal {source_key}: {message}")]
     Journal { source_key: String, message: String },
+    #[error("cannot start the thread that reads the log files: {0}")]
+    Thread(#[source] io::Error),
 }
 
 /// The state-store key of the position of the file at `path`.
