@@ -281,10 +281,10 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
                 counters.cut += batch.cut;
                 // Only the lines the filter may match are looked at, found many at a time.
                 let block = batch.lines.text().as_bytes();
-                let mut from = 0;
+                let (mut from, mut line) = (0, 0);
                 while let Some(at) = self.jails[j].config().filter.next_candidate(block, from) {
-                    let (i, next) = batch.lines.at(at);
-                    from = next;
+                    let (i, next) = batch.lines.at_from(at, line);
+                    (from, line) = (next, i);
                     let line = batch.lines.get(i);
                     let jail = &mut self.jails[j];
                     let addr = match jail.examine(line) {

@@ -96,6 +96,22 @@ impl Lines {
         (i, self.ends.get(i).map_or(self.text.len(), |end| end + 1))
     }
 
+    /// [`Lines::at`] for a byte that no line before line `first` holds: found by galloping
+    /// forward from `first`, in a few steps when the bytes asked for come in order.
+    pub fn at_from(&self, at: usize, first: usize) -> (usize, usize) {
+        let ends = &self.ends[first.min(self.ends.len())..];
+        // The first line ending at or after `at` lies in ends[lo..hi].
+        let (mut lo, mut hi, mut step) = (0, 1, 1);
+        while hi <= ends.len() && ends[hi - 1] < at {
+            lo = hi;
+            step *= 2;
+            hi += step;
+        }
+        let hi = hi.min(ends.len());
+        let i = first.min(self.ends.len()) + lo + ends[lo..hi].partition_point(|end| *end < at);
+        (i, self.ends.get(i).map_or(self.text.len(), |end| end + 1))
+    }
+
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> {
         (0..self.len()).map(|i| self.get(i))
     }
@@ -129,5 +145,49 @@ mod tests {
         // The newline inside a journal message belongs to its line.
         assert_eq!(lines.at(9), (2, 15));
         assert_eq!(lines.at(15), (3, 17));
+    }
+
+    #[test]
+    fn galloping_finds_the_line_the_binary_search_finds() {
+        // Lines of every length from 0 to 40 bytes, some holding '\n', in a fixed shuffle.
+        let mut seed = 0x9e37_79b9_u32;
+        let mut next = move |n: u32| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed % n) as usize
+        };
+        for _ in 0..200 {
+            let lines: Lines = (0..next(60))
+                .map(|_| {
+                    let mut line = "x".repeat(next(41));
+                    if !line.is_empty() && next(5) == 0 {
+                        line.replace_range(0..1, "\n");
+                    }
+                    line
+                })
+                .collect();
+            let end = lines.text().len();
+            for at in 0..=end {
+                let (i, _) = lines.at(at);
+                // Any line not after the one that holds the byte, as the daemon's cursor is.
+                for first in [0, i / 2, i.saturating_sub(1), i] {
+                    assert_eq!(
+                        lines.at_from(at, first),
+                        lines.at(at),
+                        "byte {at} from {first}"
+                    );
+                }
+            }
+            // Bytes in order, each search starting from the line the last one found.
+            let mut first = 0;
+            let mut at = 0;
+            while at < end {
+                let found = lines.at_from(at, first);
+                assert_eq!(found, lines.at(at));
+                first = found.0;
+                at += 1 + next(90);
+            }
+        }
     }
 }
