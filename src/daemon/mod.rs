@@ -469,8 +469,8 @@ pub async fn run(
                     }
                 }
                 daemon.on_lines(&round);
-                // The runtime has one thread: let the control and metrics servers and the
-                // sources move before the next round, or a flood would starve them.
+                // The runtime has one thread: let its other tasks (notifications, name
+                // lookups) move before the next round, or a flood would starve them.
                 tokio::task::yield_now().await;
             }
         }
