@@ -156,6 +156,58 @@ impl fmt::Display for IpNet {
     }
 }
 
+/// Prefixes as sorted, merged ranges per family, for asking whether one address is in any
+/// of them: a binary search, where a list of prefixes is a walk with a mask per entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddrSet {
+    v4: Vec<(u32, u32)>,
+    v6: Vec<(u128, u128)>,
+}
+
+impl AddrSet {
+    pub fn new(nets: impl IntoIterator<Item = IpNet>) -> AddrSet {
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for net in nets {
+            match (net.addr, net.last()) {
+                (IpAddr::V4(first), IpAddr::V4(last)) => v4.push((first.to_bits(), last.to_bits())),
+                (IpAddr::V6(first), IpAddr::V6(last)) => v6.push((first.to_bits(), last.to_bits())),
+                _ => unreachable!("a prefix's first and last addresses are of one family"),
+            }
+        }
+        AddrSet {
+            v4: merged(v4),
+            v6: merged(v6),
+        }
+    }
+
+    /// Whether `addr` lies in one of the prefixes: [`IpNet::contains`] of any of them.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        match canonical(addr) {
+            IpAddr::V4(a) => in_ranges(&self.v4, a.to_bits()),
+            IpAddr::V6(a) => in_ranges(&self.v6, a.to_bits()),
+        }
+    }
+}
+
+/// The ranges sorted, overlapping ones joined: disjoint, in order.
+fn merged<T: Copy + Ord>(mut ranges: Vec<(T, T)>) -> Vec<(T, T)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(T, T)> = Vec::with_capacity(ranges.len());
+    for (first, last) in ranges {
+        match out.last_mut() {
+            Some(prev) if first <= prev.1 => prev.1 = prev.1.max(last),
+            _ => out.push((first, last)),
+        }
+    }
+    out
+}
+
+/// Whether `x` lies in one of `ranges` (disjoint, in order).
+fn in_ranges<T: Copy + Ord>(ranges: &[(T, T)], x: T) -> bool {
+    let i = ranges.partition_point(|r| r.1 < x);
+    ranges.get(i).is_some_and(|r| r.0 <= x)
+}
+
 /// Whether `name` is a host name worth a DNS lookup (RFC 1123 labels, the last one not all
 /// digits). Anything else gets no lookup: `198.51.10` or `1` would be read by the system's
 /// resolver as the numeric addresses 198.51.0.10 and 0.0.0.1, not as names.
@@ -233,6 +285,61 @@ impl<'de> Deserialize<'de> for IpNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_addr_set_holds_what_its_prefixes_contain() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        // Addresses near one another, so that prefixes overlap, nest and touch.
+        let addr = |next: &mut dyn FnMut() -> u64| -> IpAddr {
+            let low = (next() % 1024) as u32;
+            match next() % 3 {
+                0 => IpAddr::V4(Ipv4Addr::from(0xc633_6400 | low)),
+                1 => IpAddr::V6(Ipv6Addr::from(0x2001_0db8_u128 << 96 | u128::from(low))),
+                // IPv4-mapped: the IPv4 address it carries.
+                _ => IpAddr::V6(Ipv4Addr::from(0xc633_6400 | low).to_ipv6_mapped()),
+            }
+        };
+        for _ in 0..300 {
+            let nets: Vec<IpNet> = (0..next() % 8)
+                .map(|_| {
+                    let a = addr(&mut next);
+                    let width = if canonical(a).is_ipv4() { 32 } else { 128 };
+                    // Mostly long prefixes, now and then /0.
+                    let len = if next() % 10 == 0 {
+                        0
+                    } else {
+                        width - (next() % 11) as u8
+                    };
+                    IpNet::new(a, len)
+                })
+                .collect();
+            let set = AddrSet::new(nets.iter().copied());
+            for _ in 0..200 {
+                let a = addr(&mut next);
+                assert_eq!(
+                    set.contains(a),
+                    nets.iter().any(|n| n.contains(a)),
+                    "{a} in {nets:?}"
+                );
+            }
+            for n in &nets {
+                for a in [n.addr(), n.last()] {
+                    assert!(set.contains(a), "{a} ends {n}");
+                }
+            }
+        }
+        // The very ends of each family.
+        let all = AddrSet::new(["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()]);
+        assert!(all.contains("255.255.255.255".parse().unwrap()));
+        assert!(all.contains("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap()));
+        assert!(!AddrSet::default().contains("::".parse().unwrap()));
+    }
 
     #[test]
     fn host_names_are_told_from_numbers() {

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use smallvec::SmallVec;
 
-use crate::addr::IpNet;
+use crate::addr::{AddrSet, IpNet};
 use crate::ban::Ban;
 use crate::config::JailConfig;
 use crate::filter::{Hit, Memory, Verdict};
@@ -38,6 +38,9 @@ pub struct Jail {
     failures: HashMap<IpAddr, Times>,
     /// The host's own addresses: never banned with `ignoreself`, nor covered by a prefix ban.
     own: Arc<[IpNet]>,
+    /// The single addresses the jail never counts, made from the config and `own`: what
+    /// [`Jail::ignores`] says of each address, found by one search.
+    never: AddrSet,
     /// The lines behind each window (at most `keep_lines`, newest last), kept only when a
     /// notifier wants them: [`Jail::take_matched`] hands them over with a ban.
     lines: HashMap<IpAddr, VecDeque<Box<str>>>,
@@ -91,6 +94,22 @@ pub struct Counters {
     pub unbans: u64,
 }
 
+/// The single addresses a jail of `config` never counts: its `ignoreip`, and with
+/// `ignoreself` loopback and the host's addresses `own`. For one address, overlapping a prefix
+/// is lying inside it, so this holds exactly the addresses [`JailConfig::ignores`] refuses.
+fn never_counted(config: &JailConfig, own: &[IpNet]) -> AddrSet {
+    let loopback = [
+        IpNet::new(IpAddr::from([127, 0, 0, 0]), 8),
+        IpNet::host(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+    ];
+    let mine = config
+        .ignoreself
+        .then(|| own.iter().copied().chain(loopback))
+        .into_iter()
+        .flatten();
+    AddrSet::new(config.ignoreip.iter().copied().chain(mine))
+}
+
 fn unix_secs(t: SystemTime) -> u32 {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -100,10 +119,12 @@ fn unix_secs(t: SystemTime) -> u32 {
 
 impl Jail {
     pub fn new(config: JailConfig) -> Jail {
+        let own: Arc<[IpNet]> = Arc::from([]);
         Jail {
+            never: never_counted(&config, &own),
             config,
             failures: HashMap::new(),
-            own: Arc::from([]),
+            own,
             lines: HashMap::new(),
             keep_lines: 0,
             counters: Counters::default(),
@@ -140,12 +161,14 @@ impl Jail {
 
     /// The same jail under a new configuration: failure windows are kept.
     pub fn reconfigure(mut self, config: JailConfig) -> Jail {
+        self.never = never_counted(&config, &self.own);
         self.config = config;
         self
     }
 
     /// Tells the jail the host's own addresses.
     pub fn with_own_addresses(mut self, own: Arc<[IpNet]>) -> Jail {
+        self.never = never_counted(&self.config, &own);
         self.own = own;
         self
     }
@@ -209,7 +232,7 @@ impl Jail {
 
     /// Records one failure of `addr` at time `at`.
     pub fn record(&mut self, addr: IpAddr, at: SystemTime) -> Outcome {
-        if self.ignores(&IpNet::host(addr)) {
+        if self.never.contains(addr) {
             return Outcome::Ignored;
         }
         self.counters.failures += 1;
@@ -354,6 +377,67 @@ mod tests {
                 .jails
                 .remove(0),
         )
+    }
+
+    #[test]
+    fn the_addresses_never_counted_are_those_the_config_ignores() {
+        let own: Arc<[IpNet]> = Arc::from(
+            ["198.51.100.7", "2001:db8:5::1", "10.9.0.0/16"].map(|n| n.parse::<IpNet>().unwrap()),
+        );
+        let addresses = [
+            "127.0.0.1",
+            "127.255.255.255",
+            "128.0.0.0",
+            "126.255.255.255",
+            "::1",
+            "::2",
+            "::",
+            "::ffff:127.0.0.1",
+            "::ffff:198.51.100.7",
+            "198.51.100.7",
+            "198.51.100.6",
+            "198.51.100.8",
+            "2001:db8:5::1",
+            "2001:db8:5::",
+            "10.9.255.255",
+            "10.10.0.0",
+            "10.8.255.255",
+            "192.0.2.0",
+            "192.0.2.255",
+            "192.0.3.0",
+            "192.0.1.255",
+            "2001:db8:1::",
+            "2001:db8:1:ffff:ffff:ffff:ffff:ffff",
+            "2001:db8:2::",
+            "203.0.113.9",
+            "0.0.0.0",
+            "255.255.255.255",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ];
+        for extra in [
+            "",
+            "ignoreself = false",
+            "ignoreip = ['192.0.2.0/24', '2001:db8:1::/48', '203.0.113.9']",
+            "ignoreip = ['192.0.2.0/24', '192.0.2.128/25', '::ffff:203.0.113.9']\nignoreself = false",
+            "ignoreip = ['0.0.0.0/0']",
+            "ignoreip = ['::/0', '10.0.0.0/8']\nignoreself = false",
+        ] {
+            let j = jail(extra).with_own_addresses(own.clone());
+            for a in addresses {
+                let addr: IpAddr = a.parse().unwrap();
+                assert_eq!(
+                    j.never.contains(addr),
+                    j.ignores(&IpNet::host(addr)),
+                    "{a} with {extra:?}"
+                );
+            }
+            // And after a reload, with the own addresses kept.
+            let j = j.reconfigure(jail(extra).config);
+            for a in addresses {
+                let addr: IpAddr = a.parse().unwrap();
+                assert_eq!(j.never.contains(addr), j.ignores(&IpNet::host(addr)), "{a}");
+            }
+        }
     }
 
     fn at(secs: u64) -> SystemTime {
