@@ -295,8 +295,13 @@ impl Followed {
         if end <= self.pos {
             return Ok(None);
         }
-        chunk.clear();
-        chunk.resize(usize::try_from(end - self.pos).unwrap_or(0), 0);
+        // The buffer is zeroed only where it grows: a read overwrites what it returns, and
+        // only that is looked at.
+        let want = usize::try_from(end - self.pos).unwrap_or(0);
+        if chunk.len() < want {
+            chunk.resize(want, 0);
+        }
+        let chunk = &mut chunk[..want];
         let mut n = 0;
         while n < chunk.len() {
             match self.file.read_at(&mut chunk[n..], self.pos + n as u64) {
