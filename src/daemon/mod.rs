@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use std::path::PathBuf;
@@ -20,6 +20,7 @@ use crate::ban::Element;
 use crate::config::{Config, SourceChoice};
 use crate::control::{self, BanInfo, ErrorKind, Incoming, JailStatus, Request, Response};
 use crate::engine::{Engine, EngineError, Listed};
+use crate::filter::{CandidateSearch, Filter};
 use crate::firewall::{self, Firewall, FirewallError, Monitor};
 use crate::fleet::{Fleet, Inbound};
 use crate::jail::Jail;
@@ -27,7 +28,7 @@ use crate::metrics::{self, Scrape};
 use crate::notify::Notifications;
 use crate::privilege;
 use crate::sd_notify::ServiceManager;
-use crate::source::{Files, Journal, LineBatch, Positions, Running, Source, StartFrom};
+use crate::source::{Files, Journal, LineBatch, Positions, Prepare, Running, Source, StartFrom};
 use crate::state::{StateError, Store};
 
 mod events;
@@ -86,6 +87,8 @@ pub struct Daemon {
     /// The host's own addresses, given to every jail.
     own: Arc<[IpNet]>,
     sources: Sources,
+    /// The jails' candidate searches by source, for the sources' threads.
+    searches: Searches,
     /// Where the configuration is read from again on reload.
     config_path: PathBuf,
     /// The configuration running, as `banctl config` shows it: its files and the TOML.
@@ -115,6 +118,7 @@ struct Sources {
     readback: bool,
     /// Each source, the routing index of its first slot, and its reader.
     running: Vec<(Box<dyn Source>, usize, Running)>,
+    prepare: Prepare,
     tx: mpsc::Sender<LineBatch>,
     lines: mpsc::Receiver<LineBatch>,
 }
@@ -124,11 +128,13 @@ impl Sources {
         routing: Routing,
         readback: bool,
         positions: &dyn Positions,
+        prepare: Prepare,
     ) -> Result<Sources, DaemonError> {
         let (tx, lines) = mpsc::channel(LINE_QUEUE);
         let from = StartFrom {
             positions,
             readback,
+            prepare: prepare.clone(),
         };
         let mut running = Vec::new();
         let mut first = 0;
@@ -142,6 +148,7 @@ impl Sources {
             routing,
             readback,
             running,
+            prepare,
             tx,
             lines,
         })
@@ -160,6 +167,7 @@ impl Sources {
         let from = StartFrom {
             positions,
             readback: self.readback,
+            prepare: self.prepare.clone(),
         };
         for (source, first, reader) in &mut self.running {
             if reader.is_finished() {
@@ -170,6 +178,54 @@ impl Sources {
                 }
             }
         }
+    }
+}
+
+/// The candidate searches of the jails reading each source (by routing index), shared with
+/// the sources' threads: each batch's candidate lines are found there, off the main loop
+/// ([`LineBatch::candidates`]). Set again whenever the jails or the routes change; a batch
+/// prepared with a search the jail no longer has is searched again by the jail itself.
+#[derive(Clone, Default)]
+struct Searches(Arc<RwLock<Vec<Vec<CandidateSearch>>>>);
+
+impl Searches {
+    /// The searches of `filters` (by jail index) for `routes` (the jails of each source).
+    fn set<'a>(&self, routes: &[Vec<usize>], filters: impl Iterator<Item = &'a Filter>) {
+        let searches: Vec<Option<&CandidateSearch>> =
+            filters.map(Filter::candidate_search).collect();
+        let by_source = routes
+            .iter()
+            .map(|jails| {
+                let mut mine: Vec<CandidateSearch> = Vec::new();
+                for s in jails
+                    .iter()
+                    .filter_map(|&j| searches.get(j).copied().flatten())
+                {
+                    if mine.iter().all(|m| m.id() != s.id()) {
+                        mine.push(s.clone());
+                    }
+                }
+                mine
+            })
+            .collect();
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = by_source;
+    }
+
+    /// What the sources do to each batch: find the candidate lines of each search of the
+    /// batch's sources.
+    fn prepare(&self) -> Prepare {
+        let searches = self.0.clone();
+        Arc::new(move |batch: &mut LineBatch| {
+            let by_source = searches.read().unwrap_or_else(PoisonError::into_inner);
+            for &source in &batch.sources {
+                for search in by_source.get(source).into_iter().flatten() {
+                    if batch.candidates.iter().all(|(id, _)| *id != search.id()) {
+                        let lines = batch.lines.candidates(|b, from| search.next(b, from));
+                        batch.candidates.push((search.id(), lines));
+                    }
+                }
+            }
+        })
     }
 }
 
@@ -315,7 +371,9 @@ pub async fn run(
     }
     let routing = routing(&config.jails);
     let routes = routing.routes.clone();
-    let sources = Sources::start(routing, config.daemon.readback, &store)?;
+    let searches = Searches::default();
+    searches.set(&routes, config.jails.iter().map(|j| &j.filter));
+    let sources = Sources::start(routing, config.daemon.readback, &store, searches.prepare())?;
 
     let own: Arc<[IpNet]> = own_addresses().into();
     tracing::debug!(
@@ -349,6 +407,7 @@ pub async fn run(
         routes,
         own: own.clone(),
         sources,
+        searches,
         config_path,
         effective: (config.files(), crate::config::effective::render(&config)),
         started: config.daemon.clone(),
@@ -698,6 +757,7 @@ impl Daemon {
                 routing.clone(),
                 config.daemon.readback,
                 self.engine.ledger(),
+                self.searches.prepare(),
             ) {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -730,6 +790,10 @@ impl Daemon {
             None => self.sources.routing.routes = routes.clone(),
         }
         self.routes = routes;
+        self.searches.set(
+            &self.routes,
+            self.engine.jails().iter().map(|j| &j.config().filter),
+        );
         self.effective = effective;
         if config.fleet != self.fleet_config {
             tracing::warn!(
@@ -972,5 +1036,85 @@ pub fn element_info(jail: &str, e: &Element) -> BanInfo {
         bantime_s: e.timeout.map(|d| d.as_secs()),
         ban_count: None,
         origin: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each batch gets the candidate lines of the searches of the jails reading its sources,
+    /// once per search, as each jail would find them itself.
+    #[test]
+    fn a_batch_is_prepared_for_the_jails_reading_its_sources() {
+        let config = Config::parse(
+            std::path::Path::new("t"),
+            "[defaults]\nlogpath = \"/dev/null\"\n\
+             [jails.a]\nfailregex = ['^fail <HOST>$']\n\
+             [jails.b]\nfailregex = ['^denied <HOST> by \\S+$']\n\
+             [jails.c]\nfailregex = ['^<HOST>$']\n",
+        )
+        .unwrap();
+        let filters: Vec<&Filter> = config.jails.iter().map(|j| &j.filter).collect();
+        assert!(
+            filters[2].candidate_search().is_none(),
+            "c looks at every line"
+        );
+        let searches = Searches::default();
+        searches.set(
+            &[vec![0, 1], vec![1], vec![2], vec![1, 0]],
+            filters.iter().copied(),
+        );
+        let prepare = searches.prepare();
+        let lines: crate::source::Lines = [
+            "fail 192.0.2.1",
+            "denied 192.0.2.2 by x",
+            "nothing",
+            "fail 192.0.2.3 denied 192.0.2.4 by y",
+            "denied",
+        ]
+        .into_iter()
+        .collect();
+        let own = |j: usize| {
+            let s = filters[j].candidate_search().unwrap();
+            (
+                s.id(),
+                lines.candidates(|b, from| filters[j].next_candidate(b, from)),
+            )
+        };
+        for (sources, expect) in [
+            (vec![0], vec![own(0), own(1)]),
+            (vec![1], vec![own(1)]),
+            (vec![2], vec![]),
+            (vec![0, 3], vec![own(0), own(1)]),
+            (vec![9], vec![]),
+        ] {
+            let mut batch = LineBatch {
+                sources: sources.clone(),
+                lines: lines.clone(),
+                read_at: SystemTime::UNIX_EPOCH,
+                timing: crate::source::Timing::Live,
+                resume: None,
+                cut: 0,
+                candidates: Vec::new(),
+            };
+            prepare(&mut batch);
+            assert_eq!(batch.candidates, expect, "sources {sources:?}");
+        }
+        assert_eq!(own(0).1, [0, 3]);
+        assert_eq!(own(1).1, [1, 3]);
+        // Set again (a reload): the searches of the jails as they are now.
+        searches.set(&[vec![1]], filters.iter().copied());
+        let mut batch = LineBatch {
+            sources: vec![0],
+            lines: lines.clone(),
+            read_at: SystemTime::UNIX_EPOCH,
+            timing: crate::source::Timing::Live,
+            resume: None,
+            cut: 0,
+            candidates: Vec::new(),
+        };
+        prepare(&mut batch);
+        assert_eq!(batch.candidates, [own(1)]);
     }
 }

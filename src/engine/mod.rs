@@ -279,12 +279,21 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
                 let counters = self.jails[j].counters_mut();
                 counters.lines += batch.lines.len() as u64;
                 counters.cut += batch.cut;
-                // Only the lines the filter may match are looked at, found many at a time.
-                let block = batch.lines.text().as_bytes();
-                let (mut from, mut line) = (0, 0);
-                while let Some(at) = self.jails[j].config().filter.next_candidate(block, from) {
-                    let (i, next) = batch.lines.at_from(at, line);
-                    (from, line) = (next, i);
+                // Only the lines the filter may match are looked at, found many at a time:
+                // on the source's thread when the batch carries them for this filter.
+                let search = self.jails[j].config().filter.candidate_search().cloned();
+                let found;
+                let (listed, every): (&[usize], _) = match &search {
+                    Some(s) => match batch.candidates.iter().find(|(id, _)| *id == s.id()) {
+                        Some((_, lines)) => (lines, 0..0),
+                        None => {
+                            found = batch.lines.candidates(|b, from| s.next(b, from));
+                            (&found, 0..0)
+                        }
+                    },
+                    None => (&[], 0..batch.lines.len()),
+                };
+                for i in listed.iter().copied().chain(every) {
                     let line = batch.lines.get(i);
                     let jail = &mut self.jails[j];
                     let addr = match jail.examine(line) {

@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime};
 use super::*;
 use crate::ban::{Place, place, widest_of_round};
 use crate::config::Config;
+use crate::filter::CandidateSearch;
 use crate::firewall::JailRules;
-use crate::source::{LineBatch, Timing};
+use crate::source::{LineBatch, Lines, Timing};
 use crate::state::Store;
 
 const T0: Duration = Duration::from_secs(1_800_000_000);
@@ -274,6 +275,7 @@ fn feed(engine: &mut TestEngine, jail: &str, lines: &[String], clock: &Clock) {
         timing: Timing::Live,
         resume: Some(("file:/dev/null".into(), "0:0:1:0:0".into())),
         cut: 0,
+        candidates: Vec::new(),
     };
     let routed = [j];
     engine.on_lines(&[(&batch, &routed)], clock.now());
@@ -328,6 +330,7 @@ fn failures_reach_maxretry_and_escalate_with_the_history() {
         timing: Timing::Stamped,
         resume: None,
         cut: 0,
+        candidates: Vec::new(),
     };
     let web = [e.jail_index("web").unwrap()];
     e.on_lines(&[(&old, &web)], clock.now());
@@ -839,6 +842,7 @@ fn a_date_inside_the_message_never_dates_a_caught_up_failure() {
         timing: Timing::CatchUp,
         resume: None,
         cut: 0,
+        candidates: Vec::new(),
     };
     let app = [e.jail_index("app").unwrap()];
     e.on_lines(&[(&batch, &app)], clock.now());
@@ -878,4 +882,80 @@ fn behind_a_backlog_failures_and_positions_are_saved_together() {
     let (mut e, _) = restart(e, config(""), &clock);
     feed(&mut e, "web", &fail("192.0.2.2", 1), &clock);
     assert_eq!(banned(&mut e, "web").len(), 2);
+}
+
+/// Candidate lines found before the loop (on a source's thread) count exactly as the lines a
+/// jail finds itself; a list made by another build of the filter (one from before a reload)
+/// is never trusted, whatever it says.
+#[test]
+fn candidates_found_before_the_loop_count_as_those_the_jail_finds() {
+    let lines: Vec<String> = [
+        "fail 192.0.2.1",
+        "nofail 192.0.2.2",
+        "x fail 192.0.2.3",
+        "fail 192.0.2.1",
+        "fail 192.0.2.4 tail",
+        "",
+        "fail 192.0.2.1",
+        "fail 192.0.2.5",
+        "fail 192.0.2.5\u{0}",
+        "fail 192.0.2.5",
+    ]
+    .map(String::from)
+    .into();
+    // Each way of preparing the batch, given the jail's own search and another build's.
+    type Prepared = fn(&CandidateSearch, &CandidateSearch, &Lines) -> Vec<(u64, Vec<usize>)>;
+    let ways: [(&str, Prepared); 4] = [
+        ("none", |_, _, _| Vec::new()),
+        ("the jail's", |own, _, lines| {
+            vec![(own.id(), lines.candidates(|b, from| own.next(b, from)))]
+        }),
+        ("another build's, finding nothing", |_, other, _| {
+            vec![(other.id(), Vec::new())]
+        }),
+        ("another build's, then the jail's", |own, other, lines| {
+            vec![
+                (other.id(), vec![1]),
+                (own.id(), lines.candidates(|b, from| own.next(b, from))),
+            ]
+        }),
+    ];
+    let mut outcomes = Vec::new();
+    for (way, prepared) in ways {
+        let clock = Clock::new();
+        let mut e = engine(config(""), &clock);
+        let j = e.jail_index("web").unwrap();
+        let own = e.jails()[j]
+            .config()
+            .filter
+            .candidate_search()
+            .unwrap()
+            .clone();
+        let rebuilt = config("");
+        let other = rebuilt[0].filter.candidate_search().unwrap();
+        assert_ne!(
+            own.id(),
+            other.id(),
+            "a filter built again has a search of its own"
+        );
+        let lines: Lines = lines.iter().collect();
+        let batch = LineBatch {
+            sources: vec![0],
+            candidates: prepared(&own, other, &lines),
+            lines,
+            read_at: clock.now(),
+            timing: Timing::Live,
+            resume: None,
+            cut: 0,
+        };
+        e.on_lines(&[(&batch, &[j])], clock.now());
+        let counters = *e.jails()[j].counters();
+        outcomes.push((way, banned(&mut e, "web"), counters));
+    }
+    let (_, bans, counters) = &outcomes[0];
+    assert_eq!(bans, &[("192.0.2.1".to_owned(), Some(3600))]);
+    assert_eq!((counters.matched, counters.failures), (5, 5));
+    for (way, b, c) in &outcomes[1..] {
+        assert_eq!((b, c), (bans, counters), "prepared: {way}");
+    }
 }

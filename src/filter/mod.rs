@@ -540,13 +540,43 @@ pub struct Filter {
     fail: Vec<Pattern>,
     ignore: Vec<Pattern>,
     scanner: Option<Scanner>,
-    /// The literals one of which every failregex match holds, when each pattern has them.
-    needles: Option<Needles>,
+    /// The literals one of which every failregex match holds, when each pattern has them
+    /// (shared by the filter's clones).
+    needles: Option<CandidateSearch>,
     prefix: Option<Prefix>,
     /// fail2ban's `maxlines`: the failregexes see this many lines joined ([`Memory`]).
     maxlines: usize,
     /// A pattern names a multi-line failure id (`<F-MLFID>`): lines share sessions.
     sessions: bool,
+}
+
+/// A filter's search for the lines it may match ([`Filter::next_candidate`]), cheap to clone
+/// and to send to another thread. Its id names the filter build it comes from: clones of a
+/// filter share it, a filter built again (a reload) has a new one, so a result computed
+/// elsewhere is used only by the filter it was computed for.
+#[derive(Debug, Clone)]
+pub struct CandidateSearch {
+    id: u64,
+    needles: Arc<Needles>,
+}
+
+impl CandidateSearch {
+    fn new(needles: Needles) -> CandidateSearch {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        CandidateSearch {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            needles: Arc::new(needles),
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// [`Filter::next_candidate`] of the filter this search is of.
+    pub fn next(&self, block: &[u8], from: usize) -> Option<usize> {
+        self.needles.next(block, from)
+    }
 }
 
 /// The text the failregexes see, and the host and multi-line failure id the prefregex found
@@ -575,7 +605,8 @@ impl Filter {
             .iter()
             .map(Option::as_ref)
             .collect::<Option<Vec<&Hir>>>()
-            .and_then(Needles::new);
+            .and_then(Needles::new)
+            .map(CandidateSearch::new);
         let scanner = Scanner::new(
             hirs.into_iter()
                 .enumerate()
@@ -622,12 +653,18 @@ impl Filter {
     /// [remembers](Filter::remembers), cuts dates out, or has a pattern without a required
     /// literal) answers `from`: every line is examined.
     pub fn next_candidate(&self, block: &[u8], from: usize) -> Option<usize> {
-        match &self.needles {
-            Some(needles) if !self.remembers() && self.prefix.is_none() => {
-                needles.next(block, from)
-            }
-            _ => (from < block.len()).then_some(from),
+        match self.candidate_search() {
+            Some(search) => search.next(block, from),
+            None => (from < block.len()).then_some(from),
         }
+    }
+
+    /// What [`Filter::next_candidate`] searches with, to run on another thread; `None` when
+    /// the filter examines every line.
+    pub fn candidate_search(&self) -> Option<&CandidateSearch> {
+        self.needles
+            .as_ref()
+            .filter(|_| !self.remembers() && self.prefix.is_none())
     }
 
     pub fn prefix(&self) -> Option<&Prefix> {

@@ -30,7 +30,14 @@ pub struct StartFrom<'a> {
     pub positions: &'a dyn Positions,
     /// Whether a source without a saved position reads back what it already holds.
     pub readback: bool,
+    /// Done to every batch on the source's thread before it is sent.
+    pub prepare: Prepare,
 }
+
+/// What the daemon does to a batch on the source's thread, before the batch joins the line
+/// queue: it finds the jails' candidate lines ([`LineBatch::candidates`]) there, off the main
+/// loop. The source knows nothing of what it does.
+pub type Prepare = Arc<dyn Fn(&mut LineBatch) + Send + Sync>;
 
 /// A log source.
 pub trait Source: Send {
@@ -123,9 +130,10 @@ impl Source for Files {
         };
         // `ended` drops, and so the thread returns, when the task ends or is aborted.
         let (ended, task_gone) = tokio::sync::oneshot::channel::<()>();
+        let prepare = from.prepare.clone();
         let task = runtime.spawn(async move {
             let _ended = ended;
-            super::run_files(follower, tx).await
+            super::run_files(follower, tx, prepare).await
         });
         std::thread::Builder::new()
             .name("banctl-files".into())
@@ -176,7 +184,13 @@ impl Source for Journal {
         };
         tracing::info!(source = self.spec.key(), ?start, "following the journal");
         let stop = Arc::new(AtomicBool::new(false));
-        let handle = journal::spawn(self.spec.clone(), first, start, tx, stop.clone())?;
+        let handle = journal::spawn(
+            self.spec.clone(),
+            first,
+            start,
+            (tx, from.prepare.clone()),
+            stop.clone(),
+        )?;
         Ok(Running::Thread { stop, handle })
     }
 }

@@ -17,7 +17,10 @@ use std::time::{Duration, SystemTime};
 use sd_journal::Journal;
 use tokio::sync::mpsc;
 
-use super::{LineBatch, SourceError, Timing};
+use super::{LineBatch, Prepare, SourceError, Timing};
+
+/// Where a journal thread sends its batches, and what it does to each first.
+pub type Sink = (mpsc::Sender<LineBatch>, Prepare);
 
 /// Entries handed over at most per batch.
 const BATCH: usize = 512;
@@ -124,7 +127,8 @@ fn seek(journal: &mut Journal, spec: &JournalSpec, start: &Start) -> Result<(), 
 
 /// Sends a batch, waiting (counted) while the daemon's queue is full; `false` once the
 /// daemon is gone.
-fn send(tx: &mpsc::Sender<LineBatch>, batch: LineBatch) -> bool {
+fn send((tx, prepare): &Sink, mut batch: LineBatch) -> bool {
+    prepare(&mut batch);
     match tx.try_send(batch) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -176,7 +180,7 @@ pub fn spawn(
     spec: JournalSpec,
     source: usize,
     start: Start,
-    tx: mpsc::Sender<LineBatch>,
+    tx: Sink,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, SourceError> {
     // Validate on this thread; the follower opens its own handle (handles are not Send).
@@ -200,7 +204,7 @@ fn follow(
     spec: &JournalSpec,
     source: usize,
     start: &Start,
-    tx: &mpsc::Sender<LineBatch>,
+    tx: &Sink,
     stop: &AtomicBool,
 ) -> Result<(), SourceError> {
     let mut journal = open(spec)?;
@@ -233,6 +237,7 @@ fn follow(
                 timing: Timing::Stamped,
                 resume: None,
                 cut: 0,
+                candidates: Vec::new(),
             });
             if text.len() > super::MAX_LINE {
                 b.cut += 1;
@@ -247,7 +252,7 @@ fn follow(
         {
             return Ok(());
         }
-        if tx.is_closed() || stop.load(Ordering::Relaxed) {
+        if tx.0.is_closed() || stop.load(Ordering::Relaxed) {
             return Ok(());
         }
         match journal.wait(Duration::from_millis(500)) {

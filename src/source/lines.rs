@@ -112,6 +112,23 @@ impl Lines {
         (i, self.ends.get(i).map_or(self.text.len(), |end| end + 1))
     }
 
+    /// The indexes of the lines that `next` finds, in order: `next(text, from)` gives a byte
+    /// at or after `from` inside the next line to look at, or `None` (see
+    /// [`crate::filter::Filter::next_candidate`]); the search goes on from the line after it.
+    pub fn candidates(&self, mut next: impl FnMut(&[u8], usize) -> Option<usize>) -> Vec<usize> {
+        let block = self.text.as_bytes();
+        let (mut found, mut from, mut line) = (Vec::new(), 0, 0);
+        while let Some(at) = next(block, from) {
+            let (i, after) = self.at_from(at, line);
+            if i >= self.len() {
+                break;
+            }
+            found.push(i);
+            (from, line) = (after, i + 1);
+        }
+        found
+    }
+
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> {
         (0..self.len()).map(|i| self.get(i))
     }
@@ -145,6 +162,22 @@ mod tests {
         // The newline inside a journal message belongs to its line.
         assert_eq!(lines.at(9), (2, 15));
         assert_eq!(lines.at(15), (3, 17));
+    }
+
+    #[test]
+    fn candidates_are_the_lines_holding_what_the_search_finds() {
+        let lines: Lines = ["axx", "", "b\nx", "x", "yy", "zx"].into_iter().collect();
+        let xs = lines.candidates(|b, from| memchr::memchr(b'x', &b[from..]).map(|p| from + p));
+        assert_eq!(
+            xs,
+            [0, 2, 3, 5],
+            "each line once, a newline inside a line included"
+        );
+        // A search that names every line, as a filter that examines every line does.
+        let all = lines.candidates(|b, from| (from < b.len()).then_some(from));
+        assert_eq!(all, (0..lines.len()).collect::<Vec<_>>());
+        // A search answering past the text finds nothing there.
+        assert!(Lines::new().candidates(|_, from| Some(from)).is_empty());
     }
 
     #[test]

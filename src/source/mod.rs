@@ -30,7 +30,8 @@ use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask, Watch
 use tokio::sync::mpsc;
 
 pub use feed::{
-    Files, Journal, PathState, Positions, Running, Source, StartFrom, path_state, sandbox_hint,
+    Files, Journal, PathState, Positions, Prepare, Running, Source, StartFrom, path_state,
+    sandbox_hint,
 };
 pub use lines::Lines;
 
@@ -78,6 +79,11 @@ pub struct LineBatch {
     pub resume: Option<(String, String)>,
     /// Lines longer than [`MAX_LINE`] dropped since the last batch of this source.
     pub cut: u64,
+    /// The lines a jail's filter may match, found before the batch reached the main loop:
+    /// per [`crate::filter::CandidateSearch`] id, the line indexes its search finds (see
+    /// [`Lines::candidates`]). Filled by the daemon's [`Prepare`]; a jail whose search is not
+    /// here finds its lines itself.
+    pub candidates: Vec<(u64, Vec<usize>)>,
 }
 
 /// Notes a line dropped for its length: the first one with a warning, later ones at debug
@@ -331,6 +337,7 @@ impl Followed {
             timing,
             resume: Some((position_key(&self.path), position.encode())),
             cut: self.splitter.take_cut(),
+            candidates: Vec::new(),
         }))
     }
 
@@ -791,9 +798,11 @@ impl FileFollower {
 pub async fn run_files(
     mut follower: FileFollower,
     tx: mpsc::Sender<LineBatch>,
+    prepare: Prepare,
 ) -> Result<(), SourceError> {
     loop {
-        for batch in follower.next().await? {
+        for mut batch in follower.next().await? {
+            prepare(&mut batch);
             let batch = match tx.try_send(batch) {
                 Ok(()) => continue,
                 Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
