@@ -334,8 +334,10 @@ fn lines(figures: &mut Vec<Figure>) {
             "daemon live: 1M-line auth log in one write -> every failure counted",
             live,
             format!(
-                "{expect} failures; {cpu_live:.2} CPU s; the write itself took {:.0} ms",
-                written * 1000.0
+                "{expect} failures; {cpu_live:.2} CPU s; the write itself took {:.0} ms, \
+                 {:.2} M lines/s from its return",
+                written * 1000.0,
+                LINES as f64 / (live - written) / 1e6
             ),
         ),
         (
