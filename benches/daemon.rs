@@ -320,15 +320,39 @@ fn lines(figures: &mut Vec<Figure>) {
     let cpu_live = daemon.cpu();
     drop(daemon);
     // A daemon of its own (no failures of the live run to load): one line read so that
-    // its position is saved, stopped, the log written, started again.
-    let mut daemon = Daemon::start("catch-up", &[("sshd", jail)]);
-    common::append(&daemon.log("sshd"), "first line\n");
-    std::thread::sleep(Duration::from_millis(300));
-    daemon.stop();
-    common::append(&daemon.log("sshd"), &log);
-    let start = Instant::now();
-    daemon.respawn();
-    let catch_up = until_counted(&daemon, start);
+    // its position is saved, stopped, the log written, started again; with `core`, the
+    // daemon (all its threads) held to that core.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let catch_up_on = |core: Option<usize>| {
+        let mut daemon = Daemon::start("catch-up", &[("sshd", jail)]);
+        common::append(&daemon.log("sshd"), "first line\n");
+        std::thread::sleep(Duration::from_millis(300));
+        daemon.stop();
+        common::append(&daemon.log("sshd"), &log);
+        // The bench (its polls, each a `banctl status`) keeps off the daemon's core.
+        let all: Vec<usize> = (0..cores).collect();
+        if let Some(core) = core {
+            hold_to(
+                0,
+                &all.iter()
+                    .copied()
+                    .filter(|c| *c != core)
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let start = Instant::now();
+        daemon.respawn();
+        if let Some(core) = core {
+            // Before its first thread (the files thread starts once its configuration is
+            // read): threads take the affinity of the thread that makes them.
+            hold_to(daemon.child.id(), &[core]);
+        }
+        let secs = until_counted(&daemon, start);
+        hold_to(0, &all);
+        secs
+    };
+    let catch_up = catch_up_on(None);
+    let one_core = catch_up_on(Some(cores - 1));
     for (name, secs, note) in [
         (
             "daemon live: 1M-line auth log in one write -> every failure counted",
@@ -345,6 +369,14 @@ fn lines(figures: &mut Vec<Figure>) {
             catch_up,
             format!("{expect} failures, dated by their timestamps; from the daemon's start"),
         ),
+        (
+            "daemon catch-up, the daemon held to one core",
+            one_core,
+            format!(
+                "the same, every daemon thread on core {}, the bench and its polls on the others",
+                cores - 1
+            ),
+        ),
     ] {
         let rate = LINES as f64 / secs / 1e6;
         figures.push(Figure {
@@ -356,6 +388,17 @@ fn lines(figures: &mut Vec<Figure>) {
             note: format!("{note}; {:.0} ms", secs * 1000.0),
         });
     }
+}
+
+/// Holds thread `tid` (0: the calling one), and every thread and process it starts after
+/// this, to `cores`.
+fn hold_to(tid: u32, cores: &[usize]) {
+    let mut set = nix::sched::CpuSet::new();
+    for &core in cores {
+        set.set(core).expect("a core of this machine");
+    }
+    let pid = nix::unistd::Pid::from_raw(tid as i32);
+    nix::sched::sched_setaffinity(pid, &set).expect("sched_setaffinity");
 }
 
 /// 2,000 addresses (400 IPv4, 1,600 IPv6 banned as /128) reach maxretry in one write of
