@@ -90,15 +90,18 @@ impl Lines {
     }
 
     /// The line that holds byte `at` of [`Lines::text`] (its separator included): its index,
-    /// and where the next line starts.
-    pub fn at(&self, at: usize) -> (usize, usize) {
+    /// and where the next line starts. A binary search over every line: what the tests hold
+    /// [`Lines::at_from`] to.
+    #[cfg(test)]
+    fn at(&self, at: usize) -> (usize, usize) {
         let i = self.ends.partition_point(|end| *end < at);
         (i, self.ends.get(i).map_or(self.text.len(), |end| end + 1))
     }
 
-    /// [`Lines::at`] for a byte that no line before line `first` holds: found by galloping
-    /// forward from `first`, in a few steps when the bytes asked for come in order.
-    pub fn at_from(&self, at: usize, first: usize) -> (usize, usize) {
+    /// The line that holds byte `at` of [`Lines::text`] (its separator included), which no
+    /// line before line `first` holds: its index, and where the next line starts. Found by
+    /// galloping forward from `first`, in a few steps when the bytes asked for come in order.
+    fn at_from(&self, at: usize, first: usize) -> (usize, usize) {
         let ends = &self.ends[first.min(self.ends.len())..];
         // The first line ending at or after `at` lies in ends[lo..hi].
         let (mut lo, mut hi, mut step) = (0, 1, 1);
