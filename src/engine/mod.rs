@@ -281,19 +281,21 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
                 counters.cut += batch.cut;
                 // Only the lines the filter may match are looked at, found many at a time:
                 // on the source's thread when the batch carries them for this filter.
-                let search = self.jails[j].config().filter.candidate_search().cloned();
+                let filter = &self.jails[j].config().filter;
+                let prepared = filter
+                    .candidate_search()
+                    .and_then(|s| batch.candidates.iter().find(|(id, _)| *id == s.id()));
                 let found;
-                let (listed, every): (&[usize], _) = match &search {
-                    Some(s) => match batch.candidates.iter().find(|(id, _)| *id == s.id()) {
-                        Some((_, lines)) => (lines, 0..0),
-                        None => {
-                            found = batch.lines.candidates(|b, from| s.next(b, from));
-                            (&found, 0..0)
-                        }
-                    },
-                    None => (&[], 0..batch.lines.len()),
+                let listed: &[usize] = match prepared {
+                    Some((_, lines)) => lines,
+                    None => {
+                        found = batch
+                            .lines
+                            .candidates(|b, from| filter.next_candidate(b, from));
+                        &found
+                    }
                 };
-                for i in listed.iter().copied().chain(every) {
+                for &i in listed {
                     let line = batch.lines.get(i);
                     let jail = &mut self.jails[j];
                     let addr = match jail.examine(line) {
