@@ -121,19 +121,24 @@ impl Firewall {
         let mut overlaps = Overlaps::default();
         let kept = widest_of_round(items.iter().map(|r| &r.ban), &mut overlaps.covered);
         let chosen: Vec<&Restore> = kept.iter().map(|&i| &items[i]).collect();
-        if self.clear_of_other_shape(&chosen)? {
+        let mut read = ReadSets::new();
+        if self.clear_of_other_shape(&chosen, &mut read)? {
             match self.write_elements(&restore_by_set(&chosen), &[ElemOp::AddNew]) {
                 Err(FirewallError::Netlink(e)) if e.errno() == Some(libc::EEXIST) => {}
                 other => return other.map(|()| overlaps),
             }
         }
-        // Read both sets of each family this round touches, and fit the round to what they
-        // hold together.
+        // Both sets of each family this round touches (those the check read are not read
+        // again: nothing was committed since), and fit the round to what they hold together.
         let mut existing: BTreeMap<(&str, Family), Vec<IpNet>> = BTreeMap::new();
         for &r in &chosen {
             if let Entry::Vacant(slot) = existing.entry((&r.ban.jail, Family::of(&r.ban.net))) {
                 let &(jail, family) = slot.key();
-                let nets = self.nets_of(jail, family, &Shape::BOTH)?;
+                let mut nets = Vec::new();
+                for shape in Shape::BOTH {
+                    nets.extend_from_slice(self.read_once(&mut read, jail, family, shape)?);
+                }
+                nets.sort();
                 slot.insert(nets);
             }
         }
@@ -171,20 +176,17 @@ impl Firewall {
     /// Whether no ban of `round` meets an element of its family's other set: the kernel
     /// refuses an overlap within one set (EEXIST), but an address inside a banned prefix,
     /// or a prefix over banned addresses, sits in the other set. Those sets are read (for a
-    /// round of addresses, the prefix sets: small, mostly empty) and compared here.
-    fn clear_of_other_shape(&mut self, round: &[&Restore]) -> Result<bool, FirewallError> {
-        let mut read: BTreeMap<(&str, Family, Shape), Vec<IpNet>> = BTreeMap::new();
+    /// round of addresses, the prefix sets: small, mostly empty) into `read` and compared
+    /// here.
+    fn clear_of_other_shape<'k>(
+        &mut self,
+        round: &[&'k Restore],
+        read: &mut ReadSets<'k>,
+    ) -> Result<bool, FirewallError> {
         for r in round {
             let net = &r.ban.net;
-            let key = (r.ban.jail.as_str(), Family::of(net), Shape::of(net).other());
-            let nets = match read.entry(key) {
-                Entry::Occupied(slot) => slot.into_mut(),
-                Entry::Vacant(slot) => {
-                    let &(jail, family, shape) = slot.key();
-                    let nets = self.nets_of(jail, family, &[shape])?;
-                    slot.insert(nets)
-                }
-            };
+            let (family, other) = (Family::of(net), Shape::of(net).other());
+            let nets = self.read_once(read, &r.ban.jail, family, other)?;
             if !matches!(place(nets, net), Place::Over(inside) if inside.is_empty()) {
                 return Ok(false);
             }
@@ -192,21 +194,25 @@ impl Firewall {
         Ok(true)
     }
 
-    /// What `jail`'s sets of `family` and `shapes` hold, as sorted prefixes (for [`place`]).
-    fn nets_of(
+    /// What `jail`'s set of `family` and `shape` holds, as sorted prefixes (for [`place`]):
+    /// from `read` when this round has read it already, else read now and kept there.
+    fn read_once<'r, 'k>(
         &mut self,
-        jail: &str,
+        read: &'r mut ReadSets<'k>,
+        jail: &'k str,
         family: Family,
-        shapes: &[Shape],
-    ) -> Result<Vec<IpNet>, NetlinkError> {
-        let mut nets = Vec::new();
-        for &shape in shapes {
-            let name = layout::set_name(jail, family, shape);
-            let elements = self.read_set(&name, family, shape == Shape::Prefix)?;
-            nets.extend(elements.into_iter().map(|e| e.net));
-        }
-        nets.sort();
-        Ok(nets)
+        shape: Shape,
+    ) -> Result<&'r [IpNet], NetlinkError> {
+        Ok(match read.entry((jail, family, shape)) {
+            Entry::Occupied(slot) => slot.into_mut(),
+            Entry::Vacant(slot) => {
+                let name = layout::set_name(jail, family, shape);
+                let elements = self.read_set(&name, family, shape == Shape::Prefix)?;
+                let mut nets: Vec<IpNet> = elements.into_iter().map(|e| e.net).collect();
+                nets.sort();
+                slot.insert(nets)
+            }
+        })
     }
 
     /// The elements of one set, read back into bans: an interval set's start/end pairs
@@ -528,6 +534,9 @@ fn timeout_ms(time: BanTime) -> Option<u64> {
         BanTime::Permanent => None,
     }
 }
+
+/// The sets a round has read, by jail, family and shape, each as sorted prefixes.
+type ReadSets<'k> = BTreeMap<(&'k str, Family, Shape), Vec<IpNet>>;
 
 /// A ban set: its name, family and shape.
 type SetKey = (String, Family, Shape);
