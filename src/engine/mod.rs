@@ -29,7 +29,7 @@ use crate::ban::{Ban, Element, FastHash, Origin, Overlaps, Restore, StoredBan};
 use crate::config::{JailConfig, UseDns};
 use crate::duration::BanTime;
 use crate::filter::Verdict;
-use crate::jail::{Jail, Outcome, Window};
+use crate::jail::{Jail, Outcome, Recorded, Times, Window};
 use crate::source::{LineBatch, Timing};
 
 /// How far behind `now` expired bans are looked for: the enforcer's timeout started a little
@@ -141,19 +141,25 @@ struct Wanted {
 struct Unsaved {
     bans: Vec<StoredBan>,
     positions: HashMap<String, String>,
-    /// Window keys per jail name (a few jails: a list).
-    windows: Vec<(String, HashSet<IpAddr>)>,
+    /// The changed failure windows per jail name (a few jails: a list), each as the failure
+    /// that changed it left it (empty: forgotten), so that a save reads none of the jails'
+    /// tables. (A window a jail evicts later keeps that content in the ledger, as one evicted
+    /// after its save does.)
+    windows: Vec<(String, Windows)>,
     /// The last save failed (so the next failure is not logged again).
     failing: bool,
 }
 
+/// Failure windows by key: (key, times) as a round left them.
+type Windows = HashMap<IpAddr, Times>;
+
 impl Unsaved {
-    /// The unsaved window keys of jail `name`.
-    fn windows_of(&mut self, name: &str) -> &mut HashSet<IpAddr> {
+    /// The unsaved windows of jail `name`.
+    fn windows_of(&mut self, name: &str) -> &mut Windows {
         let i = match self.windows.iter().position(|(n, _)| n == name) {
             Some(i) => i,
             None => {
-                self.windows.push((name.to_owned(), HashSet::new()));
+                self.windows.push((name.to_owned(), Windows::new()));
                 self.windows.len() - 1
             }
         };
@@ -273,7 +279,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
     ) -> Vec<NameFailure> {
         let mut bans = Vec::new();
         let mut names = Vec::new();
-        let mut touched: Vec<(usize, IpAddr)> = Vec::new();
+        let mut touched: Vec<(usize, IpAddr, Times)> = Vec::new();
         for &(batch, routed) in batches {
             for &j in routed {
                 let counters = self.jails[j].counters_mut();
@@ -353,10 +359,11 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         at: SystemTime,
         line: &str,
         bans: &mut Vec<Wanted>,
-        touched: &mut Vec<(usize, IpAddr)>,
+        touched: &mut Vec<(usize, IpAddr, Times)>,
     ) {
         let jail = &mut self.jails[j];
-        match jail.record_line(addr, at, line) {
+        let Recorded { outcome, window } = jail.record_line(addr, at, line);
+        match outcome {
             Outcome::Ban(ban) => bans.push(Wanted {
                 ban,
                 address: addr,
@@ -366,10 +373,11 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             Outcome::Counted { .. } => {}
             Outcome::Ignored => {
                 tracing::debug!(jail = jail.name(), line, "ignored address");
-                return;
             }
         }
-        touched.push((j, jail.key_of(addr)));
+        if let Some((key, times)) = window {
+            touched.push((j, key, times));
+        }
     }
 
     /// A failure of jail `j` naming host `name`: per its `usedns`, nothing, a warning, or a
@@ -429,13 +437,13 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         self.save();
     }
 
-    /// Marks changed failure windows (jail index, key) unsaved. A round's failures come jail
-    /// by jail: each run of one jail finds its set once.
-    fn touch(&mut self, touched: &[(usize, IpAddr)]) {
+    /// Keeps changed failure windows (jail index, key, times) for the next save, in the
+    /// order they changed (a key's last change wins). A round's failures come jail by jail:
+    /// each run of one jail finds its table once.
+    fn touch(&mut self, touched: &[(usize, IpAddr, Times)]) {
         for run in touched.chunk_by(|a, b| a.0 == b.0) {
-            self.unsaved
-                .windows_of(self.jails[run[0].0].name())
-                .extend(run.iter().map(|&(_, key)| key));
+            let windows = self.unsaved.windows_of(self.jails[run[0].0].name());
+            windows.extend(run.iter().map(|(_, key, times)| (*key, times.clone())));
         }
     }
 
@@ -460,10 +468,10 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             .iter()
             .filter_map(|(name, keys)| Some((jails.iter().find(|j| j.name() == name)?, keys)))
             .flat_map(|(jail, keys)| {
-                keys.iter().map(|&addr| Window {
+                keys.iter().map(|(&addr, times)| Window {
                     jail: jail.name(),
                     addr,
-                    times: jail.window(addr),
+                    times,
                 })
             })
             .collect();
@@ -487,7 +495,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         for (j, addrs) in forgotten {
             self.unsaved
                 .windows_of(self.jails[*j].name())
-                .extend(addrs.iter().copied());
+                .extend(addrs.iter().map(|&addr| (addr, Times::new())));
         }
         self.save();
     }

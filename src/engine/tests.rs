@@ -884,6 +884,34 @@ fn behind_a_backlog_failures_and_positions_are_saved_together() {
     assert_eq!(banned(&mut e, "web").len(), 2);
 }
 
+/// A saved window is what its last change left: a later failure of the same round or of a
+/// round waiting behind a backlog replaces it, and a manual ban that makes the jail forget it
+/// saves it empty.
+#[test]
+fn each_saved_window_is_what_its_last_change_left() {
+    let clock = Clock::new();
+    let mut e = engine(config(""), &clock);
+    e.set_backlog(true);
+    feed(&mut e, "web", &fail("192.0.2.1", 1), &clock);
+    feed(&mut e, "web", &fail("192.0.2.1", 1), &clock);
+    feed(&mut e, "web", &fail("192.0.2.9", 2), &clock);
+    e.set_backlog(false);
+    feed(&mut e, "web", &fail("198.51.100.1", 2), &clock);
+    let nine: IpNet = "192.0.2.9".parse().unwrap();
+    e.manual_ban("web", nine, None, clock.now()).unwrap();
+    e.unban(nine, None, clock.now()).unwrap();
+    let (mut e, _) = restart(e, config(""), &clock);
+    // Two failures each are back, so one more bans; 192.0.2.9 starts again from none.
+    feed(&mut e, "web", &fail("192.0.2.1", 1), &clock);
+    feed(&mut e, "web", &fail("198.51.100.1", 1), &clock);
+    feed(&mut e, "web", &fail("192.0.2.9", 2), &clock);
+    let mut now_banned: Vec<String> = banned(&mut e, "web").into_iter().map(|(n, _)| n).collect();
+    now_banned.sort();
+    assert_eq!(now_banned, ["192.0.2.1", "198.51.100.1"]);
+    feed(&mut e, "web", &fail("192.0.2.9", 1), &clock);
+    assert_eq!(banned(&mut e, "web").len(), 3);
+}
+
 /// Candidate lines found before the loop (on a source's thread) count exactly as the lines a
 /// jail finds itself; a list made by another build of the filter (one from before a reload)
 /// is never trusted, whatever it says.

@@ -53,7 +53,17 @@ pub struct Jail {
 /// The failure times of one window: most windows hold a few (up to `maxretry - 1`), kept
 /// inline in the table's entry, without an allocation of their own; a longer one spills to
 /// the heap. (The table's memory per tracked address is the entry alone.)
-type Times = SmallVec<[u32; 4]>;
+pub type Times = SmallVec<[u32; 4]>;
+
+/// A failure [`Jail::record_line`] took: what it led to, and the window it left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub outcome: Outcome,
+    /// The key the failure counted under, and that key's failure times (Unix seconds,
+    /// oldest first) once it is counted: empty after a ban. `None` when ignored: no window
+    /// changed.
+    pub window: Option<(IpAddr, Times)>,
+}
 
 /// The longest matched line a ban keeps (as its reason in the store, and as the lines its
 /// notifiers get).
@@ -209,17 +219,18 @@ impl Jail {
     }
 
     /// Records one failure of `addr` at time `at`, found in `line` (kept for notifications when
-    /// the jail keeps matched lines).
-    pub fn record_line(&mut self, addr: IpAddr, at: SystemTime, line: &str) -> Outcome {
-        let outcome = self.record(addr, at);
-        if self.keep_lines > 0 && outcome != Outcome::Ignored {
-            let lines = self.lines.entry(self.key_of(addr)).or_default();
+    /// the jail keeps matched lines). The window it left comes with it, read while it is at
+    /// hand: what the ledger saves of it.
+    pub fn record_line(&mut self, addr: IpAddr, at: SystemTime, line: &str) -> Recorded {
+        let recorded = self.record_window(addr, at);
+        if let (Some((key, _)), true) = (&recorded.window, self.keep_lines > 0) {
+            let lines = self.lines.entry(*key).or_default();
             while lines.len() >= self.keep_lines {
                 lines.pop_front();
             }
             lines.push_back(clip(line).into());
         }
-        outcome
+        recorded
     }
 
     /// The lines that led to the ban of `addr` (oldest first), forgotten by the jail.
@@ -232,8 +243,15 @@ impl Jail {
 
     /// Records one failure of `addr` at time `at`.
     pub fn record(&mut self, addr: IpAddr, at: SystemTime) -> Outcome {
+        self.record_window(addr, at).outcome
+    }
+
+    fn record_window(&mut self, addr: IpAddr, at: SystemTime) -> Recorded {
         if self.never.contains(addr) {
-            return Outcome::Ignored;
+            return Recorded {
+                outcome: Outcome::Ignored,
+                window: None,
+            };
         }
         self.counters.failures += 1;
         let key = self.key_of(addr);
@@ -245,16 +263,25 @@ impl Jail {
         let count = times.len();
         if count >= self.config.maxretry as usize {
             self.failures.remove(&key);
-            return Outcome::Ban(Ban {
-                jail: self.config.name.clone(),
-                net: self.ban_net(addr),
-                time: self.config.bantime,
-            });
+            return Recorded {
+                outcome: Outcome::Ban(Ban {
+                    jail: self.config.name.clone(),
+                    net: self.ban_net(addr),
+                    time: self.config.bantime,
+                }),
+                window: Some((key, Times::new())),
+            };
         }
+        let mut window = times.clone();
         if self.failures.len() > self.config.max_tracked {
             self.evict(now);
+            // Eviction may have taken this very window.
+            window = Times::from_slice(self.window(key));
         }
-        Outcome::Counted { count }
+        Recorded {
+            outcome: Outcome::Counted { count },
+            window: Some((key, window)),
+        }
     }
 
     /// The address `addr`'s failures are counted under: itself, or with `count_by_prefix` the
@@ -559,7 +586,10 @@ mod tests {
         assert!(j.take_matched(addr).is_empty(), "kept without being asked");
         j.keep_matched(2);
         j.record_line(addr, at(1), "a");
-        assert!(matches!(j.record_line(addr, at(2), "b"), Outcome::Ban(_)));
+        assert!(matches!(
+            j.record_line(addr, at(2), "b").outcome,
+            Outcome::Ban(_)
+        ));
         // The lines since it was asked, oldest first; handed over once.
         assert_eq!(j.take_matched(addr), ["a", "b"]);
         assert!(j.take_matched(addr).is_empty());
