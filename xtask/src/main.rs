@@ -9,6 +9,7 @@
 //! - `dist`: release binary, man pages, completions and a .deb under `target/dist/`.
 //! - `fuzz TARGET --time D`: coverage-guided fuzzing (cargo-afl) or the differential test.
 //! - `install`: installs the same files on this host from source (as root).
+//! - `symbol-order`: lists the functions a daemon runs, for the linker (see `order.rs`).
 
 mod bench;
 mod demo;
@@ -16,13 +17,14 @@ mod demo_fleet;
 mod dist;
 mod fuzz;
 mod man;
+mod order;
 mod sys;
 
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-const USAGE: &str = "usage: cargo xtask <test|demo|bench|dist|install|fuzz>
+const USAGE: &str = "usage: cargo xtask <test|demo|bench|dist|install|fuzz|symbol-order>
 
   test   install missing build packages, then fmt, clippy and all tests (namespace tests required)
   demo   run the real daemon in a throw-away network namespace against a simulated attack
@@ -31,7 +33,9 @@ const USAGE: &str = "usage: cargo xtask <test|demo|bench|dist|install|fuzz>
   dist   build target/dist/banctl_<version>_<arch>.deb (release binary, unit, config, man pages, completions)
   install  install from source on this host: /usr/local/bin, /etc/systemd/system (run with sudo)
   fuzz TARGET [--time 10m]  fuzz config, filter_file, fail2ban_filter, datepattern, jail_lines or
-         control with cargo-afl, or run the filters' differential test (differential) that long";
+         control with cargo-afl, or run the filters' differential test (differential) that long
+  symbol-order  run the release daemon under callgrind through a host's life and write the
+         functions it ran to build/symbol-order.txt (placed together by the linker; as root)";
 
 fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -49,6 +53,7 @@ fn main() -> Result<()> {
         "dist" => dist::dist().map(drop),
         "install" => dist::install(),
         "fuzz" => fuzz::run(&std::env::args().skip(2).collect::<Vec<_>>()),
+        "symbol-order" => order::run(),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);

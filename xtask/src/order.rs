@@ -1,0 +1,240 @@
+//! `cargo xtask symbol-order`: writes `build/symbol-order.txt`, the functions a daemon runs,
+//! which `build.rs` has the linker place first and together in release builds (see there).
+//!
+//! The release daemon runs under callgrind, in a throw-away network namespace, through what
+//! a host sees in its life: a start with built-in and custom filters, failures that ban IPv4
+//! addresses and IPv6 prefixes, the CLI's requests, a reload, idle time and a stop. Every
+//! function of the binary it executed is listed, in the order callgrind first met it.
+//! Regenerate after changing dependencies or much of the code: symbols the file names that a
+//! build lacks are skipped, so a stale file only costs resident memory.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::demo::{append, wait_for};
+use crate::sys;
+
+pub fn run() -> Result<()> {
+    if !sys::is_root() {
+        bail!("run as root: valgrind's daemon needs CAP_NET_ADMIN in its namespace");
+    }
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        crate::run(
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    "valgrind",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    // As `cargo xtask bench` and `dist` build it: the same symbols.
+    crate::cargo(&["build", "--release", "--bin", "banctl"])?;
+    let root = sys::workspace_root();
+    let banctl = root.join("target/release/banctl");
+    sys::enter_network_namespace()?;
+    let dir = std::env::temp_dir().join(format!("banctl-order-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let profile = dir.join("callgrind.out");
+    let result = train(&banctl, &dir, &profile).and_then(|()| {
+        let order = executed(&std::fs::read_to_string(&profile)?, "banctl");
+        let out = root.join("build/symbol-order.txt");
+        std::fs::create_dir_all(out.parent().unwrap())?;
+        let header = "# Functions of banctl a daemon runs, in the order callgrind met them: \
+                      written by `cargo xtask symbol-order`, read by build.rs.\n";
+        std::fs::write(&out, header.to_owned() + &order.join("\n") + "\n")?;
+        println!("{} functions written to {}", order.len(), out.display());
+        Ok(())
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Runs the daemon under callgrind through a host's life; its profile lands at `profile`.
+fn train(banctl: &Path, dir: &Path, profile: &Path) -> Result<()> {
+    let socket = dir.join("sock");
+    let logs: Vec<_> = ["sshd", "web", "custom"]
+        .iter()
+        .map(|n| dir.join(format!("{n}.log")))
+        .collect();
+    for log in &logs {
+        std::fs::write(log, "")?;
+    }
+    let config = dir.join("banctl.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}/state\"\n\n\
+             [defaults]\nmaxretry = 3\nbantime = \"1h\"\nignoreself = false\n\n\
+             [jails.sshd]\nfilter = \"sshd\"\nlogpath = \"{}\"\nports = [22]\n\n\
+             [jails.web]\nfilter = \"nginx-botsearch\"\nlogpath = \"{}\"\nports = [80, 443]\n\n\
+             [jails.custom]\nfailregex = ['^fail <HOST>$']\nlogpath = \"{}\"\n",
+            socket.display(),
+            dir.display(),
+            logs[0].display(),
+            logs[1].display(),
+            logs[2].display()
+        ),
+    )?;
+    let mut daemon = Command::new("valgrind")
+        .args([
+            "--tool=callgrind",
+            "--demangle=no",
+            "--dump-instr=no",
+            "--quiet",
+        ])
+        .arg(format!("--callgrind-out-file={}", profile.display()))
+        .arg(banctl)
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .env("BANCTL_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the daemon under valgrind")?;
+    let cli = |args: &[&str]| -> Result<String> {
+        let out = Command::new(banctl)
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("banctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let life = || -> Result<()> {
+        wait_for(Duration::from_secs(180), || cli(&["status"]).is_ok())
+            .context("the daemon did not start")?;
+        let sshd: Vec<String> = (0..40)
+            .flat_map(|i| {
+                let addr = match i % 2 {
+                    0 => format!("192.0.2.{i}"),
+                    _ => format!("2001:db8:{i:x}::1"),
+                };
+                (0..3).map(move |k| {
+                    format!(
+                        "Dec  2 10:00:0{k} host sshd[{i}{k}]: Failed password for invalid user \
+                         admin from {addr} port 5{i:03} ssh2"
+                    )
+                })
+            })
+            .collect();
+        append(&logs[0], &sshd)?;
+        let web: Vec<String> = (0..3)
+            .map(|k| {
+                format!(
+                    "198.51.100.7 - - [02/Dec/2026:10:00:0{k} +0000] \"GET /phpmyadmin/ HTTP/1.1\" \
+                     404 153 \"-\" \"scan\""
+                )
+            })
+            .collect();
+        append(&logs[1], &web)?;
+        append(&logs[2], &vec!["fail 203.0.113.9".to_owned(); 3])?;
+        wait_for(Duration::from_secs(120), || {
+            cli(&["list", "--json"]).is_ok_and(|o| o.contains("203.0.113.9"))
+        })
+        .context("the daemon banned nothing")?;
+        for args in [
+            &["status"][..],
+            &["list"],
+            &["unban", "203.0.113.9"],
+            &["ban", "custom", "203.0.113.0/24"],
+            &["config"],
+            &["reload"],
+        ] {
+            cli(args)?;
+        }
+        // Idle: timers, sweeps, the ruleset watcher.
+        std::thread::sleep(Duration::from_secs(5));
+        Ok(())
+    };
+    let lived = life();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let status = daemon.wait()?;
+    lived?;
+    if !status.success() {
+        bail!("the daemon under valgrind ended with {status}");
+    }
+    Ok(())
+}
+
+/// The functions of object `object` that a callgrind profile saw run, in the order they
+/// first appear, each once.
+fn executed(profile: &str, object: &str) -> Vec<String> {
+    // `ob=`/`fn=` lines name an object or function once, `(id) name`, and by `(id)` after.
+    let (mut objects, mut functions) = (
+        std::collections::HashMap::new(),
+        std::collections::HashMap::new(),
+    );
+    let mut in_object = false;
+    let mut seen = HashSet::new();
+    let mut order = Vec::new();
+    for line in profile.lines() {
+        let Some((key, rest)) = line.split_once('=') else {
+            continue;
+        };
+        let Some((id, name)) = rest
+            .strip_prefix('(')
+            .and_then(|r| r.split_once(')'))
+            .map(|(id, name)| (id.to_owned(), name.trim()))
+        else {
+            continue;
+        };
+        let named = |table: &mut std::collections::HashMap<String, String>| -> String {
+            if !name.is_empty() {
+                table.insert(id.clone(), name.to_owned());
+            }
+            table.get(&id).cloned().unwrap_or_default()
+        };
+        match key {
+            "ob" => {
+                let ob = named(&mut objects);
+                in_object = Path::new(&ob).file_name().is_some_and(|f| f == object);
+            }
+            "cob" => {
+                named(&mut objects);
+            }
+            "fn" => {
+                // A recursion level shows as `name'2`.
+                let f = named(&mut functions);
+                let f = f.split('\'').next().unwrap_or_default().to_owned();
+                let symbol = !f.is_empty() && !f.starts_with("0x") && !f.starts_with('(');
+                if in_object && symbol && seen.insert(f.clone()) {
+                    order.push(f);
+                }
+            }
+            "cfn" => {
+                named(&mut functions);
+            }
+            _ => {}
+        }
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn functions_of_the_object_are_listed_once_in_first_seen_order() {
+        let profile = "ob=(1) /usr/lib/libc.so.6\nfn=(1) memcpy\n\
+                       ob=(2) /x/target/release/banctl\nfn=(2) _ZN4main17hE\n\
+                       cob=(1)\ncfn=(1)\ncfn=(3) _ZN3two17hE\n\
+                       fn=(3)\nfn=(4) _ZN3rec17hE'2\nfn=(2)\nob=(1)\nfn=(1)\n";
+        assert_eq!(
+            super::executed(profile, "banctl"),
+            ["_ZN4main17hE", "_ZN3two17hE", "_ZN3rec17hE"]
+        );
+    }
+}
