@@ -15,10 +15,9 @@ use banctl::firewall::{Ban, Firewall, Monitor};
 use banctl::state::{Store, StoredBan};
 use common::{FAILREGEX, Figure, failures, percentile, until_committed, until_settled};
 
-/// The daemon to measure: this build's, or `BANCTL_BENCH_BIN` (an older build, to compare
-/// two on the same machine and kernel).
+/// The daemon to measure (see [`common::banctl_bin`]).
 fn bin() -> String {
-    std::env::var("BANCTL_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_banctl").to_owned())
+    common::banctl_bin()
 }
 
 struct Daemon {
@@ -659,7 +658,11 @@ fn memory(figures: &mut Vec<Figure>) {
         unit: "MB",
         target: "<= 6",
         met: Some(rss <= 6.0),
-        note: format!("{anon:.1} MB private (RssAnon); the rest is shared file pages of the binary and libraries"),
+        note: format!(
+            "{anon:.1} MB private (RssAnon); the rest is shared file pages of the binary and \
+             libraries; {}",
+            symbol_order_coverage()
+        ),
     });
     drop(daemon);
 
@@ -691,6 +694,29 @@ fn memory(figures: &mut Vec<Figure>) {
         met: Some(rss <= 200.0),
         note: format!("max_tracked = 1000000 (default 100000); all 1M lines processed in {secs:.2} s, {cpu:.2} CPU s"),
     });
+}
+
+/// How many functions of `build/symbol-order.txt` (the code a daemon runs, placed together by
+/// the linker) the measured binary has: a stale file shows here as a low count.
+fn symbol_order_coverage() -> String {
+    let order = concat!(env!("CARGO_MANIFEST_DIR"), "/build/symbol-order.txt");
+    let Ok(order) = std::fs::read_to_string(order) else {
+        return "no build/symbol-order.txt".into();
+    };
+    let Ok(nm) = Command::new("nm").arg(bin()).output() else {
+        return "code order: nm not found".into();
+    };
+    let symbols: std::collections::HashSet<&str> = std::str::from_utf8(&nm.stdout)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    let wanted: Vec<&str> = order.lines().filter(|l| !l.starts_with('#')).collect();
+    let found = wanted.iter().filter(|s| symbols.contains(*s)).count();
+    format!(
+        "code order: {found} of the {} functions of build/symbol-order.txt in this build",
+        wanted.len()
+    )
 }
 
 /// One daemon benchmark: it adds its figures.

@@ -23,7 +23,6 @@ use banctl::firewall::{Firewall, Monitor};
 use common::{FAILREGEX, Figure, failures, percentile, until_committed, until_settled};
 use futures_util::StreamExt;
 
-const BIN: &str = env!("CARGO_BIN_EXE_banctl");
 const NATS: &str = "10.7.0.1:4222";
 
 fn nats_bin() -> String {
@@ -124,17 +123,17 @@ impl Daemon {
         let command = match wrapper {
             Some(peer) => {
                 let mut c = Command::new("nsenter");
-                c.args(["-t", &peer.pid(), "-n"]).arg(BIN);
+                c.args(["-t", &peer.pid(), "-n"]).arg(common::banctl_bin());
                 c
             }
-            None => Command::new(BIN),
+            None => Command::new(common::banctl_bin()),
         };
         let child = common::spawn_daemon(command, &dir.join("banctl.toml"));
         Daemon { child, dir }
     }
 
     fn status(&self) -> serde_json::Value {
-        let out = Command::new(BIN)
+        let out = Command::new(common::banctl_bin())
             .arg("--socket")
             .arg(self.dir.join("sock"))
             .args(["status", "--json"])

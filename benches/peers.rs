@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use banctl::firewall::Monitor;
 
-const BIN: &str = env!("CARGO_BIN_EXE_banctl");
 const PEERS: [&str; 3] = ["banctl", "fail2ban-rs", "fail2ban"];
 /// Lines of the log fail2ban-regex reads (it is ~100x slower).
 const FAIL2BAN_SLICE: usize = 100_000;
@@ -220,7 +219,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn start(peer: &str, config: &Path) -> Child {
     let mut command = match peer {
         "banctl" => {
-            let mut c = Command::new(BIN);
+            let mut c = Command::new(common::banctl_bin());
             c.args(["daemon", "--config"]).arg(config);
             c.env("BANCTL_LOG", "warn");
             c
@@ -399,7 +398,7 @@ fn tester_rate(peer: &str, log: &Path, cores: Cores) -> Option<f64> {
     std::fs::create_dir_all(&dir).unwrap();
     let mut command = match peer {
         "banctl" => {
-            let mut c = on_cores(Path::new(BIN), cores);
+            let mut c = on_cores(Path::new(&common::banctl_bin()), cores);
             c.arg("test").arg(log).arg("sshd");
             c
         }

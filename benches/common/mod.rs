@@ -224,6 +224,13 @@ pub fn failures(addr: std::net::IpAddr, n: usize, out: &mut String) {
     }
 }
 
+/// The banctl binary to measure: `BANCTL_BENCH_BIN` when set (`cargo xtask bench` sets it
+/// to the `cargo build --release` binary, the one users install, whose code is laid out by
+/// `build/symbol-order.txt`; or an older build, to compare), else this bench build's.
+pub fn banctl_bin() -> String {
+    std::env::var("BANCTL_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_banctl").to_owned())
+}
+
 /// Starts `banctl daemon --config CONFIG` through `command` (the binary itself, or a
 /// wrapper that runs it in another namespace), logging at `BANCTL_BENCH_LOG` (warn).
 pub fn spawn_daemon(

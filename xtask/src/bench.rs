@@ -12,24 +12,36 @@ use crate::sys;
 
 pub fn run() -> Result<()> {
     sys::ensure_packages()?;
-    crate::cargo(&["bench", "--bench", "filter"])?;
-    crate::cargo(&["bench", "--bench", "daemon"])?;
-    let nats = sys::nats_server()?;
-    crate::run(
-        Command::new(env!("CARGO"))
-            .args(["bench", "--bench", "fleet"])
-            .env("BANCTL_NATS_SERVER", &nats)
-            .current_dir(sys::workspace_root()),
-    )?;
-    let (fail2ban_root, fail2ban_rs) = sys::peers()?;
-    crate::run(
-        Command::new(env!("CARGO"))
-            .args(["bench", "--bench", "peers"])
-            .env("BANCTL_FAIL2BAN_ROOT", &fail2ban_root)
-            .env("BANCTL_FAIL2BAN_RS", &fail2ban_rs)
-            .current_dir(sys::workspace_root()),
-    )?;
     let dir = sys::workspace_root().join("target/bench");
+    // The binary users get (`cargo build --release`, as `dist` builds it): a bench build's
+    // symbols differ from it, so the code order of `build/symbol-order.txt` fits only it.
+    // Copied, as `cargo bench` puts its own build at target/release/banctl.
+    crate::cargo(&["build", "--release", "--bin", "banctl"])?;
+    std::fs::create_dir_all(&dir)?;
+    let banctl = dir.join("banctl");
+    std::fs::copy(sys::workspace_root().join("target/release/banctl"), &banctl)
+        .context("copying the release binary")?;
+    let bench = |name: &str, env: &[(&str, &std::path::Path)]| {
+        crate::run(
+            Command::new(env!("CARGO"))
+                .args(["bench", "--bench", name])
+                .env("BANCTL_BENCH_BIN", &banctl)
+                .envs(env.iter().copied())
+                .current_dir(sys::workspace_root()),
+        )
+    };
+    bench("filter", &[])?;
+    bench("daemon", &[])?;
+    let nats = sys::nats_server()?;
+    bench("fleet", &[("BANCTL_NATS_SERVER", &nats)])?;
+    let (fail2ban_root, fail2ban_rs) = sys::peers()?;
+    bench(
+        "peers",
+        &[
+            ("BANCTL_FAIL2BAN_ROOT", &fail2ban_root),
+            ("BANCTL_FAIL2BAN_RS", &fail2ban_rs),
+        ],
+    )?;
     let mut figures = Vec::new();
     for file in ["filter", "daemon", "fleet"] {
         let text = std::fs::read_to_string(dir.join(format!("{file}.json")))
