@@ -20,7 +20,12 @@ fn main() {
 /// another file.
 fn symbol_order() {
     println!("cargo:rerun-if-env-changed=BANCTL_SYMBOL_ORDER");
-    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("build/symbol-order.txt");
+    // Read when the script runs, not built into it: a script built in another checkout may
+    // be reused here.
+    let Ok(manifest_dir) = std::env::var("CARGO_MANIFEST_DIR") else {
+        return;
+    };
+    let default = Path::new(&manifest_dir).join("build/symbol-order.txt");
     println!("cargo:rerun-if-changed={}", default.display());
     let path = match std::env::var("BANCTL_SYMBOL_ORDER") {
         Ok(v) if v == "off" => return,
