@@ -279,7 +279,6 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
     ) -> Vec<NameFailure> {
         let mut bans = Vec::new();
         let mut names = Vec::new();
-        let mut touched: Vec<(usize, IpAddr, Times)> = Vec::new();
         for &(batch, routed) in batches {
             for &j in routed {
                 let counters = self.jails[j].counters_mut();
@@ -316,7 +315,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
                     let Some(at) = failure_time(jail.config(), batch, line, now) else {
                         continue;
                     };
-                    self.count(j, addr, at, line, &mut bans, &mut touched);
+                    self.count(j, addr, at, line, &mut bans);
                 }
             }
         }
@@ -328,7 +327,6 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         for (key, position) in batches.iter().filter_map(|(b, _)| b.resume.as_ref()) {
             self.unsaved.positions.insert(key.clone(), position.clone());
         }
-        self.touch(&touched);
         // Behind a backlog, failure windows and positions are saved together every
         // SAVE_BEHIND or SAVE_BEHIND_WINDOWS at most (an address failing in many rounds is
         // written once, a page of the store once): a crash re-reads those lines, as it would
@@ -350,8 +348,9 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         self.backlog = backlog;
     }
 
-    /// Counts a failure of `addr` at `at` in jail `j`: a ban joins `bans`, a changed failure
-    /// window `touched`.
+    /// Counts a failure of `addr` at `at` in jail `j`: a ban joins `bans`, the window it
+    /// changed the unsaved ones, as it left it (a key's last change wins). They are saved
+    /// with the round's positions: nothing between here and the round's end saves.
     fn count(
         &mut self,
         j: usize,
@@ -359,7 +358,6 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         at: SystemTime,
         line: &str,
         bans: &mut Vec<Wanted>,
-        touched: &mut Vec<(usize, IpAddr, Times)>,
     ) {
         let jail = &mut self.jails[j];
         let Recorded { outcome, window } = jail.record_line(addr, at, line);
@@ -376,7 +374,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             }
         }
         if let Some((key, times)) = window {
-            touched.push((j, key, times));
+            self.unsaved.windows_of(jail.name()).insert(key, times);
         }
     }
 
@@ -423,28 +421,17 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         if failure.at + self.jails[j].config().findtime < now {
             return;
         }
-        let (mut bans, mut touched) = (Vec::new(), Vec::new());
+        let mut bans = Vec::new();
         for &addr in addrs {
             tracing::info!(jail = failure.jail, name = failure.name, %addr, "failure of a host name counted for its address");
             self.jails[j].counters_mut().matched += 1;
             let at = failure.at.min(now);
-            self.count(j, addr, at, &failure.line, &mut bans, &mut touched);
+            self.count(j, addr, at, &failure.line, &mut bans);
         }
         if !bans.is_empty() {
             self.enforce(bans, now);
         }
-        self.touch(&touched);
         self.save();
-    }
-
-    /// Keeps changed failure windows (jail index, key, times) for the next save, in the
-    /// order they changed (a key's last change wins). A round's failures come jail by jail:
-    /// each run of one jail finds its table once.
-    fn touch(&mut self, touched: &[(usize, IpAddr, Times)]) {
-        for run in touched.chunk_by(|a, b| a.0 == b.0) {
-            let windows = self.unsaved.windows_of(self.jails[run[0].0].name());
-            windows.extend(run.iter().map(|(_, key, times)| (*key, times.clone())));
-        }
     }
 
     /// Writes what the ledger lacks ([`Unsaved`]) in one transaction; on failure keeps it
