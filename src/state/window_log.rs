@@ -111,23 +111,74 @@ fn entry_head(blob: &[u8]) -> Option<(&str, IpAddr, &[u8])> {
     Some((jail, addr, rest))
 }
 
-/// The log's windows in order, the last state of each: `None` for one emptied.
-type Replayed = BTreeMap<(String, IpAddr), Option<Vec<u32>>>;
+/// The log's windows, the last state of each, by jail and address. Flat, without an
+/// allocation per window: a fold replays up to [`FOLD_BYTES`] of entries (some 400,000
+/// windows), and a map of small allocations left that much of the heap resident after it.
+#[derive(Default)]
+struct Replayed {
+    jails: Vec<String>,
+    /// (jail index, address, start and length of its times in `times`): in log order, then
+    /// by [`Replayed::settle`] one per window.
+    entries: Vec<(u32, IpAddr, u32, u32)>,
+    times: Vec<u32>,
+}
+
+impl Replayed {
+    fn push(&mut self, jail: &str, addr: IpAddr, times: &[u32]) {
+        // A few jails: a list.
+        let j = match self.jails.iter().position(|name| name == jail) {
+            Some(j) => j,
+            None => {
+                self.jails.push(jail.to_owned());
+                self.jails.len() - 1
+            }
+        };
+        let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        self.entries
+            .push((len(j), addr, len(self.times.len()), len(times.len())));
+        self.times.extend_from_slice(times);
+    }
+
+    /// Keeps each window's last entry, in (jail, address) order.
+    fn settle(&mut self) {
+        // Stable: a window's entries keep the log's order, so the last one is the newest.
+        self.entries.sort_by_key(|&(j, addr, ..)| (j, addr));
+        self.entries.dedup_by(|later, kept| {
+            let same = (later.0, later.1) == (kept.0, kept.1);
+            if same {
+                *kept = *later;
+            }
+            same
+        });
+    }
+
+    /// (jail, address, times): no times for a window emptied.
+    fn windows(&self) -> impl Iterator<Item = (&str, IpAddr, &[u32])> {
+        self.entries.iter().map(|&(j, addr, start, len)| {
+            let (start, len) = (start as usize, len as usize);
+            (
+                self.jails[j as usize].as_str(),
+                addr,
+                &self.times[start..start + len],
+            )
+        })
+    }
+}
 
 /// Replays every log entry, oldest first.
 fn replay(tx: &rusqlite::Connection) -> rusqlite::Result<Replayed> {
-    let mut out = Replayed::new();
+    let mut out = Replayed::default();
     let mut stmt = tx.prepare("SELECT entries FROM window_log ORDER BY seq")?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         let ok = decode_round(row.get_ref(0)?.as_blob()?, |jail, addr, times| {
-            let times = (!times.is_empty()).then(|| times.to_vec());
-            out.insert((jail.to_owned(), addr), times);
+            out.push(jail, addr, times);
         });
         if !ok {
             tracing::warn!("a failure-window log entry this build did not write was passed over");
         }
     }
+    out.settle();
     Ok(out)
 }
 
@@ -138,9 +189,9 @@ pub(super) fn fold(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     let mut put = tx.prepare_cached(super::PUT_WINDOW)?;
     // By address, not by the table's text key: sorting the text (an allocation each) cost
     // more than the writes' locality gained (1M windows, paired).
-    for ((jail, addr), times) in replayed {
+    for (jail, addr, times) in replayed.windows() {
         let addr = addr.to_string();
-        match times.as_deref().and_then(encode_times) {
+        match encode_times(times) {
             Some((last, blob)) => put.execute(params![jail, addr, last, blob])?,
             None => clear.execute(params![jail, addr])?,
         };
@@ -166,12 +217,13 @@ pub(super) fn saved(
         };
         all.insert((row.get(0)?, addr.to_string()), (addr, times));
     }
-    for ((jail, addr), times) in replay(conn)? {
-        let key = (jail, addr.to_string());
-        match times {
-            Some(times) => all.insert(key, (addr, times)),
-            None => all.remove(&key),
-        };
+    for (jail, addr, times) in replay(conn)?.windows() {
+        let key = (jail.to_owned(), addr.to_string());
+        if times.is_empty() {
+            all.remove(&key);
+        } else {
+            all.insert(key, (addr, times.to_vec()));
+        }
     }
     Ok(all
         .into_iter()
@@ -187,6 +239,31 @@ mod tests {
         let mut out = Vec::new();
         let ok = decode_round(blob, |j, a, t| out.push((j.to_owned(), a, t.to_vec())));
         (ok, out)
+    }
+
+    #[test]
+    fn a_replay_keeps_each_windows_last_state_by_jail_and_address() {
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.9".parse().unwrap(), "192.0.2.1".parse().unwrap());
+        let mut r = Replayed::default();
+        r.push("web", a, &[1]);
+        r.push("ssh", a, &[2, 3]);
+        r.push("web", b, &[4]);
+        r.push("web", a, &[5, 6]);
+        r.push("ssh", a, &[]);
+        r.push("web", b, &[7]);
+        r.settle();
+        let got: Vec<(&str, IpAddr, Vec<u32>)> = r
+            .windows()
+            .map(|(j, addr, t)| (j, addr, t.to_vec()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("web", b, vec![7]),
+                ("web", a, vec![5, 6]),
+                ("ssh", a, vec![]),
+            ]
+        );
     }
 
     #[test]
