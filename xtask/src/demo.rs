@@ -95,17 +95,7 @@ ignoreself = false   # the demo's attacker is 127.0.0.2 inside its own namespace
         .spawn()
         .context("starting banctl daemon")?;
     cleanup.daemon = Some(daemon);
-    let cli = |args: &[&str]| -> Result<String> {
-        let out = Command::new(&banctl)
-            .arg("--socket")
-            .arg(&socket)
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!("banctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let cli = |args: &[&str]| cli(&banctl, &socket, args);
     wait_for(Duration::from_secs(10), || cli(&["status"]).is_ok())
         .context("the daemon did not start")?;
 
@@ -166,6 +156,19 @@ ignoreself = false   # the demo's attacker is 127.0.0.2 inside its own namespace
     step("demo OK: stopping the daemon; the namespace and its ruleset vanish with this process");
     drop(cleanup);
     Ok(())
+}
+
+/// `banctl --socket SOCKET ARGS…`: its output, or its error.
+pub fn cli(banctl: &Path, socket: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(banctl)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!("banctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub fn verdict(connected: bool) -> &'static str {

@@ -100,17 +100,7 @@ fn train(banctl: &Path, dir: &Path, profile: &Path) -> Result<()> {
         .stderr(Stdio::null())
         .spawn()
         .context("starting the daemon under valgrind")?;
-    let cli = |args: &[&str]| -> Result<String> {
-        let out = Command::new(banctl)
-            .arg("--socket")
-            .arg(&socket)
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!("banctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let cli = |args: &[&str]| crate::demo::cli(banctl, &socket, args);
     let life = || -> Result<()> {
         wait_for(Duration::from_secs(180), || cli(&["status"]).is_ok())
             .context("the daemon did not start")?;
