@@ -13,12 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use banctl::duration::BanTime;
 use banctl::firewall::{Ban, Firewall, Monitor};
 use banctl::state::{Store, StoredBan};
-use common::{FAILREGEX, Figure, failures, percentile, until_committed, until_settled};
-
-/// The daemon to measure (see [`common::banctl_bin`]).
-fn bin() -> String {
-    common::banctl_bin()
-}
+use common::{FAILREGEX, Figure, banctl_bin, failures, percentile, until_committed, until_settled};
 
 struct Daemon {
     child: Child,
@@ -63,7 +58,7 @@ impl Daemon {
     }
 
     fn spawn(dir: PathBuf) -> Daemon {
-        let child = common::spawn_daemon(Command::new(bin()), &dir.join("banctl.toml"));
+        let child = common::spawn_daemon(Command::new(banctl_bin()), &dir.join("banctl.toml"));
         Daemon { child, dir }
     }
 
@@ -75,7 +70,8 @@ impl Daemon {
 
     /// Starts the stopped daemon again on the same configuration and state.
     fn respawn(&mut self) {
-        self.child = common::spawn_daemon(Command::new(bin()), &self.dir.join("banctl.toml"));
+        self.child =
+            common::spawn_daemon(Command::new(banctl_bin()), &self.dir.join("banctl.toml"));
     }
 
     fn failures_total(&self, jail: &str) -> u64 {
@@ -85,7 +81,7 @@ impl Daemon {
     }
 
     fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(bin())
+        Command::new(banctl_bin())
             .arg("--socket")
             .arg(self.dir.join("sock"))
             .args(args)
@@ -703,7 +699,7 @@ fn symbol_order_coverage() -> String {
     let Ok(order) = std::fs::read_to_string(order) else {
         return "no build/symbol-order.txt".into();
     };
-    let Ok(nm) = Command::new("nm").arg(bin()).output() else {
+    let Ok(nm) = Command::new("nm").arg(banctl_bin()).output() else {
         return "code order: nm not found".into();
     };
     let symbols: std::collections::HashSet<&str> = std::str::from_utf8(&nm.stdout)

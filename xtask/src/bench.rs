@@ -16,11 +16,10 @@ pub fn run() -> Result<()> {
     // The binary users get (`cargo build --release`, as `dist` builds it): a bench build's
     // symbols differ from it, so the code order of `build/symbol-order.txt` fits only it.
     // Copied, as `cargo bench` puts its own build at target/release/banctl.
-    crate::cargo(&["build", "--release", "--bin", "banctl"])?;
+    let release = crate::dist::release_binary()?;
     std::fs::create_dir_all(&dir)?;
     let banctl = dir.join("banctl");
-    std::fs::copy(sys::workspace_root().join("target/release/banctl"), &banctl)
-        .context("copying the release binary")?;
+    std::fs::copy(release, &banctl).context("copying the release binary")?;
     let bench = |name: &str, env: &[(&str, &std::path::Path)]| {
         crate::run(
             Command::new(env!("CARGO"))

@@ -46,7 +46,9 @@ const LOCAL: Layout = Layout {
     doc: "usr/local/share/doc/banctl",
 };
 
-fn release_binary() -> Result<PathBuf> {
+/// The release binary as users get it (what `bench` and `symbol-order` measure too): built
+/// with the lock file, at target/release/banctl.
+pub fn release_binary() -> Result<PathBuf> {
     cargo(&["build", "--release", "--locked", "--bin", "banctl"])?;
     Ok(sys::workspace_root().join("target/release/banctl"))
 }

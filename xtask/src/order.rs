@@ -36,9 +36,8 @@ pub fn run() -> Result<()> {
         )?;
     }
     // As `cargo xtask bench` and `dist` build it: the same symbols.
-    crate::cargo(&["build", "--release", "--bin", "banctl"])?;
+    let banctl = crate::dist::release_binary()?;
     let root = sys::workspace_root();
-    let banctl = root.join("target/release/banctl");
     sys::enter_network_namespace()?;
     let dir = std::env::temp_dir().join(format!("banctl-order-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
