@@ -223,7 +223,9 @@ impl Jail {
     /// hand: what the ledger saves of it.
     pub fn record_line(&mut self, addr: IpAddr, at: SystemTime, line: &str) -> Recorded {
         let recorded = self.record_window(addr, at);
-        if let (Some((key, _)), true) = (&recorded.window, self.keep_lines > 0) {
+        if self.keep_lines > 0
+            && let Some((key, _)) = &recorded.window
+        {
             let lines = self.lines.entry(*key).or_default();
             while lines.len() >= self.keep_lines {
                 lines.pop_front();
