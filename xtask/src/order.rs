@@ -22,19 +22,7 @@ pub fn run() -> Result<()> {
     if !sys::is_root() {
         bail!("run as root: valgrind's daemon needs CAP_NET_ADMIN in its namespace");
     }
-    if Command::new("valgrind").arg("--version").output().is_err() {
-        crate::run(
-            Command::new("apt-get")
-                .args([
-                    "install",
-                    "-y",
-                    "-qq",
-                    "--no-install-recommends",
-                    "valgrind",
-                ])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-    }
+    sys::ensure(&["valgrind"])?;
     // As `cargo xtask bench` and `dist` build it: the same symbols.
     let banctl = crate::dist::release_binary()?;
     let root = sys::workspace_root();

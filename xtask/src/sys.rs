@@ -132,7 +132,12 @@ pub fn nats_server() -> Result<PathBuf> {
 
 /// Installs the Debian packages the build and the tests need, if any is missing.
 pub fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    ensure(PACKAGES)
+}
+
+/// Installs those of `packages` that are missing (as root; else says how).
+pub fn ensure(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
