@@ -11,16 +11,22 @@ use crate::metrics::{JailFigures, Snapshot};
 use crate::notify::{Event, EventKind, MAX_MATCHED};
 
 impl Daemon {
-    /// Jails whose bans a notifier hears of keep their matched lines (up to `maxretry`).
-    pub(super) fn keep_matched_lines(&mut self) {
+    /// Fits the engine to who listens: jails whose bans a notifier hears of keep their
+    /// matched lines (up to `maxretry`); the bans of jails that neither a notifier nor the
+    /// fleet link hears of are not told at all.
+    pub(super) fn fit_to_listeners(&mut self) {
+        let mut unheard = std::collections::HashSet::new();
         for jail in self.engine.jails_mut() {
-            let keep = if self.notifications.wants(EventKind::Ban, jail.name()) {
-                (jail.config().maxretry as usize).min(MAX_MATCHED)
-            } else {
-                0
-            };
-            jail.keep_matched(keep);
+            let heard = self.notifications.wants(EventKind::Ban, jail.name());
+            jail.keep_matched(match heard {
+                true => (jail.config().maxretry as usize).min(MAX_MATCHED),
+                false => 0,
+            });
+            if !heard && self.fleet.is_none() {
+                unheard.insert(jail.name().to_owned());
+            }
         }
+        self.engine.set_unheard(unheard);
     }
 
     /// Hands what the engine did since the last call to the notifiers.

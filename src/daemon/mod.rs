@@ -419,7 +419,7 @@ pub async fn run(
     daemon
         .engine
         .set_remote_policy(remote_policy(&config, &own));
-    daemon.keep_matched_lines();
+    daemon.fit_to_listeners();
     let unwatched_from = daemon.engine.enforcer_changes();
     // Failures back, then table, rules and every unexpired ban of the store, in one batch,
     // before anything else.
@@ -803,7 +803,7 @@ impl Daemon {
         // The old notifiers finish what they queued, then stop.
         let stats = self.notifications.stats().clone();
         self.notifications = Notifications::start(&config.notify, stats);
-        self.keep_matched_lines();
+        self.fit_to_listeners();
         let jails: Vec<String> = self
             .engine
             .jails()

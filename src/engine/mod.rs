@@ -192,6 +192,9 @@ pub struct Engine<E, L> {
     /// Up to when expired bans were reported.
     expiry_checked: SystemTime,
     notices: Vec<Notice>,
+    /// Jails whose bans nobody hears of ([`Engine::set_unheard`]): no ban notice is built
+    /// for them (a burst or a fleet's catch-up brings thousands of bans at once).
+    unheard: HashSet<String>,
     /// How bans from other hosts are taken, if this host is in a fleet.
     remote: Option<remote::Remote>,
     /// For metrics: enforcer requests that failed, and repairs.
@@ -218,6 +221,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             lines_saved: now,
             expiry_checked: now,
             notices: Vec::new(),
+            unheard: HashSet::new(),
             remote: None,
             enforcer_errors: 0,
             repairs: 0,
@@ -241,6 +245,12 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
 
     pub fn ledger(&self) -> &L {
         &self.ledger
+    }
+
+    /// Names the jails whose bans nobody hears of: [`Engine::take_notices`] leaves their
+    /// bans out from then on (every jail's bans are told until this is called).
+    pub fn set_unheard(&mut self, jails: HashSet<String>) {
+        self.unheard = jails;
     }
 
     /// What happened since the last call.
@@ -563,6 +573,9 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         let mut why = why.into_iter();
         for b in stored {
             let (address, matched) = why.next().unwrap_or((b.net.addr(), Vec::new()));
+            if self.unheard.contains(&b.jail) {
+                continue;
+            }
             self.notices.push(Notice::Banned {
                 ban: b.clone(),
                 address,

@@ -375,6 +375,44 @@ fn recidive_bans_an_address_banned_again_and_again_elsewhere() {
     );
 }
 
+/// A jail nobody hears of still bans, counts its bans in the history and feeds recidive:
+/// only the notice is left out, and the heard jails' notices are whole.
+#[test]
+fn the_bans_of_an_unheard_jail_are_made_and_kept_but_not_told() {
+    let clock = Clock::new();
+    let configs = config(
+        "[jails.recidive]\nrecidive = true\nmaxretry = 2\nfindtime = \"1d\"\nbantime = \"1w\"\n",
+    );
+    let mut e = engine(configs, &clock);
+    e.set_unheard(["ssh".to_owned()].into());
+    feed(&mut e, "ssh", &fail("192.0.2.9", 2), &clock);
+    feed(&mut e, "web", &fail("198.51.100.4", 3), &clock);
+    clock.advance(Duration::from_secs(601));
+    feed(&mut e, "ssh", &fail("192.0.2.9", 2), &clock);
+    assert_eq!(banned(&mut e, "ssh"), [("192.0.2.9".into(), Some(600))]);
+    assert_eq!(
+        banned(&mut e, "recidive"),
+        [("192.0.2.9".into(), Some(7 * 86_400))]
+    );
+    let told: Vec<(String, &str)> = e
+        .take_notices()
+        .iter()
+        .filter_map(|n| match n {
+            Notice::Banned { ban, reason, .. } => Some((ban.jail.clone(), *reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        told,
+        [
+            ("web".to_owned(), "failures"),
+            ("recidive".to_owned(), "recidive")
+        ]
+    );
+    let stored = e.ledger.active(clock.now()).unwrap();
+    assert_eq!(stored.len(), 3, "{stored:?}");
+}
+
 #[test]
 fn a_restart_keeps_bans_and_failures_and_a_reboot_restores_the_time_left() {
     let clock = Clock::new();
