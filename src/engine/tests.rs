@@ -338,13 +338,14 @@ fn failures_reach_maxretry_and_escalate_with_the_history() {
     assert_eq!(banned(&mut e, "web").len(), 1);
 }
 
+/// A `recidive` jail over the others: two bans within a day ban for a week.
+const RECIDIVE: &str =
+    "[jails.recidive]\nrecidive = true\nmaxretry = 2\nfindtime = \"1d\"\nbantime = \"1w\"\n";
+
 #[test]
 fn recidive_bans_an_address_banned_again_and_again_elsewhere() {
     let clock = Clock::new();
-    let configs = config(
-        "[jails.recidive]\nrecidive = true\nmaxretry = 2\nfindtime = \"1d\"\nbantime = \"1w\"\n",
-    );
-    let mut e = engine(configs, &clock);
+    let mut e = engine(config(RECIDIVE), &clock);
     feed(&mut e, "ssh", &fail("192.0.2.9", 2), &clock);
     assert!(banned(&mut e, "recidive").is_empty());
     clock.advance(Duration::from_secs(601));
@@ -380,10 +381,7 @@ fn recidive_bans_an_address_banned_again_and_again_elsewhere() {
 #[test]
 fn the_bans_of_an_unheard_jail_are_made_and_kept_but_not_told() {
     let clock = Clock::new();
-    let configs = config(
-        "[jails.recidive]\nrecidive = true\nmaxretry = 2\nfindtime = \"1d\"\nbantime = \"1w\"\n",
-    );
-    let mut e = engine(configs, &clock);
+    let mut e = engine(config(RECIDIVE), &clock);
     e.set_unheard(["ssh".to_owned()].into());
     feed(&mut e, "ssh", &fail("192.0.2.9", 2), &clock);
     feed(&mut e, "web", &fail("198.51.100.4", 3), &clock);
