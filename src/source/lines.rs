@@ -44,12 +44,39 @@ impl Lines {
     /// [`Lines::push_bytes`] of each line would give. Otherwise appends nothing and returns
     /// false (the caller takes the lines one by one).
     pub fn push_run(&mut self, run: &[u8], max: usize) -> bool {
-        if run.last() != Some(&b'\n') || memchr::memchr(b'\r', run).is_some() {
-            return false;
-        }
         let Ok(text) = std::str::from_utf8(run) else {
             return false;
         };
+        if !self.push_ends(run, max) {
+            return false;
+        }
+        self.text.push_str(text);
+        true
+    }
+
+    /// The run of whole lines `run` as lines of its own, without a copy: what
+    /// [`Lines::push_run`] into new lines gives, or `run` back when that would refuse it.
+    pub fn from_run(run: Vec<u8>, max: usize) -> Result<Lines, Vec<u8>> {
+        let mut lines = Lines::new();
+        if !lines.push_ends(&run, max) {
+            return Err(run);
+        }
+        match String::from_utf8(run) {
+            Ok(text) => Ok(Lines {
+                text,
+                ends: lines.ends,
+            }),
+            Err(e) => Err(e.into_bytes()),
+        }
+    }
+
+    /// Notes where each line of `run` (whole lines, each ending in `'\n'`) ends, as if it
+    /// followed the text, when no line of it holds `'\r'` or is longer than `max` bytes;
+    /// otherwise notes nothing and returns false.
+    fn push_ends(&mut self, run: &[u8], max: usize) -> bool {
+        if run.last() != Some(&b'\n') || memchr::memchr(b'\r', run).is_some() {
+            return false;
+        }
         let (base, before) = (self.text.len(), self.ends.len());
         let mut start = 0;
         for nl in memchr::memchr_iter(b'\n', run) {
@@ -60,7 +87,6 @@ impl Lines {
             self.ends.push(base + nl);
             start = nl + 1;
         }
-        self.text.push_str(text);
         true
     }
 

@@ -41,8 +41,6 @@ pub use lines::Lines;
 pub const MAX_LINE: usize = 64 * 1024;
 /// Most bytes read from one file in one go (bounds memory while catching up).
 const MAX_READ: u64 = 1024 * 1024;
-/// The largest read buffer kept while no file is behind.
-const KEEP_READ_BUFFER: usize = 256 * 1024;
 /// How much of an existing file the first start reads back.
 pub const READBACK_LIMIT: u64 = 16 * 1024 * 1024;
 /// How much of a file's first line identifies it.
@@ -171,7 +169,7 @@ impl Head {
     /// bytes long): a head that is not grows with the file.
     fn of(file: &File) -> io::Result<(Head, bool)> {
         let mut buf = [0u8; HEAD];
-        let n = read_full_at(file, &mut buf)?;
+        let n = read_full_at(file, &mut buf, 0)?;
         let bytes = &buf[..n];
         let (bytes, complete) = match bytes.iter().position(|b| *b == b'\n') {
             Some(nl) => (&bytes[..=nl], true),
@@ -188,7 +186,7 @@ impl Head {
     fn matches(&self, file: &File) -> io::Result<bool> {
         let mut buf = [0u8; HEAD];
         let len = usize::try_from(self.len).unwrap_or(HEAD).min(HEAD);
-        let n = read_full_at(file, &mut buf[..len])?;
+        let n = read_full_at(file, &mut buf[..len], 0)?;
         Ok(n == len && fnv1a(&buf[..n]) == self.hash)
     }
 }
@@ -199,11 +197,11 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Reads from offset 0 until `buf` is full or the file ends; returns the bytes read.
-fn read_full_at(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads from `offset` until `buf` is full or the file ends; returns the bytes read.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
-        match file.read_at(&mut buf[n..], n as u64) {
+        match file.read_at(&mut buf[n..], offset + n as u64) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -276,9 +274,9 @@ impl Followed {
         }
     }
 
-    /// Reads at most [`MAX_READ`] appended bytes through `chunk` (the follower's one read
-    /// buffer); `Ok(None)` when nothing new was there.
-    fn read(&mut self, chunk: &mut Vec<u8>) -> io::Result<Option<LineBatch>> {
+    /// Reads at most [`MAX_READ`] appended bytes, into the buffer that becomes the batch's
+    /// text; `Ok(None)` when nothing new was there.
+    fn read(&mut self) -> io::Result<Option<LineBatch>> {
         let size = self.file.metadata()?.size();
         self.size = size;
         if size < self.pos || !self.head.matches(&self.file)? {
@@ -301,26 +299,14 @@ impl Followed {
         if end <= self.pos {
             return Ok(None);
         }
-        // The buffer is zeroed only where it grows: a read overwrites what it returns, and
-        // only that is looked at.
         let want = usize::try_from(end - self.pos).unwrap_or(0);
-        if chunk.len() < want {
-            chunk.resize(want, 0);
-        }
-        let chunk = &mut chunk[..want];
-        let mut n = 0;
-        while n < chunk.len() {
-            match self.file.read_at(&mut chunk[n..], self.pos + n as u64) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let mut buf = self.splitter.buffer(want);
+        let held = buf.len() - want;
+        let n = read_full_at(&self.file, &mut buf[held..], self.pos)?;
+        buf.truncate(held + n);
         self.pos += n as u64;
-        let mut lines = Lines::with_capacity(n + self.splitter.pending());
         let cut_before = self.splitter.cut;
-        self.splitter.feed(&chunk[..n], &mut lines);
+        let lines = self.splitter.take(buf);
         if self.splitter.cut > cut_before {
             note_cut_line(&self.path.to_string_lossy());
         }
@@ -430,6 +416,43 @@ impl LineSplitter {
         }
     }
 
+    /// A buffer for the next read of `more` bytes (zeroed, to be overwritten): it starts with
+    /// the line still waiting for its newline. Hand it back, cut to what was read, to
+    /// [`LineSplitter::take`]; until then nothing changes here.
+    pub fn buffer(&self, more: usize) -> Vec<u8> {
+        let mut buf = vec![0; self.partial.len() + more];
+        buf[..self.partial.len()].copy_from_slice(&self.partial);
+        buf
+    }
+
+    /// Takes a read made into [`LineSplitter::buffer`]: the lines it completes, which are
+    /// what [`LineSplitter::feed`] of the bytes read into new lines gives. Its whole lines
+    /// are usually taken as they lie in the buffer ([`Lines::from_run`]), without a copy.
+    pub fn take(&mut self, mut buf: Vec<u8>) -> Lines {
+        let held = self.partial.len();
+        if self.runs
+            && !self.discarding
+            && let Some(last) = memchr::memrchr(b'\n', &buf[held..])
+        {
+            let rest = buf.split_off(held + last + 1);
+            match Lines::from_run(buf, MAX_LINE) {
+                Ok(mut lines) => {
+                    self.partial.clear();
+                    // No newline in the rest: it only waits (or is dropped, too long).
+                    self.feed(&rest, &mut lines);
+                    return lines;
+                }
+                Err(back) => {
+                    buf = back;
+                    buf.extend_from_slice(&rest);
+                }
+            }
+        }
+        let mut lines = Lines::with_capacity(buf.len());
+        self.feed(&buf[held..], &mut lines);
+        lines
+    }
+
     /// Lines dropped for their length since the last call.
     pub fn take_cut(&mut self) -> u64 {
         std::mem::take(&mut self.cut)
@@ -460,8 +483,6 @@ pub struct FileFollower {
     finishing: VecDeque<Followed>,
     /// Followed files with bytes left after a bounded read.
     behind: VecDeque<WatchDescriptor>,
-    /// The buffer every read goes through (at most [`MAX_READ`]).
-    chunk: Vec<u8>,
     rescan: tokio::time::Interval,
     /// The routing index of the first pattern (see [`Source`]).
     first: usize,
@@ -501,7 +522,6 @@ impl FileFollower {
             files: HashMap::new(),
             finishing: VecDeque::new(),
             behind: VecDeque::new(),
-            chunk: Vec::new(),
             rescan,
             first,
         };
@@ -667,7 +687,7 @@ impl FileFollower {
     /// Reads the next chunk of a followed file.
     fn read(&mut self, wd: &WatchDescriptor) -> Option<LineBatch> {
         let f = self.files.get_mut(wd)?;
-        let batch = match f.read(&mut self.chunk) {
+        let batch = match f.read() {
             Ok(batch) => batch,
             Err(e) => {
                 tracing::warn!(path = %f.path.display(), error = %e, "reading log file failed");
@@ -677,10 +697,6 @@ impl FileFollower {
         if f.behind() && !self.behind.contains(wd) {
             self.behind.push_back(wd.clone());
         }
-        // Caught up: the room a burst took is given back rather than kept until the next.
-        if self.behind.is_empty() && self.chunk.capacity() > KEEP_READ_BUFFER {
-            self.chunk = Vec::new();
-        }
         batch
     }
 
@@ -688,7 +704,7 @@ impl FileFollower {
     pub async fn next(&mut self) -> Result<Vec<LineBatch>, SourceError> {
         loop {
             if let Some(old) = self.finishing.front_mut() {
-                match old.read(&mut self.chunk) {
+                match old.read() {
                     Ok(Some(batch)) => return Ok(vec![batch]),
                     Ok(None) if old.behind() => {}
                     Ok(None) => {
@@ -927,9 +943,57 @@ mod tests {
                 }
                 (out, s.take_cut(), s.pending())
             };
-            assert_eq!(run(true), run(false), "round {round}, cuts {cuts:?}");
+            // The same bytes read into the splitter's buffers, each taken as it lies where
+            // it can be.
+            let read = || {
+                let mut s = LineSplitter::default();
+                if round % 7 == 0 {
+                    s.discarding = true;
+                }
+                let mut out = Lines::new();
+                let mut at = 0;
+                for &cut in cuts.iter().chain([&stream.len()]) {
+                    let mut buf = s.buffer(cut - at);
+                    let held = buf.len() - (cut - at);
+                    buf[held..].copy_from_slice(&stream[at..cut]);
+                    s.take(buf).iter().for_each(|line| out.push(line));
+                    at = cut;
+                }
+                (out, s.take_cut(), s.pending())
+            };
+            let one_by_one = run(false);
+            assert_eq!(run(true), one_by_one, "round {round}, cuts {cuts:?}");
+            assert_eq!(read(), one_by_one, "read: round {round}, cuts {cuts:?}");
         }
         assert!(taken > 150, "the run was taken in {taken} rounds only");
+    }
+
+    /// A read of whole clean lines, a line begun by the read before included, becomes the
+    /// batch's text as it lies: no copy.
+    #[test]
+    fn a_clean_read_becomes_the_lines_without_a_copy() {
+        let mut s = LineSplitter::default();
+        let first =
+            s.take(b"Failed password for root from 192.0.2.1 port 22\nFailed pass".to_vec());
+        assert_eq!(
+            first.iter().collect::<Vec<_>>(),
+            ["Failed password for root from 192.0.2.1 port 22"]
+        );
+        assert_eq!(s.pending(), 11);
+        let more = b"word for bob from 198.51.100.7 port 2222\ncaf\xc3\xa9\n";
+        let mut buf = s.buffer(more.len());
+        buf[11..].copy_from_slice(more);
+        let at = buf.as_ptr();
+        let lines = s.take(buf);
+        assert_eq!(
+            lines.iter().collect::<Vec<_>>(),
+            [
+                "Failed password for bob from 198.51.100.7 port 2222",
+                "caf\u{e9}"
+            ]
+        );
+        assert_eq!(lines.text().as_ptr(), at, "the read's buffer is the text");
+        assert_eq!(s.pending(), 0);
     }
 
     #[test]
