@@ -19,7 +19,7 @@ impl Lines {
     pub fn with_capacity(bytes: usize) -> Lines {
         Lines {
             text: String::with_capacity(bytes),
-            ends: Vec::with_capacity(bytes / 64),
+            ends: ends_room(bytes),
         }
     }
 
@@ -57,7 +57,10 @@ impl Lines {
     /// The run of whole lines `run` as lines of its own, without a copy: what
     /// [`Lines::push_run`] into new lines gives, or `run` back when that would refuse it.
     pub fn from_run(run: Vec<u8>, max: usize) -> Result<Lines, Vec<u8>> {
-        let mut lines = Lines::new();
+        let mut lines = Lines {
+            text: String::new(),
+            ends: ends_room(run.len()),
+        };
         if !lines.push_ends(&run, max) {
             return Err(run);
         }
@@ -161,6 +164,11 @@ impl Lines {
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> {
         (0..self.len()).map(|i| self.get(i))
     }
+}
+
+/// Room for the ends of the lines of about `bytes` of text (64 bytes a line, as in logs).
+fn ends_room(bytes: usize) -> Vec<usize> {
+    Vec::with_capacity(bytes / 64)
 }
 
 impl<S: AsRef<str>> FromIterator<S> for Lines {
