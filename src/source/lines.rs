@@ -65,10 +65,10 @@ impl Lines {
             return Err(run);
         }
         match String::from_utf8(run) {
-            Ok(text) => Ok(Lines {
-                text,
-                ends: lines.ends,
-            }),
+            Ok(text) => {
+                lines.text = text;
+                Ok(lines)
+            }
             Err(e) => Err(e.into_bytes()),
         }
     }
