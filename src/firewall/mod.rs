@@ -548,29 +548,61 @@ type SetElems = BTreeMap<SetKey, (Vec<Elem>, String)>;
 fn group_by_set<'a>(
     items: impl Iterator<Item = (&'a String, &'a IpNet, Option<u64>, Option<u64>)>,
 ) -> SetElems {
-    let mut by_set: BTreeMap<SetKey, (Vec<Elem>, Vec<&IpNet>)> = BTreeMap::new();
-    for (jail, net, timeout_ms, expiration_ms) in items {
-        let entry = by_set.entry(set_key(jail, net)).or_default();
-        entry.0.extend(net_elems(net, timeout_ms, expiration_ms));
-        entry.1.push(net);
+    /// A set's elements, the first few of its prefixes and how many there are.
+    struct Group<'a> {
+        jail: &'a str,
+        family: Family,
+        shape: Shape,
+        elems: Vec<Elem>,
+        first: Vec<&'a IpNet>,
+        count: usize,
     }
-    by_set
+    // A round touches a few sets, a restore a few per jail, and consecutive items mostly
+    // share one: a scan from the last one used, with no set name built per item.
+    let mut groups: Vec<Group<'a>> = Vec::new();
+    let mut last = 0;
+    for (jail, net, timeout_ms, expiration_ms) in items {
+        let (family, shape) = (Family::of(net), Shape::of(net));
+        let is_it = |g: &Group<'_>| g.family == family && g.shape == shape && g.jail == jail;
+        if !groups.get(last).is_some_and(is_it) {
+            last = match groups.iter().position(is_it) {
+                Some(i) => i,
+                None => {
+                    groups.push(Group {
+                        jail,
+                        family,
+                        shape,
+                        elems: Vec::new(),
+                        first: Vec::new(),
+                        count: 0,
+                    });
+                    groups.len() - 1
+                }
+            };
+        }
+        let group = &mut groups[last];
+        push_net_elems(&mut group.elems, net, timeout_ms, expiration_ms);
+        if group.first.len() < 3 {
+            group.first.push(net);
+        }
+        group.count += 1;
+    }
+    groups
         .into_iter()
-        .map(|(key, (elems, nets))| {
-            let shown: Vec<String> = nets.iter().take(3).map(ToString::to_string).collect();
-            let more = match nets.len() {
+        .map(|g| {
+            let shown: Vec<String> = g.first.iter().map(ToString::to_string).collect();
+            let more = match g.count {
                 n if n > 3 => format!(" and {} more", n - 3),
                 _ => String::new(),
             };
-            (key, (elems, format!("{}{more}", shown.join(", "))))
+            let key = (
+                layout::set_name(g.jail, g.family, g.shape),
+                g.family,
+                g.shape,
+            );
+            (key, (g.elems, format!("{}{more}", shown.join(", "))))
         })
         .collect()
-}
-
-/// The set a ban goes into.
-fn set_key(jail: &str, net: &IpNet) -> SetKey {
-    let (family, shape) = (Family::of(net), Shape::of(net));
-    (layout::set_name(jail, family, shape), family, shape)
 }
 
 fn restore_by_set(restore: &[&Restore]) -> SetElems {
@@ -633,15 +665,20 @@ fn successor(addr: IpAddr) -> Option<IpAddr> {
 /// A single address is one hash-set element. A prefix is an interval-set element pair: the
 /// start carries the timeout; the end (one past the last address, flagged INTERVAL_END) must
 /// carry none. A prefix reaching the end of the address space has no end element.
-fn net_elems(net: &IpNet, timeout_ms: Option<u64>, expiration_ms: Option<u64>) -> Vec<Elem> {
+/// Appends them to `elems`.
+fn push_net_elems(
+    elems: &mut Vec<Elem>,
+    net: &IpNet,
+    timeout_ms: Option<u64>,
+    expiration_ms: Option<u64>,
+) {
     let mut start = Elem::key(octets(net.addr()));
     start.timeout_ms = timeout_ms;
     start.expiration_ms = expiration_ms;
-    let mut elems = vec![start];
+    elems.push(start);
     if let (Shape::Prefix, Some(end)) = (Shape::of(net), successor(net.last())) {
         elems.push(Elem::end(octets(end)));
     }
-    elems
 }
 
 fn addr_from_key(key: &[u8], family: Family) -> Option<IpAddr> {
@@ -840,6 +877,12 @@ mod tests {
             timeout_ms: t,
             expiration_ms: t,
         }
+    }
+
+    fn net_elems(net: &IpNet, timeout_ms: Option<u64>, expiration_ms: Option<u64>) -> Vec<Elem> {
+        let mut elems = Vec::new();
+        push_net_elems(&mut elems, net, timeout_ms, expiration_ms);
+        elems
     }
 
     #[test]
