@@ -1269,7 +1269,7 @@ fn adopted(jail: &str, e: &Element, now: SystemTime) -> StoredBan {
     }
 }
 
-/// What the store holds and the kernel lacks (to put back, in (jail, prefix) order), and
+/// What the store holds and the kernel lacks (to put back), and
 /// what the kernel holds and the store lacks (to adopt). `stored`: the store's bans in
 /// force, as they are put back. Sets, not scans: both sides may hold 100,000 bans.
 fn differences(
@@ -1299,8 +1299,5 @@ fn differences(
             .collect();
         restore.retain(|r| !in_kernel.contains(&(r.ban.jail.as_str(), r.ban.net)));
     }
-    // The store lists prefixes in text order; in (jail, prefix) order, a restore's million
-    // bans need no set to find repeats ([`crate::ban::widest_of_round`]).
-    restore.sort_unstable_by(|a, b| (&a.ban.jail, a.ban.net).cmp(&(&b.ban.jail, b.ban.net)));
     (restore, adopt)
 }

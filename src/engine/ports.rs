@@ -90,11 +90,12 @@ pub trait Ledger {
     /// Forgets bans in force (an unban); the history keeps them.
     fn remove(&mut self, items: &[(String, IpNet)]) -> Result<(), Self::Error>;
 
-    /// Every ban in force at `now`.
+    /// Every ban in force at `now`, each (jail, prefix) once.
     fn active(&self, now: SystemTime) -> Result<Vec<StoredBan>, Self::Error>;
 
-    /// Every ban in force at `now`, as it is put back ([`StoredBan::to_restore`]): what a
-    /// restart reads, a million bans for some, without what only listings need.
+    /// Every ban in force at `now`, each (jail, prefix) once, as it is put back
+    /// ([`StoredBan::to_restore`]): what a restart reads, a million bans for some, without
+    /// what only listings need. The engine relies on the once: it looks for no repeats.
     fn restorable(&self, now: SystemTime) -> Result<Vec<Restore>, Self::Error>;
 
     /// Bans that ran out after `since`, up to `until`.
