@@ -32,6 +32,7 @@ use crate::source::{Files, Journal, LineBatch, Positions, Prepare, Running, Sour
 use crate::state::{StateError, Store};
 
 mod events;
+mod memory;
 mod resolve;
 use resolve::{Resolved, Resolver};
 
@@ -475,6 +476,7 @@ pub async fn run(
     manager.ready(&format!("{}; {restored} bans restored", daemon.summary()));
 
     tokio::pin!(shutdown);
+    let mut release = memory::Release::new();
     loop {
         // In this order: an admin, a scrape, a repair and the timers never wait behind a
         // flood of lines.
@@ -486,13 +488,17 @@ pub async fn run(
                 if reply.send(response).is_err() {
                     tracing::debug!("control client left before the answer");
                 }
+                release.after_work();
             }
             Some(reply) = scrapes.recv() => {
                 if reply.send(daemon.snapshot()).is_err() {
                     tracing::debug!("metrics client left before the answer");
                 }
             }
-            Some(by) = repairs.recv() => daemon.repair(by),
+            Some(by) = repairs.recv() => {
+                daemon.repair(by);
+                release.after_work();
+            }
             _ = watchdog.tick(), if manager.watchdog_interval().is_some() => {
                 manager.ping();
                 manager.status(&daemon.summary());
@@ -502,19 +508,26 @@ pub async fn run(
                 manager.reloading();
                 daemon.reload();
                 manager.ready(&daemon.summary());
+                release.after_work();
             }
             _ = expiry.tick() => {
                 daemon.engine.report_expired(SystemTime::now());
                 daemon.announce();
             }
-            _ = sweep.tick() => daemon.sweep(SystemTime::now()),
+            _ = sweep.tick() => {
+                daemon.sweep(SystemTime::now());
+                release.after_work();
+            }
             _ = purge.tick() => {
                 daemon.engine.purge(SystemTime::now());
                 daemon.announce();
+                release.after_work();
             }
+            () = release.quiet(), if release.armed() => release.release(),
             Some(answer) = resolved.recv() => daemon.on_resolved(answer),
             Some(round) = fleet_rx.recv() => {
                 daemon.on_fleet(round);
+                release.after_work();
             }
             // Last: whatever else is ready goes first, the lines take the rest.
             Some(batch) = daemon.sources.lines.recv() => {
@@ -530,6 +543,7 @@ pub async fn run(
                     }
                 }
                 daemon.on_lines(&round);
+                release.after_work();
                 // The runtime has one thread: let its other tasks (notifications, name
                 // lookups) move before the next round, or a flood would starve them.
                 tokio::task::yield_now().await;
