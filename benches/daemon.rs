@@ -437,14 +437,18 @@ fn burst(figures: &mut Vec<Figure>) {
             }
         ),
     });
-    let (rss, cpu) = daemon.rss_and_cpu();
+    // As the issue and the side-by-side table define it: what the daemon keeps once the
+    // burst is behind it, not its peak.
+    std::thread::sleep(Duration::from_secs(1));
+    let (rss, anon) = daemon.memory();
+    let cpu = daemon.cpu();
     figures.push(Figure {
-        name: "RSS after the burst",
+        name: "RSS 1 s after the burst",
         value: rss,
         unit: "MB",
         target: "<= 10",
         met: Some(rss <= 10.0),
-        note: String::new(),
+        note: format!("{anon:.1} MB private (RssAnon)"),
     });
     figures.push(Figure {
         name: "CPU after the burst (since start)",
