@@ -63,3 +63,38 @@ impl Release {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `release` fires before `within` passes (time is paused: both deadlines are
+    /// exact).
+    async fn fires_within(release: &mut Release, within: Duration) -> bool {
+        tokio::select! {
+            biased;
+            () = release.quiet() => true,
+            () = tokio::time::sleep(within) => false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn freed_memory_goes_back_only_after_a_quiet_time_since_the_last_work() {
+        let mut release = Release::new();
+        assert!(release.armed(), "the start is work");
+        release.after_work();
+        tokio::time::sleep(QUIET - Duration::from_millis(50)).await;
+        // More work before the quiet time ran out: it starts again from here.
+        release.after_work();
+        assert!(!fires_within(&mut release, QUIET - Duration::from_millis(1)).await);
+        assert!(fires_within(&mut release, Duration::from_millis(2)).await);
+        release.release();
+        assert!(
+            !release.armed(),
+            "once handed back, nothing is due until more work"
+        );
+        release.after_work();
+        assert!(release.armed());
+        assert!(fires_within(&mut release, QUIET + Duration::from_millis(1)).await);
+    }
+}
