@@ -1,7 +1,7 @@
 //! Gives the memory glibc's allocator holds free back to the kernel, with `malloc_trim(3)`.
 //!
-//! glibc returns freed memory to the kernel only from the top of the main heap, and only when
-//! more than its trim threshold lies free there. That threshold grows with the largest block
+//! glibc returns freed memory to the kernel only from the top of a heap, and only when more
+//! than its trim threshold lies free there. That threshold grows with the largest block
 //! freed so far (up to 64 MiB), so a process that once handled a large burst keeps megabytes
 //! of freed pages resident in the middle of its heaps and in its threads' arenas.
 //! `malloc_trim` walks every arena and hands back each whole free page with
