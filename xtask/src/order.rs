@@ -2,9 +2,13 @@
 //! which `build.rs` has the linker place first and together in release builds (see there).
 //!
 //! The release daemon runs under callgrind, in a throw-away network namespace, through what
-//! a host sees in its life: a start with built-in and custom filters, failures that ban IPv4
-//! addresses and IPv6 prefixes, the CLI's requests, a reload, idle time and a stop. Every
-//! function of the binary it executed is listed, in the order callgrind first met it.
+//! a host sees in its life: a start with built-in and custom filters, a `status` request and
+//! idle time, then failures that ban IPv4 addresses and IPv6 prefixes, the CLI's requests,
+//! a reload, more idle time and a stop. Every function of the binary it executed is listed:
+//! first those of the start and the first idle time (a profile is dumped there), then the
+//! rest. The kernel maps a file's pages 64 KiB around each one touched, so a daemon that has
+//! banned nothing yet has only the first group resident; the code of bans, requests and
+//! reloads comes in when it first runs.
 //! Regenerate after changing dependencies or much of the code: symbols the file names that a
 //! build lacks are skipped, so a stale file only costs resident memory.
 
@@ -32,7 +36,10 @@ pub fn run() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let profile = dir.join("callgrind.out");
     let result = train(&banctl, &dir, &profile).and_then(|()| {
-        let order = executed(&std::fs::read_to_string(&profile)?, "banctl");
+        // callgrind names the dump it was asked for `<file>.1`; `<file>` holds the rest.
+        let started = std::fs::read_to_string(profile.with_extension("out.1"))?;
+        let rest = std::fs::read_to_string(&profile)?;
+        let order = executed(&[&started, &rest], "banctl");
         let out = root.join("build/symbol-order.txt");
         std::fs::create_dir_all(out.parent().unwrap())?;
         let header = "# Functions of banctl a daemon runs, in the order callgrind met them: \
@@ -45,7 +52,8 @@ pub fn run() -> Result<()> {
     result
 }
 
-/// Runs the daemon under callgrind through a host's life; its profile lands at `profile`.
+/// Runs the daemon under callgrind through a host's life; the profile of its start and first
+/// idle time lands at `<profile>.1`, that of the rest at `profile`.
 fn train(banctl: &Path, dir: &Path, profile: &Path) -> Result<()> {
     let socket = dir.join("sock");
     let logs: Vec<_> = ["sshd", "web", "custom"]
@@ -87,10 +95,25 @@ fn train(banctl: &Path, dir: &Path, profile: &Path) -> Result<()> {
         .stderr(Stdio::null())
         .spawn()
         .context("starting the daemon under valgrind")?;
+    let daemon_pid = daemon.id();
     let cli = |args: &[&str]| crate::demo::cli(banctl, &socket, args);
     let life = || -> Result<()> {
         wait_for(Duration::from_secs(180), || cli(&["status"]).is_ok())
             .context("the daemon did not start")?;
+        // Idle, as a host with no attack sees it; then what ran so far is dumped apart.
+        std::thread::sleep(Duration::from_secs(3));
+        let dumped = Command::new("callgrind_control")
+            .arg("--dump=started")
+            .arg(daemon_pid.to_string())
+            .stdout(Stdio::null())
+            .status()
+            .context("running callgrind_control")?;
+        if !dumped.success() {
+            bail!("callgrind_control --dump ended with {dumped}");
+        }
+        let started = profile.with_extension("out.1");
+        wait_for(Duration::from_secs(60), || started.exists())
+            .context("callgrind wrote no profile of the start")?;
         let sshd: Vec<String> = (0..40)
             .flat_map(|i| {
                 let addr = match i % 2 {
@@ -147,9 +170,20 @@ fn train(banctl: &Path, dir: &Path, profile: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The functions of object `object` that a callgrind profile saw run, in the order they
-/// first appear, each once.
-fn executed(profile: &str, object: &str) -> Vec<String> {
+/// The functions of object `object` that callgrind profiles saw run, in the order they first
+/// appear, each once, the first profile's before the next's.
+fn executed(profiles: &[&str], object: &str) -> Vec<String> {
+    let mut seen = HashSet::new();
+    profiles
+        .iter()
+        .flat_map(|profile| functions(profile, object))
+        .filter(|f| seen.insert(f.clone()))
+        .collect()
+}
+
+/// The functions of object `object` that one callgrind profile saw run, in the order they
+/// first appear there, each once.
+fn functions(profile: &str, object: &str) -> Vec<String> {
     // `ob=`/`fn=` lines name an object or function once, `(id) name`, and by `(id)` after.
     let (mut objects, mut functions) = (
         std::collections::HashMap::new(),
@@ -210,8 +244,18 @@ mod tests {
                        cob=(1)\ncfn=(1)\ncfn=(3) _ZN3two17hE\n\
                        fn=(3)\nfn=(4) _ZN3rec17hE'2\nfn=(2)\nob=(1)\nfn=(1)\n";
         assert_eq!(
-            super::executed(profile, "banctl"),
+            super::executed(&[profile], "banctl"),
             ["_ZN4main17hE", "_ZN3two17hE", "_ZN3rec17hE"]
+        );
+    }
+
+    #[test]
+    fn the_first_profiles_functions_come_first_and_none_twice() {
+        let started = "ob=(1) /x/banctl\nfn=(1) start\nfn=(2) both\n";
+        let rest = "ob=(1) /x/banctl\nfn=(1) ban\nfn=(2) both\nfn=(3) reload\n";
+        assert_eq!(
+            super::executed(&[started, rest], "banctl"),
+            ["start", "both", "ban", "reload"]
         );
     }
 }
