@@ -27,8 +27,12 @@ use nftnl::nftnl_sys as sys;
 const ELEMS_PER_MSG: usize = 512;
 /// Room reserved for one message while libnftnl writes it (`nft_nlmsg_maxsize`).
 const MAX_MSG: usize = 65_536 + 4_096;
-/// Receive buffer: acks are small; a dump part is at most a few pages.
-const RECV_BUF: usize = 256 * 1024;
+/// Receive buffer, as large as the largest datagram the kernel sends us: a dump part, which
+/// netlink sizes to the reader's buffer but never over 32 KiB. Acks are small (they carry no
+/// copy of the request: `NETLINK_CAP_ACK`), and nf_tables queues notifications in datagrams
+/// of about a page. A larger datagram would fail the read (libmnl: `ENOSPC`), never be cut.
+/// Each socket keeps its buffer for life, so it is resident memory.
+const RECV_BUF: usize = 32 * 1024;
 /// Kernel netlink buffers we ask for, so that big batches and their acks fit.
 const SOCK_BUF: libc::c_int = 8 * 1024 * 1024;
 
