@@ -14,7 +14,7 @@
 //! the split cannot express) the caller runs the capturing engine: the fast path only ever
 //! answers when the answer is forced.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use regex_automata::hybrid::LazyStateID;
 use regex_automata::hybrid::dfa::{Cache, DFA};
@@ -97,7 +97,13 @@ pub(super) struct Scanner {
 }
 
 struct ScanAutomata {
-    multi: Multi,
+    /// The automaton for lines with other bytes than ASCII, built on the first such line:
+    /// its NFA is two to ten times its twin's (`\S`, `.` and `\w` over all of Unicode;
+    /// 200 KB for the sshd filter), and most logs never need it. `None` when it cannot be
+    /// built (size limits): such lines then try the patterns one by one.
+    multi: OnceLock<Option<Multi>>,
+    /// The anchored patterns `multi` is built from, until it is.
+    hirs: Mutex<Vec<Hir>>,
     ascii: DFA,
     /// Per thread: the lazy DFAs' caches (`multi`'s, made on the first line with other
     /// bytes than ASCII; `ascii`'s), each filled only as it is used.
@@ -112,6 +118,36 @@ type CacheMaker = Box<dyn Fn() -> (Option<Cache>, Cache) + Send + Sync>;
 enum Multi {
     Lazy(Box<DFA>),
     Engine(meta::Regex),
+}
+
+impl Multi {
+    fn new(hirs: &[Hir]) -> Option<Multi> {
+        if hirs
+            .iter()
+            .any(|h| h.properties().look_set().contains_word_unicode())
+        {
+            let config = meta::Config::new().which_captures(WhichCaptures::Implicit);
+            let regex = meta::Builder::new()
+                .configure(config)
+                .build_many_from_hir(hirs);
+            regex.ok().map(Multi::Engine)
+        } else {
+            forward_dfa(hirs).map(|dfa| Multi::Lazy(Box::new(dfa)))
+        }
+    }
+}
+
+impl ScanAutomata {
+    /// The automaton for lines with other bytes than ASCII, built now if it is not yet.
+    fn multi(&self) -> Option<&Multi> {
+        self.multi
+            .get_or_init(|| {
+                let hirs =
+                    std::mem::take(&mut *self.hirs.lock().unwrap_or_else(PoisonError::into_inner));
+                Multi::new(&hirs)
+            })
+            .as_ref()
+    }
 }
 
 impl std::fmt::Debug for ScanAutomata {
@@ -148,19 +184,6 @@ impl Scanner {
             return None;
         }
         let (index, hirs): (Vec<usize>, Vec<Hir>) = patterns.into_iter().unzip();
-        let unicode_word = hirs
-            .iter()
-            .any(|h| h.properties().look_set().contains_word_unicode());
-        let multi = if unicode_word {
-            Multi::Engine(
-                meta::Builder::new()
-                    .configure(meta::Config::new().which_captures(WhichCaptures::Implicit))
-                    .build_many_from_hir(&hirs)
-                    .ok()?,
-            )
-        } else {
-            Multi::Lazy(Box::new(forward_dfa(&hirs)?))
-        };
         let ascii = forward_dfa(&hirs.iter().map(ascii_only).collect::<Vec<_>>())?;
         let caches = {
             let ascii = ascii.clone();
@@ -169,7 +192,8 @@ impl Scanner {
         };
         Some(Scanner {
             automata: Arc::new(ScanAutomata {
-                multi,
+                multi: OnceLock::new(),
+                hirs: Mutex::new(hirs),
                 ascii,
                 caches,
             }),
@@ -186,18 +210,21 @@ impl Scanner {
         let input = Input::new(text).anchored(Anchored::Yes);
         let mut caches = automata.caches.get();
         let (multi_cache, ascii_cache) = &mut *caches;
-        let found = match &automata.multi {
-            _ if text.is_ascii() => automata
+        let found = if text.is_ascii() {
+            automata
                 .ascii
                 .try_search_fwd(ascii_cache, &input)?
-                .map(|m| (m.pattern(), m.offset())),
-            Multi::Lazy(dfa) => dfa
-                .try_search_fwd(
-                    multi_cache.get_or_insert_with(|| dfa.create_cache()),
-                    &input,
-                )?
-                .map(|m| (m.pattern(), m.offset())),
-            Multi::Engine(regex) => regex.search(&input).map(|m| (m.pattern(), m.end())),
+                .map(|m| (m.pattern(), m.offset()))
+        } else {
+            match automata.multi().ok_or(GiveUp)? {
+                Multi::Lazy(dfa) => dfa
+                    .try_search_fwd(
+                        multi_cache.get_or_insert_with(|| dfa.create_cache()),
+                        &input,
+                    )?
+                    .map(|m| (m.pattern(), m.offset())),
+                Multi::Engine(regex) => regex.search(&input).map(|m| (m.pattern(), m.end())),
+            }
         };
         Ok(found.map(|(pattern, end)| (self.index[pattern.as_usize()], end)))
     }
@@ -642,7 +669,7 @@ mod tests {
                 .expect("the automata never give up on these short lines")
                 .map(|m| (m.pattern().as_usize(), m.offset()))
         };
-        let unicode = match &scanner.automata.multi {
+        let unicode = match scanner.automata.multi().expect("short patterns build") {
             Multi::Lazy(dfa) => lazy(dfa),
             Multi::Engine(regex) => regex
                 .search(&input)
@@ -736,6 +763,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_automaton_for_other_bytes_is_built_on_the_first_line_that_needs_it() {
+        let s = scanner(&WIDE);
+        for line in [
+            "USER bob from 192.0.2.1 port 22",
+            "host [web]: bad w0rd",
+            "nothing",
+        ] {
+            s.first(line).unwrap();
+        }
+        assert!(s.automata.multi.get().is_none(), "ASCII lines built it");
+        assert_eq!(s.first("éé \u{663}"), Ok(Some((3, 7))));
+        assert!(matches!(
+            s.automata.multi.get(),
+            Some(Some(Multi::Engine(_)))
+        ));
+        let kept = s.automata.hirs.lock().unwrap();
+        assert!(kept.is_empty(), "the patterns are kept after the build");
+    }
+
     /// Without Unicode word boundaries the automaton for other bytes is a lazy DFA of its
     /// own: on lines with such bytes it names the first pattern that matches, and its end, as
     /// each pattern run alone by the `regex` crate does.
@@ -749,7 +796,7 @@ mod tests {
             r"^[^\d\s]+ \p{Greek}?x",
         ];
         let s = scanner(&NARROW);
-        assert!(matches!(s.automata.multi, Multi::Lazy(_)));
+        assert!(matches!(s.automata.multi(), Some(Multi::Lazy(_))));
         let alone: Vec<regex::Regex> = NARROW
             .iter()
             .map(|p| regex::Regex::new(p).unwrap())
