@@ -743,16 +743,7 @@ mod tests {
         std::os::unix::fs::symlink("share/zoneinfo/Europe/Berlin", &link).unwrap();
         let linked = linked_localtime(&link).unwrap();
         assert_eq!(linked.iana_name(), Some("Europe/Berlin"));
-        for secs in [
-            0,
-            1_700_000_000,
-            1_711_846_800,
-            1_729_990_800,
-            2_000_000_000,
-        ] {
-            let at = Timestamp::from_second(secs).unwrap();
-            assert_eq!(linked.to_offset(at), berlin.to_offset(at), "at {at}");
-        }
+        assert_same_offsets(&linked, &berlin);
         // A plain file, or a link elsewhere, is left to jiff.
         std::fs::write(dir.join("plain"), b"TZif").unwrap();
         assert!(linked_localtime(&dir.join("plain")).is_none());
@@ -765,6 +756,11 @@ mod tests {
     fn the_system_zone_is_the_one_jiff_finds() {
         let (ours, jiffs) = (system_zone(), TimeZone::system());
         assert_eq!(ours.iana_name(), jiffs.iana_name());
+        assert_same_offsets(&ours, &jiffs);
+    }
+
+    /// `a` and `b` give the same offset at instants around DST changes and far from them.
+    fn assert_same_offsets(a: &TimeZone, b: &TimeZone) {
         for secs in [
             0,
             1_700_000_000,
@@ -773,7 +769,7 @@ mod tests {
             2_000_000_000,
         ] {
             let at = Timestamp::from_second(secs).unwrap();
-            assert_eq!(ours.to_offset(at), jiffs.to_offset(at), "at {at}");
+            assert_eq!(a.to_offset(at), b.to_offset(at), "at {at}");
         }
     }
 
