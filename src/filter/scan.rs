@@ -121,7 +121,12 @@ enum Multi {
 }
 
 impl Multi {
+    /// `None` also for no patterns: the scanner has at least one, so its list is empty only
+    /// if a build of it was cut short, and then its lines go to the patterns one by one.
     fn new(hirs: &[Hir]) -> Option<Multi> {
+        if hirs.is_empty() {
+            return None;
+        }
         if hirs
             .iter()
             .any(|h| h.properties().look_set().contains_word_unicode())
