@@ -36,14 +36,13 @@ pub fn run() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let profile = dir.join("callgrind.out");
     let result = train(&banctl, &dir, &profile).and_then(|()| {
-        // callgrind names the dump it was asked for `<file>.1`; `<file>` holds the rest.
-        let started = std::fs::read_to_string(profile.with_extension("out.1"))?;
+        let started = std::fs::read_to_string(started_profile(&profile))?;
         let rest = std::fs::read_to_string(&profile)?;
         let order = executed(&[&started, &rest], "banctl");
         let out = root.join("build/symbol-order.txt");
         std::fs::create_dir_all(out.parent().unwrap())?;
-        let header = "# Functions of banctl a daemon runs, in the order callgrind met them: \
-                      written by `cargo xtask symbol-order`, read by build.rs.\n";
+        let header = "# Functions of banctl a daemon runs, those of its start and idle time \
+                      first: written by `cargo xtask symbol-order`, read by build.rs.\n";
         std::fs::write(&out, header.to_owned() + &order.join("\n") + "\n")?;
         println!("{} functions written to {}", order.len(), out.display());
         Ok(())
@@ -52,8 +51,15 @@ pub fn run() -> Result<()> {
     result
 }
 
+/// Where callgrind writes the dump it is asked for during the run: `<profile>.1`.
+fn started_profile(profile: &Path) -> std::path::PathBuf {
+    let mut name = profile.as_os_str().to_owned();
+    name.push(".1");
+    name.into()
+}
+
 /// Runs the daemon under callgrind through a host's life; the profile of its start and first
-/// idle time lands at `<profile>.1`, that of the rest at `profile`.
+/// idle time lands at [`started_profile`], that of the rest at `profile`.
 fn train(banctl: &Path, dir: &Path, profile: &Path) -> Result<()> {
     let socket = dir.join("sock");
     let logs: Vec<_> = ["sshd", "web", "custom"]
@@ -111,7 +117,7 @@ fn train(banctl: &Path, dir: &Path, profile: &Path) -> Result<()> {
         if !dumped.success() {
             bail!("callgrind_control --dump ended with {dumped}");
         }
-        let started = profile.with_extension("out.1");
+        let started = started_profile(profile);
         wait_for(Duration::from_secs(60), || started.exists())
             .context("callgrind wrote no profile of the start")?;
         let sshd: Vec<String> = (0..40)
