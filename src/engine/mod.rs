@@ -141,31 +141,35 @@ struct Wanted {
 struct Unsaved {
     bans: Vec<StoredBan>,
     positions: HashMap<String, String>,
-    /// The changed failure windows per jail name (a few jails: a list), each as the failure
-    /// that changed it left it (empty: forgotten), so that a save reads none of the jails'
-    /// tables. (A window a jail evicts later keeps that content in the ledger, as one evicted
-    /// after its save does.)
-    windows: Vec<(String, Windows)>,
+    /// The failure windows changed since the last save, per jail name (a few jails: a list):
+    /// each change as the failure that made it left the window (empty: forgotten), so that a
+    /// save reads none of the jails' tables. (A window a jail evicts later keeps that content
+    /// in the ledger, as one evicted after its save does.)
+    windows: Vec<(String, WindowChanges)>,
     /// The last save failed (so the next failure is not logged again).
     failing: bool,
 }
 
-/// Failure windows by key: (key, times) as a round left them.
-type Windows = HashMap<IpAddr, Times>;
+/// Changes to failure windows, (key, times as the change left them), in the order they
+/// were made. A window changed twice is listed twice: the ledger keeps a key's last change.
+/// Appending costs nothing per failure, where a map keyed by address cost a hash and a probe
+/// each, and regrew from empty after every save.
+type WindowChanges = Vec<(IpAddr, Times)>;
 
 impl Unsaved {
-    /// The unsaved windows of jail `name`.
-    fn windows_of(&mut self, name: &str) -> &mut Windows {
+    /// The unsaved window changes of jail `name`.
+    fn windows_of(&mut self, name: &str) -> &mut WindowChanges {
         let i = match self.windows.iter().position(|(n, _)| n == name) {
             Some(i) => i,
             None => {
-                self.windows.push((name.to_owned(), Windows::new()));
+                self.windows.push((name.to_owned(), WindowChanges::new()));
                 self.windows.len() - 1
             }
         };
         &mut self.windows[i].1
     }
 
+    /// How many window changes wait (a window changed twice counts twice).
     fn window_count(&self) -> usize {
         self.windows.iter().map(|(_, keys)| keys.len()).sum()
     }
@@ -173,7 +177,7 @@ impl Unsaved {
 
 /// How long a backlog of lines may go unsaved (see [`Engine::on_lines`]).
 const SAVE_BEHIND: Duration = Duration::from_secs(1);
-/// How many changed failure windows may wait behind a backlog: a larger transaction spills
+/// How many failure-window changes may wait behind a backlog: a larger transaction spills
 /// the store's page cache and costs more than the commits it saves.
 const SAVE_BEHIND_WINDOWS: usize = 16 * 1024;
 
@@ -384,7 +388,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             }
         }
         if let Some((key, times)) = window {
-            self.unsaved.windows_of(jail.name()).insert(key, times);
+            self.unsaved.windows_of(jail.name()).push((key, times));
         }
     }
 
@@ -465,7 +469,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
             .iter()
             .filter_map(|(name, keys)| Some((jails.iter().find(|j| j.name() == name)?, keys)))
             .flat_map(|(jail, keys)| {
-                keys.iter().map(|(&addr, times)| Window {
+                keys.iter().map(|&(addr, ref times)| Window {
                     jail: jail.name(),
                     addr,
                     times,

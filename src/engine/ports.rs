@@ -76,7 +76,8 @@ pub trait Ledger {
     type Error: std::error::Error;
 
     /// One round, in one transaction: new bans (recorded and added to the history), where
-    /// sources resume (opaque to the engine), and the failure windows the round changed.
+    /// sources resume (opaque to the engine), and the failure windows the round changed, in
+    /// the order they changed: a window listed twice keeps its last state.
     fn save_round(
         &mut self,
         bans: &[StoredBan],
