@@ -31,8 +31,16 @@ const MAX_MSG: usize = 65_536 + 4_096;
 /// netlink sizes to the reader's buffer but never over 32 KiB. Acks are small (they carry no
 /// copy of the request: `NETLINK_CAP_ACK`), and nf_tables queues notifications in datagrams
 /// of about a page. A larger datagram would fail the read (libmnl: `ENOSPC`), never be cut.
-/// Each socket keeps its buffer for life, so it is resident memory.
+/// A buffer lives for one exchange ([`recv_buffer`]): an idle daemon holds none.
 const RECV_BUF: usize = 32 * 1024;
+/// A receive buffer for one exchange with the kernel (a request and its replies, a batch and
+/// its acks, the notifications ready at once): made then, freed after, so that sockets that
+/// wait hold no 32 KiB each. Zeroing it is a few microseconds against a round trip to the
+/// kernel.
+fn recv_buffer() -> Vec<u64> {
+    vec![0; RECV_BUF / 8]
+}
+
 /// Kernel netlink buffers we ask for, so that big batches and their acks fit.
 const SOCK_BUF: libc::c_int = 8 * 1024 * 1024;
 

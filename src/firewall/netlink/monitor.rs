@@ -5,7 +5,6 @@ use super::*;
 /// A socket subscribed to the kernel's nf_tables notifications (what `nft monitor` shows).
 pub struct Monitor {
     sock: mnl::Socket,
-    recv: Vec<u64>,
 }
 
 // SAFETY: a Monitor exclusively owns its mnl socket (a heap object holding a file descriptor,
@@ -33,10 +32,7 @@ impl Monitor {
             setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, SOCK_BUF)
                 .map_err(NetlinkError::Open)?;
         }
-        Ok(Monitor {
-            sock,
-            recv: vec![0; RECV_BUF / 8],
-        })
+        Ok(Monitor { sock })
     }
 
     /// Starts hearing nf_tables notifications (needs CAP_NET_ADMIN).
@@ -75,9 +71,10 @@ impl Monitor {
         if ready == 0 {
             return Ok(Vec::new());
         }
-        let n = recv_into(&self.sock, &mut self.recv)?;
+        let mut recv = recv_buffer();
+        let n = recv_into(&self.sock, &mut recv)?;
         let mut out = Vec::new();
-        for msg in mnl::NlMessages::new(received(&self.recv, n)) {
+        for msg in mnl::NlMessages::new(received(&recv, n)) {
             let msg = msg.map_err(NetlinkError::Recv)?;
             let header = parse_header(msg)?;
             if header.msg_type >> 8 == libc::NFNL_SUBSYS_NFTABLES as u16 {

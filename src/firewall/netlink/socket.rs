@@ -19,7 +19,6 @@ pub struct Socket {
     table: String,
     family: u16,
     next_seq: u32,
-    recv: Vec<u64>,
     /// Transactions committed through this socket.
     commits: u64,
 }
@@ -78,7 +77,6 @@ impl Socket {
             table: table.to_owned(),
             family: libc::NFPROTO_INET as u16,
             next_seq,
-            recv: vec![0; RECV_BUF / 8],
             commits: 0,
         })
     }
@@ -157,9 +155,10 @@ impl Socket {
         }
         let mut pending: HashMap<u32, String> = ops.into_iter().collect();
         let mut first_error = None;
+        let mut recv = recv_buffer();
         'acks: while !pending.is_empty() {
-            let n = self.recv_some()?;
-            for msg in mnl::NlMessages::new(received(&self.recv, n)) {
+            let n = recv_into(&self.sock, &mut recv)?;
+            for msg in mnl::NlMessages::new(received(&recv, n)) {
                 let msg = msg.map_err(NetlinkError::Recv)?;
                 let header = parse_header(msg)?;
                 if header.msg_type != libc::NLMSG_ERROR as u16 {
@@ -321,9 +320,10 @@ impl Socket {
         });
         self.sock.send(buf.bytes()).map_err(NetlinkError::Send)?;
         let mut result = Ok(());
+        let mut recv = recv_buffer();
         loop {
-            let n = self.recv_some()?;
-            for msg in mnl::NlMessages::new(received(&self.recv, n)) {
+            let n = recv_into(&self.sock, &mut recv)?;
+            for msg in mnl::NlMessages::new(received(&recv, n)) {
                 let msg = msg.map_err(NetlinkError::Recv)?;
                 let header = parse_header(msg)?;
                 if header.seq != seq {
@@ -351,9 +351,5 @@ impl Socket {
                 }
             }
         }
-    }
-
-    fn recv_some(&mut self) -> Result<usize, NetlinkError> {
-        recv_into(&self.sock, &mut self.recv)
     }
 }
