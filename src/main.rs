@@ -1091,10 +1091,7 @@ fn print_test_summary(
 
 fn run_daemon(config_path: &Path) -> Result<(), Failure> {
     let config = Config::load(config_path)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = banctl::thread_runtime().context("starting the async runtime")?;
     runtime.block_on(async {
         let shutdown = async {
             let mut term =

@@ -583,11 +583,7 @@ impl Servers {
             None => None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|e| DaemonError::Servers(e.to_string()))?;
+        let runtime = crate::thread_runtime().map_err(|e| DaemonError::Servers(e.to_string()))?;
         std::thread::Builder::new()
             .name("banctl-servers".into())
             .spawn(move || {

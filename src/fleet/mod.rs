@@ -122,11 +122,7 @@ impl Fleet {
             queued: outbox.len().unwrap_or(0),
             ..LinkStatus::default()
         }));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|e| FleetError::Start(e.to_string()))?;
+        let runtime = crate::thread_runtime().map_err(|e| FleetError::Start(e.to_string()))?;
         let publishes = config.role.publishes();
         let link = Link {
             config,

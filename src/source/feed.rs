@@ -119,11 +119,7 @@ impl Source for Files {
         // its own: reading the next batch overlaps the jails' work on the last one, on a
         // second core when one is free. The follower is made inside that runtime, so that
         // its inotify stream and timers are driven there.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(SourceError::Thread)?;
+        let runtime = crate::thread_runtime().map_err(SourceError::Thread)?;
         let follower = {
             let _inside = runtime.enter();
             FileFollower::numbered(&self.patterns, &resume, first)?
