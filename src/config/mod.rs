@@ -352,6 +352,7 @@ impl Config {
             files: &texts,
             errors: Vec::new(),
             fleet_jail: false,
+            built: Vec::new(),
         };
         let raw = cx.deserialize();
         let config = raw.and_then(|raw| cx.validate(&raw));
@@ -461,6 +462,18 @@ struct Context<'t> {
     errors: Vec<Diagnostic>,
     /// Whether the jail named `fleet` takes the fleet's bans (and so reads no log).
     fleet_jail: bool,
+    /// The filters built so far, by what each was built from: jails with the same `filter`
+    /// and patterns share one (its automata built once, kept once).
+    built: Vec<(FilterSource, Filter)>,
+}
+
+/// What a jail's filter is built from (besides an inline `fail2ban_filter`): the `filter`
+/// it names and its inline patterns, as written. The same source builds the same filter.
+#[derive(PartialEq, Eq)]
+struct FilterSource {
+    filter: Option<String>,
+    failregex: Vec<String>,
+    ignoreregex: Vec<String>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -1397,6 +1410,23 @@ impl Context<'_> {
                 }
             };
         }
+        // Like `filter`, inline patterns may come from [defaults].
+        let failregex = jail.failregex.as_ref().or(defaults.failregex.as_ref());
+        let ignoreregex = jail.ignoreregex.as_ref().or(defaults.ignoreregex.as_ref());
+        let texts = |list: Option<&Spanned<Vec<Spanned<String>>>>| -> Vec<String> {
+            list.iter()
+                .flat_map(|l| l.get_ref().iter().map(|p| p.get_ref().clone()))
+                .collect()
+        };
+        let source = FilterSource {
+            filter: filter.map(|f| f.get_ref().clone()),
+            failregex: texts(failregex),
+            ignoreregex: texts(ignoreregex),
+        };
+        if let Some((_, built)) = self.built.iter().find(|(s, _)| *s == source) {
+            let name = source.filter.unwrap_or_else(|| "inline".to_owned());
+            return (name, Some(built.clone()));
+        }
         // `filter`: a fail2ban filter file (`…/sshd.conf[mode=aggressive]`), a banctl filter
         // file (a path) or a built-in name, each with its options.
         let filter_name = match filter {
@@ -1417,9 +1447,6 @@ impl Context<'_> {
             }
             None => "inline".to_owned(),
         };
-        // Like `filter`, inline patterns may come from [defaults].
-        let failregex = jail.failregex.as_ref().or(defaults.failregex.as_ref());
-        let ignoreregex = jail.ignoreregex.as_ref().or(defaults.ignoreregex.as_ref());
         for (list, k, compile, out) in [
             (
                 failregex,
@@ -1453,6 +1480,9 @@ impl Context<'_> {
             Some(filter) => filter.with_more(fail, ignore),
             None => Filter::new(fail, ignore),
         });
+        if let Some(filter) = &filter {
+            self.built.push((source, filter.clone()));
+        }
         (filter_name, filter)
     }
 }
@@ -2141,6 +2171,46 @@ failregex = ['^(unclosed <HOST>']
             std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_255_200)
         );
         assert!(config.jails[0].filter.find(line).is_some());
+    }
+
+    #[test]
+    fn jails_with_the_same_filter_and_patterns_share_one_build() {
+        let config = Config::parse(
+            Path::new("t.toml"),
+            "[defaults]\nmaxretry = 2\n\
+             [jails.a]\nlogpath = \"/a\"\nfailregex = ['^denied <HOST>$']\n\
+             [jails.b]\nlogpath = \"/b\"\nfailregex = ['^denied <HOST>$']\n\
+             datepattern = '^%Y-%m-%d %H:%M:%S'\n\
+             [jails.c]\nlogpath = \"/c\"\nfailregex = ['^refused <HOST>$']\n\
+             [jails.d]\nfilter = \"sshd\"\nlogpath = \"/d\"\n\
+             [jails.e]\nfilter = \"sshd\"\nlogpath = \"/e\"\n\
+             [jails.f]\nfilter = \"sshd\"\nlogpath = \"/f\"\nfailregex = ['^denied <HOST>$']\n",
+        )
+        .unwrap();
+        let jail = |name: &str| config.jails.iter().find(|j| j.name == name).unwrap();
+        let build = |name: &str| jail(name).filter.candidate_search().unwrap().id();
+        // The same source, one build; each jail keeps its own keys beside it.
+        assert_eq!(build("a"), build("b"));
+        let dated = "2026-11-21 10:00:00";
+        let now = std::time::SystemTime::now();
+        assert_ne!(
+            format!("{:?}", jail("a").dates),
+            format!("{:?}", jail("b").dates)
+        );
+        assert!(jail("b").dates.find(dated, now).is_some());
+        assert_eq!(build("d"), build("e"));
+        assert_eq!(jail("d").filter_name, "sshd");
+        assert_eq!(jail("a").filter_name, "inline");
+        // Another pattern, another filter, or the same filter with more patterns: its own.
+        let distinct = ["a", "c", "d", "f"].map(build);
+        for (i, x) in distinct.iter().enumerate() {
+            assert!(!distinct[i + 1..].contains(x), "{distinct:?}");
+        }
+        let line = "denied 192.0.2.7";
+        assert!(jail("b").filter.find(line).is_some());
+        assert!(jail("c").filter.find(line).is_none());
+        assert!(jail("e").filter.find(line).is_none());
+        assert!(jail("f").filter.find(line).is_some());
     }
 
     #[test]
