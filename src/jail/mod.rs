@@ -3,6 +3,7 @@
 //! **Invariant:** a jail never decides to ban an address its config ignores (`ignoreip`,
 //! loopback with `ignoreself`), and it does no I/O: the daemon writes the bans it returns.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -259,22 +260,40 @@ impl Jail {
         let key = self.key_of(addr);
         let now = unix_secs(at);
         let window_start = self.window_start(now);
-        let times = self.failures.entry(key).or_default();
-        times.retain(|t| *t > window_start);
-        times.push(now);
-        let count = times.len();
-        if count >= self.config.maxretry as usize {
-            self.failures.remove(&key);
+        let maxretry = self.config.maxretry as usize;
+        let (count, mut window) = match self.failures.entry(key) {
+            // The first failure of an address (most, in a large log): its window is built
+            // here and written to the table once, never read back. The table's slot is
+            // usually not in the cache; a store to it does not wait for it, a load would.
+            Entry::Vacant(slot) if maxretry > 1 => {
+                let window = Times::from_elem(now, 1);
+                slot.insert(window.clone());
+                (1, window)
+            }
+            Entry::Vacant(_) => (1, Times::new()),
+            Entry::Occupied(mut slot) => {
+                let times = slot.get_mut();
+                times.retain(|t| *t > window_start);
+                times.push(now);
+                let count = times.len();
+                if count >= maxretry {
+                    slot.remove();
+                    (count, Times::new())
+                } else {
+                    (count, times.clone())
+                }
+            }
+        };
+        if count >= maxretry {
             return Recorded {
                 outcome: Outcome::Ban(Ban {
                     jail: self.config.name.clone(),
                     net: self.ban_net(addr),
                     time: self.config.bantime,
                 }),
-                window: Some((key, Times::new())),
+                window: Some((key, window)),
             };
         }
-        let mut window = times.clone();
         if self.failures.len() > self.config.max_tracked {
             self.evict(now);
             // Eviction may have taken this very window.
@@ -499,6 +518,45 @@ mod tests {
             Some(Outcome::Counted { count: 1 })
         );
         assert_eq!(j.on_line("no match", at(22)), None);
+    }
+
+    /// Each failure reports the window the table holds after it, whether its address is new
+    /// (that window is written once, never read back) or known; a ban leaves none. With
+    /// `maxretry = 1` the first failure bans and nothing is kept.
+    #[test]
+    fn each_failure_reports_the_window_the_table_keeps() {
+        let a: IpAddr = "192.0.2.7".parse().unwrap();
+        let secs = |t: u64| 1_700_000_000 + t as u32;
+        let mut j = jail("");
+        let mut expect = Vec::new();
+        for (t, outcome) in [
+            (0, Outcome::Counted { count: 1 }),
+            (5, Outcome::Counted { count: 2 }),
+        ] {
+            expect.push(secs(t));
+            let recorded = j.record_line(a, at(t), "fail 192.0.2.7");
+            assert_eq!(recorded.outcome, outcome);
+            assert_eq!(recorded.window, Some((a, Times::from_slice(&expect))));
+            assert_eq!(j.window(a), expect.as_slice());
+        }
+        let recorded = j.record_line(a, at(9), "fail 192.0.2.7");
+        assert!(matches!(recorded.outcome, Outcome::Ban(_)));
+        assert_eq!(recorded.window, Some((a, Times::new())));
+        assert_eq!((j.window(a), j.tracked()), (&[][..], 0));
+
+        let mut once = Jail::new(JailConfig {
+            maxretry: 1,
+            ..j.config().clone()
+        });
+        for t in [0, 1] {
+            let recorded = once.record_line(a, at(t), "fail 192.0.2.7");
+            assert!(
+                matches!(recorded.outcome, Outcome::Ban(_)),
+                "failure at {t}"
+            );
+            assert_eq!(recorded.window, Some((a, Times::new())));
+            assert_eq!(once.tracked(), 0);
+        }
     }
 
     #[test]
