@@ -4,9 +4,10 @@
 //! heaps and in the reading threads' arenas, and, at the top of the main heap, anything under a
 //! threshold that grows with the largest block ever freed. A daemon that sits idle for hours
 //! after one burst should not hold that memory for hours. So after work the loop arms a short
-//! timer, moved on by every further piece of work; when it fires, the allocator's free pages
-//! are handed back in one call ([`malloc_trim::trim`]). Nothing runs while lines keep coming:
-//! a flood never pays for it.
+//! timer, moved on by every further piece of work; when it fires, the read buffers kept for a
+//! backlog ([`crate::source::ReadBuffers`]) are dropped and the allocator's free pages are
+//! handed back in one call ([`malloc_trim::trim`]). Nothing runs while lines keep coming: a
+//! flood never pays for it.
 
 use std::pin::Pin;
 use std::time::Duration;

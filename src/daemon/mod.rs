@@ -28,7 +28,9 @@ use crate::metrics::{self, Scrape};
 use crate::notify::Notifications;
 use crate::privilege;
 use crate::sd_notify::ServiceManager;
-use crate::source::{Files, Journal, LineBatch, Positions, Prepare, Running, Source, StartFrom};
+use crate::source::{
+    Files, Journal, LineBatch, Positions, Prepare, ReadBuffers, Running, Source, StartFrom,
+};
 use crate::state::{StateError, Store};
 
 mod events;
@@ -122,6 +124,8 @@ struct Sources {
     /// Each source, the routing index of its first slot, and its reader.
     running: Vec<(Box<dyn Source>, usize, Running)>,
     prepare: Prepare,
+    /// The read buffers of processed batches, given back to the sources.
+    buffers: ReadBuffers,
     tx: mpsc::Sender<LineBatch>,
     lines: mpsc::Receiver<LineBatch>,
 }
@@ -134,10 +138,12 @@ impl Sources {
         prepare: Prepare,
     ) -> Result<Sources, DaemonError> {
         let (tx, lines) = mpsc::channel(LINE_QUEUE);
+        let buffers = ReadBuffers::default();
         let from = StartFrom {
             positions,
             readback,
             prepare: prepare.clone(),
+            buffers: buffers.clone(),
         };
         let mut running = Vec::new();
         let mut first = 0;
@@ -152,6 +158,7 @@ impl Sources {
             readback,
             running,
             prepare,
+            buffers,
             tx,
             lines,
         })
@@ -171,6 +178,7 @@ impl Sources {
             positions,
             readback: self.readback,
             prepare: self.prepare.clone(),
+            buffers: self.buffers.clone(),
         };
         for (source, first, reader) in &mut self.running {
             if reader.is_finished() {
@@ -523,7 +531,10 @@ pub async fn run(
                 daemon.announce();
                 release.after_work();
             }
-            () = release.quiet(), if release.armed() => release.release(),
+            () = release.quiet(), if release.armed() => {
+                daemon.sources.buffers.clear();
+                release.release();
+            }
             Some(answer) = resolved.recv() => daemon.on_resolved(answer),
             Some(round) = fleet_rx.recv() => {
                 daemon.on_fleet(round);
@@ -543,6 +554,9 @@ pub async fn run(
                     }
                 }
                 daemon.on_lines(&round);
+                for batch in round {
+                    daemon.sources.buffers.give(batch.lines);
+                }
                 release.after_work();
                 // The runtime has one thread: let its other tasks (notifications, name
                 // lookups) move before the next round, or a flood would starve them.

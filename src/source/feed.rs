@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::journal::{self, JournalSpec};
-use super::{FileFollower, FilePosition, LineBatch, Resume, SourceError};
+use super::{FileFollower, FilePosition, LineBatch, ReadBuffers, Resume, SourceError};
 
 /// Where saved positions come from (the state store).
 pub trait Positions {
@@ -32,6 +32,8 @@ pub struct StartFrom<'a> {
     pub readback: bool,
     /// Done to every batch on the source's thread before it is sent.
     pub prepare: Prepare,
+    /// Buffers the daemon gives back, for the reads of sources that can use them.
+    pub buffers: ReadBuffers,
 }
 
 /// What the daemon does to a batch on the source's thread, before the batch joins the line
@@ -123,6 +125,7 @@ impl Source for Files {
         let follower = {
             let _inside = runtime.enter();
             FileFollower::numbered(&self.patterns, &resume, first)?
+                .with_buffers(from.buffers.clone())
         };
         // `ended` drops, and so the thread returns, when the task ends or is aborted.
         let (ended, task_gone) = tokio::sync::oneshot::channel::<()>();

@@ -101,6 +101,11 @@ impl Lines {
         self.ends.is_empty()
     }
 
+    /// The text, to be used again ([`super::ReadBuffers`]).
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.text.into_bytes()
+    }
+
     /// Every line, separators included: the block the filters search.
     pub fn text(&self) -> &str {
         &self.text

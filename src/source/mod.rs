@@ -23,6 +23,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
@@ -82,6 +83,46 @@ pub struct LineBatch {
     /// [`Lines::candidates`]). Filled by the daemon's [`Prepare`]; a jail whose search is not
     /// here finds its lines itself.
     pub candidates: Vec<(u64, Vec<usize>)>,
+}
+
+/// Read buffers given back once their lines were processed, for the next reads of a backlog.
+///
+/// A catch-up reads [`MAX_READ`] bytes at a time. Into a new buffer, each read costs fresh
+/// pages, which the kernel zeroes and maps (and the allocator unmaps again when the batch is
+/// dropped); into one given back, the read lands in memory already touched, and is not
+/// zeroed first either (its old bytes are overwritten or cut off). Only buffers of such reads
+/// are kept, a few at most; the daemon drops them once it is quiet ([`ReadBuffers::clear`]),
+/// so that an idle daemon holds none.
+#[derive(Debug, Clone, Default)]
+pub struct ReadBuffers(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl ReadBuffers {
+    /// As many as the line queue can hold, and one being read.
+    const KEEP: usize = 5;
+
+    /// A buffer given back, or a new one.
+    fn take(&self) -> Vec<u8> {
+        self.kept().pop().unwrap_or_default()
+    }
+
+    /// Gives back the text of processed lines.
+    pub fn give(&self, lines: Lines) {
+        let buf = lines.into_bytes();
+        let mut kept = self.kept();
+        if buf.capacity() as u64 >= MAX_READ && kept.len() < ReadBuffers::KEEP {
+            kept.push(buf);
+        }
+    }
+
+    /// Drops the buffers kept.
+    pub fn clear(&self) {
+        let dropped = std::mem::take(&mut *self.kept());
+        drop(dropped);
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Notes a line dropped for its length: the first one with a warning, later ones at debug
@@ -276,7 +317,7 @@ impl Followed {
 
     /// Reads at most [`MAX_READ`] appended bytes, into the buffer that becomes the batch's
     /// text; `Ok(None)` when nothing new was there.
-    fn read(&mut self) -> io::Result<Option<LineBatch>> {
+    fn read(&mut self, buffers: &ReadBuffers) -> io::Result<Option<LineBatch>> {
         let size = self.file.metadata()?.size();
         self.size = size;
         if size < self.pos || !self.head.matches(&self.file)? {
@@ -300,7 +341,7 @@ impl Followed {
             return Ok(None);
         }
         let want = usize::try_from(end - self.pos).unwrap_or(0);
-        let mut buf = self.splitter.buffer(want);
+        let mut buf = self.splitter.buffer(want, buffers.take());
         let held = buf.len() - want;
         let n = read_full_at(&self.file, &mut buf[held..], self.pos)?;
         buf.truncate(held + n);
@@ -416,11 +457,27 @@ impl LineSplitter {
         }
     }
 
-    /// A buffer for the next read of `more` bytes (zeroed, to be overwritten): it starts with
-    /// the line still waiting for its newline. Hand it back, cut to what was read, to
+    /// A buffer for the next read of `more` bytes, made of `spare` (a buffer used before, or
+    /// an empty one): it starts with the line still waiting for its newline; the rest, its
+    /// old bytes or zeroes, is to be overwritten. Hand it back, cut to what was read, to
     /// [`LineSplitter::take`]; until then nothing changes here.
-    pub fn buffer(&self, more: usize) -> Vec<u8> {
-        let mut buf = vec![0; self.partial.len() + more];
+    pub fn buffer(&self, more: usize, mut spare: Vec<u8>) -> Vec<u8> {
+        let len = self.partial.len() + more;
+        let mut buf = if spare.capacity() >= len {
+            spare.resize(len, 0);
+            spare
+        } else {
+            // Zeroed by the kernel as it maps the pages, not by a pass over them. A full read
+            // gets room for the longest waiting line, so that the buffer serves every later
+            // full read, whatever line waits then.
+            let room = match more as u64 >= MAX_READ {
+                true => MAX_LINE,
+                false => self.partial.len(),
+            };
+            let mut buf = vec![0; more + room];
+            buf.truncate(len);
+            buf
+        };
         buf[..self.partial.len()].copy_from_slice(&self.partial);
         buf
     }
@@ -486,6 +543,8 @@ pub struct FileFollower {
     rescan: tokio::time::Interval,
     /// The routing index of the first pattern (see [`Source`]).
     first: usize,
+    /// Where reads take their buffers from.
+    buffers: ReadBuffers,
 }
 
 const DIR_MASK: WatchMask = WatchMask::CREATE.union(WatchMask::MOVED_TO);
@@ -498,6 +557,12 @@ impl FileFollower {
     /// end (see [`Resume`]). Needs a tokio runtime.
     pub fn new(patterns: &[String], resume: &Resume) -> Result<FileFollower, SourceError> {
         FileFollower::numbered(patterns, resume, 0)
+    }
+
+    /// Reads into the buffers of `buffers` when it has some (the daemon gives them back).
+    pub fn with_buffers(mut self, buffers: ReadBuffers) -> FileFollower {
+        self.buffers = buffers;
+        self
     }
 
     /// Like [`FileFollower::new`], the patterns' routing indexes starting at `first`.
@@ -524,6 +589,7 @@ impl FileFollower {
             behind: VecDeque::new(),
             rescan,
             first,
+            buffers: ReadBuffers::default(),
         };
         for pattern in patterns {
             let path = Path::new(pattern);
@@ -687,7 +753,7 @@ impl FileFollower {
     /// Reads the next chunk of a followed file.
     fn read(&mut self, wd: &WatchDescriptor) -> Option<LineBatch> {
         let f = self.files.get_mut(wd)?;
-        let batch = match f.read() {
+        let batch = match f.read(&self.buffers) {
             Ok(batch) => batch,
             Err(e) => {
                 tracing::warn!(path = %f.path.display(), error = %e, "reading log file failed");
@@ -704,7 +770,7 @@ impl FileFollower {
     pub async fn next(&mut self) -> Result<Vec<LineBatch>, SourceError> {
         loop {
             if let Some(old) = self.finishing.front_mut() {
-                match old.read() {
+                match old.read(&self.buffers) {
                     Ok(Some(batch)) => return Ok(vec![batch]),
                     Ok(None) if old.behind() => {}
                     Ok(None) => {
@@ -944,8 +1010,11 @@ mod tests {
                 (out, s.take_cut(), s.pending())
             };
             // The same bytes read into the splitter's buffers, each taken as it lies where
-            // it can be.
-            let read = || {
+            // it can be: new buffers, or (`used`) buffers given back, of any length and room,
+            // full of an earlier batch's lines (failures of a planted address), which must
+            // never show.
+            let mut spare_len = next() as usize;
+            let mut read = |used: bool| {
                 let mut s = LineSplitter::default();
                 if round % 7 == 0 {
                     s.discarding = true;
@@ -953,7 +1022,17 @@ mod tests {
                 let mut out = Lines::new();
                 let mut at = 0;
                 for &cut in cuts.iter().chain([&stream.len()]) {
-                    let mut buf = s.buffer(cut - at);
+                    let spare = match used {
+                        true => {
+                            spare_len = spare_len.rotate_left(7) ^ cut;
+                            let len = spare_len % (stream.len() + MAX_LINE + 2);
+                            let mut spare = Vec::with_capacity(len + spare_len % 3 * 1000);
+                            spare.extend(PLANTED.iter().cycle().take(len));
+                            spare
+                        }
+                        false => Vec::new(),
+                    };
+                    let mut buf = s.buffer(cut - at, spare);
                     let held = buf.len() - (cut - at);
                     buf[held..].copy_from_slice(&stream[at..cut]);
                     s.take(buf).iter().for_each(|line| out.push(line));
@@ -963,9 +1042,53 @@ mod tests {
             };
             let one_by_one = run(false);
             assert_eq!(run(true), one_by_one, "round {round}, cuts {cuts:?}");
-            assert_eq!(read(), one_by_one, "read: round {round}, cuts {cuts:?}");
+            assert_eq!(
+                read(false),
+                one_by_one,
+                "read: round {round}, cuts {cuts:?}"
+            );
+            assert_eq!(read(true), one_by_one, "used: round {round}, cuts {cuts:?}");
         }
         assert!(taken > 150, "the run was taken in {taken} rounds only");
+    }
+
+    /// What a used buffer held before: lines an attacker would love to see counted again.
+    const PLANTED: &[u8] = b"Failed password for root from 203.0.113.66 port 22 ssh2\n";
+
+    /// Read buffers are kept for full reads only, a few at most, and all dropped by `clear`;
+    /// a read takes a kept one, whose bytes are then what was read, nothing of before.
+    #[test]
+    fn read_buffers_keep_a_few_full_reads_until_cleared() {
+        let full = |fill: &[u8]| {
+            let mut s = LineSplitter::default();
+            let mut buf = s.buffer(MAX_READ as usize, Vec::new());
+            for (b, f) in buf.iter_mut().zip(fill.iter().cycle()) {
+                *b = *f;
+            }
+            s.take(buf)
+        };
+        let buffers = ReadBuffers::default();
+        buffers.give(Lines::from_iter(["a short live read"]));
+        assert!(buffers.kept().is_empty(), "a small buffer is not kept");
+        for _ in 0..ReadBuffers::KEEP + 2 {
+            buffers.give(full(PLANTED));
+        }
+        assert_eq!(buffers.kept().len(), ReadBuffers::KEEP);
+        // A read of a few lines into a kept buffer: those lines, no planted one.
+        let mut s = LineSplitter::default();
+        let fresh = b"Failed password for bob from 198.51.100.7 port 2222\nhalf a li";
+        let mut buf = s.buffer(fresh.len(), buffers.take());
+        assert!(buf.capacity() as u64 >= MAX_READ, "a kept buffer was taken");
+        buf.copy_from_slice(fresh);
+        let lines = s.take(buf);
+        assert_eq!(
+            lines.iter().collect::<Vec<_>>(),
+            ["Failed password for bob from 198.51.100.7 port 2222"]
+        );
+        assert_eq!(s.pending(), 9);
+        buffers.clear();
+        assert!(buffers.kept().is_empty());
+        assert_eq!(buffers.take().capacity(), 0, "nothing kept: a new buffer");
     }
 
     /// A read of whole clean lines, a line begun by the read before included, becomes the
@@ -981,7 +1104,7 @@ mod tests {
         );
         assert_eq!(s.pending(), 11);
         let more = b"word for bob from 198.51.100.7 port 2222\ncaf\xc3\xa9\n";
-        let mut buf = s.buffer(more.len());
+        let mut buf = s.buffer(more.len(), Vec::new());
         buf[11..].copy_from_slice(more);
         let at = buf.as_ptr();
         let lines = s.take(buf);
