@@ -416,25 +416,33 @@ impl Dates {
             return self.resolve(civil(year, month, day, hour, minute, second, nanos)?, zone);
         }
         c.i = save;
-        // No year: the latest one that does not put the date more than a day ahead of now.
+        self.yearless(now, zone, |year| {
+            civil(year, month, day, hour, minute, second, nanos)
+        })
+    }
+
+    /// A date without a year (`date(year)`): the latest year that does not put it more than
+    /// a day ahead of `now`, back far enough for a 29th of February.
+    fn yearless(
+        &self,
+        now: SystemTime,
+        zone: Option<Offset>,
+        date: impl Fn(u32) -> Option<DateTime>,
+    ) -> Option<Timestamp> {
         let now = Timestamp::try_from(now).ok()?;
-        let this_year = self.tz.to_datetime(now).year();
+        let today = self.tz.to_datetime(now);
         let limit = now.as_second() + 86_400;
-        // Back far enough for a 29th of February.
-        (this_year - 8..=this_year + 1)
+        // Next year is that close only in this year's last days: a zone's day is never cut
+        // short by more than one (Samoa skipped 30 December 2011), so next year is not tried
+        // before the 28th of December. `yearless_dates_skip_next_year_only_where_it_cannot_be`
+        // holds this to trying every year.
+        let latest = match today.month() == 12 && today.day() >= 28 {
+            true => today.year() + 1,
+            false => today.year(),
+        };
+        (today.year() - 8..=latest)
             .rev()
-            .filter_map(|y| {
-                let dt = civil(
-                    u32::try_from(y).ok()?,
-                    month,
-                    day,
-                    hour,
-                    minute,
-                    second,
-                    nanos,
-                )?;
-                self.resolve(dt, zone)
-            })
+            .filter_map(|y| self.resolve(date(u32::try_from(y).ok()?)?, zone))
             .find(|t| t.as_second() <= limit)
     }
 
@@ -985,6 +993,74 @@ mod tests {
         assert_eq!(got.0, "2027-01-01T00:00:10Z", "a clock slightly ahead");
         let got = find("UTC", "Feb 29 10:00:00 host x", "2026-03-01T00:00:00Z");
         assert_eq!(got.unwrap().0, "2024-02-29T10:00:00Z", "the last leap year");
+    }
+
+    /// The year of a yearless date, found without trying next year before the 28th of
+    /// December, is the one trying every year finds: across new year and leap days, in zones
+    /// far from UTC, one that skipped a day (Samoa, December 2011) and one that moves by half
+    /// an hour (Lord Howe), for dates around `now` and around new year.
+    #[test]
+    fn yearless_dates_skip_next_year_only_where_it_cannot_be() {
+        let zones = [
+            "UTC",
+            "Europe/Berlin",
+            "America/New_York",
+            "Pacific/Apia",
+            "Australia/Lord_Howe",
+            "Pacific/Kiritimati",
+            "Etc/GMT+12",
+        ];
+        let starts = [
+            "2011-12-20T00:00:00Z",
+            "2023-12-20T00:00:00Z",
+            "2026-02-20T00:00:00Z",
+        ];
+        let mut compared = 0;
+        for zone in zones {
+            let dates = Dates::new(Dates::zone(zone).unwrap());
+            // Every year tried, as the reference.
+            let every_year = |now: SystemTime, date: &dyn Fn(u32) -> Option<DateTime>| {
+                let ts = Timestamp::try_from(now).unwrap();
+                let this_year = dates.tz.to_datetime(ts).year();
+                (this_year - 8..=this_year + 1)
+                    .rev()
+                    .filter_map(|y| dates.resolve(date(u32::try_from(y).ok()?)?, None))
+                    .find(|t| t.as_second() <= ts.as_second() + 86_400)
+            };
+            for start in starts {
+                let start: Timestamp = start.parse().unwrap();
+                // Every 5 h 7 min for 16 days: through the year's end, or through February.
+                for step in 0..75 {
+                    let now = SystemTime::from(start) + Duration::from_secs(step * 18_420);
+                    let today = dates.tz.to_datetime(Timestamp::try_from(now).unwrap());
+                    let mut days = vec![
+                        (1, 1),
+                        (12, 31),
+                        (12, 30),
+                        (12, 29),
+                        (2, 29),
+                        (2, 28),
+                        (3, 1),
+                    ];
+                    days.push((
+                        u32::try_from(today.month()).unwrap(),
+                        u32::try_from(today.day()).unwrap(),
+                    ));
+                    for (month, day) in days {
+                        for (hour, minute) in [(0, 0), (0, 30), (12, 0), (23, 59)] {
+                            let date = |y| civil(y, month, day, hour, minute, 30, 0);
+                            assert_eq!(
+                                dates.yearless(now, None, date),
+                                every_year(now, &date),
+                                "{zone}, now {now:?}, {month}-{day} {hour}:{minute}"
+                            );
+                            compared += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(compared > 10_000);
     }
 
     #[test]
