@@ -592,18 +592,24 @@ fn starts_reversed(
     found.clear();
     let input = Input::new(hay).range(..end).anchored(Anchored::Yes);
     let mut sid = dfa.start_state_reverse(cache, &input)?;
-    // A match state is seen one byte late: after the byte at `at - 1` it means `[at, end)`;
-    // a match at 0 shows at the end of input.
-    for at in (floor..=end).rev() {
-        sid = match at {
-            0 => dfa.next_eoi_state(cache, sid)?,
-            _ => dfa.next_state(cache, sid, hay[at - 1])?,
-        };
+    // A match state is seen one byte late: after the byte at `j` it means `[j + 1, end)`; a
+    // match at 0 shows at the end of input. (A plain range over the bytes: this loop is the
+    // hottest of placing an address.)
+    let hay = &hay[..end];
+    let mut dead = false;
+    for j in (floor.saturating_sub(1)..end).rev() {
+        sid = dfa.next_state(cache, sid, hay[j])?;
         match step(sid)? {
-            Step::Match => found.push(at),
-            Step::Dead => break,
+            Step::Match => found.push(j + 1),
+            Step::Dead => {
+                dead = true;
+                break;
+            }
             Step::Go => {}
         }
+    }
+    if floor == 0 && !dead && matches!(step(dfa.next_eoi_state(cache, sid)?)?, Step::Match) {
+        found.push(0);
     }
     found.reverse();
     Ok(())
@@ -620,17 +626,23 @@ fn for_each_end_forward(
 ) -> Result<(), GiveUp> {
     let input = Input::new(hay).range(from..).anchored(Anchored::Yes);
     let mut sid = dfa.start_state_forward(cache, &input)?;
-    // Seen one byte late too: after the byte at `at`, a match state means `[from, at)`.
-    for at in from..=last {
-        sid = match hay.get(at) {
-            Some(&byte) => dfa.next_state(cache, sid, byte)?,
-            None => dfa.next_eoi_state(cache, sid)?,
-        };
+    // Seen one byte late too: after the byte at `at`, a match state means `[from, at)`; a
+    // match at the end shows at the end of input.
+    debug_assert!(last <= hay.len());
+    let bytes = &hay[..hay.len().min(last + 1)];
+    for at in from..bytes.len() {
+        sid = dfa.next_state(cache, sid, bytes[at])?;
         match step(sid)? {
             Step::Match => each(at),
-            Step::Dead => break,
+            Step::Dead => return Ok(()),
             Step::Go => {}
         }
+    }
+    if from <= last
+        && last == hay.len()
+        && matches!(step(dfa.next_eoi_state(cache, sid)?)?, Step::Match)
+    {
+        each(last);
     }
     Ok(())
 }
