@@ -629,9 +629,9 @@ fn for_each_end_forward(
     // Seen one byte late too: after the byte at `at`, a match state means `[from, at)`; a
     // match at the end shows at the end of input.
     debug_assert!(last <= hay.len());
-    let bytes = &hay[..hay.len().min(last + 1)];
-    for at in from..bytes.len() {
-        sid = dfa.next_state(cache, sid, bytes[at])?;
+    let bytes = hay.get(from..hay.len().min(last + 1)).unwrap_or_default();
+    for (at, &byte) in (from..).zip(bytes) {
+        sid = dfa.next_state(cache, sid, byte)?;
         match step(sid)? {
             Step::Match => each(at),
             Step::Dead => return Ok(()),
