@@ -138,7 +138,8 @@ impl Sources {
         prepare: Prepare,
     ) -> Result<Sources, DaemonError> {
         let (tx, lines) = mpsc::channel(LINE_QUEUE);
-        let buffers = ReadBuffers::default();
+        // The batches the line queue holds, and the one being read.
+        let buffers = ReadBuffers::keeping(LINE_QUEUE + 1);
         let from = StartFrom {
             positions,
             readback,

@@ -91,37 +91,48 @@ pub struct LineBatch {
 /// pages, which the kernel zeroes and maps (and the allocator unmaps again when the batch is
 /// dropped); into one given back, the read lands in memory already touched, and is not
 /// zeroed first either (its old bytes are overwritten or cut off). Only buffers of such reads
-/// are kept, a few at most; the daemon drops them once it is quiet ([`ReadBuffers::clear`]),
-/// so that an idle daemon holds none.
+/// are kept, as many as the owner says (the daemon: what its line queue holds, and one being
+/// read); the daemon drops them once it is quiet ([`ReadBuffers::clear`]), so that an idle
+/// daemon holds none. The default keeps none.
 #[derive(Debug, Clone, Default)]
-pub struct ReadBuffers(Arc<Mutex<Vec<Vec<u8>>>>);
+pub struct ReadBuffers {
+    kept: Arc<Mutex<Vec<Vec<u8>>>>,
+    keep: usize,
+}
 
 impl ReadBuffers {
-    /// As many as the line queue can hold, and one being read.
-    const KEEP: usize = 5;
+    /// Keeps up to `keep` buffers given back.
+    pub fn keeping(keep: usize) -> ReadBuffers {
+        ReadBuffers {
+            kept: Arc::default(),
+            keep,
+        }
+    }
 
     /// A buffer given back, or a new one.
     fn take(&self) -> Vec<u8> {
         self.kept().pop().unwrap_or_default()
     }
 
-    /// Gives back the text of processed lines.
+    /// Gives back the text of processed lines (only a full read's is kept).
     pub fn give(&self, lines: Lines) {
         let buf = lines.into_bytes();
+        if (buf.capacity() as u64) < MAX_READ {
+            return;
+        }
         let mut kept = self.kept();
-        if buf.capacity() as u64 >= MAX_READ && kept.len() < ReadBuffers::KEEP {
+        if kept.len() < self.keep {
             kept.push(buf);
         }
     }
 
-    /// Drops the buffers kept.
+    /// Drops the buffers kept (freed after the lock is released).
     pub fn clear(&self) {
-        let dropped = std::mem::take(&mut *self.kept());
-        drop(dropped);
+        drop(std::mem::take(&mut *self.kept()));
     }
 
     fn kept(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -1055,7 +1066,8 @@ mod tests {
     /// What a used buffer held before: lines an attacker would love to see counted again.
     const PLANTED: &[u8] = b"Failed password for root from 203.0.113.66 port 22 ssh2\n";
 
-    /// Read buffers are kept for full reads only, a few at most, and all dropped by `clear`;
+    /// Read buffers are kept for full reads only, as many as asked at most, none by default,
+    /// and all dropped by `clear`;
     /// a read takes a kept one, whose bytes are then what was read, nothing of before.
     #[test]
     fn read_buffers_keep_a_few_full_reads_until_cleared() {
@@ -1067,13 +1079,13 @@ mod tests {
             }
             s.take(buf)
         };
-        let buffers = ReadBuffers::default();
+        let buffers = ReadBuffers::keeping(5);
         buffers.give(Lines::from_iter(["a short live read"]));
         assert!(buffers.kept().is_empty(), "a small buffer is not kept");
-        for _ in 0..ReadBuffers::KEEP + 2 {
+        for _ in 0..7 {
             buffers.give(full(PLANTED));
         }
-        assert_eq!(buffers.kept().len(), ReadBuffers::KEEP);
+        assert_eq!(buffers.kept().len(), 5);
         // A read of a few lines into a kept buffer: those lines, no planted one.
         let mut s = LineSplitter::default();
         let fresh = b"Failed password for bob from 198.51.100.7 port 2222\nhalf a li";
@@ -1089,6 +1101,9 @@ mod tests {
         buffers.clear();
         assert!(buffers.kept().is_empty());
         assert_eq!(buffers.take().capacity(), 0, "nothing kept: a new buffer");
+        let none = ReadBuffers::default();
+        none.give(full(PLANTED));
+        assert!(none.kept().is_empty(), "the default keeps none");
     }
 
     /// A read of whole clean lines, a line begun by the read before included, becomes the
