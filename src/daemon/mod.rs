@@ -19,8 +19,8 @@ use crate::addr::IpNet;
 use crate::ban::Element;
 use crate::config::{Config, SourceChoice};
 use crate::control::{self, BanInfo, ErrorKind, Incoming, JailStatus, Request, Response};
-use crate::engine::{Engine, EngineError, Listed};
-use crate::filter::{CandidateSearch, Filter};
+use crate::engine::{Engine, EngineError, Listed, failures_in};
+use crate::filter::Filter;
 use crate::firewall::{self, Firewall, FirewallError, Monitor};
 use crate::fleet::{Fleet, Inbound};
 use crate::jail::Jail;
@@ -92,8 +92,8 @@ pub struct Daemon {
     /// The host's own addresses, given to every jail.
     own: Arc<[IpNet]>,
     sources: Sources,
-    /// The jails' candidate searches by source, for the sources' threads.
-    searches: Searches,
+    /// The jails' filters by source, for the sources' threads.
+    filters: SourceFilters,
     /// Where the configuration is read from again on reload.
     config_path: PathBuf,
     /// The configuration running, as `banctl config` shows it: its files and the TOML.
@@ -193,28 +193,32 @@ impl Sources {
     }
 }
 
-/// The candidate searches of the jails reading each source (by routing index), shared with
-/// the sources' threads: each batch's candidate lines are found there, off the main loop
-/// ([`LineBatch::candidates`]). Set again whenever the jails or the routes change; a batch
-/// prepared with a search the jail no longer has is searched again by the jail itself.
+/// The filters of the jails reading each source (by routing index) that can examine lines on
+/// their own (those with a candidate search: no line depends on the ones before), shared with
+/// the sources' threads: each batch's failures are found there, off the main loop and while
+/// the batch's lines are still in that core's cache ([`LineBatch::examined`]). Set again
+/// whenever the jails or the routes change; a batch prepared by a filter build the jail no
+/// longer has is examined again by the jail itself.
 #[derive(Clone, Default)]
-struct Searches(Arc<RwLock<Vec<Vec<CandidateSearch>>>>);
+struct SourceFilters(Arc<RwLock<Vec<Vec<Examiner>>>>);
 
-impl Searches {
-    /// The searches of `filters` (by jail index) for `routes` (the jails of each source).
+/// A filter, by the id of its build's candidate search (what a batch's failures are keyed by).
+type Examiner = (u64, Filter);
+
+impl SourceFilters {
+    /// The filters of `filters` (by jail index) for `routes` (the jails of each source), each
+    /// build once per source.
     fn set<'a>(&self, routes: &[Vec<usize>], filters: impl Iterator<Item = &'a Filter>) {
-        let searches: Vec<Option<&CandidateSearch>> =
-            filters.map(Filter::candidate_search).collect();
+        let filters: Vec<&Filter> = filters.collect();
         let by_source = routes
             .iter()
             .map(|jails| {
-                let mut mine: Vec<CandidateSearch> = Vec::new();
-                for s in jails
-                    .iter()
-                    .filter_map(|&j| searches.get(j).copied().flatten())
-                {
-                    if mine.iter().all(|m| m.id() != s.id()) {
-                        mine.push(s.clone());
+                let mut mine: Vec<Examiner> = Vec::new();
+                for filter in jails.iter().filter_map(|&j| filters.get(j).copied()) {
+                    if let Some(search) = filter.candidate_search()
+                        && mine.iter().all(|(id, _)| *id != search.id())
+                    {
+                        mine.push((search.id(), filter.clone()));
                     }
                 }
                 mine
@@ -223,17 +227,20 @@ impl Searches {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = by_source;
     }
 
-    /// What the sources do to each batch: find the candidate lines of each search of the
-    /// batch's sources.
+    /// What the sources do to each batch: find the failures of each filter of the batch's
+    /// sources, in the lines its candidate search finds.
     fn prepare(&self) -> Prepare {
-        let searches = self.0.clone();
+        let filters = self.0.clone();
         Arc::new(move |batch: &mut LineBatch| {
-            let by_source = searches.read().unwrap_or_else(PoisonError::into_inner);
+            let by_source = filters.read().unwrap_or_else(PoisonError::into_inner);
             for &source in &batch.sources {
-                for search in by_source.get(source).into_iter().flatten() {
-                    if batch.candidates.iter().all(|(id, _)| *id != search.id()) {
-                        let lines = batch.lines.candidates(|b, from| search.next(b, from));
-                        batch.candidates.push((search.id(), lines));
+                for (id, filter) in by_source.get(source).into_iter().flatten() {
+                    if batch.examined.iter().all(|(done, _)| done != id) {
+                        let listed = batch
+                            .lines
+                            .candidates(|b, from| filter.next_candidate(b, from));
+                        let failures = failures_in(&batch.lines, listed, |l| filter.examine(l));
+                        batch.examined.push((*id, failures));
                     }
                 }
             }
@@ -383,9 +390,9 @@ pub async fn run(
     }
     let routing = routing(&config.jails);
     let routes = routing.routes.clone();
-    let searches = Searches::default();
-    searches.set(&routes, config.jails.iter().map(|j| &j.filter));
-    let sources = Sources::start(routing, config.daemon.readback, &store, searches.prepare())?;
+    let filters = SourceFilters::default();
+    filters.set(&routes, config.jails.iter().map(|j| &j.filter));
+    let sources = Sources::start(routing, config.daemon.readback, &store, filters.prepare())?;
 
     let own: Arc<[IpNet]> = own_addresses().into();
     tracing::debug!(
@@ -419,7 +426,7 @@ pub async fn run(
         routes,
         own: own.clone(),
         sources,
-        searches,
+        filters,
         config_path,
         effective: (config.files(), crate::config::effective::render(&config)),
         started: config.daemon.clone(),
@@ -784,7 +791,7 @@ impl Daemon {
                 routing.clone(),
                 config.daemon.readback,
                 self.engine.ledger(),
-                self.searches.prepare(),
+                self.filters.prepare(),
             ) {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -817,7 +824,7 @@ impl Daemon {
             None => self.sources.routing.routes = routes.clone(),
         }
         self.routes = routes;
-        self.searches.set(
+        self.filters.set(
             &self.routes,
             self.engine.jails().iter().map(|j| &j.config().filter),
         );
@@ -1069,9 +1076,10 @@ pub fn element_info(jail: &str, e: &Element) -> BanInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::Failure;
 
-    /// Each batch gets the candidate lines of the searches of the jails reading its sources,
-    /// once per search, as each jail would find them itself.
+    /// Each batch gets the failures of the filters of the jails reading its sources, once per
+    /// filter build, as each jail would find them itself.
     #[test]
     fn a_batch_is_prepared_for_the_jails_reading_its_sources() {
         let config = Config::parse(
@@ -1087,12 +1095,12 @@ mod tests {
             filters[2].candidate_search().is_none(),
             "c looks at every line"
         );
-        let searches = Searches::default();
-        searches.set(
+        let hooked = SourceFilters::default();
+        hooked.set(
             &[vec![0, 1], vec![1], vec![2], vec![1, 0]],
             filters.iter().copied(),
         );
-        let prepare = searches.prepare();
+        let prepare = hooked.prepare();
         let lines: crate::source::Lines = [
             "fail 192.0.2.1",
             "denied 192.0.2.2 by x",
@@ -1104,9 +1112,10 @@ mod tests {
         .collect();
         let own = |j: usize| {
             let s = filters[j].candidate_search().unwrap();
+            let listed = lines.candidates(|b, from| filters[j].next_candidate(b, from));
             (
                 s.id(),
-                lines.candidates(|b, from| filters[j].next_candidate(b, from)),
+                failures_in(&lines, listed, |l| filters[j].examine(l)),
             )
         };
         // What the hook finds for a batch of `lines` from `sources`.
@@ -1118,10 +1127,10 @@ mod tests {
                 timing: crate::source::Timing::Live,
                 resume: None,
                 cut: 0,
-                candidates: Vec::new(),
+                examined: Vec::new(),
             };
             prepare(&mut batch);
-            batch.candidates
+            batch.examined
         };
         for (sources, expect) in [
             (vec![0], vec![own(0), own(1)]),
@@ -1132,10 +1141,11 @@ mod tests {
         ] {
             assert_eq!(prepared(&sources), expect, "sources {sources:?}");
         }
-        assert_eq!(own(0).1, [0, 3]);
-        assert_eq!(own(1).1, [1, 3]);
-        // Set again (a reload): the searches of the jails as they are now.
-        searches.set(&[vec![1]], filters.iter().copied());
+        let addr = |a: &str| Failure::Addr(a.parse().unwrap());
+        assert_eq!(own(0).1, [(0, addr("192.0.2.1"))]);
+        assert_eq!(own(1).1, [(1, addr("192.0.2.2"))]);
+        // Set again (a reload): the filters of the jails as they are now.
+        hooked.set(&[vec![1]], filters.iter().copied());
         assert_eq!(prepared(&[0]), [own(1)]);
     }
 }

@@ -30,7 +30,7 @@ use crate::config::{JailConfig, UseDns};
 use crate::duration::BanTime;
 use crate::filter::Verdict;
 use crate::jail::{Jail, Outcome, Recorded, Times, Window};
-use crate::source::{LineBatch, Timing};
+use crate::source::{Failure, LineBatch, Lines, Timing};
 
 /// How far behind `now` expired bans are looked for: the enforcer's timeout started a little
 /// after the ledger's `banned_at`, and a wider ban must be gone from the enforcer before the
@@ -298,33 +298,36 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
                 let counters = self.jails[j].counters_mut();
                 counters.lines += batch.lines.len() as u64;
                 counters.cut += batch.cut;
-                // Only the lines the filter may match are looked at, found many at a time:
-                // on the source's thread when the batch carries them for this filter.
+                // The failures in the batch: found on the source's thread when the batch
+                // carries them for this build of the filter, else here.
                 let filter = &self.jails[j].config().filter;
                 let prepared = filter
                     .candidate_search()
-                    .and_then(|s| batch.candidates.iter().find(|(id, _)| *id == s.id()));
+                    .and_then(|s| batch.examined.iter().find(|(id, _)| *id == s.id()));
                 let found;
-                let listed: &[usize] = match prepared {
-                    Some((_, lines)) => lines,
+                let failures: &[(usize, Failure)] = match prepared {
+                    Some((_, failures)) => failures,
                     None => {
-                        found = batch
+                        // Only the lines the filter may match are looked at, found many at
+                        // a time (every line, for a filter that remembers the ones before).
+                        let listed = batch
                             .lines
                             .candidates(|b, from| filter.next_candidate(b, from));
+                        let jail = &mut self.jails[j];
+                        found = failures_in(&batch.lines, listed, |line| jail.examine(line));
                         &found
                     }
                 };
-                for &i in listed {
-                    let line = batch.lines.get(i);
-                    let jail = &mut self.jails[j];
-                    let addr = match jail.examine(line) {
-                        Verdict::Matched(hit) => hit.addr,
-                        Verdict::Name { name, .. } => {
-                            names.extend(self.on_name(j, name, batch, line, now));
+                for (i, failure) in failures {
+                    let line = batch.lines.get(*i);
+                    let addr = match failure {
+                        Failure::Addr(addr) => *addr,
+                        Failure::Name(name) => {
+                            names.extend(self.on_name(j, name.clone(), batch, line, now));
                             continue;
                         }
-                        _ => continue,
                     };
+                    let jail = &mut self.jails[j];
                     jail.counters_mut().matched += 1;
                     let Some(at) = failure_time(jail.config(), batch, line, now) else {
                         continue;
@@ -1234,6 +1237,24 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
 /// When a failure on `line` of `batch` happened, or `None` when it never counts: older than
 /// findtime, or read back without a timestamp. A failure dated in the future (a skewed clock)
 /// counts as now.
+/// The failures that `examine` (a filter's verdict on one line) finds in the lines `listed` of
+/// `lines`, in order: each line's address, or the host name it names. What the engine counts
+/// of a batch, wherever it is found (the daemon's sources find it on their threads).
+pub fn failures_in(
+    lines: &Lines,
+    listed: impl IntoIterator<Item = usize>,
+    mut examine: impl FnMut(&str) -> Verdict,
+) -> Vec<(usize, Failure)> {
+    listed
+        .into_iter()
+        .filter_map(|i| match examine(lines.get(i)) {
+            Verdict::Matched(hit) => Some((i, Failure::Addr(hit.addr))),
+            Verdict::Name { name, .. } => Some((i, Failure::Name(name))),
+            Verdict::Missed | Verdict::NoFailure { .. } | Verdict::Ignored { .. } => None,
+        })
+        .collect()
+}
+
 fn failure_time(
     config: &JailConfig,
     batch: &LineBatch,

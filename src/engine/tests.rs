@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime};
 use super::*;
 use crate::ban::{Place, place, widest_of_round};
 use crate::config::Config;
-use crate::filter::CandidateSearch;
+use crate::filter::{CandidateSearch, Filter};
 use crate::firewall::JailRules;
-use crate::source::{LineBatch, Lines, Timing};
+use crate::source::{Failure, LineBatch, Lines, Timing};
 use crate::state::Store;
 
 const T0: Duration = Duration::from_secs(1_800_000_000);
@@ -275,7 +275,7 @@ fn feed(engine: &mut TestEngine, jail: &str, lines: &[String], clock: &Clock) {
         timing: Timing::Live,
         resume: Some(("file:/dev/null".into(), "0:0:1:0:0".into())),
         cut: 0,
-        candidates: Vec::new(),
+        examined: Vec::new(),
     };
     let routed = [j];
     engine.on_lines(&[(&batch, &routed)], clock.now());
@@ -330,7 +330,7 @@ fn failures_reach_maxretry_and_escalate_with_the_history() {
         timing: Timing::Stamped,
         resume: None,
         cut: 0,
-        candidates: Vec::new(),
+        examined: Vec::new(),
     };
     let web = [e.jail_index("web").unwrap()];
     e.on_lines(&[(&old, &web)], clock.now());
@@ -878,7 +878,7 @@ fn a_date_inside_the_message_never_dates_a_caught_up_failure() {
         timing: Timing::CatchUp,
         resume: None,
         cut: 0,
-        candidates: Vec::new(),
+        examined: Vec::new(),
     };
     let app = [e.jail_index("app").unwrap()];
     e.on_lines(&[(&batch, &app)], clock.now());
@@ -948,11 +948,11 @@ fn each_saved_window_is_what_its_last_change_left() {
     assert_eq!(banned(&mut e, "web").len(), 3);
 }
 
-/// Candidate lines found before the loop (on a source's thread) count exactly as the lines a
-/// jail finds itself; a list made by another build of the filter (one from before a reload)
-/// is never trusted, whatever it says.
+/// Failures found before the loop (on a source's thread) count exactly as the failures a jail
+/// finds itself; a list made by another build of the filter (one from before a reload) is
+/// never trusted, whatever it says.
 #[test]
-fn candidates_found_before_the_loop_count_as_those_the_jail_finds() {
+fn failures_found_before_the_loop_count_as_those_the_jail_finds() {
     let lines: Vec<String> = [
         "fail 192.0.2.1",
         "nofail 192.0.2.2",
@@ -967,45 +967,52 @@ fn candidates_found_before_the_loop_count_as_those_the_jail_finds() {
     ]
     .map(String::from)
     .into();
-    // Each way of preparing the batch, given the jail's own search and another build's.
-    type Prepared = fn(&CandidateSearch, &CandidateSearch, &Lines) -> Vec<(u64, Vec<usize>)>;
+    /// What the daemon's hook finds with `filter`.
+    fn found_by(filter: &Filter, lines: &Lines) -> Vec<(usize, Failure)> {
+        let listed = lines.candidates(|b, from| filter.next_candidate(b, from));
+        failures_in(lines, listed, |line| filter.examine(line))
+    }
+    let id = |filter: &Filter| filter.candidate_search().unwrap().id();
+    // Each way of preparing the batch, given the jail's own filter and another build's search.
+    type Prepared = fn(&Filter, &CandidateSearch, &Lines) -> Vec<(u64, Vec<(usize, Failure)>)>;
     let ways: [(&str, Prepared); 4] = [
         ("none", |_, _, _| Vec::new()),
         ("the jail's", |own, _, lines| {
-            vec![(own.id(), lines.candidates(|b, from| own.next(b, from)))]
+            let id = own.candidate_search().unwrap().id();
+            vec![(id, found_by(own, lines))]
         }),
         ("another build's, finding nothing", |_, other, _| {
             vec![(other.id(), Vec::new())]
         }),
-        ("another build's, then the jail's", |own, other, lines| {
-            vec![
-                (other.id(), vec![1]),
-                (own.id(), lines.candidates(|b, from| own.next(b, from))),
-            ]
-        }),
+        (
+            "another build's, naming an address, then the jail's",
+            |own, other, lines| {
+                let planted = Failure::Addr("203.0.113.9".parse().unwrap());
+                let id = own.candidate_search().unwrap().id();
+                vec![
+                    (other.id(), vec![(1, planted.clone()), (5, planted)]),
+                    (id, found_by(own, lines)),
+                ]
+            },
+        ),
     ];
     let mut outcomes = Vec::new();
     for (way, prepared) in ways {
         let clock = Clock::new();
         let mut e = engine(config(""), &clock);
         let j = e.jail_index("web").unwrap();
-        let own = e.jails()[j]
-            .config()
-            .filter
-            .candidate_search()
-            .unwrap()
-            .clone();
+        let own = e.jails()[j].config().filter.clone();
         let rebuilt = config("");
         let other = rebuilt[0].filter.candidate_search().unwrap();
         assert_ne!(
-            own.id(),
+            id(&own),
             other.id(),
             "a filter built again has a search of its own"
         );
         let lines: Lines = lines.iter().collect();
         let batch = LineBatch {
             sources: vec![0],
-            candidates: prepared(&own, other, &lines),
+            examined: prepared(&own, other, &lines),
             lines,
             read_at: clock.now(),
             timing: Timing::Live,

@@ -37,8 +37,9 @@ pub struct StartFrom<'a> {
 }
 
 /// What the daemon does to a batch on the source's thread, before the batch joins the line
-/// queue: it finds the jails' candidate lines ([`LineBatch::candidates`]) there, off the main
-/// loop. The source knows nothing of what it does.
+/// queue: it finds the jails' failures ([`LineBatch::examined`]) there, off the main loop and
+/// while the lines are in the cache the read left them in. The source knows nothing of what
+/// it does.
 pub type Prepare = Arc<dyn Fn(&mut LineBatch) + Send + Sync>;
 
 /// A log source.

@@ -237,7 +237,7 @@ fn follow(
                 timing: Timing::Stamped,
                 resume: None,
                 cut: 0,
-                candidates: Vec::new(),
+                examined: Vec::new(),
             });
             if text.len() > super::MAX_LINE {
                 b.cut += 1;

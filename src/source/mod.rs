@@ -21,6 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
+use std::net::IpAddr;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -78,11 +79,19 @@ pub struct LineBatch {
     pub resume: Option<(String, String)>,
     /// Lines longer than [`MAX_LINE`] dropped since the last batch of this source.
     pub cut: u64,
-    /// The lines a jail's filter may match, found before the batch reached the main loop:
-    /// per [`crate::filter::CandidateSearch`] id, the line indexes its search finds (see
-    /// [`Lines::candidates`]). Filled by the daemon's [`Prepare`]; a jail whose search is not
-    /// here finds its lines itself.
-    pub candidates: Vec<(u64, Vec<usize>)>,
+    /// The failures a jail's filter finds, found before the batch reached the main loop: per
+    /// [`crate::filter::CandidateSearch`] id (the filter build's), each line index with its
+    /// failure, in order. Filled by the daemon's [`Prepare`] on the source's thread, where the
+    /// lines were just read; a jail whose filter is not here examines its lines itself.
+    pub examined: Vec<(u64, Vec<(usize, Failure)>)>,
+}
+
+/// A failure a filter found in a line: the address it names, or a host name (which the
+/// daemon resolves, warns of or drops as the jail's `usedns` says).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    Addr(IpAddr),
+    Name(String),
 }
 
 /// Read buffers given back once their lines were processed, for the next reads of a backlog.
@@ -375,7 +384,7 @@ impl Followed {
             timing,
             resume: Some((position_key(&self.path), position.encode())),
             cut: self.splitter.take_cut(),
-            candidates: Vec::new(),
+            examined: Vec::new(),
         }))
     }
 
