@@ -1234,9 +1234,6 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
     }
 }
 
-/// When a failure on `line` of `batch` happened, or `None` when it never counts: older than
-/// findtime, or read back without a timestamp. A failure dated in the future (a skewed clock)
-/// counts as now.
 /// The failures that `examine` (a filter's verdict on one line) finds in the lines `listed` of
 /// `lines`, in order: each line's address, or the host name it names. What the engine counts
 /// of a batch, wherever it is found (the daemon's sources find it on their threads).
@@ -1255,6 +1252,9 @@ pub fn failures_in(
         .collect()
 }
 
+/// When a failure on `line` of `batch` happened, or `None` when it never counts: older than
+/// findtime, or read back without a timestamp. A failure dated in the future (a skewed clock)
+/// counts as now.
 fn failure_time(
     config: &JailConfig,
     batch: &LineBatch,
