@@ -635,6 +635,7 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
     };
     let mut report = Report::new(&filter).with_names(names());
     let mut tally = DateTally::default();
+    let line_dates = dates.reader(now);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     // Dates are read where they are shown: the JSON output dates failures, the summary
@@ -660,7 +661,7 @@ fn test_filter(input: &str, filter: &str, options: &TestOptions) -> Result<(), F
                     format: banctl::filter::date::Format::Iso8601,
                     span: (0, 0),
                 }),
-                None => dates.find(line, now),
+                None => line_dates.find(line),
             }
         };
         if !options.json && wanted {
@@ -1022,12 +1023,13 @@ fn test_file_in_parts(
                             .context("reading the input")?;
                         let mut report = banctl::filter::Report::new(filter).with_names(names());
                         let mut tally = DateTally::default();
+                        let dates = dates.reader(now);
                         let skipped = candidate_lines(file.take(len), filter, false, |n, line| {
                             let verdict = report.add(filter, line);
                             let matched = verdict != banctl::filter::Verdict::Missed;
                             let first = k == 0 && n == 1;
                             if matched || first {
-                                let format = DateKind::of(dates.find(line, now).as_ref());
+                                let format = DateKind::of(dates.find(line).as_ref());
                                 tally.note(first, matched, format);
                             }
                             Ok(())

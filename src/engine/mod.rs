@@ -29,6 +29,7 @@ use crate::ban::{Ban, Element, FastHash, Origin, Overlaps, Restore, StoredBan};
 use crate::config::{JailConfig, UseDns};
 use crate::duration::BanTime;
 use crate::filter::Verdict;
+use crate::filter::date::DateReader;
 use crate::jail::{Jail, Outcome, Recorded, Times, Window};
 use crate::source::{Failure, LineBatch, Lines, Timing};
 
@@ -318,21 +319,28 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
                         &found
                     }
                 };
+                // Dated first, by one reader for the batch (it borrows the jail, which
+                // counting changes), then counted in the same order.
+                let dates = self.jails[j].config().dates.reader(now);
+                let mut dated = Vec::with_capacity(failures.len());
+                let mut matched = 0;
                 for (i, failure) in failures {
                     let line = batch.lines.get(*i);
-                    let addr = match failure {
-                        Failure::Addr(addr) => *addr,
-                        Failure::Name(name) => {
-                            names.extend(self.on_name(j, name.clone(), batch, line, now));
-                            continue;
+                    match failure {
+                        Failure::Addr(addr) => {
+                            matched += 1;
+                            let at = failure_time(self.jails[j].config(), &dates, batch, line, now);
+                            dated.extend(at.map(|at| (*i, *addr, at)));
                         }
-                    };
-                    let jail = &mut self.jails[j];
-                    jail.counters_mut().matched += 1;
-                    let Some(at) = failure_time(jail.config(), batch, line, now) else {
-                        continue;
-                    };
-                    self.count(j, addr, at, line, &mut bans);
+                        Failure::Name(name) => {
+                            let name = name.clone();
+                            names.extend(self.on_name(j, name, &dates, batch, line, now));
+                        }
+                    }
+                }
+                self.jails[j].counters_mut().matched += matched;
+                for (i, addr, at) in dated {
+                    self.count(j, addr, at, batch.lines.get(i), &mut bans);
                 }
             }
         }
@@ -401,6 +409,7 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
         &self,
         j: usize,
         name: String,
+        dates: &DateReader,
         batch: &LineBatch,
         line: &str,
         now: SystemTime,
@@ -416,12 +425,14 @@ impl<E: Enforcer, L: Ledger> Engine<E, L> {
                 );
                 None
             }
-            UseDns::Yes => failure_time(jail.config(), batch, line, now).map(|at| NameFailure {
-                jail: jail.name().to_owned(),
-                name,
-                at,
-                line: line.into(),
-            }),
+            UseDns::Yes => {
+                failure_time(jail.config(), dates, batch, line, now).map(|at| NameFailure {
+                    jail: jail.name().to_owned(),
+                    name,
+                    at,
+                    line: line.into(),
+                })
+            }
         }
     }
 
@@ -1257,6 +1268,7 @@ pub fn failures_in(
 /// counts as now.
 fn failure_time(
     config: &JailConfig,
+    dates: &DateReader,
     batch: &LineBatch,
     line: &str,
     now: SystemTime,
@@ -1264,12 +1276,11 @@ fn failure_time(
     let at = match batch.timing {
         Timing::Live | Timing::Stamped => batch.read_at,
         // A date inside the message may be the attacker's: only one at the line's start.
-        Timing::CatchUp => config
-            .dates
-            .find(line, now)
+        Timing::CatchUp => dates
+            .find(line)
             .filter(|f| f.format != crate::filter::date::Format::CtimeInside)
             .map_or(batch.read_at, |f| f.at),
-        Timing::ReadBack => config.dates.find(line, now)?.at,
+        Timing::ReadBack => dates.find(line)?.at,
     };
     (at + config.findtime >= now).then(|| at.min(now))
 }

@@ -9,13 +9,14 @@
 //! date without a year (BSD syslog) takes the year that puts it at most a day after "now", so
 //! `Dec 31 23:59:59` read on the 1st of January belongs to the year before.
 
+use std::cell::Cell;
 use std::fmt;
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
 use jiff::Timestamp;
-use jiff::civil::DateTime;
+use jiff::civil::{Date, DateTime};
 use jiff::tz::{Offset, TimeZone};
 
 use super::DatePattern;
@@ -152,11 +153,6 @@ impl Dates {
         self
     }
 
-    /// The zone dates without one are read in.
-    pub(super) fn tz(&self) -> &TimeZone {
-        &self.tz
-    }
-
     /// The zone of dates that carry none, as `logtimezone` writes it (`Europe/Berlin`, or
     /// an offset such as `+01:00` for a fixed zone).
     pub fn zone_name(&self) -> String {
@@ -182,6 +178,10 @@ impl Dates {
 
     /// The logger's timestamp of `line`, with `now` deciding the year of yearless dates.
     pub fn find(&self, line: &str, now: SystemTime) -> Option<Found> {
+        self.find_with(line, &self.now(now))
+    }
+
+    fn find_with(&self, line: &str, now: &Now) -> Option<Found> {
         match &self.pattern {
             Some(pattern) => pattern.find(self, line, now),
             None => self.find_auto(line, now),
@@ -189,20 +189,20 @@ impl Dates {
     }
 
     /// The timestamp of `line` in one of the automatic formats.
-    pub(super) fn find_auto(&self, line: &str, now: SystemTime) -> Option<Found> {
+    pub(super) fn find_auto(&self, line: &str, now: &Now) -> Option<Found> {
         let bytes = line.as_bytes();
         if bytes.first() == Some(&b'{') {
             return self.json(bytes, now);
         }
         self.parse_at(bytes, lead(bytes), now)
-            .or_else(|| self.clf(bytes))
+            .or_else(|| self.clf(bytes, now))
             .or_else(|| self.ctime_inside(bytes, now))
     }
 
     /// A whole ctime date (weekday, month, day, clock, year) after a space, a bracket or a
     /// parenthesis anywhere in the line; the first one. A partial one (no weekday or no
     /// year) is not taken: `Failed password for Jan 01 00:00:00` is a user name.
-    fn ctime_inside(&self, bytes: &[u8], now: SystemTime) -> Option<Found> {
+    fn ctime_inside(&self, bytes: &[u8], now: &Now) -> Option<Found> {
         const DAYS: [&[u8]; 7] = [
             b"Mon ", b"Tue ", b"Wed ", b"Thu ", b"Fri ", b"Sat ", b"Sun ",
         ];
@@ -235,7 +235,7 @@ impl Dates {
 
     /// A JSON log line: the value of its `ts`, `time`, `timestamp` or `@timestamp` key. Keys
     /// inside string values are escaped (`\"ts\":`), so only the logger's own keys match.
-    fn json(&self, bytes: &[u8], now: SystemTime) -> Option<Found> {
+    fn json(&self, bytes: &[u8], now: &Now) -> Option<Found> {
         const KEYS: [&[u8]; 4] = [
             b"\"ts\":",
             b"\"time\":",
@@ -256,11 +256,11 @@ impl Dates {
         })
     }
 
-    fn parse_at(&self, bytes: &[u8], start: usize, now: SystemTime) -> Option<Found> {
+    fn parse_at(&self, bytes: &[u8], start: usize, now: &Now) -> Option<Found> {
         let first = *bytes.get(start)?;
         let mut c = Cursor { b: bytes, i: start };
         let (at, format) = if first.is_ascii_digit() {
-            if let Some(at) = self.numeric(&mut c) {
+            if let Some(at) = self.numeric(&mut c, now) {
                 at
             } else {
                 c.i = start;
@@ -294,21 +294,21 @@ impl Dates {
     /// A date that starts with a digit, in fail2ban's order of preference: year first
     /// (`YYYY-MM-DD`, `YYYY/MM/DD`, `YYYY.MM.DD`), day first (`DD-MM-YYYY`, `DD/MM/YY`,
     /// `DD-Mon-YYYY`), then `YYMMDD`.
-    fn numeric(&self, c: &mut Cursor) -> Option<(Timestamp, Format)> {
+    fn numeric(&self, c: &mut Cursor, now: &Now) -> Option<(Timestamp, Format)> {
         let start = c.i;
-        if let Some(found) = self.year_first(c) {
+        if let Some(found) = self.year_first(c, now) {
             return Some(found);
         }
         c.i = start;
-        if let Some(found) = self.day_first(c) {
+        if let Some(found) = self.day_first(c, now) {
             return Some(found);
         }
         c.i = start;
-        self.compact(c)
+        self.compact(c, now)
     }
 
     /// `DD-MM-YYYY hh:mm:ss`, `DD/MM/YYYY`, two-digit years; `DD-Mon-YYYY hh:mm:ss[.frac][ zone]`.
-    fn day_first(&self, c: &mut Cursor) -> Option<(Timestamp, Format)> {
+    fn day_first(&self, c: &mut Cursor, now: &Now) -> Option<(Timestamp, Format)> {
         let day = c.digits(2)?;
         let sep = c.next().filter(|b| matches!(b, b'-' | b'/'))?;
         let (month, format) = match c.peek()? {
@@ -326,11 +326,11 @@ impl Dates {
         }
         let (hour, minute, second, nanos) = clock(c)?;
         let dt = civil(year, month, day, hour, minute, second, nanos)?;
-        Some((self.resolve(dt, offset(c))?, format))
+        Some((self.resolve(dt, offset(c), now)?, format))
     }
 
     /// `YYMMDD  h:mm:ss` (one or two spaces).
-    fn compact(&self, c: &mut Cursor) -> Option<(Timestamp, Format)> {
+    fn compact(&self, c: &mut Cursor, now: &Now) -> Option<(Timestamp, Format)> {
         let (year, month, day) = (c.digits(2)?, c.digits(2)?, c.digits(2)?);
         c.expect(b' ')?;
         if c.peek() == Some(b' ') {
@@ -338,12 +338,12 @@ impl Dates {
         }
         let (hour, minute, second, nanos) = clock(c)?;
         let dt = civil(2000 + year, month, day, hour, minute, second, nanos)?;
-        Some((self.resolve(dt, None)?, Format::Compact))
+        Some((self.resolve(dt, None, now)?, Format::Compact))
     }
 
     /// `YYYY-MM-DD[T ]hh:mm:ss[.frac][zone]`, `YYYY/MM/DD hh:mm:ss` or `YYYY.MM.DD …`; two
     /// spaces and a one-digit hour too (MySQL).
-    fn year_first(&self, c: &mut Cursor) -> Option<(Timestamp, Format)> {
+    fn year_first(&self, c: &mut Cursor, now: &Now) -> Option<(Timestamp, Format)> {
         let year = c.digits(4)?;
         let sep = c.next()?;
         let format = match sep {
@@ -372,11 +372,11 @@ impl Dates {
         } else {
             offset(c)
         };
-        Some((self.resolve(dt, zone)?, format))
+        Some((self.resolve(dt, zone, now)?, format))
     }
 
     /// `[Www ]Mon [D]D hh:mm:ss[ YYYY]`.
-    fn syslog(&self, c: &mut Cursor, now: SystemTime, zone: Option<Offset>) -> Option<Timestamp> {
+    fn syslog(&self, c: &mut Cursor, now: &Now, zone: Option<Offset>) -> Option<Timestamp> {
         let mut month = c.month()?;
         if month == 0 {
             // A weekday came first (ctime): the month follows.
@@ -391,7 +391,11 @@ impl Dates {
             let year = 2000 + c.digits(2)?;
             c.expect(b' ')?;
             let (hour, minute, second, nanos) = clock(c)?;
-            return self.resolve(civil(year, month, day, hour, minute, second, nanos)?, zone);
+            return self.resolve(
+                civil(year, month, day, hour, minute, second, nanos)?,
+                zone,
+                now,
+            );
         }
         c.expect(b' ')?;
         if c.peek() == Some(b' ') {
@@ -405,7 +409,11 @@ impl Dates {
             && c.expect(b' ').is_some()
             && let Some((hour, minute, second, nanos)) = clock(c)
         {
-            return self.resolve(civil(year, month, day, hour, minute, second, nanos)?, zone);
+            return self.resolve(
+                civil(year, month, day, hour, minute, second, nanos)?,
+                zone,
+                now,
+            );
         }
         c.i = save;
         let (hour, minute, second, nanos) = clock(c)?;
@@ -413,7 +421,11 @@ impl Dates {
         if c.next() == Some(b' ')
             && let Some(year) = c.digits(4)
         {
-            return self.resolve(civil(year, month, day, hour, minute, second, nanos)?, zone);
+            return self.resolve(
+                civil(year, month, day, hour, minute, second, nanos)?,
+                zone,
+                now,
+            );
         }
         c.i = save;
         self.yearless(now, zone, |year| {
@@ -425,13 +437,12 @@ impl Dates {
     /// a day ahead of `now`, back far enough for a 29th of February.
     fn yearless(
         &self,
-        now: SystemTime,
+        now: &Now,
         zone: Option<Offset>,
         date: impl Fn(u32) -> Option<DateTime>,
     ) -> Option<Timestamp> {
-        let now = Timestamp::try_from(now).ok()?;
-        let today = self.tz.to_datetime(now);
-        let limit = now.as_second() + 86_400;
+        let (now_ts, today) = now.today?;
+        let limit = now_ts.as_second() + 86_400;
         // Next year is that close only in this year's last days: a zone's day is never cut
         // short by more than one (Samoa skipped 30 December 2011), so next year is not tried
         // before the 28th of December. `yearless_dates_skip_next_year_only_where_it_cannot_be`
@@ -442,33 +453,33 @@ impl Dates {
         };
         (today.year() - 8..=latest)
             .rev()
-            .filter_map(|y| self.resolve(date(u32::try_from(y).ok()?)?, zone))
+            .filter_map(|y| self.resolve(date(u32::try_from(y).ok()?)?, zone, now))
             .find(|t| t.as_second() <= limit)
     }
 
     /// `[DD/Mon/YYYY:hh:mm:ss ±zzzz] "`: the access log date, followed by the quoted request.
     /// The fields before it (the user name among them) cannot hold a `"` (Apache and nginx
     /// escape it), so a date planted in them is never followed by one.
-    fn clf(&self, bytes: &[u8]) -> Option<Found> {
+    fn clf(&self, bytes: &[u8], now: &Now) -> Option<Found> {
         let head = &bytes[..bytes.len().min(CLF_SCAN)];
         head.iter()
             .enumerate()
             .filter(|(_, b)| **b == b'[')
-            .find_map(|(i, _)| self.clf_at(&mut Cursor { b: bytes, i: i + 1 }, i + 1, true))
+            .find_map(|(i, _)| self.clf_at(&mut Cursor { b: bytes, i: i + 1 }, i + 1, true, now))
     }
 
     /// `text`, all of it, as a date in one of the automatic formats (`{DATE}`).
-    pub(super) fn read_token(&self, text: &str, now: SystemTime) -> Option<SystemTime> {
+    pub(super) fn read_token(&self, text: &str, now: &Now) -> Option<SystemTime> {
         let bytes = text.as_bytes();
         let whole = |f: Found| (f.span.1 == bytes.len()).then_some(f.at);
         self.parse_at(bytes, 0, now).and_then(whole).or_else(|| {
-            self.clf_at(&mut Cursor::new(bytes), 0, false)
+            self.clf_at(&mut Cursor::new(bytes), 0, false, now)
                 .and_then(whole)
         })
     }
 
     /// The access log date at `c`; `quoted`: followed by `] "`, as in a whole line.
-    fn clf_at(&self, c: &mut Cursor, start: usize, quoted: bool) -> Option<Found> {
+    fn clf_at(&self, c: &mut Cursor, start: usize, quoted: bool, now: &Now) -> Option<Found> {
         let day = c.digits(2)?;
         c.expect(b'/')?;
         let month = c.month().filter(|m| *m > 0)?;
@@ -484,7 +495,11 @@ impl Dates {
         if quoted && !c.rest().starts_with(b"] \"") {
             return None;
         }
-        let at = self.resolve(civil(year, month, day, hour, minute, second, nanos)?, zone)?;
+        let at = self.resolve(
+            civil(year, month, day, hour, minute, second, nanos)?,
+            zone,
+            now,
+        )?;
         Some(Found {
             at: SystemTime::from(at),
             format: Format::Clf,
@@ -492,11 +507,116 @@ impl Dates {
         })
     }
 
-    fn resolve(&self, dt: DateTime, zone: Option<Offset>) -> Option<Timestamp> {
-        match zone {
-            Some(offset) => offset.to_timestamp(dt).ok(),
-            None => self.tz.to_timestamp(dt).ok(),
+    /// The instant of `dt`, a local time in `zone`, or in the log's zone when it names none.
+    /// A date in the stretch of the log's zone that the one before it fell in is read with
+    /// that stretch's offset alone ([`Steady`]); another one asks the zone, and keeps the
+    /// stretch around its answer for the dates after it.
+    pub(super) fn resolve(
+        &self,
+        dt: DateTime,
+        zone: Option<Offset>,
+        now: &Now,
+    ) -> Option<Timestamp> {
+        if let Some(offset) = zone {
+            return offset.to_timestamp(dt).ok();
         }
+        if let Some(steady) = now.steady.get()
+            && let Ok(at) = steady.offset.to_timestamp(dt)
+            && (steady.from..steady.until).contains(&at.as_second())
+        {
+            return Some(at);
+        }
+        let at = self.tz.to_timestamp(dt).ok()?;
+        now.steady.set(Steady::around(&self.tz, at));
+        Some(at)
+    }
+
+    /// What reading dates against `now` needs, worked out once for every line read so.
+    pub(super) fn now(&self, now: SystemTime) -> Now {
+        let today = Timestamp::try_from(now)
+            .ok()
+            .map(|ts| (ts, self.tz.to_datetime(ts).date()));
+        Now {
+            today,
+            steady: Cell::new(None),
+        }
+    }
+
+    /// Reads the dates of lines against one `now` ([`DateReader::find`] is [`Dates::find`]),
+    /// each for less: what `now` decides is worked out once, and the zone's offset is kept
+    /// from one date to the next.
+    pub fn reader(&self, now: SystemTime) -> DateReader<'_> {
+        DateReader {
+            dates: self,
+            now: self.now(now),
+        }
+    }
+}
+
+/// Reads the dates of many lines against one "now" ([`Dates::reader`]).
+#[derive(Debug)]
+pub struct DateReader<'d> {
+    dates: &'d Dates,
+    now: Now,
+}
+
+impl DateReader<'_> {
+    /// The logger's timestamp of `line`: what [`Dates::find`] gives with this reader's now.
+    pub fn find(&self, line: &str) -> Option<Found> {
+        self.dates.find_with(line, &self.now)
+    }
+}
+
+/// "Now", as reading dates needs it ([`Dates::now`]): the instant and its date in the log's
+/// zone (`None` outside the range of dates), and the zone's steady stretch around the last
+/// date read.
+#[derive(Debug)]
+pub(super) struct Now {
+    pub(super) today: Option<(Timestamp, Date)>,
+    steady: Cell<Option<Steady>>,
+}
+
+/// Offsets differ by less than this (jiff bounds them to ±25:59:59, so by under 52 hours).
+const CLEAR: i64 = 3 * 86_400;
+
+/// A stretch of time in which a zone has one offset and which lies more than [`CLEAR`] away
+/// from the zone's transitions: a local time that `offset` puts inside it is put there by the
+/// zone, and by nothing else. (Were the zone to give it another offset `o'` at an instant
+/// `t'`, `t'` would lie within 52 hours of the stretch, so between the same transitions,
+/// where the offset is `offset`.) So no time read there is ambiguous or skipped, and
+/// [`Dates::resolve`] reads it with `offset` alone: what the zone's lookup gives, as
+/// `a_steady_stretch_reads_dates_as_the_zone_does` checks across zones and transitions.
+#[derive(Debug, Clone, Copy)]
+struct Steady {
+    offset: Offset,
+    /// Unix seconds, `from` included.
+    from: i64,
+    until: i64,
+}
+
+impl Steady {
+    /// The stretch around instant `at` of `tz`; `None` when its bounds cannot be told.
+    fn around(tz: &TimeZone, at: Timestamp) -> Option<Steady> {
+        let offset = tz.to_offset(at);
+        // The transitions around `at`: the last at or before it, the first after it.
+        let last = tz
+            .preceding(at.checked_add(jiff::SignedDuration::from_nanos(1)).ok()?)
+            .next();
+        let next = tz.following(at).next();
+        if last.as_ref().is_some_and(|t| t.offset() != offset) {
+            return None;
+        }
+        let from = last.map_or(i64::MIN, |t| {
+            t.timestamp().as_second().saturating_add(CLEAR)
+        });
+        let until = next.map_or(i64::MAX, |t| {
+            t.timestamp().as_second().saturating_sub(CLEAR)
+        });
+        Some(Steady {
+            offset,
+            from,
+            until,
+        })
     }
 }
 
@@ -1024,7 +1144,7 @@ mod tests {
                 let this_year = dates.tz.to_datetime(ts).year();
                 (this_year - 8..=this_year + 1)
                     .rev()
-                    .filter_map(|y| dates.resolve(date(u32::try_from(y).ok()?)?, None))
+                    .filter_map(|y| dates.tz.to_timestamp(date(u32::try_from(y).ok()?)?).ok())
                     .find(|t| t.as_second() <= ts.as_second() + 86_400)
             };
             for start in starts {
@@ -1032,6 +1152,8 @@ mod tests {
                 // Every 5 h 7 min for 16 days: through the year's end, or through February.
                 for step in 0..75 {
                     let now = SystemTime::from(start) + Duration::from_secs(step * 18_420);
+                    // One reader's now for all of them, its steady stretch kept throughout.
+                    let reader = dates.now(now);
                     let today = dates.tz.to_datetime(Timestamp::try_from(now).unwrap());
                     let mut days = vec![
                         (1, 1),
@@ -1050,7 +1172,7 @@ mod tests {
                         for (hour, minute) in [(0, 0), (0, 30), (12, 0), (23, 59)] {
                             let date = |y| civil(y, month, day, hour, minute, 30, 0);
                             assert_eq!(
-                                dates.yearless(now, None, date),
+                                dates.yearless(&reader, None, date),
                                 every_year(now, &date),
                                 "{zone}, now {now:?}, {month}-{day} {hour}:{minute}"
                             );
@@ -1061,6 +1183,66 @@ mod tests {
             }
         }
         assert!(compared > 10_000);
+    }
+
+    #[test]
+    fn a_steady_stretch_reads_dates_as_the_zone_does() {
+        let mut zones: Vec<TimeZone> = [
+            "UTC",
+            "Europe/Berlin",
+            "America/New_York",
+            "Pacific/Apia",
+            "Australia/Lord_Howe",
+            "Asia/Kolkata",
+            "America/St_Johns",
+            "Europe/Dublin",
+        ]
+        .iter()
+        .filter_map(|name| TimeZone::get(name).ok())
+        .collect();
+        zones.push(TimeZone::posix("EST5EDT,M3.2.0,M11.1.0").unwrap());
+        zones.push(TimeZone::fixed(jiff::tz::offset(-7)));
+        assert!(zones.len() >= 3, "no zoneinfo on this machine");
+        let start: DateTime = "2010-06-01T00:00:00".parse().unwrap();
+        let mut compared = 0;
+        for tz in zones {
+            let dates = Dates::new(tz.clone());
+            let now = dates.now(SystemTime::now());
+            // Local times around each of the zone's transitions, 26 hours either side every
+            // 13 minutes (and the odd second), then one every 3 h 7 min over four years in a
+            // shuffled order, so that the kept stretch is used across jumps.
+            let mut local: Vec<DateTime> = Vec::new();
+            for t in tz
+                .following("2010-01-01T00:00:00Z".parse().unwrap())
+                .take_while(|t| t.timestamp().as_second() < 1_420_070_400)
+            {
+                let around = t.timestamp().to_zoned(tz.clone()).datetime();
+                for k in -120i64..=120 {
+                    let step = jiff::SignedDuration::from_secs(k * 780 + k.rem_euclid(7));
+                    local.push(around.checked_add(step).unwrap());
+                }
+            }
+            for k in 0..11_700 {
+                let step = jiff::SignedDuration::from_secs(k * 11_220);
+                local.push(start.checked_add(step).unwrap());
+            }
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            for i in (1..local.len()).rev() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                local.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            for dt in local {
+                assert_eq!(
+                    dates.resolve(dt, None, &now),
+                    tz.to_timestamp(dt).ok(),
+                    "{tz:?} {dt}"
+                );
+                compared += 1;
+            }
+        }
+        assert!(compared > 30_000);
     }
 
     #[test]

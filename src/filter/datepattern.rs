@@ -149,7 +149,7 @@ impl DatePattern {
     /// The date of `line`, read by `dates` (its zone, its year inference) where the pattern
     /// leaves something open. The first alternative that matches decides: one without
     /// directives (guacamole's `^WARNING:()`) marks a line that has no date.
-    pub(super) fn find(&self, dates: &Dates, line: &str, now: SystemTime) -> Option<date::Found> {
+    pub(super) fn find(&self, dates: &Dates, line: &str, now: &date::Now) -> Option<date::Found> {
         for alt in self.alternatives.iter() {
             match alt {
                 Alternative::Auto => {
@@ -265,7 +265,7 @@ impl DateRegex {
     }
 
     /// The date a match of this alternative says; `None` for one without directives.
-    fn read(&self, dates: &Dates, groups: &Groups, now: SystemTime) -> Option<date::Found> {
+    fn read(&self, dates: &Dates, groups: &Groups, now: &date::Now) -> Option<date::Found> {
         if self.whole.is_none() && self.fields.is_empty() {
             return None;
         }
@@ -295,7 +295,7 @@ impl DateRegex {
     }
 
     /// The date the directives' groups say.
-    fn fields(&self, dates: &Dates, groups: &Groups, now: SystemTime) -> Option<SystemTime> {
+    fn fields(&self, dates: &Dates, groups: &Groups, now: &date::Now) -> Option<SystemTime> {
         let get = |letter: char| -> Option<&str> {
             self.fields
                 .contains(&letter)
@@ -330,12 +330,7 @@ impl DateRegex {
         };
         let day_of_year = number('j');
         let day = number('d');
-        let resolve = |dt: DateTime| -> Option<Timestamp> {
-            match zone {
-                Some(offset) => offset.to_timestamp(dt).ok(),
-                None => dates.tz().to_timestamp(dt).ok(),
-            }
-        };
+        let resolve = |dt: DateTime| dates.resolve(dt, zone, now);
         let civil = |year: i16, month: i8, day: i8| -> Option<Timestamp> {
             let dt = DateTime::new(
                 year,
@@ -349,8 +344,7 @@ impl DateRegex {
             .ok()?;
             resolve(dt)
         };
-        let now_ts = Timestamp::try_from(now).ok()?;
-        let today = dates.tz().to_datetime(now_ts).date();
+        let (now_ts, today) = now.today?;
         let at = match (year, month, day, day_of_year) {
             (Some(y), _, _, Some(j)) => {
                 let first = jiff::civil::Date::new(i16::try_from(y).ok()?, 1, 1).ok()?;
