@@ -357,14 +357,16 @@ fn lines(figures: &mut Vec<Figure>) {
     let (catch_up, catch_up_runs) = best_of_three(None);
     let (one_core, one_core_runs) = best_of_three(Some(cores - 1));
     for (name, secs, note) in [
+        // The daemon hears of a write once it returns (inotify): the write's own time is
+        // the bench's, and shown beside.
         (
-            "daemon live: 1M-line auth log in one write -> every failure counted",
-            live,
+            "daemon live: 1M-line auth log in one write, from its return -> every failure counted",
+            live - written,
             format!(
                 "{expect} failures; {cpu_live:.2} CPU s; the write itself took {:.0} ms, \
-                 {:.2} M lines/s from its return",
+                 {:.2} M lines/s with it",
                 written * 1000.0,
-                LINES as f64 / (live - written) / 1e6
+                LINES as f64 / live / 1e6
             ),
         ),
         (
